@@ -1,0 +1,3 @@
+from hspi_kernels.cli import main
+
+main()
