@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+# Load the compiled core once, up front: a broken build fails here with its own message (and an
+# editable install rebuilds here, outside any captured stdout).
+import hspi_kernels._native  # noqa: E402,F401
+
 DATA = Path(__file__).parent / "data"
 
 

@@ -1,0 +1,91 @@
+"""The `hspi` CLI on a CPU machine: env and probe run, write valid JSON, and a failing probe is
+recorded as failed while the rest still run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from hspi_kernels import fingerprint, probes
+from hspi_kernels.cli import app
+from hspi_kernels.probes.registry import Probe
+
+runner = CliRunner()
+
+
+def test_env_json():
+    result = runner.invoke(app, ["env", "--json"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads(result.stdout)
+    assert meta["python"] and meta["numpy"]
+    assert meta["capabilities"]["native"]["ok"]
+    assert meta["build"]["available"]
+
+
+def test_env_table():
+    result = runner.invoke(app, ["env"])
+    assert result.exit_code == 0, result.output
+    assert "hspi env" in result.stdout
+
+
+def test_probe_cpu_writes_valid_fingerprint(tmp_path):
+    out = tmp_path / "fp.json"
+    result = runner.invoke(app, ["probe", "--only", "numpy/", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    fp = fingerprint.load(out)
+    ok = [r for r in fp["probes"] if r["status"] == "ok"]
+    assert ok, fp["probes"]
+    for record in ok:
+        assert record["deterministic"] and len(record["digest"]) == 16
+        assert len(record["features"]["fraction_bit_frequency"]) == 23
+
+
+def test_probe_unknown_filter_exits_nonzero(tmp_path):
+    result = runner.invoke(app, ["probe", "--only", "no-such-probe", "--out", str(tmp_path / "x.json")])
+    assert result.exit_code == 2
+
+
+def test_failing_probe_recorded_and_rest_run():
+    def boom():
+        raise RuntimeError("deliberate failure")
+
+    good = probes.select("numpy/sum")[0]
+    bad = Probe(id="test/boom", family="test", backend="numpy", inputs={}, measures="", run=boom)
+    records = probes.run_all([bad, good])
+    assert records[0]["status"] == "failed" and "deliberate failure" in records[0]["error"]
+    assert records[1]["status"] == "ok"
+
+
+def test_nondeterministic_probe_is_flagged():
+    rng = np.random.default_rng()
+    flaky = Probe(id="test/flaky", family="test", backend="numpy", inputs={}, measures="",
+                  run=lambda: rng.standard_normal(8).astype(np.float32))
+    record = probes.run_probe(flaky)
+    assert record["status"] == "ok" and record["deterministic"] is False and record["digest"] is None
+
+
+def test_probe_ids_unique_and_specs_seeded():
+    all_ids = [p.id for p in probes.all_probes()]
+    assert len(all_ids) == len(set(all_ids))
+    for p in probes.all_probes():
+        for spec in p.inputs.values():
+            if isinstance(spec, dict):
+                assert "seed" in spec
+
+
+def test_import_is_light():
+    code = ("import sys, hspi_kernels, hspi_kernels.cli, hspi_kernels.probes, hspi_kernels.features; "
+            "heavy = [m for m in ('torch', 'triton', 'cupy') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["probe", "--help"]])
+def test_module_entry_point(argv):
+    out = subprocess.run([sys.executable, "-m", "hspi_kernels", *argv], capture_output=True, text=True)
+    assert out.returncode == 0 and "Usage" in out.stdout

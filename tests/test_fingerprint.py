@@ -1,0 +1,70 @@
+"""Fingerprint schema validation: good files load, every kind of bad file is rejected with a
+message naming the problem (never a crash, never silently accepted)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hspi_kernels import fingerprint
+
+
+def _valid() -> dict:
+    probe = {"id": "numpy/sum/fp32/4x8", "family": "reduction", "backend": "numpy",
+             "inputs": {"x": {"seed": 1}}, "measures": "m", "status": "ok",
+             "digest": "00ff", "digests": ["00ff", "00ff"], "deterministic": True,
+             "output": {"dtype": "float32", "shape": [4]}, "time_s": 0.01, "features": {}}
+    return fingerprint.build({"cpu_model": "x"}, "CPU: x", [probe])
+
+
+def test_round_trip(tmp_path):
+    path = fingerprint.save(_valid(), tmp_path / "fp.json")
+    assert fingerprint.load(path) == json.loads(path.read_text())
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda fp: fp.update(schema="hspi-fingerprint/0"), "schema"),
+        (lambda fp: fp.pop("platform"), "missing field 'platform'"),
+        (lambda fp: fp.update(probes={}), "'probes' must be list"),
+        (lambda fp: fp["probes"][0].update(status="great"), "status"),
+        (lambda fp: fp["probes"][0].update(deterministic=1), "'deterministic' must be bool"),
+        (lambda fp: fp["probes"][0].update(time_s=True), "'time_s' must be"),
+        (lambda fp: fp["probes"][0].update(time_s=1e300), "out of range"),
+        (lambda fp: fp["probes"][0].update(digest="beef"), "not one of its digests"),
+        (lambda fp: fp["probes"].append(dict(fp["probes"][0])), "duplicate probe id"),
+        (lambda fp: fp["platform"].update(deep=_nest(100)), "nested deeper"),
+    ],
+)
+def test_rejects_bad_fingerprints(tmp_path, mutate, message):
+    fp = _valid()
+    mutate(fp)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(fp))
+    with pytest.raises(ValueError, match=message):
+        fingerprint.load(path)
+
+
+def _nest(depth: int):
+    value: object = 0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_rejects_truncated_and_non_json(tmp_path):
+    path = tmp_path / "fp.json"
+    text = json.dumps(_valid())
+    path.write_text(text[: len(text) // 2])
+    with pytest.raises(ValueError, match="not valid JSON"):
+        fingerprint.load(path)
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ValueError, match="not UTF-8|not valid JSON"):
+        fingerprint.load(path)
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="JSON object"):
+        fingerprint.load(path)
+    with pytest.raises(ValueError, match="cannot read"):
+        fingerprint.load(tmp_path / "missing.json")
