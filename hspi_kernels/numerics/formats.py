@@ -1,0 +1,258 @@
+"""Binary floating-point formats: parameters, bit-pattern encode/decode, representability.
+
+A bit pattern is the format's own compact layout, ``sign | exponent field | fraction field``
+(``1 + exp_bits + frac_bits`` bits), held in the smallest unsigned numpy integer that fits
+(uint8 for fp8, uint16 for fp16/bf16, uint32 for fp32/tf32/e8m13, uint64 for fp64). tf32 is
+therefore a 19-bit pattern, not an fp32 word with 13 zero bits.
+
+Decoding gives exact float64 values (every format here except fp64 itself is a subset of
+float64; fp64 passes through). Encoding an exact value uses the integer rounding of
+:mod:`hspi_kernels.numerics.rounding` and refuses values the format cannot hold.
+
+NaN policies:
+- ``"ieee"``: exponent field all ones with a non-zero fraction is NaN, zero fraction is ±inf;
+- ``"fn"`` (OCP e4m3 "fn"): no infinities; only ``S.1…1.1…1`` is NaN, so the all-ones exponent
+  field holds finite values up to fraction ``1…10`` (e4m3: max 448).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import ml_dtypes
+import numpy as np
+
+__all__ = [
+    "Format",
+    "make_format",
+    "get_format",
+    "FORMATS",
+    "FP64",
+    "FP32",
+    "TF32",
+    "BF16",
+    "FP16",
+    "E4M3",
+    "E5M2",
+    "E8M13",
+    "decode",
+    "encode",
+    "is_representable",
+]
+
+_NAN_POLICIES = ("ieee", "fn")
+
+
+@dataclass(frozen=True)
+class Format:
+    """A binary floating-point format with an implicit leading significand bit."""
+
+    name: str
+    exp_bits: int
+    frac_bits: int
+    bias: int
+    has_inf: bool
+    nan_policy: str  # "ieee" | "fn" (see module docstring)
+    has_subnormals: bool = True
+    value_dtype: str = "float64"  # numpy dtype (name) that holds the values exactly
+
+    def __post_init__(self) -> None:
+        if self.exp_bits < 2 or self.frac_bits < 1 or self.total_bits > 64:
+            raise ValueError(f"format {self.name!r}: unsupported widths e{self.exp_bits}m{self.frac_bits}")
+        if self.nan_policy not in _NAN_POLICIES:
+            raise ValueError(f"format {self.name!r}: nan_policy must be one of {_NAN_POLICIES}")
+        if self.nan_policy == "fn" and self.has_inf:
+            raise ValueError(f"format {self.name!r}: the 'fn' NaN policy has no infinities")
+        if self.nan_policy == "ieee" and not self.has_inf:
+            raise ValueError(f"format {self.name!r}: the 'ieee' NaN policy implies infinities")
+
+    # -- derived parameters -------------------------------------------------------------
+    @property
+    def total_bits(self) -> int:
+        return 1 + self.exp_bits + self.frac_bits
+
+    @property
+    def bits_dtype(self) -> np.dtype:
+        """Unsigned integer dtype holding one bit pattern."""
+        for width, dtype in ((8, np.uint8), (16, np.uint16), (32, np.uint32)):
+            if self.total_bits <= width:
+                return np.dtype(dtype)
+        return np.dtype(np.uint64)
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        """numpy dtype for arrays of values of this format (ml_dtypes for bf16/fp8)."""
+        return np.dtype(self.value_dtype)
+
+    @property
+    def exp_field_max(self) -> int:
+        return (1 << self.exp_bits) - 1
+
+    @property
+    def emin(self) -> int:
+        """Exponent of the smallest normal number."""
+        return 1 - self.bias
+
+    @property
+    def emax(self) -> int:
+        """Exponent of the largest finite number."""
+        top_field = self.exp_field_max - (1 if self.nan_policy == "ieee" else 0)
+        return top_field - self.bias
+
+    @property
+    def max_significand(self) -> int:
+        """Integer significand (implicit bit included) of the largest finite number."""
+        full = (1 << (self.frac_bits + 1)) - 1
+        return full - 1 if self.nan_policy == "fn" else full
+
+    @property
+    def max_finite(self) -> float:
+        return float(np.ldexp(float(self.max_significand), self.emax - self.frac_bits))
+
+    @property
+    def sign_mask(self) -> int:
+        return 1 << (self.total_bits - 1)
+
+    @property
+    def max_finite_bits(self) -> int:
+        return ((self.emax + self.bias) << self.frac_bits) | (self.max_significand - (1 << self.frac_bits))
+
+    @property
+    def inf_bits(self) -> int:
+        if not self.has_inf:
+            raise ValueError(f"format {self.name!r} has no infinity")
+        return self.exp_field_max << self.frac_bits
+
+    @property
+    def nan_bits(self) -> int:
+        """Canonical (positive, quiet) NaN pattern."""
+        if self.nan_policy == "fn":
+            return (1 << (self.total_bits - 1)) - 1
+        return (self.exp_field_max << self.frac_bits) | (1 << (self.frac_bits - 1))
+
+
+def make_format(
+    exp_bits: int,
+    frac_bits: int,
+    *,
+    name: str | None = None,
+    bias: int | None = None,
+    nan_policy: str = "ieee",
+    has_subnormals: bool = True,
+) -> Format:
+    """Generic constructor: IEEE-like e{exp_bits}m{frac_bits} unless told otherwise."""
+    return Format(
+        name=name or f"e{exp_bits}m{frac_bits}",
+        exp_bits=exp_bits,
+        frac_bits=frac_bits,
+        bias=(1 << (exp_bits - 1)) - 1 if bias is None else bias,
+        has_inf=nan_policy == "ieee",
+        nan_policy=nan_policy,
+        has_subnormals=has_subnormals,
+    )
+
+
+FP64 = Format("fp64", 11, 52, 1023, True, "ieee", value_dtype="float64")
+FP32 = Format("fp32", 8, 23, 127, True, "ieee", value_dtype="float32")
+TF32 = Format("tf32", 8, 10, 127, True, "ieee", value_dtype="float32")
+BF16 = Format("bf16", 8, 7, 127, True, "ieee", value_dtype="bfloat16")
+FP16 = Format("fp16", 5, 10, 15, True, "ieee", value_dtype="float16")
+E4M3 = Format("e4m3", 4, 3, 7, False, "fn", value_dtype="float8_e4m3fn")
+E5M2 = Format("e5m2", 5, 2, 15, True, "ieee", value_dtype="float8_e5m2")
+# Hopper fp8 tensor-core output: fp32 truncated to 13 fraction bits.
+E8M13 = Format("e8m13", 8, 13, 127, True, "ieee", value_dtype="float32")
+
+FORMATS: dict[str, Format] = {f.name: f for f in (FP64, FP32, TF32, BF16, FP16, E4M3, E5M2, E8M13)}
+_ALIASES = {
+    "float64": "fp64",
+    "float32": "fp32",
+    "float16": "fp16",
+    "half": "fp16",
+    "bfloat16": "bf16",
+    "e4m3fn": "e4m3",
+    "fp8_e4m3": "e4m3",
+    "float8_e4m3fn": "e4m3",
+    "fp8_e5m2": "e5m2",
+    "float8_e5m2": "e5m2",
+}
+
+# ml_dtypes registers its types by name with numpy only once imported.
+assert ml_dtypes.bfloat16 is not None
+
+
+def get_format(fmt: str | Format) -> Format:
+    """Look a format up by name (or pass a Format through); ValueError for unknown names."""
+    if isinstance(fmt, Format):
+        return fmt
+    key = _ALIASES.get(str(fmt).lower(), str(fmt).lower())
+    try:
+        return FORMATS[key]
+    except KeyError:
+        raise ValueError(
+            f"unknown floating-point format {fmt!r}; known: {sorted(FORMATS)} "
+            f"(or build one with make_format(exp_bits, frac_bits))"
+        ) from None
+
+
+def decode(bits, fmt: str | Format) -> np.ndarray:
+    """Exact float64 values of bit patterns (integer array-like) of ``fmt``."""
+    fmt = get_format(fmt)
+    bits = np.asarray(bits)
+    if fmt.name == "fp64":
+        return bits.astype(np.uint64).view(np.float64)
+    if fmt.emax > 1023 or fmt.emin - fmt.frac_bits < -1074 or fmt.frac_bits > 52:
+        raise ValueError(f"format {fmt.name!r} is not a subset of float64; decode it with exact.to_fraction")
+    pattern = bits.astype(np.int64)
+    frac_mask = (1 << fmt.frac_bits) - 1
+    negative = (pattern >> (fmt.total_bits - 1)) & 1 == 1
+    exp_field = (pattern >> fmt.frac_bits) & fmt.exp_field_max
+    frac = pattern & frac_mask
+
+    is_normal = exp_field != 0
+    significand = np.where(is_normal, frac | (1 << fmt.frac_bits), frac).astype(np.float64)
+    exponent = np.where(is_normal, exp_field, 1) - fmt.bias - fmt.frac_bits
+    values = np.ldexp(significand, exponent.astype(np.int32))
+
+    top = exp_field == fmt.exp_field_max
+    if fmt.nan_policy == "ieee":
+        values = np.where(top & (frac == 0), np.inf, values)
+        values = np.where(top & (frac != 0), np.nan, values)
+    else:
+        values = np.where(top & (frac == frac_mask), np.nan, values)
+    return np.where(negative, -values, values)
+
+
+def encode(values, fmt: str | Format) -> np.ndarray:
+    """Bit patterns of values that ``fmt`` represents exactly; ValueError otherwise.
+
+    NaN maps to the canonical NaN pattern (sign kept). Use ``rounding.round_to_format``
+    to convert values that need rounding.
+    """
+    from .rounding import round_to_format
+
+    fmt = get_format(fmt)
+    values = np.asarray(values, dtype=np.float64)
+    ok = is_representable(values, fmt)
+    if not np.all(ok):
+        bad = values[~ok]
+        raise ValueError(
+            f"{bad.size} value(s) not representable in {fmt.name}, e.g. {bad.flat[0]!r}; "
+            f"round them with round_to_format(x, fmt, mode)"
+        )
+    return round_to_format(values, fmt, "RZ")
+
+
+def is_representable(values, fmt: str | Format) -> np.ndarray:
+    """Elementwise: is the (float64/float32) value exactly a value of ``fmt``?
+
+    NaN is representable in every format here; ±inf only where the format has infinities.
+    """
+    from .rounding import round_to_format
+
+    fmt = get_format(fmt)
+    values = np.asarray(values)
+    if values.dtype not in (np.float32, np.float64):
+        values = values.astype(np.float64)
+    back = decode(round_to_format(values, fmt, "RZ"), fmt)
+    same = back == values.astype(np.float64)
+    return same | (np.isnan(values) & np.isnan(back))

@@ -1,0 +1,301 @@
+"""Parameterised tensor-core block model and per-architecture presets.
+
+One fused block step ``d = c + sum_{i<G} a_i * b_i`` (Fasi et al. 2021; Khattak & Mikaitis 2025,
+"Accurate models of NVIDIA tensor cores"; MMA-Sim 2025):
+
+1. products are exact; a product's alignment exponent is ``e_a + e_b`` where ``e_x`` is the
+   *actual* exponent ``floor(log2|x|)`` of each operand (subnormal inputs are normalised, so
+   every product significand lies in [1, 4));
+2. ``c`` (exponent ``floor(log2|c|)``) joins the same alignment; ``e_max`` is the largest
+   alignment exponent over the non-zero terms, raised to ``emax_floor`` when one is set;
+3. every term is truncated toward zero, in sign-magnitude, onto the grid ``2^(e_max - F)``;
+   the truncated terms are summed exactly (no sticky bit, no normalisation inside the block);
+4. the integer sum is normalised once and rounded to the output format (fp32: RZ; fp16: RNE;
+   Hopper fp8: ``e8m13``, fp32 truncated to 13 fraction bits, RZ). Overflow follows
+   :mod:`rounding` (RZ: ±max finite; RNE: ±inf).
+
+Special values: any NaN operand, ``0 * inf`` or ``+inf`` meeting ``-inf`` gives NaN (fp32
+pattern 0x7FFFFFFF); otherwise an infinite product or ``c`` gives that infinity. A zero sum is
++0 unless every term (each product and ``c``) is -0, then -0 (IEEE's rule for exact sums under
+round-to-nearest and toward-zero).
+
+A long K is a chain of blocks in order k = 0, G, 2G, ...: each block's output is the next
+block's ``c``.
+
+Presets and their sources (the GPU vectors of ``tests/data/tensor_core`` are Khattak &
+Mikaitis' published hardware outputs; counts are bit-exact matches out of 5000, measured by
+``tests/test_tensor_core.py``):
+
+- sm_70 (Volta) fp16: G=4, F=23 -- Fasi et al. 2021; Khattak & Mikaitis 2025.
+  V100 fp16->fp32 5000/5000, fp16->fp16 5000/5000.
+- sm_75 (Turing) fp16: G=8, F=24 -- Khattak & Mikaitis 2025 (m16n8k8). No vectors here.
+- sm_80/sm_86 (Ampere), sm_89 (Ada) fp16/bf16: G=8, F=24; tf32: G=4, F=24 -- Fasi et al. 2021
+  (A100), Khattak & Mikaitis 2025. A100 fp16->fp32 5000/5000, fp16->fp16 5000/5000,
+  bf16->fp32 5000/5000, tf32->fp32 5000/5000 (sm_86/sm_89 share the sm_80 model, unmeasured).
+- sm_89 fp8 (e4m3/e5m2): G=16, F=13, fp32 output -- MMA-Sim 2025. No vectors here.
+- sm_90 (Hopper) mma.sync and wgmma fp16/bf16: G=16, F=25; tf32: G=8, F=25 with the low 13 bits
+  of fp32 operands ignored; fp8: G=32, F=13, output e8m13 -- Khattak & Mikaitis 2025, MMA-Sim
+  2025. H100 fp16->fp32 5000/5000, bf16->fp32 5000/5000. tf32 G=8 and fp8 (with c != 0) rest on
+  the models, not on public vectors.
+- sm_100 (Blackwell) fp16/bf16: G=16, F=25; tf32: G=8, F=25; fp8 (tcgen05 path only): G=32,
+  F=25 -- MMA-Sim 2025. No vectors. The mma.sync fp8 path on Blackwell differs and is not
+  modelled (``get_preset`` refuses it).
+
+``emax_floor``: no preset sets one. The smallest e_max in any vector set is -4 (no zeros, no
+subnormal operands, no non-finite values), so the vectors cannot decide a floor; the literature
+disagrees below 2^-126 (see DESIGN.md), and a GPU probe must settle it. Also unsettled by the
+vectors: fp32-output overflow (modelled as IEEE RZ: ±max finite) and NaN/inf/signed-zero
+behaviour, which follow the rules above.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .formats import FP16, FP32, Format, decode, get_format, is_representable
+from .rounding import decompose, round_scaled, round_to_format
+
+__all__ = ["BlockModel", "PRESETS", "get_preset", "block_fma", "chain"]
+
+_IN_FORMATS = ("fp16", "bf16", "tf32", "e4m3", "e5m2")
+_OUT_FORMATS = ("fp32", "fp16", "e8m13")
+_PATHS = ("mma.sync", "wgmma", "tcgen05")
+_NAN32 = 0x7FFFFFFF  # what NVIDIA tensor cores write for a NaN result
+
+
+@dataclass(frozen=True)
+class BlockModel:
+    name: str  # e.g. "sm_90.mma/bf16->fp32"
+    arch: str  # "sm_90"
+    path: str  # "mma.sync" | "wgmma" (| "tcgen05" for sm_100 fp8)
+    in_format: str  # "fp16" | "bf16" | "tf32" | "e4m3" | "e5m2"
+    out_format: str  # "fp32" | "fp16" | "e8m13"
+    G: int  # products per block
+    F: int  # fraction bits kept below e_max
+    out_rounding: str  # "RZ" | "RNE"
+    emax_floor: int | None
+    input_low_bits_ignored: int  # low bits of the fp32 operand words the hardware drops
+    source: str  # citation
+
+    def __post_init__(self) -> None:
+        if self.in_format not in _IN_FORMATS:
+            raise ValueError(f"BlockModel {self.name!r}: in_format must be one of {_IN_FORMATS}")
+        if self.out_format not in _OUT_FORMATS:
+            raise ValueError(f"BlockModel {self.name!r}: out_format must be one of {_OUT_FORMATS}")
+        if self.G < 1 or self.F < 1:
+            raise ValueError(f"BlockModel {self.name!r}: G and F must be positive")
+        if self.out_rounding not in ("RZ", "RNE"):
+            raise ValueError(f"BlockModel {self.name!r}: out_rounding must be 'RZ' or 'RNE'")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "BlockModel":
+        return cls(**d)
+
+
+# -- presets ------------------------------------------------------------------------------
+_FASI = "Fasi, Higham, Mikaitis, Pranesh 2021, 'Numerical behavior of NVIDIA tensor cores'"
+_KM = "Khattak & Mikaitis 2025, 'Accurate models of NVIDIA tensor cores' (+ their hardware vectors)"
+_MMASIM = "MMA-Sim (Microsoft) 2025"
+_PATH_TAG = {"mma.sync": "mma", "wgmma": "wgmma", "tcgen05": "tcgen05"}
+
+
+def _model(arch, path, in_format, G, F, source, out_format="fp32", emax_floor=None, low_bits=0):
+    out_rounding = "RNE" if out_format == "fp16" else "RZ"
+    name = f"{arch}.{_PATH_TAG[path]}/{in_format}->{out_format}"
+    return BlockModel(name, arch, path, in_format, out_format, G, F, out_rounding, emax_floor, low_bits, source)
+
+
+def _family(arch, paths, G, F, source, formats=("fp16", "bf16")):
+    """fp16/bf16 presets of one arch; fp16 input also gets fp16 (RNE) output."""
+    models = []
+    for path in paths:
+        for in_format in formats:
+            models.append(_model(arch, path, in_format, G, F, source))
+            if in_format == "fp16":
+                models.append(_model(arch, path, in_format, G, F, source, out_format="fp16"))
+    return models
+
+
+def _fp8(arch, paths, G, F, source, out_format="fp32"):
+    return [_model(arch, p, f, G, F, source, out_format=out_format) for p in paths for f in ("e4m3", "e5m2")]
+
+
+def _build_presets() -> dict[str, BlockModel]:
+    mma, hopper, blackwell = ("mma.sync",), ("mma.sync", "wgmma"), ("mma.sync", "tcgen05")
+    models = [
+        *_family("sm_70", mma, 4, 23, f"{_FASI}; {_KM}", formats=("fp16",)),
+        *_family("sm_75", mma, 8, 24, _KM, formats=("fp16",)),
+    ]
+    for arch in ("sm_80", "sm_86", "sm_89"):
+        models += _family(arch, mma, 8, 24, f"{_FASI}; {_KM}")
+        models.append(_model(arch, "mma.sync", "tf32", 4, 24, f"{_FASI}; {_KM}"))
+    models += _fp8("sm_89", mma, 16, 13, _MMASIM)
+    models += _family("sm_90", hopper, 16, 25, f"{_KM}; {_MMASIM}")
+    models += [_model("sm_90", p, "tf32", 8, 25, f"{_KM}; {_MMASIM}", low_bits=13) for p in hopper]
+    models += _fp8("sm_90", hopper, 32, 13, f"{_KM}; {_MMASIM}", out_format="e8m13")
+    models += _family("sm_100", blackwell, 16, 25, _MMASIM)
+    models += [_model("sm_100", p, "tf32", 8, 25, _MMASIM) for p in blackwell]
+    models += _fp8("sm_100", ("tcgen05",), 32, 25, _MMASIM)
+    return {m.name: m for m in models}
+
+
+PRESETS: dict[str, BlockModel] = _build_presets()
+
+
+def get_preset(arch: str, in_format: str, out_format: str = "fp32", path: str = "mma.sync") -> BlockModel:
+    """The preset for (arch, input, output, path); ValueError naming the known ones otherwise."""
+    for model in PRESETS.values():
+        if (model.arch, model.in_format, model.out_format, model.path) == (arch, in_format, out_format, path):
+            return model
+    same_arch = sorted(m.name for m in PRESETS.values() if m.arch == arch)
+    hint = f"presets for {arch}: {same_arch}" if same_arch else f"known archs: {sorted({m.arch for m in PRESETS.values()})}"
+    if arch == "sm_100" and path == "mma.sync" and in_format in ("e4m3", "e5m2"):
+        hint = "the Blackwell mma.sync fp8 path is not modelled (use path='tcgen05'); " + hint
+    raise ValueError(
+        f"no tensor-core preset for arch={arch!r}, in_format={in_format!r}, out_format={out_format!r}, "
+        f"path={path!r}; {hint}"
+    )
+
+
+# -- the block step -----------------------------------------------------------------------
+def _as_float32(x, what: str) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.dtype != np.float32:
+        raise TypeError(f"{what} must be a float32 array, got dtype {arr.dtype}")
+    return arr
+
+
+def _operands(model: BlockModel, x, what: str) -> np.ndarray:
+    """float32 operands after dropping the bits the model ignores; ValueError if any is not
+    representable in the model's input format."""
+    x = _as_float32(x, what)
+    if model.input_low_bits_ignored:
+        keep_mask = np.uint32((0xFFFFFFFF << model.input_low_bits_ignored) & 0xFFFFFFFF)
+        x = (x.view(np.uint32) & keep_mask).view(np.float32)
+    ok = is_representable(x, model.in_format)
+    if not np.all(ok):
+        bad = x[~ok]
+        raise ValueError(
+            f"{what}: {bad.size} operand(s) not representable in {model.in_format} for {model.name}, "
+            f"e.g. {float(bad.flat[0])!r}; round them first (rounding.round_to_format)"
+        )
+    return x
+
+
+def _normalised(x: np.ndarray):
+    """(sign, significand, exponent, is_zero, is_inf, is_nan) of float32 values with the
+    significand normalised to exactly 24 bits, so x = (-1)^s * sig * 2^(exp - 23) and
+    exp = floor(log2|x|) for non-zero finite x (subnormals included)."""
+    sign, mag, exp, is_inf, is_nan = decompose(x)
+    is_zero = (mag == 0) & ~is_inf & ~is_nan
+    # Normalise fp32 subnormals (only c can be one: every input format sits inside fp32 normals
+    # or zero, except e5m2/fp16 subnormals, which are fp32 normals).
+    lead = np.where(is_zero, 23, np.floor(np.log2(np.maximum(mag, 1))).astype(np.int64))
+    up = 23 - lead
+    return sign, mag << up, exp - up + 23, is_zero, is_inf, is_nan
+
+
+def _c_for_output(model: BlockModel, c: np.ndarray) -> np.ndarray:
+    """fp16-output blocks take c rounded to fp16 (RNE) first, as the hardware does."""
+    if model.out_format != "fp16":
+        return c
+    return decode(round_to_format(c, FP16, "RNE"), FP16).astype(np.float32)
+
+
+def _round_output(model: BlockModel, sign, mag, exp) -> np.ndarray:
+    """Exact (-1)^sign * mag * 2^exp rounded to the model's output, as float32."""
+    out_fmt: Format = get_format(model.out_format)
+    bits = round_scaled(sign, mag, exp, out_fmt, model.out_rounding).astype(np.int64)
+    if out_fmt is FP32:
+        return bits.astype(np.uint32).view(np.float32)
+    # Narrower outputs are subsets of fp32: widen exactly through their float64 values.
+    return decode(bits, out_fmt).astype(np.float32)
+
+
+def _block(model: BlockModel, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """One block on validated float32 operands: a, b [N, G], c [N]."""
+    sa, ma, ea, za, ia, na = _normalised(a)
+    sb, mb, eb, zb, ib, nb = _normalised(b)
+    sc, mc, ec, zc, ic, nc = _normalised(c)
+
+    # Products: exact integer significands (< 2^48) at value scale 2^(ea + eb - 46).
+    p_sign = sa ^ sb
+    p_mag = ma * mb
+    p_exp = ea + eb
+    p_zero = za | zb
+    p_inf = (ia | ib) & ~p_zero
+    nan = np.any(na | nb | ((ia | ib) & p_zero), axis=-1) | nc
+    pos_inf = np.any(p_inf & (p_sign == 0), axis=-1) | (ic & (sc == 0))
+    neg_inf = np.any(p_inf & (p_sign == 1), axis=-1) | (ic & (sc == 1))
+    nan |= pos_inf & neg_inf
+    finite = ~(ia | ib | na | nb)  # per product: usable in the integer sum
+
+    # e_max over the non-zero finite terms (c included), raised to the arch floor if any.
+    very_low = np.iinfo(np.int64).min // 4
+    live_products = finite & ~p_zero
+    live_c = ~zc & ~ic & ~nc
+    e_max = np.maximum(np.max(np.where(live_products, p_exp, very_low), axis=-1), np.where(live_c, ec, very_low))
+    if model.emax_floor is not None:
+        e_max = np.maximum(e_max, model.emax_floor)
+    all_zero = e_max == very_low
+    e_max = np.where(all_zero, 0, e_max)
+    grid_exp = e_max - model.F  # every term is cut to a multiple of 2^grid_exp
+
+    def truncated(mag, value_exp, grid_exp):
+        """Integer multiples of 2^grid_exp, truncated toward zero (value = mag * 2^value_exp)."""
+        shift = value_exp - grid_exp
+        down = np.minimum(np.maximum(-shift, 0), 63)
+        up = np.maximum(shift, 0)  # at most F - 23 + 2 bits: stays far inside int64
+        return (mag >> down) << up
+
+    p_terms = truncated(np.where(live_products, p_mag, 0), p_exp - 46, grid_exp[:, None])
+    c_term = truncated(np.where(live_c, mc, 0), ec - 23, grid_exp)
+    p_signed = np.where(p_sign == 1, -p_terms, p_terms)
+    total = np.sum(p_signed, axis=-1) + np.where(sc == 1, -c_term, c_term)
+
+    out = _round_output(model, (total < 0).astype(np.int64), np.abs(total), grid_exp)
+
+    # Zero sums: +0 unless every term is -0.
+    all_terms_negative_zero = np.all(p_zero & (p_sign == 1), axis=-1) & zc & (sc == 1)
+    out = np.where(total == 0, np.where(all_terms_negative_zero, np.float32(-0.0), np.float32(0.0)), out)
+    out = np.where(pos_inf, np.float32(np.inf), out)
+    out = np.where(neg_inf, np.float32(-np.inf), out)
+    return np.where(nan, np.uint32(_NAN32).view(np.float32), out).astype(np.float32)
+
+
+def block_fma(model: BlockModel, a, b, c) -> np.ndarray:
+    """``d = c + sum_i a_i * b_i`` per block. a, b: float32 [..., G]; c: float32 [...].
+
+    Returns float32 [...] (fp16/e8m13 outputs widened exactly to float32).
+    """
+    a = _operands(model, a, "a")
+    b = _operands(model, b, "b")
+    c = _as_float32(c, "c")
+    if a.shape != b.shape or a.ndim == 0 or a.shape[-1] != model.G:
+        raise ValueError(f"{model.name}: a and b must have the same shape [..., G={model.G}], got {a.shape} and {b.shape}")
+    if c.shape != a.shape[:-1]:
+        raise ValueError(f"{model.name}: c must have shape {a.shape[:-1]}, got {c.shape}")
+    batch = a.shape[:-1]
+    c = _c_for_output(model, c)
+    d = _block(model, a.reshape(-1, model.G), b.reshape(-1, model.G), c.reshape(-1))
+    return d.reshape(batch)
+
+
+def chain(model: BlockModel, a, b, c=None) -> np.ndarray:
+    """A K-long dot product as blocks k = 0..K/G-1 in order, each output feeding the next c."""
+    a = _as_float32(a, "a")
+    b = _as_float32(b, "b")
+    if a.shape != b.shape or a.ndim == 0:
+        raise ValueError(f"{model.name}: a and b must have the same shape [..., K], got {a.shape} and {b.shape}")
+    K = a.shape[-1]
+    if K == 0 or K % model.G:
+        raise ValueError(f"{model.name}: K={K} is not a positive multiple of the block size G={model.G}")
+    acc = np.zeros(a.shape[:-1], dtype=np.float32) if c is None else _as_float32(c, "c")
+    for start in range(0, K, model.G):
+        acc = block_fma(model, a[..., start : start + model.G], b[..., start : start + model.G], acc)
+    return acc

@@ -1,0 +1,130 @@
+"""Formats: parameters, exhaustive decode/encode against ml_dtypes, representability."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from hspi_kernels.numerics import exact
+from hspi_kernels.numerics.formats import (
+    BF16,
+    E4M3,
+    E5M2,
+    FP16,
+    FP32,
+    FP64,
+    TF32,
+    decode,
+    encode,
+    get_format,
+    is_representable,
+    make_format,
+)
+
+# Formats small enough to enumerate, with the numpy dtype that independently interprets them.
+EXHAUSTIVE = [
+    (FP16, np.float16),
+    (BF16, ml_dtypes.bfloat16),
+    (E4M3, ml_dtypes.float8_e4m3fn),
+    (E5M2, ml_dtypes.float8_e5m2),
+]
+EXHAUSTIVE_IDS = [f.name for f, _ in EXHAUSTIVE]
+
+
+def all_patterns(fmt):
+    return np.arange(1 << fmt.total_bits, dtype=np.int64).astype(fmt.bits_dtype)
+
+
+@pytest.mark.parametrize(
+    "fmt, max_finite, min_subnormal",
+    [
+        (FP16, 65504.0, 2.0**-24),
+        (BF16, 3.3895313892515355e38, 2.0**-133),
+        (TF32, 3.40116213e38, 2.0**-136),
+        (E4M3, 448.0, 2.0**-9),
+        (E5M2, 57344.0, 2.0**-16),
+        (FP32, float(np.finfo(np.float32).max), 2.0**-149),
+    ],
+    ids=lambda v: getattr(v, "name", None),
+)
+def test_format_parameters(fmt, max_finite, min_subnormal):
+    assert fmt.max_finite == pytest.approx(max_finite, rel=1e-8)
+    assert decode(1, fmt) == min_subnormal
+    assert decode(fmt.max_finite_bits, fmt) == fmt.max_finite
+
+
+def test_e4m3_is_ocp_fn():
+    assert (E4M3.bias, E4M3.has_inf, E4M3.nan_policy, E4M3.max_finite) == (7, False, "fn", 448.0)
+    assert E4M3.nan_bits == 0x7F  # the single NaN pattern S.1111.111
+    values = decode(all_patterns(E4M3), E4M3)
+    assert np.isnan(values).sum() == 2 and not np.isinf(values).any()
+
+
+def test_get_format_and_generic_constructor():
+    assert get_format("bf16") is BF16 and get_format("float8_e4m3fn") is E4M3 and get_format(FP16) is FP16
+    with pytest.raises(ValueError, match="unknown floating-point format 'fp12'"):
+        get_format("fp12")
+    e3m2 = make_format(3, 2)
+    assert (e3m2.bias, e3m2.has_inf, e3m2.max_finite) == (3, True, 14.0)
+    with pytest.raises(ValueError, match="no infinities"):
+        make_format(4, 3).__class__("bad", 4, 3, 7, True, "fn")
+
+
+@pytest.mark.parametrize("fmt, dtype", EXHAUSTIVE, ids=EXHAUSTIVE_IDS)
+def test_decode_matches_ml_dtypes_exhaustively(fmt, dtype):
+    bits = all_patterns(fmt)
+    ours = decode(bits, fmt)
+    with np.errstate(invalid="ignore"):  # signalling-NaN patterns
+        theirs = bits.view(dtype).astype(np.float64)
+    np.testing.assert_array_equal(ours, theirs)  # NaN positions must coincide too
+    assert np.array_equal(np.signbit(ours), np.signbit(theirs))
+    assert fmt.numpy_dtype == np.dtype(dtype)
+
+
+@pytest.mark.parametrize("fmt, dtype", EXHAUSTIVE, ids=EXHAUSTIVE_IDS)
+def test_decode_matches_fraction_reference_exhaustively(fmt, dtype):
+    bits = all_patterns(fmt)
+    ours = decode(bits, fmt)
+    for pattern, value in zip(bits.tolist(), ours.tolist()):
+        ref = exact.to_fraction(pattern, fmt)
+        if ref is None:
+            assert np.isnan(value)
+        elif isinstance(ref, str):
+            assert value == (np.inf if ref == "+inf" else -np.inf)
+        else:
+            assert value == ref
+
+
+@pytest.mark.parametrize("fmt, dtype", EXHAUSTIVE, ids=EXHAUSTIVE_IDS)
+def test_encode_decode_round_trip_exhaustively(fmt, dtype):
+    bits = all_patterns(fmt)
+    values = decode(bits, fmt)
+    nan = np.isnan(values)
+    encoded = encode(values, fmt)
+    assert encoded.dtype == fmt.bits_dtype
+    np.testing.assert_array_equal(encoded[~nan], bits[~nan])  # includes -0 and ±inf
+    assert np.isnan(decode(encoded[nan], fmt)).all()
+    assert np.array_equal(encoded[nan] >> (fmt.total_bits - 1), bits[nan] >> (fmt.total_bits - 1))
+    # The same values as float32 input (all four formats are subsets of fp32).
+    np.testing.assert_array_equal(encode(values.astype(np.float32), fmt)[~nan], bits[~nan])
+
+
+def test_fp64_and_fp32_pass_through():
+    rng = np.random.default_rng(1)
+    x64 = rng.integers(0, 2**63, 10_000, dtype=np.int64).view(np.float64)
+    x64 = x64[np.isfinite(x64)]
+    np.testing.assert_array_equal(decode(encode(x64, FP64), FP64), x64)
+    x32 = rng.integers(0, 2**32, 10_000, dtype=np.uint64).astype(np.uint32)
+    finite = np.isfinite(x32.view(np.float32))
+    np.testing.assert_array_equal(encode(x32.view(np.float32)[finite], FP32), x32[finite])
+
+
+def test_is_representable_and_encode_errors():
+    x = np.array([1.0, 1.0 + 2.0**-10, 1.0 + 2.0**-11, 65504.0, 65520.0, np.inf, np.nan, -0.0, 2.0**-24, 2.0**-25])
+    np.testing.assert_array_equal(is_representable(x, FP16), [1, 1, 0, 1, 0, 1, 1, 1, 1, 0])
+    np.testing.assert_array_equal(is_representable(x, E4M3), [1, 0, 0, 0, 0, 0, 1, 1, 0, 0])
+    with pytest.raises(ValueError, match="not representable in fp16"):
+        encode([1.0 + 2.0**-11], FP16)
+    with pytest.raises(ValueError, match="not representable in e4m3"):
+        encode([np.inf], E4M3)
