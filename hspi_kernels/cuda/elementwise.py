@@ -22,23 +22,12 @@ MAX_GRID = 1 << 16  # the kernels are grid-stride loops
 CANONICAL_NAN = np.uint32(0x7FFFFFFF)  # NaN bits an NVIDIA fp32 FFMA/FADD/FMUL writes
 
 
-def plan(fused: bool = True) -> Any:
-    """The exact operation the kernel performs on each element, as an accumulation plan.
+def plan(fused: bool = True):
+    """The exact operation the kernel performs on each element, as an accumulation plan: a
+    one-term dot product accumulated onto ``c`` in fp32 with RNE; fused means the product is
+    not rounded before the addition."""
+    from hspi_kernels.numerics.plans import Sequential
 
-    Two terms, ``c`` first (the accumulator's initial value) and the product ``a*b``, added in
-    fp32 with RNE: fused means the product is not rounded before the addition.
-    """
-    try:
-        from hspi_kernels.numerics.plans import Sequential
-    except ImportError:
-        return {
-            "plan": "Sequential",
-            "acc": "fp32",
-            "fma": bool(fused),
-            "rounding": "RNE",
-            "terms": ["c", "a*b"],
-            "expr": "fma(a, b, c)" if fused else "rn(rn(a*b) + c)",
-        }
     return Sequential("fp32", fma=bool(fused))
 
 
@@ -112,75 +101,12 @@ def sample_inputs(n: int = 1 << 20, seed: int = 0) -> tuple[np.ndarray, np.ndarr
 # CPU reference: the exact bits
 # ---------------------------------------------------------------------------------------------
 def reference(a: Any, b: Any, c: Any, fused: bool = True) -> np.ndarray:
-    """Exact fp32 result of the kernel on the CPU (numpy float32 array), NaNs canonical.
+    """Exact fp32 result of the kernel on the CPU (numpy float32 array), NaNs canonical: the
+    kernel's plan evaluated by the numerics core (one definition of the exact fma)."""
+    from hspi_kernels.numerics.evaluate import evaluate
 
-    fused: the product of two fp32 numbers is exact in float64, so ``p + c`` has one rounding
-    to do; float64 ``s = fl(p + c)`` followed by a rounding to fp32 can only go wrong when ``s``
-    lands exactly on a midpoint of two fp32 numbers while ``p + c != s`` (a double rounding).
-    The two-sum error ``e = (p + c) - s`` is exact; at such midpoints ``s`` is moved one float64
-    ulp toward ``e`` (strictly to the correct side, never past another fp32 number) before the
-    final rounding. Not fused: numpy's float32 multiply and add are IEEE RNE operations.
-    """
     a32, b32, c32 = (np.ascontiguousarray(np.asarray(x, dtype=np.float32)) for x in (a, b, c))
-    with np.errstate(all="ignore"):
-        if fused:
-            out = _fma_f32(a32, b32, c32)
-        else:
-            out = (a32 * b32) + c32
+    out = evaluate(plan(fused), (a32[..., None], b32[..., None]), c=c32)
     bits = out.view(np.uint32).copy()
     bits[np.isnan(out)] = CANONICAL_NAN
     return bits.view(np.float32)
-
-
-def _fma_f32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
-    p = a.astype(np.float64) * b.astype(np.float64)  # exact: 24 + 24 significant bits
-    c64 = c.astype(np.float64)
-    s = p + c64
-    # two-sum (Knuth): e = (p + c) - s exactly, for finite p, c
-    bv = s - p
-    e = (p - (s - bv)) + (c64 - bv)
-    u = s.view(np.uint64)
-    mag = np.abs(s)
-    normal32 = mag >= 2.0**-126
-    # a midpoint of the fp32 grid: in the fp32 normal range the 29 float64 fraction bits below
-    # fp32 precision read 100...0; in the subnormal range s / 2^-150 is an odd integer
-    mid_normal = normal32 & ((u & np.uint64((1 << 29) - 1)) == np.uint64(1 << 28))
-    scaled = mag * 2.0**150
-    mid_sub = ~normal32 & (np.mod(scaled, 2.0) == 1.0)
-    fix = (mid_normal | mid_sub) & (e != 0) & np.isfinite(s)
-    s = np.where(fix, np.nextafter(s, np.copysign(np.inf, e)), s)
-    return s.astype(np.float32)
-
-
-def exact_fma_f32_fraction(a: float, b: float, c: float) -> np.float32:
-    """Slow exact reference on one element through ``fractions.Fraction`` (for tests)."""
-    from fractions import Fraction
-    import math
-
-    a, b, c = (float(np.float32(x)) for x in (a, b, c))
-    if not all(math.isfinite(x) for x in (a, b, c)):
-        return reference(np.float32(a), np.float32(b), np.float32(c), True)[()]
-    x = Fraction(a) * Fraction(b) + Fraction(c)
-    if x == 0:
-        # exact zero: -0 only when both addends are -0 (RNE)
-        p_neg = (math.copysign(1.0, a) * math.copysign(1.0, b)) < 0
-        neg = p_neg and math.copysign(1.0, c) < 0
-        return np.float32(-0.0 if neg else 0.0)
-    return round_fraction_to_f32(x)
-
-
-def round_fraction_to_f32(x) -> np.float32:
-    """Round an exact rational to fp32, RNE, with subnormals and overflow to infinity."""
-    from fractions import Fraction
-
-    sign = -1 if x < 0 else 1
-    m = abs(Fraction(x))
-    e = m.numerator.bit_length() - m.denominator.bit_length()
-    if Fraction(2) ** e > m:
-        e -= 1  # now 2^e <= m < 2^(e+1)
-    q = max(e, -126) - 23  # quantum of the fp32 grid at m
-    n = round(m / Fraction(2) ** q)  # Fraction.__round__ rounds half to even
-    value = n * Fraction(2) ** q
-    if value >= Fraction(2) ** 128:
-        return np.float32(sign * np.inf)
-    return np.float32(sign * float(value))
