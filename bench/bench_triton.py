@@ -1,0 +1,105 @@
+"""Triton probe kernels vs their library baselines (GPU only; skipped without CUDA or Triton).
+
+    pytest bench/bench_triton.py --benchmark-json docs/results/bench_triton.json
+
+Each benchmark times the Triton kernel and its baseline in the same run with
+``hspi_kernels.timing.gpu_time_ms`` (do_bench: L2 flushed, median), re-checks correctness after
+timing, and puts TFLOP/s and the ratio (Triton time / baseline time: < 1 is faster) in extra_info.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("triton")
+if not torch.cuda.is_available():
+    pytest.skip("bench_triton needs a CUDA GPU", allow_module_level=True)
+
+from hspi_kernels.timing import gpu_time_ms  # noqa: E402
+from hspi_kernels.triton import attention as A  # noqa: E402
+from hspi_kernels.triton import gemm as G  # noqa: E402
+
+GEMM_SHAPES = [(1, 4096, 4096), (16, 4096, 4096), (64, 4096, 4096), (256, 4096, 4096), (4096, 4096, 4096),
+               (8192, 8192, 8192)]
+
+
+def _time_gemm(M, N, K, config):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    a = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)
+    b = torch.randn(K, N, device="cuda", generator=g).to(torch.bfloat16)
+    t_triton = gpu_time_ms(lambda: G.matmul(a, b, config))
+    t_cublas = gpu_time_ms(lambda: torch.matmul(a, b))
+    ours, ref = G.matmul(a, b, config).float(), torch.matmul(a, b).float()
+    rel = ((ours - ref).norm() / ref.norm()).item()
+    assert rel < 1e-2, f"fixed-order GEMM disagrees with cuBLAS after timing: rel {rel}"
+    assert torch.equal(G.matmul(a, b, config), G.matmul(a, b, config)), "fixed-order GEMM is not deterministic"
+    return t_triton, t_cublas
+
+
+def test_gemm_bf16_8192(benchmark, platform_meta):
+    config = G.default_config("bf16")
+    t, base = benchmark.pedantic(_time_gemm, args=(8192, 8192, 8192, config), rounds=1, iterations=1)
+    flop = 2 * 8192**3
+    benchmark.extra_info.update(platform_meta)
+    benchmark.extra_info.update({"shape": [8192, 8192, 8192], "config": repr(config), "triton_ms": t, "cublas_ms": base,
+                                 "triton_tflops": flop / t / 1e9, "cublas_tflops": flop / base / 1e9,
+                                 "speed_vs_cublas": base / t})
+
+
+def test_gemm_bf16_geomean(benchmark, platform_meta):
+    config = G.default_config("bf16")
+
+    def run():
+        return [_time_gemm(M, N, K, config) for M, N, K in GEMM_SHAPES]
+
+    times = benchmark.pedantic(run, rounds=1, iterations=1)
+    speeds = [base / t for t, base in times]
+    benchmark.extra_info.update(platform_meta)
+    benchmark.extra_info.update({
+        "shapes": GEMM_SHAPES, "config": repr(config),
+        "per_shape": [{"shape": s, "triton_ms": t, "cublas_ms": b, "speed_vs_cublas": b / t} for s, (t, b) in zip(GEMM_SHAPES, times)],
+        "geomean_speed_vs_cublas": math.exp(sum(math.log(s) for s in speeds) / len(speeds)),
+    })
+
+
+def _sdpa_backends():
+    from torch.nn.attention import SDPBackend
+
+    return {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+            "efficient": SDPBackend.EFFICIENT_ATTENTION}
+
+
+def test_attention_hd128_causal(benchmark, platform_meta):
+    from torch.nn.attention import sdpa_kernel
+
+    B, H, S, D = 4, 16, 4096, 128
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(B, H, S, D, device="cuda", generator=g).to(torch.bfloat16) for _ in range(3))
+    flop = 4 * B * H * S * S * D / 2  # causal: half the score matrix
+
+    def run():
+        t = gpu_time_ms(lambda: A.attention(q, k, v, causal=True))
+        backends = {}
+        for name, backend in _sdpa_backends().items():
+            try:
+                with sdpa_kernel([backend]):
+                    backends[name] = gpu_time_ms(
+                        lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True))
+            except RuntimeError:
+                backends[name] = None  # backend not available for this input
+        return t, backends
+
+    t, backends = benchmark.pedantic(run, rounds=1, iterations=1)
+    available = {n: ms for n, ms in backends.items() if ms is not None}
+    fastest = min(available, key=available.get)
+    out = A.attention(q, k, v, causal=True).float()
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True).float()
+    assert (out - ref).abs().max().item() < 5e-2, "Triton attention disagrees with SDPA after timing"
+    benchmark.extra_info.update(platform_meta)
+    benchmark.extra_info.update({
+        "shape": [B, H, S, D], "config": repr(A.AttentionConfig()), "triton_ms": t, "triton_tflops": flop / t / 1e9,
+        "sdpa_ms": backends, "fastest_sdpa": fastest, "speed_vs_fastest_sdpa": available[fastest] / t,
+    })

@@ -1,0 +1,317 @@
+"""Triton probe kernels on the CPU: the Triton interpreter (TRITON_INTERPRET=1) runs every kernel
+on small shapes with ragged edges, and sm_90 compile-only checks read the PTX.
+
+The interpreter's ``tl.dot`` is numpy matmul in fp32, not tensor-core arithmetic, so GEMM and
+attention are checked against fp64 within the bound of fp32 accumulation
+(``|err| <= 2 K u32 sum|a b| + u_out |ref|``, u32 = 2^-24) or, for attention, against k x the
+error of torch's same-precision baseline (flash-attention style); orders made of fp32 additions
+(split-K combine, the reductions, the revealed tl.sum tree) are compared with ``==`` against
+their plans. Skipped with the reason when torch or triton is missing.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported (the kernels are defined lazily)
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the Triton kernels need torch")
+triton = pytest.importorskip("triton", reason="the Triton kernels need triton (pip install triton==3.6.0)")
+
+
+def _interpreter_shims():
+    """Three Triton 3.6 interpreter defects, patched for this module only: scalars are 1-element
+    arrays whose ``__index__`` uses ``int(array)`` (an error with numpy >= 2.4, breaking
+    ``range(tensor, tensor)``), bf16 ``tl.dot`` multiplies the raw uint16 storage, and
+    fp32 -> bf16 casts truncate (the GPU's ``cvt.rn.bf16.f32`` rounds to nearest even)."""
+    import ml_dtypes
+    import triton.language as tl
+    import triton.runtime.interpreter as interp
+
+    patch_tensor = interp._patch_lang_tensor
+
+    def patched_tensor(tensor, scope):
+        patch_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    create_dot = interp.InterpreterBuilder.create_dot
+
+    def widened_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        def widen(h):
+            if h.dtype == tl.bfloat16:
+                return interp.TensorHandle((h.data.astype(np.uint32) << 16).view(np.float32), tl.float32)
+            return h
+
+        return create_dot(self, widen(a), widen(b), d, input_precision, max_num_imprecise_acc)
+
+    cast_impl = interp.InterpreterBuilder.cast_impl
+
+    def rounding_cast(self, src, dst_type):
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+            return interp.TensorHandle(src.data.astype(ml_dtypes.bfloat16).view(np.uint16), tl.bfloat16)
+        return cast_impl(self, src, dst_type)
+
+    interp._patch_lang_tensor = patched_tensor
+    interp.InterpreterBuilder.create_dot = widened_dot
+    interp.InterpreterBuilder.cast_impl = rounding_cast
+    return lambda: (setattr(interp, "_patch_lang_tensor", patch_tensor),
+                    setattr(interp.InterpreterBuilder, "create_dot", create_dot),
+                    setattr(interp.InterpreterBuilder, "cast_impl", cast_impl))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def interpreter():
+    undo = _interpreter_shims()
+    yield
+    undo()
+
+
+from hspi_kernels.numerics.evaluate import evaluate, gemm as plan_gemm  # noqa: E402
+from hspi_kernels.triton import attention as A  # noqa: E402
+from hspi_kernels.triton import gemm as G  # noqa: E402
+from hspi_kernels.triton import reduction as R  # noqa: E402
+
+SMALL = G.GemmConfig(block_m=16, block_n=32, block_k=16, group_m=2, num_warps=4, num_stages=2)
+U32 = 2.0**-24
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "e4m3": torch.float8_e4m3fn}
+U_OUT = {torch.float32: U32, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
+
+
+def _bits(t) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(t, dtype=np.float32)).view(np.int32)
+
+
+def _gemm_bound(a, b, out_dtype, input_rounding: float = 0.0):
+    a64, b64 = a.double(), b.double()
+    ref = a64 @ b64
+    mag = a64.abs() @ b64.abs()
+    K = a.shape[1]
+    return ref, (2 * K * U32 + 2 * input_rounding) * mag + U_OUT[out_dtype] * ref.abs() + 1e-30
+
+
+def test_import_is_lazy():
+    import subprocess
+    import sys
+
+    code = ("import sys, hspi_kernels.triton as t, hspi_kernels.triton.gemm, hspi_kernels.triton.reduction, "
+            "hspi_kernels.triton.attention, hspi_kernels.triton.torch_override; "
+            "assert 'triton' not in sys.modules and 'torch' not in sys.modules, sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("variant", ["plain", "split_k", "atomic", "persistent", "transposed_b"])
+def test_gemm_vs_fp64(dtype, variant):
+    torch.manual_seed(1)
+    M, N, K = 37, 48, 72  # ragged in M and K tiles; N, K 16-byte aligned rows for TMA
+    a = torch.randn(M, K).to(dtype)
+    b = torch.randn(K, N).to(dtype)
+    config = {"plain": SMALL, "split_k": SMALL.replace(split_k=3), "atomic": SMALL.replace(split_k=3, split_k_combine="atomic"),
+              "persistent": SMALL.replace(persistent=True), "transposed_b": SMALL}[variant]
+    if variant == "transposed_b":
+        b = b.t().contiguous().t()
+    if dtype == torch.float32:
+        config = config.replace(input_precision="ieee")
+    out = G.matmul(a, b, config)
+    assert out.dtype == dtype and out.shape == (M, N)
+    ref, bound = _gemm_bound(a, b, dtype)
+    assert bool(((out.double() - ref).abs() <= bound).all())
+
+
+@pytest.mark.parametrize("precision", ["tf32", "tf32x3"])
+def test_gemm_fp32_tensor_core_precisions(precision):
+    torch.manual_seed(2)
+    a, b = torch.randn(20, 40), torch.randn(40, 24)
+    out = G.matmul(a, b, SMALL.replace(input_precision=precision))
+    ref, bound = _gemm_bound(a, b, torch.float32, input_rounding=2.0**-11 if precision == "tf32" else 0.0)
+    assert bool(((out.double() - ref).abs() <= bound).all())
+
+
+@pytest.mark.parametrize("fmt", ["e4m3", "e5m2"])
+@pytest.mark.parametrize("imprecise", [None, 32])
+def test_gemm_fp8(fmt, imprecise):
+    torch.manual_seed(3)
+    dtype = torch.float8_e4m3fn if fmt == "e4m3" else torch.float8_e5m2
+    a, b = torch.randn(20, 80).to(dtype), torch.randn(80, 24).to(dtype)
+    config = G.GemmConfig(block_m=16, block_n=16, block_k=64, max_num_imprecise_acc=imprecise)
+    out = G.matmul(a, b, config)
+    assert out.dtype == torch.float32
+    ref, bound = _gemm_bound(a.float(), b.float(), torch.float32)
+    assert bool(((out.double() - ref).abs() <= bound).all())
+    assert G.plan(config, fmt, 80) is not None
+
+
+def test_split_k_fixed_combine_equals_its_plan():
+    """Parts computed by the same kernel (split_k=1 on each K slice), then the combine kernel's
+    bits must be the plan's combine: ((p0 + p1) + p2) in fp32."""
+    from hspi_kernels.numerics.plans import Sequential
+
+    torch.manual_seed(4)
+    M, N, K = 19, 33, 80  # 5 K tiles of 16 in 3 parts: 2 + 2 + 1
+    a = torch.randn(M, K) * 2.0 ** torch.randint(-12, 13, (M, K))
+    b = torch.randn(K, N)
+    config = SMALL.replace(split_k=3, input_precision="ieee")
+    out = G.matmul(a, b, config)
+    parts = [G.matmul(a[:, s].contiguous(), b[s].contiguous(), config.replace(split_k=1))
+             for s in (slice(0, 32), slice(32, 64), slice(64, 80))]
+    combined = evaluate(Sequential("fp32"), np.stack([p.numpy() for p in parts], axis=-1), backend="numpy")
+    assert np.array_equal(_bits(out), _bits(combined))
+    plan = G.plan(config, "fp32", K)
+    assert plan.parts == 3 and plan.tile == 16 and plan.combine == Sequential("fp32")
+    assert repr(G.plan(SMALL.replace(split_k=3, split_k_combine="atomic"), "bf16", K)) == "None"
+
+
+def test_gemm_plans_evaluate():
+    """Every plan the GEMM declares is accepted by the evaluator on padded operands."""
+    rng = np.random.default_rng(5)
+    for fmt, config in [("bf16", G.default_config("bf16")), ("fp16", G.default_config("fp16", split_k=2)),
+                        ("fp32", G.default_config("fp32")), ("fp32", G.default_config("fp32", input_precision="ieee")),
+                        ("e4m3", G.default_config("e4m3")), ("e4m3", G.default_config("e4m3", max_num_imprecise_acc=32))]:
+        kp = G.padded_k(200, config)
+        a = torch.from_numpy(rng.standard_normal((3, kp)).astype(np.float32)).to(_DTYPES[fmt]).float().numpy()
+        b = torch.from_numpy(rng.standard_normal((kp, 2)).astype(np.float32)).to(_DTYPES[fmt]).float().numpy()
+        got = plan_gemm(G.plan(config, fmt, 200), a, b, backend="numpy")
+        assert np.all(np.abs(got - a.astype(np.float64) @ b) <= 1e-2 * (np.abs(a) @ np.abs(b)))
+    assert G.plan(G.default_config("fp32", input_precision="tf32x3"), "fp32", 64) is None
+
+
+def test_gemm_rejects_bad_input():
+    with pytest.raises(AssertionError):
+        G.matmul(torch.randn(4, 5), torch.randn(6, 4))
+    with pytest.raises(TypeError):
+        G.matmul(torch.randn(4, 4, dtype=torch.float64), torch.randn(4, 4, dtype=torch.float64))
+    with pytest.raises(ValueError):
+        G.GemmConfig(max_num_imprecise_acc=48)
+
+
+def test_batch_invariance_interpreter():
+    torch.manual_seed(6)
+    a, w = torch.randn(40, 32).to(torch.bfloat16), torch.randn(32, 48).to(torch.bfloat16)
+    full = G.matmul(a, w, SMALL)
+    for rows in (1, 3, 16, 17):
+        assert torch.equal(G.matmul(a[:rows], w, SMALL), full[:rows])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_row_and_col_sum_equal_their_plans(dtype):
+    torch.manual_seed(7)
+    x = (torch.randn(6, 203) * 2.0 ** torch.randint(-20, 21, (6, 203))).to(dtype)
+    xf = x.float().numpy()
+    got = R.row_sum(x, block=32)
+    assert np.array_equal(_bits(got), _bits(evaluate(R.plan(203, block=32), xf, backend="numpy")))
+    got = R.col_sum(x, block_r=4, block_c=64)
+    ref = evaluate(R.plan(6, block=4), np.ascontiguousarray(xf.T), backend="numpy")
+    assert np.array_equal(_bits(got), _bits(ref))
+    # negative control: a wrong combine tree must not explain the bits
+    from hspi_kernels.numerics.plans import Sequential, Strided
+
+    wrong = evaluate(Strided(32, inner=Sequential(init="zero"), combine=Sequential()), xf, backend="numpy")
+    assert not np.array_equal(_bits(R.row_sum(x, block=32)), _bits(wrong))
+
+
+def test_reveal_tl_sum_order_reproduces_tl_sum():
+    tree = R.reveal_tl_sum_order(block=32, num_warps=1, device="cpu")
+    assert sorted(tree.leaves()) == list(range(32))
+    torch.manual_seed(8)
+    x = torch.randn(9, 96) * 2.0 ** torch.randint(-20, 21, (9, 96))
+    got = R.row_sum(x, block=32, order="tl.sum", num_warps=1)
+    ref = evaluate(R.plan(96, block=32, order="tl.sum", tl_sum_tree=tree), x.numpy(), backend="numpy")
+    assert np.array_equal(_bits(got), _bits(ref))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("S", [64, 50])
+def test_attention_vs_fp64(causal, S):
+    torch.manual_seed(9)
+    q, k, v = (torch.randn(1, 2, S, 16, dtype=torch.bfloat16) for _ in range(3))
+    out = A.attention(q, k, v, causal=causal, config=A.AttentionConfig(block_m=32, block_n=16, num_warps=4))
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    ref = sdpa(q.double(), k.double(), v.double(), is_causal=causal)
+    base_err = (sdpa(q, k, v, is_causal=causal).double() - ref).abs().max().item()
+    err = (out.double() - ref).abs().max().item()
+    assert err <= 4 * base_err, (err, base_err)
+    import json
+
+    json.dumps(A.plan(causal=causal))
+
+
+def test_torch_override_routes_mm_addmm_bmm():
+    from hspi_kernels.triton import torch_override as T
+
+    config = SMALL.replace(input_precision="ieee")
+    torch.manual_seed(10)
+    a, w, bias = torch.randn(20, 40), torch.randn(24, 40), torch.randn(24)
+    with T.fixed_order_matmul({"fp32": config}, dispatch_key="CPU"):
+        assert T.active()
+        z = a @ w.t()
+        y = torch.nn.functional.linear(a, w, bias)
+        bb = torch.bmm(a[None].repeat(2, 1, 1), w.t()[None].repeat(2, 1, 1))
+    assert not T.active()
+    ref = G.matmul(a, w.t(), config)
+    assert torch.equal(z, ref) and torch.equal(bb[1], ref)
+    assert torch.equal(y, ref + bias)
+
+
+# -- compile-only for sm_90 (no GPU needed: Triton ships ptxas) ----------------------------------
+_COMPILE_SCRIPT = r"""
+import json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from hspi_kernels.triton import gemm as G
+
+kernel = G._kernels()["gemm"]
+ints = ("M", "N", "K", "stride_am", "stride_ak", "stride_bk", "stride_bn", "stride_cp", "stride_cm", "stride_cn",
+        "TILES_PER_PART")
+consts = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "INPUT_PRECISION", "MAX_IMPRECISE", "ATOMIC")
+out = {}
+for name, elem, precision, blocks, warps, fusion in [
+        ("bf16", "bf16", None, (128, 128, 64), 8, False),
+        ("tf32", "fp32", "tf32", (128, 128, 32), 8, False),
+        ("e4m3", "fp8e4nv", None, (128, 128, 64), 8, False),
+        ("ieee.nofusion", "fp32", "ieee", (32, 32, 16), 4, False),
+        ("ieee.fusion", "fp32", "ieee", (32, 32, 16), 4, True)]:
+    sig = {"a_ptr": "*" + elem, "b_ptr": "*" + elem, "c_ptr": "*fp32", **{n: "i32" for n in ints},
+           **{n: "constexpr" for n in consts}}
+    const = dict(zip(("BLOCK_M", "BLOCK_N", "BLOCK_K"), blocks), GROUP_M=8, INPUT_PRECISION=precision,
+                 MAX_IMPRECISE=None, ATOMIC=False)
+    c = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=const), target=GPUTarget("cuda", 90, 32),
+                       options={"num_warps": warps, "num_stages": 2, "enable_fp_fusion": fusion})
+    ptx = c.asm["ptx"]
+    out[name] = {"wgmma": "wgmma.mma_async" in ptx, "mma": "mma" in ptx, "fma": "fma.rn.f32" in ptx}
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def sm90_ptx() -> dict:
+    """Facts about the PTX of the GEMM kernel compiled for sm_90 in a subprocess (kernels defined
+    under TRITON_INTERPRET=1 are interpreter objects and cannot be compiled)."""
+    import json
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
+    if proc.returncode != 0:
+        pytest.skip(f"sm_90 compile-only not available here: {proc.stderr.strip().splitlines()[-1:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", ["bf16", "tf32", "e4m3"])
+def test_sm90_tensor_core_paths_use_wgmma_without_fma(sm90_ptx, name):
+    assert sm90_ptx[name]["wgmma"]
+    assert not sm90_ptx[name]["fma"]
+
+
+@pytest.mark.parametrize("fusion", [False, True])
+def test_sm90_ieee_fp32_dot_is_fma_whatever_fusion(sm90_ptx, fusion):
+    """The CUDA-core fp32 dot is llvm.fmuladd, lowered to fma.rn.f32 even with
+    enable_fp_fusion=False (it only stops contracting separate mul/add): the plan says fma."""
+    facts = sm90_ptx["ieee.fusion" if fusion else "ieee.nofusion"]
+    assert not facts["mma"]
+    assert facts["fma"]
+    assert G.plan(G.GemmConfig(input_precision="ieee", enable_fp_fusion=fusion), "fp32", 64).fma
