@@ -13,7 +13,7 @@ fp64      float64                          64     11        52
 fp32      float32                          32     8         23
 fp16      float16                          16     5         10
 bf16      ml_dtypes.bfloat16               16     8         7
-e4m3fn    ml_dtypes.float8_e4m3fn          8      4         3   (no Inf; NaN = S.1111.111)
+e4m3      ml_dtypes.float8_e4m3fn          8      4         3   (no Inf; NaN = S.1111.111)
 e5m2      ml_dtypes.float8_e5m2            8      5         2
 ========  ===============================  =====  ========  =========
 
@@ -42,13 +42,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import ml_dtypes
 import numpy as np
 import xxhash
 
+from hspi_kernels.numerics.formats import Format, get_format
+
 __all__ = [
     "FORMATS",
-    "FloatFormat",
     "RoundingDirections",
     "UlpDistance",
     "UlpHistogram",
@@ -62,46 +62,9 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class FloatFormat:
-    """Bit layout sign | exponent | fraction of one binary floating-point format."""
-
-    name: str
-    dtype: np.dtype
-    exp_bits: int
-    frac_bits: int
-    has_inf: bool = True  # False: OCP e4m3fn (no Inf, NaN only at all-ones magnitude)
-
-    @property
-    def width(self) -> int:
-        return 1 + self.exp_bits + self.frac_bits
-
-    @property
-    def bias(self) -> int:
-        return (1 << (self.exp_bits - 1)) - 1
-
-    @property
-    def uint_dtype(self) -> np.dtype:
-        return np.dtype(f"u{self.width // 8}")
-
-
-FORMATS: dict[str, FloatFormat] = {
-    f.name: f
-    for f in (
-        FloatFormat("fp64", np.dtype(np.float64), 11, 52),
-        FloatFormat("fp32", np.dtype(np.float32), 8, 23),
-        FloatFormat("fp16", np.dtype(np.float16), 5, 10),
-        FloatFormat("bf16", np.dtype(ml_dtypes.bfloat16), 8, 7),
-        FloatFormat("e4m3fn", np.dtype(ml_dtypes.float8_e4m3fn), 4, 3, has_inf=False),
-        FloatFormat("e5m2", np.dtype(ml_dtypes.float8_e5m2), 5, 2),
-    )
-}
-_ALIASES = {
-    "float64": "fp64", "float32": "fp32", "float16": "fp16", "bfloat16": "bf16",
-    "float8_e4m3fn": "e4m3fn", "fp8_e4m3fn": "e4m3fn", "e4m3": "e4m3fn",
-    "float8_e5m2": "e5m2", "fp8_e5m2": "e5m2",
-}  # fmt: skip
-_BY_DTYPE = {f.dtype: f for f in FORMATS.values()}
+# The storage formats the extractor reads: one definition of each layout, in numerics.formats.
+FORMATS: dict[str, Format] = {n: get_format(n) for n in ("fp64", "fp32", "fp16", "bf16", "e4m3", "e5m2")}
+_BY_DTYPE = {f.numpy_dtype: f for f in FORMATS.values()}
 
 
 def _native():
@@ -111,14 +74,14 @@ def _native():
     return _native
 
 
-def _format_named(fmt: str) -> FloatFormat:
-    name = _ALIASES.get(fmt, fmt)
-    if name not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; expected one of {sorted(FORMATS)}")
-    return FORMATS[name]
+def _format_named(fmt: str) -> Format:
+    f = get_format(fmt)
+    if f.name not in FORMATS:
+        raise ValueError(f"unsupported format {fmt!r} for features; expected one of {sorted(FORMATS)}")
+    return f
 
 
-def resolve_format(x: np.ndarray, fmt: str | None = None, *, name: str = "x") -> FloatFormat:
+def resolve_format(x: np.ndarray, fmt: str | None = None, *, name: str = "x") -> Format:
     """The format of ``x``: from its float dtype, or from ``fmt`` for an integer bit view."""
     dt = x.dtype.newbyteorder("=") if x.dtype.byteorder not in "=|" else x.dtype
     if dt in _BY_DTYPE:
@@ -133,10 +96,10 @@ def resolve_format(x: np.ndarray, fmt: str | None = None, *, name: str = "x") ->
                 f"(one of {sorted(FORMATS)})"
             )
         f = _format_named(fmt)
-        if dt.itemsize * 8 != f.width:
+        if dt.itemsize * 8 != f.total_bits:
             raise ValueError(
                 f"{name}: integer view of dtype {x.dtype} ({dt.itemsize * 8} bits) cannot hold "
-                f"{f.name} ({f.width} bits)"
+                f"{f.name} ({f.total_bits} bits)"
             )
         return f
     raise ValueError(
@@ -145,7 +108,7 @@ def resolve_format(x: np.ndarray, fmt: str | None = None, *, name: str = "x") ->
     )
 
 
-def _bits(x, fmt: str | None, name: str) -> tuple[np.ndarray, FloatFormat]:
+def _bits(x, fmt: str | None, name: str) -> tuple[np.ndarray, Format]:
     """C-contiguous native-order unsigned view of the raw bits (copied only when strided)."""
     if not isinstance(x, np.ndarray):
         raise ValueError(f"{name}: expected a numpy array, got {type(x).__name__}")
@@ -155,10 +118,10 @@ def _bits(x, fmt: str | None, name: str) -> tuple[np.ndarray, FloatFormat]:
     if x.dtype.byteorder not in "=|":
         x = x.astype(x.dtype.newbyteorder("="))
     x = np.ascontiguousarray(x)
-    return x.view(f.uint_dtype), f
+    return x.view(f.bits_dtype), f
 
 
-def _pair(a, b, fmt: str | None, names=("a", "b")) -> tuple[np.ndarray, np.ndarray, FloatFormat]:
+def _pair(a, b, fmt: str | None, names=("a", "b")) -> tuple[np.ndarray, np.ndarray, Format]:
     ua, fa = _bits(a, fmt, names[0])
     ub, fb = _bits(b, fmt, names[1])
     if fa != fb:
@@ -168,8 +131,8 @@ def _pair(a, b, fmt: str | None, names=("a", "b")) -> tuple[np.ndarray, np.ndarr
     return ua, ub, fa
 
 
-def _args(f: FloatFormat) -> tuple[int, int, int, bool]:
-    return f.width, f.exp_bits, f.frac_bits, f.has_inf
+def _args(f: Format) -> tuple[int, int, int, bool]:
+    return f.total_bits, f.exp_bits, f.frac_bits, f.has_inf
 
 
 # --------------------------------------------------------------------------------------------
@@ -216,7 +179,7 @@ class UlpDistance:
 
     distance: np.ndarray
     special: np.ndarray
-    format: FloatFormat
+    format: Format
 
     @property
     def finite(self) -> np.ndarray:
@@ -253,7 +216,7 @@ class UlpHistogram:
     hi: np.ndarray
     n_special: int
     mode: str
-    format: FloatFormat
+    format: Format
 
     @property
     def total(self) -> int:
@@ -284,7 +247,7 @@ def ulp_histogram(
         hi = lo.copy()
         lo[0], hi[-1] = i64.min, i64.max
     else:
-        k = np.arange(1, f.width + 1, dtype=object)
+        k = np.arange(1, f.total_bits + 1, dtype=object)
         pos_lo = np.array([min(1 << (j - 1), i64.max) for j in k], dtype=object)
         pos_hi = np.array([min((1 << j) - 1, i64.max) for j in k], dtype=object)
         lo = np.concatenate([-pos_hi[::-1], [0], pos_lo]).astype(np.int64)
@@ -356,7 +319,7 @@ def rounding_direction(
         raise ValueError(f"shape mismatch: low {low.shape} vs high_ref {high_ref.shape}")
     ur, _ = _bits(high_ref, None, "high_ref")
     direction, nan, counts = _native().features_rounding_direction(
-        ul, ur.view(fr.dtype), *_args(fl), fr.width
+        ul, ur.view(fr.numpy_dtype), *_args(fl), fr.total_bits
     )
     down, exact, up, n_nan = (int(c) for c in counts)
     return RoundingDirections(direction, nan, down, exact, up, n_nan)
