@@ -38,8 +38,8 @@ import functools
 from dataclasses import dataclass
 
 __all__ = [
-    "GemmConfig", "default_config", "matmul", "plan", "padded_k", "require_triton",
-    "INPUT_PRECISIONS", "SPLIT_K_COMBINES",
+    "GemmConfig", "default_config", "matmul", "plan", "padded_k", "require_triton", "shared_memory_bytes",
+    "INPUT_PRECISIONS", "SPLIT_K_COMBINES", "SHARED_MEMORY_LIMIT_SM90",
 ]
 
 INPUT_PRECISIONS = ("ieee", "tf32", "tf32x3")
@@ -108,12 +108,22 @@ class GemmConfig:
         return not (self.split_k > 1 and self.split_k_combine == "atomic")
 
 
+# Hopper: 227 KiB of shared memory per block (cudaDevAttrMaxSharedMemoryPerBlockOptin = 232448 B)
+SHARED_MEMORY_LIMIT_SM90 = 232448
+
+
 def default_config(fmt: str, **changes) -> GemmConfig:
     """The fixed H100 configuration for an input format ("bf16", "fp16", "fp32", "e4m3", "e5m2").
 
     bf16/fp16: 128x256x64, GROUP_M 8, 8 warps, 4 stages (0.96x cuBLAS at 8192^3 on the H100,
     DESIGN.md); fp8: 128x256x128, 3 stages; fp32 on tensor cores: 128x128x32, 4 stages; fp32
-    "ieee" (CUDA-core FMA loop, register-bound): 64x64x32, 4 warps, 3 stages."""
+    "ieee" (CUDA-core FMA loop, register-bound): 64x64x32, 4 warps, 3 stages.
+
+    ``persistent=True`` (TMA kernel) uses BLOCK_N 128 for the tensor-core formats: its pipeline
+    keeps num_stages A and B tiles *and* a BLOCK_M x BLOCK_N staging tile for the TMA store in
+    shared memory, so 128x256x64 bf16 with an fp32 output needs 327712 B (> 232448 B on sm_90);
+    128x128 tiles need <= 196664 B for every format and output (sm_90 compile, Triton 3.6,
+    :func:`shared_memory_bytes`; checked by tests/test_triton_kernels.py)."""
     if fmt in ("bf16", "fp16"):
         base = GemmConfig()
     elif fmt in ("e4m3", "e5m2"):
@@ -125,7 +135,45 @@ def default_config(fmt: str, **changes) -> GemmConfig:
             base = GemmConfig(block_m=128, block_n=128, block_k=32, num_warps=8, num_stages=4)
     else:
         raise ValueError(f"default_config: unknown input format {fmt!r}")
+    if changes.get("persistent") and base.block_n > 128:
+        base = base.replace(block_n=128, num_stages=4)
     return base.replace(**changes) if changes else base
+
+
+def shared_memory_bytes(config: GemmConfig, in_format: str, out_format: str = "fp32", arch: int = 90) -> int:
+    """Shared memory (bytes) one program of ``config`` needs, from a compile-only build for
+    ``sm_<arch>`` (no GPU needed: Triton ships ptxas). Compare with
+    :data:`SHARED_MEMORY_LIMIT_SM90`; a launch above the limit raises ``OutOfResources``.
+    Needs Triton without ``TRITON_INTERPRET``. ``out_format``: "fp32", "bf16", "fp16"."""
+    require_triton()
+    import triton as _triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    elem = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32", "e4m3": "fp8e4nv", "e5m2": "fp8e5"}[in_format]
+    out = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}[out_format]
+    precision = config.input_precision if in_format == "fp32" else None
+    const = dict(BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, GROUP_M=config.group_m,
+                 INPUT_PRECISION=precision, MAX_IMPRECISE=config.max_num_imprecise_acc)
+    ptrs = {"a_ptr": "*" + elem, "b_ptr": "*" + elem, "c_ptr": "*" + out}
+    # as a launch on row-major operands specialises them: unit strides are constants, pointers,
+    # sizes and leading strides divisible by 16 (vector loads, cp.async pipelining: the most smem)
+    if config.persistent:
+        kernel = _kernels()["persistent"]
+        const["NUM_SMS"] = 132
+        ints = ("M", "N", "K")
+    else:
+        kernel = _kernels()["gemm"]
+        const.update(stride_ak=1, stride_bn=1, stride_cn=1, ATOMIC=not config.deterministic)
+        ints = ("M", "N", "K", "stride_am", "stride_bk", "stride_cp", "stride_cm", "TILES_PER_PART")
+    sig = {**ptrs, **{n: "i32" for n in ints}}
+    sig.update({n: "constexpr" for n in const})
+    names = list(sig)
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in (*ptrs, *ints) if n != "TILES_PER_PART"}
+    compiled = _triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=const, attrs=attrs), target=GPUTarget("cuda", arch, 32),
+                               options={"num_warps": config.num_warps, "num_stages": config.num_stages,
+                                        "enable_fp_fusion": config.enable_fp_fusion})
+    return int(compiled.metadata.shared)
 
 
 def padded_k(K: int, config: GemmConfig) -> int:
@@ -214,9 +262,11 @@ def _kernels():
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_k = tl.arange(0, BLOCK_K)
-        # rows/columns past the edge read row 0 / column 0 (discarded at the store): no masks in the loop
-        rows = tl.where(offs_m < M, offs_m, 0)
-        cols = tl.where(offs_n < N, offs_n, 0)
+        # rows/columns past the edge read row 0 / column 0 (discarded at the store): no masks in the loop.
+        # The contiguity hints (as in the Triton tutorials) let the unit-stride loads vectorise and
+        # pipeline (cp.async); without them B loads were scalar (0.06x cuBLAS at 8192^3, H100).
+        rows = tl.max_contiguous(tl.multiple_of(tl.where(offs_m < M, offs_m, 0), BLOCK_M), BLOCK_M)
+        cols = tl.max_contiguous(tl.multiple_of(tl.where(offs_n < N, offs_n, 0), BLOCK_N), BLOCK_N)
         k_tiles = tl.cdiv(K, BLOCK_K)
         kt_start = part * TILES_PER_PART
         kt_end = tl.minimum(kt_start + TILES_PER_PART, k_tiles)
