@@ -101,6 +101,73 @@ def test_chain_every_preset_numpy_equals_native(name):
             assert _same(evaluate(plan, (a, b), backend="numpy", **kw), evaluate(plan, (a, b), **kw)), (name, plan)
 
 
+def _adversarial_in_format(rng, fmt, shape):
+    """Operands that exercise the sm_90 rules, one regime per row (a = the first half of the
+    columns, b the second): all subnormal, tiny (bf16/tf32: products around the e_max floor
+    -133), wide normals, or subnormal a times b half subnormal, half small normal; zeros of
+    both signs throughout."""
+    sub_lo, sub_hi, top = {"fp16": (-24, -15, 15), "bf16": (-133, -127, 60), "tf32": (-136, -127, 60),
+                           "e4m3": (-9, -7, 8), "e5m2": (-16, -15, 15)}[fmt]
+    tiny_lo, tiny_hi = (sub_lo, sub_hi) if fmt in ("fp16", "e4m3", "e5m2") else (-75, -66)
+    regime = rng.integers(0, 4, (shape[0], 1))
+    # regime 3: every a subnormal, b half subnormal (sub*sub products are what gets truncated)
+    half = (np.arange(shape[1]) < shape[1] // 2) | (rng.random(shape) < 0.5)
+    e = np.select([regime == 0, regime == 1, (regime == 3) & half, regime == 3],
+                  [rng.integers(sub_lo, sub_hi + 1, shape), rng.integers(tiny_lo, tiny_hi + 1, shape),
+                   rng.integers(sub_lo, sub_hi + 1, shape), rng.integers(-3, 2, shape)],
+                  rng.integers(-8, top // 2, shape))
+    x = (1.0 + rng.random(shape)) * np.exp2(e.astype(np.float64)) * np.where(rng.random(shape) < 0.5, -1, 1)
+    dtype = {"fp16": np.float16, "bf16": ml_dtypes.bfloat16, "e4m3": ml_dtypes.float8_e4m3fn,
+             "e5m2": ml_dtypes.float8_e5m2}.get(fmt)
+    if dtype is None:
+        x = x.astype(F32)
+    else:
+        big = float(ml_dtypes.finfo(dtype).max)
+        x = np.clip(x, -big, big).astype(dtype).astype(F32)
+    if fmt == "tf32":
+        x = (x.view(np.uint32) & np.uint32(0xFFFFE000)).view(F32)
+    zero = rng.random(shape)
+    return np.where(zero < 0.04, F32(0), np.where(zero < 0.08, F32(-0.0), x)).astype(F32)
+
+
+SM90_RULES = [dict(subnormal_exponent=se, zero_sign=zs, emax_floor=fl)
+              for se in ("actual", "emin") for zs in ("ieee", "positive") for fl in (None, -133)]
+
+
+@pytest.mark.parametrize("name", sorted(n for n in PRESETS if n.startswith("sm_90.")))
+def test_sm90_rules_numpy_equals_native(name):
+    """Subnormal operands at emin, +0 zeros and the e_max floor (each on and off, on the sm_90
+    presets): numpy tensor_core.chain and the C++ chain agree bit for bit on inputs that use
+    them; c spans fp32 subnormals, +-0, and values 2^40 below the products (64-bit c shift)."""
+    import dataclasses
+
+    from hspi_kernels.numerics import tensor_core
+    from hspi_kernels.numerics.evaluate import _run_native
+
+    preset = PRESETS[name]
+    rng = np.random.default_rng(sum(map(ord, name)))
+    n, K = 400, 2 * preset.G
+    ab = _adversarial_in_format(rng, preset.in_format, (n, 2 * K))  # a and b share each row's regime
+    a, b = np.ascontiguousarray(ab[:, :K]), np.ascontiguousarray(ab[:, K:])
+    ref = np.sum(a.astype(np.float64) * b, axis=1)
+    kind = rng.integers(0, 6, n)
+    c = np.select([kind == 0, kind == 1, kind == 2, kind == 3, kind == 4],
+                  [rng.integers(1, 1 << 20, n) * 2.0**-149, np.zeros(n), -np.zeros(n), ref * 2.0**-40, -ref],
+                  (rng.standard_normal(n) * np.exp2(rng.integers(-140, 20, n))))
+    c = c.astype(F32)
+    if preset.out_format == "fp16":
+        c = np.clip(c, -60000, 60000).astype(np.float16).astype(F32)
+    base = P.Chain(P.TensorCore("sm_70", "fp16", "fp32"), k=4)
+    for rules in SM90_RULES:
+        model = dataclasses.replace(preset, **rules)
+        prog = dataclasses.replace(P.lower(base, K, True, True), model=model)
+        expected = tensor_core.chain(model, a, b, c)
+        got = _run_native(prog, a, b, c, False)
+        assert _same(expected, got), (name, rules, int(np.sum(_bits(expected) != _bits(got))))
+        if rules["zero_sign"] == "positive":
+            assert not np.any((got == 0) & np.signbit(got))
+
+
 def _vectors(gpu, fmt):
     d = DATA / gpu / fmt
     read_hex = lambda p: np.array([[int(t, 16) for t in line.split()] for line in open(p)], np.uint32).view(F32)

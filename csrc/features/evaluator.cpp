@@ -18,6 +18,10 @@
 //   (raised to the arch floor); every term is truncated toward zero in sign-magnitude onto the
 //   grid 2^(e_max-F) and the integers are summed exactly in int64; the sum is normalised and
 //   rounded once to the output format (fp32 RZ, fp16 RNE, e8m13 RZ).
+// Model options (numerics/tensor_core.py BlockModel): subnormal_exponent="emin" aligns a
+// subnormal operand at its format's emin (a, b: the input format; c: fp16 for fp16 output, else
+// fp32) for e_max only, its value unchanged; zero_sign="positive" writes every zero result as +0
+// (also an underflow to zero). Both are what the H100 does (tests/data/gpu_blocks).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -75,6 +79,10 @@ struct BlockParams {
   bool has_floor = false;
   int floor = 0;
   int low_bits = 0;
+  bool sub_emin = false;   // subnormal_exponent == "emin"
+  int in_emin = -126;      // emin of the input format
+  int c_emin = -126;       // emin of c's format
+  bool zero_positive = false;  // zero_sign == "positive"
 };
 
 // Exact (-1)^neg * mag * 2^exp2 rounded to `fmt` (RZ or RNE), returned as the float32 holding
@@ -178,11 +186,15 @@ float block_fma(const Decoded* a, const Decoded* b, float c, const BlockParams& 
   constexpr int kMax = GS > 0 ? GS : kMaxG;
   int32_t pe[kMax];
   uint64_t pm[kMax];
-  int e_max = dc.mag ? dc.exp : ZERO_EXP * 4;
+  // Alignment exponents decide e_max only; a zero operand keeps ZERO_EXP (never e_max).
+  const int in_lo = P.sub_emin ? P.in_emin : ZERO_EXP;
+  int e_max = dc.mag ? std::max<int>(dc.exp, P.sub_emin ? P.c_emin : ZERO_EXP) : ZERO_EXP * 4;
   for (int i = 0; i < G; ++i) {
     pe[i] = a[i].exp + b[i].exp;
     pm[i] = static_cast<uint64_t>(a[i].mag) * b[i].mag;
-    e_max = std::max(e_max, pe[i]);
+    const int align = std::max<int>(a[i].exp, a[i].mag ? in_lo : ZERO_EXP) +
+                      std::max<int>(b[i].exp, b[i].mag ? in_lo : ZERO_EXP);
+    e_max = std::max(e_max, align);
   }
   if (P.has_floor) e_max = std::max(e_max, P.floor);
   // Product i sits at 2^(e_a+e_b-46); the grid is 2^(e_max-F): shift right by the difference.
@@ -196,18 +208,20 @@ float block_fma(const Decoded* a, const Decoded* b, float c, const BlockParams& 
   }
   if (dc.mag) {
     const int shift = e_max - dc.exp + 23 - F;  // c sits at 2^(e_c-23)
-    const int64_t term = shift >= 0 ? static_cast<int64_t>(dc.mag >> std::min(shift, 63))
+    // 64-bit shift: c can sit 32+ bits below the grid (a 32-bit shift by >= 32 is undefined).
+    const int64_t term = shift >= 0 ? static_cast<int64_t>(uint64_t(dc.mag) >> std::min(shift, 63))
                                     : static_cast<int64_t>(uint64_t(dc.mag) << -shift);
     total += dc.sign ? -term : term;
   }
-  if (total == 0) {  // +0 unless every term is -0
-    bool all_negative_zero = dc.mag == 0 && dc.sign && dc.special == 0;
+  if (total == 0) {  // +0 unless every term is -0 (zero_sign "ieee")
+    bool all_negative_zero = !P.zero_positive && dc.mag == 0 && dc.sign && dc.special == 0;
     for (int i = 0; i < G && all_negative_zero; ++i)
       all_negative_zero = (a[i].mag == 0 || b[i].mag == 0) && (a[i].sign ^ b[i].sign);
     return all_negative_zero ? -0.0f : 0.0f;
   }
   const bool neg = total < 0;
-  return round_exact(neg, static_cast<uint64_t>(neg ? -total : total), e_max - F, P.out);
+  const float d = round_exact(neg, static_cast<uint64_t>(neg ? -total : total), e_max - F, P.out);
+  return P.zero_positive && d == 0.0f ? 0.0f : d;
 }
 
 // A chain of blocks over len terms: each block's output is the next block's c.
@@ -388,7 +402,7 @@ py::array_t<float> run_program(py::handle instrs_h, py::handle lists_h, int64_t 
   BlockParams P;
   if (prog.has_chain) {
     if (!dot) throw std::invalid_argument("a chain needs a dot product");
-    if (model.shape(0) != 7) throw std::invalid_argument("model must have 7 entries");
+    if (model.shape(0) != 11) throw std::invalid_argument("model must have 11 entries");
     const int64_t* m = model.data();
     P.G = static_cast<int>(m[0]);
     P.F = static_cast<int>(m[1]);
@@ -401,6 +415,12 @@ py::array_t<float> run_program(py::handle instrs_h, py::handle lists_h, int64_t 
     P.has_floor = m[4] != 0;
     P.floor = static_cast<int>(m[5]);
     P.low_bits = static_cast<int>(m[6]);
+    P.sub_emin = m[7] != 0;
+    P.in_emin = static_cast<int>(m[8]);
+    P.c_emin = static_cast<int>(m[9]);
+    P.zero_positive = m[10] != 0;
+    if (P.in_emin < -1000 || P.in_emin > 0 || P.c_emin < -1000 || P.c_emin > 0)
+      throw std::invalid_argument("model: emin out of range");
     for (int64_t k = 0; k < prog.n_instrs; ++k)
       if (prog.instrs[6 * k] == OP_CHAIN && prog.instrs[6 * k + 4] % P.G)
         throw std::invalid_argument("a chain's length must be a multiple of G");

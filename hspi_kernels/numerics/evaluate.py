@@ -259,8 +259,13 @@ def _run_native(prog: P.Program, A, B, C, outer: bool) -> np.ndarray:
     if model is not None:
         out_code = {"fp32": 0, "fp16": 1, "e8m13": 2}[model.out_format]
         floor = model.emax_floor
+        from .formats import get_format
+
+        c_format = "fp16" if model.out_format == "fp16" else "fp32"
         mp = np.array([model.G, model.F, out_code, int(model.out_rounding == "RNE"), int(floor is not None),
-                       0 if floor is None else floor, model.input_low_bits_ignored], np.int64)
+                       0 if floor is None else floor, model.input_low_bits_ignored,
+                       int(model.subnormal_exponent == "emin"), get_format(model.in_format).emin,
+                       get_format(c_format).emin, int(model.zero_sign == "positive")], np.int64)
     return _native().run_program(prog.instrs, prog.lists, prog.n, prog.n_regs, prog.out, mp, A, B, C, outer)
 
 

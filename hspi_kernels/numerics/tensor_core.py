@@ -4,10 +4,14 @@ One fused block step ``d = c + sum_{i<G} a_i * b_i`` (Fasi et al. 2021; Khattak 
 "Accurate models of NVIDIA tensor cores"; MMA-Sim 2025):
 
 1. products are exact; a product's alignment exponent is ``e_a + e_b`` where ``e_x`` is the
-   *actual* exponent ``floor(log2|x|)`` of each operand (subnormal inputs are normalised, so
-   every product significand lies in [1, 4));
-2. ``c`` (exponent ``floor(log2|c|)``) joins the same alignment; ``e_max`` is the largest
-   alignment exponent over the non-zero terms, raised to ``emax_floor`` when one is set;
+   *actual* exponent ``floor(log2|x|)`` of each operand (``subnormal_exponent="actual"``:
+   subnormal inputs are normalised, every product significand lies in [1, 4)), or, with
+   ``subnormal_exponent="emin"``, ``max(floor(log2|x|), emin)`` of x's format (a subnormal sits
+   at emin with significand 0.xxx, unnormalised; the value itself is unchanged);
+2. ``c`` (exponent ``floor(log2|c|)``, with "emin" at least the emin of c's format: fp16 for
+   fp16 output, else fp32's -126) joins the same alignment; ``e_max`` is the largest alignment
+   exponent over the non-zero terms, raised to ``emax_floor`` when one is set (a zero c or a
+   zero product takes no part);
 3. every term is truncated toward zero, in sign-magnitude, onto the grid ``2^(e_max - F)``;
    the truncated terms are summed exactly (no sticky bit, no normalisation inside the block);
 4. the integer sum is normalised once and rounded to the output format (fp32: RZ; fp16: RNE;
@@ -17,7 +21,8 @@ One fused block step ``d = c + sum_{i<G} a_i * b_i`` (Fasi et al. 2021; Khattak 
 Special values: any NaN operand, ``0 * inf`` or ``+inf`` meeting ``-inf`` gives NaN (fp32
 pattern 0x7FFFFFFF); otherwise an infinite product or ``c`` gives that infinity. A zero sum is
 +0 unless every term (each product and ``c``) is -0, then -0 (IEEE's rule for exact sums under
-round-to-nearest and toward-zero).
+round-to-nearest and toward-zero) with ``zero_sign="ieee"``; with ``zero_sign="positive"`` every
+zero result is +0, including a non-zero sum that rounds (underflows) to zero.
 
 A long K is a chain of blocks in order k = 0, G, 2G, ...: each block's output is the next
 block's ``c``.
@@ -35,17 +40,42 @@ Mikaitis' published hardware outputs; counts are bit-exact matches out of 5000, 
 - sm_89 fp8 (e4m3/e5m2): G=16, F=13, fp32 output -- MMA-Sim 2025. No vectors here.
 - sm_90 (Hopper) mma.sync and wgmma fp16/bf16: G=16, F=25; tf32: G=8, F=25 with the low 13 bits
   of fp32 operands ignored; fp8: G=32, F=13, output e8m13 -- Khattak & Mikaitis 2025, MMA-Sim
-  2025. H100 fp16->fp32 5000/5000, bf16->fp32 5000/5000. tf32 G=8 and fp8 (with c != 0) rest on
-  the models, not on public vectors.
+  2025. H100 fp16->fp32 5000/5000, bf16->fp32 5000/5000. Our H100 kernels' single-instruction
+  blocks: 8192/8192 in all 90 block sets (tf32 G=8/F=25 with the low 13 bits dropped, wgmma
+  e4m3 G=32/F=13/e8m13 with c = 0 and c != 0 included) with the three Hopper rules below.
+  mma.sync fp8 is not a block on Hopper: ptxas emits two fp16 HMMAs + an fp32 FADD of C, which
+  ``validation.tensor_core.fp8_mma_sync_emulated`` reproduces 8192/8192 in all 10 sets.
 - sm_100 (Blackwell) fp16/bf16: G=16, F=25; tf32: G=8, F=25; fp8 (tcgen05 path only): G=32,
   F=25 -- MMA-Sim 2025. No vectors. The mma.sync fp8 path on Blackwell differs and is not
   modelled (``get_preset`` refuses it).
 
-``emax_floor``: no preset sets one. The smallest e_max in any vector set is -4 (no zeros, no
-subnormal operands, no non-finite values), so the vectors cannot decide a floor; the literature
-disagrees below 2^-126 (see DESIGN.md), and a GPU probe must settle it. Also unsettled by the
-vectors: fp32-output overflow (modelled as IEEE RZ: ±max finite) and NaN/inf/signed-zero
-behaviour, which follow the rules above.
+Hopper rules measured on our H100 kernels (``tests/data/gpu_blocks/h100_tc_blocks.npz``: one
+mma.sync / wgmma instruction per output, K = the instruction's k; 90 block sets of 8192
+outputs; ``tests/test_tc_gpu_blocks.py``, ``scripts/analyse_tc_blocks.py``). With the three rules
+below every set is 8192/8192 (fp16->fp32, bf16->fp32, tf32->fp32, fp16->fp16, wgmma e4m3->fp32;
+random, spread, cancel, subnormal, gdisc; C = 0 and C != 0) and the published H100 vectors stay
+5000/5000 (no subnormal, no zero and no result below 2^-126 in them: none of the three rules can
+change them). Set on every sm_90 preset; other arches keep the defaults (unmeasured there):
+
+- ``subnormal_exponent="emin"``. Operands: reverting it fails fp16->fp32 subnormal 4819 / 3598
+  (mma.sync c / z), 4928 / 3491 (wgmma), wgmma e4m3 subnormal 5248 / 2745 and gdisc 7718 / 7335,
+  fp16->fp16 subnormal 8191 / 8191 (mma c / z) and z 8190 (wgmma). c: bf16/tf32 inputs in the
+  data are never subnormal but C holds fp32 subnormals; normalising c fails bf16 subnormal/c
+  8091 (mma), 8074 (wgmma), tf32 subnormal/c 7862, 7818. Not exercised: the fp16-output c
+  (fp16 emin -14 vs fp32 -126 give the same bits on all data), bf16/tf32 subnormal *operands*,
+  and e5m2 (no data at all; it follows e4m3).
+- ``zero_sign="positive"``: the GPU never wrote -0 in any of the 819,200 outputs, also where the
+  sum is negative and rounds to zero (fp32 RZ underflow, fp16 RNE) -- reverting it fails bf16
+  subnormal/c 8027 / 8059 (mma / wgmma), tf32 subnormal/c 7901 / 7789, fp16->fp16 subnormal/c
+  7666 / 7660, cancel/c 8186 / 8188, subnormal/z 8191 (mma), random/c 8191 (wgmma). No output
+  has every term -0 (c = -0 and all products -0): that case rests on the rule, not on data.
+- ``emax_floor=-133`` (on the ``e_a + e_b`` alignment exponent; it only matters when c is zero,
+  since a non-zero c already puts e_max at >= -126): pinned by two outputs -- no floor or -134
+  fails mma.sync bf16 subnormal/z (8191), -132 fails wgmma tf32 subnormal/z (8191), -131 fails 4
+  more. One value for the arch (bf16, tf32; fp16/fp8 products never get that low).
+Not exercised by any data: fp32-output overflow (modelled as IEEE RZ: ±max finite), NaN/inf.
+Other arches: ``emax_floor`` unset; their published vectors (smallest e_max -4, no zeros, no
+subnormal operands) cannot decide a floor or the subnormal/zero rules.
 """
 
 from __future__ import annotations
@@ -78,6 +108,13 @@ class BlockModel:
     emax_floor: int | None
     input_low_bits_ignored: int  # low bits of the fp32 operand words the hardware drops
     source: str  # citation
+    # Alignment exponent of subnormal operands: "actual" (floor(log2|x|), normalised) or "emin"
+    # (the format's minimum normal exponent, significand 0.xxx: a, b in in_format, c in the
+    # accumulator format -- fp16 for fp16 output, else fp32).
+    subnormal_exponent: str = "actual"
+    # Sign of a zero result: "ieee" (+0 unless every term is -0; an underflow keeps the sign of
+    # the sum) or "positive" (every zero result is +0).
+    zero_sign: str = "ieee"
 
     def __post_init__(self) -> None:
         if self.in_format not in _IN_FORMATS:
@@ -88,6 +125,10 @@ class BlockModel:
             raise ValueError(f"BlockModel {self.name!r}: G and F must be positive")
         if self.out_rounding not in ("RZ", "RNE"):
             raise ValueError(f"BlockModel {self.name!r}: out_rounding must be 'RZ' or 'RNE'")
+        if self.subnormal_exponent not in ("actual", "emin"):
+            raise ValueError(f"BlockModel {self.name!r}: subnormal_exponent must be 'actual' or 'emin'")
+        if self.zero_sign not in ("ieee", "positive"):
+            raise ValueError(f"BlockModel {self.name!r}: zero_sign must be 'ieee' or 'positive'")
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -102,12 +143,20 @@ _FASI = "Fasi, Higham, Mikaitis, Pranesh 2021, 'Numerical behavior of NVIDIA ten
 _KM = "Khattak & Mikaitis 2025, 'Accurate models of NVIDIA tensor cores' (+ their hardware vectors)"
 _MMASIM = "MMA-Sim (Microsoft) 2025"
 _PATH_TAG = {"mma.sync": "mma", "wgmma": "wgmma", "tcgen05": "tcgen05"}
+_H100_BLOCKS = "H100 mma.sync/wgmma single-instruction blocks, tests/data/gpu_blocks/h100_tc_blocks.npz"
+_SM90_EMAX_FLOOR = -133
 
 
 def _model(arch, path, in_format, G, F, source, out_format="fp32", emax_floor=None, low_bits=0):
     out_rounding = "RNE" if out_format == "fp16" else "RZ"
     name = f"{arch}.{_PATH_TAG[path]}/{in_format}->{out_format}"
-    return BlockModel(name, arch, path, in_format, out_format, G, F, out_rounding, emax_floor, low_bits, source)
+    extra = {}
+    if arch == "sm_90":  # measured on our H100 kernels: tests/data/gpu_blocks (module doc)
+        emax_floor = _SM90_EMAX_FLOOR
+        extra = {"subnormal_exponent": "emin", "zero_sign": "positive"}
+        source = f"{source}; {_H100_BLOCKS}"
+    return BlockModel(name, arch, path, in_format, out_format, G, F, out_rounding, emax_floor, low_bits, source,
+                      **extra)
 
 
 def _family(arch, paths, G, F, source, formats=("fp16", "bf16")):
@@ -200,6 +249,11 @@ def _normalised(x: np.ndarray):
     return sign, mag << up, exp - up + 23, is_zero, is_inf, is_nan
 
 
+def _c_format(model: BlockModel) -> Format:
+    """The format c arrives in: fp16 for fp16-output blocks, else fp32."""
+    return FP16 if model.out_format == "fp16" else FP32
+
+
 def _c_for_output(model: BlockModel, c: np.ndarray) -> np.ndarray:
     """fp16-output blocks take c rounded to fp16 (RNE) first, as the hardware does."""
     if model.out_format != "fp16":
@@ -222,6 +276,12 @@ def _block(model: BlockModel, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np
     sa, ma, ea, za, ia, na = _normalised(a)
     sb, mb, eb, zb, ib, nb = _normalised(b)
     sc, mc, ec, zc, ic, nc = _normalised(c)
+    # Alignment exponents (e_max only; the term values keep their actual exponents): with
+    # subnormal_exponent="emin" a subnormal sits at its format's emin, unnormalised.
+    align_a, align_b, align_c = ea, eb, ec
+    if model.subnormal_exponent == "emin":
+        in_emin, c_emin = get_format(model.in_format).emin, _c_format(model).emin
+        align_a, align_b, align_c = np.maximum(ea, in_emin), np.maximum(eb, in_emin), np.maximum(ec, c_emin)
 
     # Products: exact integer significands (< 2^48) at value scale 2^(ea + eb - 46).
     p_sign = sa ^ sb
@@ -239,7 +299,9 @@ def _block(model: BlockModel, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np
     very_low = np.iinfo(np.int64).min // 4
     live_products = finite & ~p_zero
     live_c = ~zc & ~ic & ~nc
-    e_max = np.maximum(np.max(np.where(live_products, p_exp, very_low), axis=-1), np.where(live_c, ec, very_low))
+    p_align = align_a + align_b
+    e_max = np.maximum(np.max(np.where(live_products, p_align, very_low), axis=-1),
+                       np.where(live_c, align_c, very_low))
     if model.emax_floor is not None:
         e_max = np.maximum(e_max, model.emax_floor)
     all_zero = e_max == very_low
@@ -263,6 +325,8 @@ def _block(model: BlockModel, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np
     # Zero sums: +0 unless every term is -0.
     all_terms_negative_zero = np.all(p_zero & (p_sign == 1), axis=-1) & zc & (sc == 1)
     out = np.where(total == 0, np.where(all_terms_negative_zero, np.float32(-0.0), np.float32(0.0)), out)
+    if model.zero_sign == "positive":  # also the zeros an underflowing rounding gives
+        out = np.where(out == 0, np.float32(0.0), out)
     out = np.where(pos_inf, np.float32(np.inf), out)
     out = np.where(neg_inf, np.float32(-np.inf), out)
     return np.where(nan, np.uint32(_NAN32).view(np.float32), out).astype(np.float32)
