@@ -1,0 +1,299 @@
+"""CPU replay, bit for bit, of the attention forward kernel ``csrc/cuda/attention/flash_fwd.cu``.
+
+The kernel's header states the order; this module is that order in numpy:
+
+- ``Q·Kᵀ`` and ``P·V``: the tensor-core plan of the mma.sync rung
+  (``gemm_tensor_core.plan(in_format=fmt)`` = ``Chain(TensorCore("sm_90", fmt, "fp32",
+  path="mma.sync"), k=16)``) through :func:`hspi_kernels.numerics.evaluate.gemm`; P·V starts
+  from ``c = rn(acc · alpha)``;
+- every other operation: numpy float32 arithmetic (IEEE RNE, subnormals kept) and the exact
+  fma :func:`hspi_kernels.numerics.evaluate.fma32`;
+- ``EXP``: :func:`exp_exact` ("exact" mode: the kernel's fixed IEEE sequence) or the recorded
+  ``ex2.approx.ftz.f32`` table (:class:`SfuTable`, "native" mode) applied to ``rn(x · L2E)``.
+
+The plan language has no node for softmax, so :func:`describe` returns the order as a dict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+
+from .evaluate import fma32
+
+F32 = np.float32
+L2E = np.float32(float.fromhex("0x1.715476p+0"))  # rn32(log2 e)
+LN2_HI = np.float32(float.fromhex("0x1.62e430p-1"))
+LN2_LO = np.float32(float.fromhex("-0x1.05c610p-29"))
+EXP_COEFFS = tuple(np.float32(float.fromhex(h)) for h in
+                   ("0x1.a01a02p-13", "0x1.6c16c2p-10", "0x1.111112p-7", "0x1.555556p-5", "0x1.555556p-3",
+                    "0x1p-1", "0x1p+0", "0x1p+0"))  # 1/7!, ..., 1/2!, 1, 1 (Horner order)
+FORMATS = ("bf16", "fp16")
+MODES = ("exact", "native")
+
+
+# ---------------------------------------------------------------------------------------------
+# EXP
+# ---------------------------------------------------------------------------------------------
+def exp_exact(x) -> np.ndarray:
+    """The kernel's exact-mode exp, replayed: clamp to [-104, 89] (fmaxf/fminf: NaN -> -104),
+    k = rint(rn(x·L2E)), two-step Cody-Waite reduction with fma, degree-7 Taylor Horner with fma,
+    then rn(rn(p · 2^(k>>1)) · 2^(k - (k>>1)))."""
+    x = np.asarray(x, dtype=F32)
+    with np.errstate(all="ignore"):
+        x = np.fmin(np.fmax(x, F32(-104.0)), F32(89.0)).astype(F32)
+        kf = np.rint((x * L2E).astype(F32)).astype(F32)
+        r = fma32(-kf, LN2_HI, x)
+        r = fma32(-kf, LN2_LO, r)
+        p = fma32(EXP_COEFFS[0], r, EXP_COEFFS[1])
+        for c in EXP_COEFFS[2:]:
+            p = fma32(p, r, c)
+        k = kf.astype(np.int64)
+        k1 = k >> 1
+        k2 = k - k1
+        s1 = ((k1 + 127) << 23).astype(np.uint32).view(F32)
+        s2 = ((k2 + 127) << 23).astype(np.uint32).view(F32)
+        return ((p * s1).astype(F32) * s2).astype(F32)
+
+
+@dataclasses.dataclass
+class SfuTable:
+    """Recorded outputs of one SFU op: whole binades plus a list of special inputs.
+
+    ``binades``: {(sign, unbiased exponent e): uint32[2^23] outputs for input bits
+    ``sign<<31 | (e+127)<<23 | i``}; ``specials``: {input bits: output bits}.
+    ``reduction``: ``"ceil"`` when the GPU was checked to satisfy
+    ``op(y) == ftz(2^ceil(y) · op(y - ceil(y)))`` on every recorded negative binade with |y| >= 2
+    (then inputs below the recorded binades are reduced that way), else ``None``.
+    """
+
+    op: str
+    binades: dict
+    specials: dict = dataclasses.field(default_factory=dict)
+    reduction: str | None = None
+
+    def __post_init__(self):
+        self._row = np.full(512, -1, dtype=np.int64)
+        keys = sorted(self.binades)
+        for i, (sign, e) in enumerate(keys):
+            self._row[(sign << 8) | (e + 127)] = i
+        self._table = np.stack([np.asarray(self.binades[k], dtype=np.uint32) for k in keys]) if keys else None
+
+    def lookup(self, x) -> tuple[np.ndarray, np.ndarray]:
+        """(outputs as float32, found mask) for float32 inputs; not found -> NaN."""
+        bits = np.asarray(x, dtype=F32).view(np.uint32)
+        out = np.full(bits.shape, 0x7FFFFFFF, dtype=np.uint32)
+        found = np.zeros(bits.shape, dtype=bool)
+        if self._table is not None:
+            row = self._row[(bits >> 23).astype(np.int64)]
+            hit = row >= 0
+            out[hit] = self._table[row[hit], (bits[hit] & 0x7FFFFF).astype(np.int64)]
+            found |= hit
+        for k, v in self.specials.items():
+            m = bits == np.uint32(k)
+            out[m] = np.uint32(v)
+            found |= m
+        return out.view(F32), found
+
+    def ex2(self, y) -> tuple[np.ndarray, np.ndarray]:
+        """ex2 of float32 ``y`` from the table, reducing via the exponent where verified.
+        Returns (float32 outputs, miss mask); misses are filled with rn32(2^y)."""
+        y = np.asarray(y, dtype=F32)
+        out, found = self.lookup(y)
+        if self.reduction == "ceil":
+            need = ~found & np.isfinite(y) & (y < -1) & (y > -(2.0**22))
+            if need.any():
+                n = np.ceil(y[need]).astype(F32)
+                f = (y[need] - n).astype(F32)  # exact, in (-1, 0]
+                of, ff = self.lookup(f)
+                val = np.ldexp(of.astype(np.float64), n.astype(np.int64))
+                val = np.where(np.abs(val) < 2.0**-126, 0.0, val).astype(F32)  # .ftz output
+                sub = out[need]
+                sub[ff] = val[ff]
+                out[need] = sub
+                fnd = found[need]
+                fnd[ff] = True
+                found[need] = fnd
+        miss = ~found
+        if miss.any():
+            with np.errstate(all="ignore"):
+                out[miss] = np.exp2(y[miss].astype(np.float64)).astype(F32)
+        return out, miss
+
+
+def make_exp(mode: str, ex2_table: SfuTable | None = None, misses: list | None = None) -> Callable:
+    """The EXP of a mode as a float32 -> float32 function (native: ex2 table on rn(x·L2E));
+    ``misses`` collects the number of table misses per call."""
+    if mode == "exact":
+        return exp_exact
+    if mode != "native":
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if ex2_table is None:
+        raise ValueError("native mode needs the recorded ex2.approx.ftz table (SfuTable)")
+
+    def exp_native(x):
+        with np.errstate(all="ignore"):
+            y = (np.asarray(x, dtype=F32) * L2E).astype(F32)
+        out, miss = ex2_table.ex2(y)
+        if misses is not None:
+            misses.append(int(miss.sum()))
+        return out
+
+    return exp_native
+
+
+# ---------------------------------------------------------------------------------------------
+# The order
+# ---------------------------------------------------------------------------------------------
+def split_chunk(Sk: int, block_n: int, splits: int) -> int:
+    """Keys per split: ceil(ceil(Sk / BLOCK_N) / splits) · BLOCK_N."""
+    blocks = -(-Sk // block_n)
+    return -(-blocks // splits) * block_n
+
+
+def rowsum_order(p: np.ndarray) -> np.ndarray:
+    """fp32 row sums of p[..., BLOCK_N] in the kernel's order: lane t of the quad sums the
+    columns n with n % 8 in {2t, 2t+1} sequentially in increasing n; then
+    (R_0 + R_1) + (R_2 + R_3) (shuffle butterfly xor 1, xor 2)."""
+    bn = p.shape[-1]
+    lanes = []
+    for t in range(4):
+        cols = [n for n in range(bn) if (n % 8) // 2 == t]
+        acc = p[..., cols[0]].astype(F32)
+        for n in cols[1:]:
+            acc = (acc + p[..., n]).astype(F32)
+        lanes.append(acc)
+    return ((lanes[0] + lanes[1]).astype(F32) + (lanes[2] + lanes[3]).astype(F32)).astype(F32)
+
+
+def round_to_input(x: np.ndarray, fmt: str) -> np.ndarray:
+    """RNE of float32 values to bf16/fp16, as float32 (cvt.rn.bf16x2.f32 / cvt.rn.f16x2.f32)."""
+    import ml_dtypes
+
+    dt = ml_dtypes.bfloat16 if fmt == "bf16" else np.float16
+    return np.asarray(x, dtype=F32).astype(dt).astype(F32)
+
+
+def _mma_plan(fmt: str):
+    from hspi_kernels.cuda.gemm_tensor_core import plan
+
+    return plan(in_format=fmt, out_format="fp32", path="mma.sync", arch="sm_90")
+
+
+def replay(Q, K, V, *, fmt: str, mode: str = "exact", block_n: int = 32, splits: int = 1, causal: bool = False,
+           scale: float | None = None, ex2_table: SfuTable | None = None, round_p: bool = True,
+           stats: dict | None = None) -> np.ndarray:
+    """O [BH, Sq, D] float32 exactly as the kernel computes it. Q [BH, Sq, D], K, V [BH, Sk, D]
+    float32 holding ``fmt`` values. ``round_p=False`` (a negative control) skips the RNE of P.
+    ``stats`` (a dict) receives ``ex2_misses`` in native mode."""
+    from .evaluate import gemm
+
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+    Q, K, V = (np.asarray(x, dtype=F32) for x in (Q, K, V))
+    BH, Sq, D = Q.shape
+    Sk = K.shape[1]
+    scale = np.float32(1.0 / np.sqrt(D) if scale is None else scale)
+    misses: list = []
+    EXP = make_exp(mode, ex2_table, misses)
+    plan = _mma_plan(fmt)
+    if not round_p:  # un-rounded P cannot enter the tensor-core model: use a plain fp32 dot
+        from .plans import Sequential
+
+        pv_plan = Sequential("fp32", fma=True)
+    else:
+        pv_plan = plan
+
+    tiles = -(-Sq // 16)
+    Sqp = tiles * 16
+    chunk = split_chunk(Sk, block_n, splits)
+    Skp = max(Sk, splits * chunk) + block_n
+    Qp = np.zeros((BH, Sqp, D), F32)
+    Qp[:, :Sq] = Q
+    Kp = np.zeros((BH, Skp, D), F32)
+    Kp[:, :Sk] = K
+    Vp = np.zeros((BH, Skp, D), F32)
+    Vp[:, :Sk] = V
+    S = np.stack([gemm(plan, Qp[b], np.ascontiguousarray(Kp[b].T)) for b in range(BH)])  # [BH, Sqp, Skp]
+    rows = np.arange(Sqp)
+    tile_end = (rows // 16) * 16 + 16
+
+    parts = []
+    neg_inf = F32(-np.inf)
+    with np.errstate(all="ignore"):
+        for s in range(splits):
+            kbeg = s * chunk
+            kend = np.full(Sqp, min(Sk, kbeg + chunk))
+            if causal:
+                kend = np.minimum(kend, tile_end)
+            m = np.full((BH, Sqp), neg_inf, F32)
+            l = np.zeros((BH, Sqp), F32)
+            acc = np.zeros((BH, Sqp, D), F32)
+            n0 = kbeg
+            while n0 < kend.max(initial=0):
+                active = n0 < kend  # per row (the kernel's per-tile loop bound)
+                keys = n0 + np.arange(block_n)
+                sb = (S[:, :, n0:n0 + block_n] * scale).astype(F32)
+                masked = keys[None, :] >= kend[:, None]
+                if causal:
+                    masked |= keys[None, :] > rows[:, None]
+                sb = np.where(masked[None], neg_inf, sb)
+                m_new = np.fmax(m, sb.max(axis=-1))
+                m_use = np.where(m_new == neg_inf, F32(0), m_new).astype(F32)
+                alpha = EXP((m - m_use).astype(F32))
+                p = EXP((sb - m_use[..., None]).astype(F32))
+                l_new = ((l * alpha).astype(F32) + rowsum_order(p)).astype(F32)
+                P = round_to_input(p, fmt) if round_p else p
+                c = (acc * alpha[..., None]).astype(F32)
+                acc_new = np.stack([gemm(pv_plan, P[b], Vp[b, n0:n0 + block_n], c[b]) for b in range(BH)])
+                m = np.where(active[None], m_new, m)
+                l = np.where(active[None], l_new, l)
+                acc = np.where(active[None, :, None], acc_new, acc)
+                n0 += block_n
+            parts.append((m, l, acc))
+
+        if splits == 1:
+            m, l, acc = parts[0]
+            O = (acc / l[..., None]).astype(F32)
+        else:
+            M = parts[0][0]
+            for m, _, _ in parts[1:]:
+                M = np.fmax(M, m)
+            M_use = np.where(M == neg_inf, F32(0), M).astype(F32)
+            L = np.zeros_like(M)
+            A = np.zeros_like(parts[0][2])
+            for m, l, acc in parts:
+                w = EXP((m - M_use).astype(F32))
+                L = (L + (l * w).astype(F32)).astype(F32)
+                A = (A + (acc * w[..., None]).astype(F32)).astype(F32)
+            O = (A / L[..., None]).astype(F32)
+    if stats is not None:
+        stats["ex2_misses"] = int(sum(misses))
+    return O[:, :Sq]
+
+
+def describe(*, fmt: str, mode: str, block_n: int, splits: int, causal: bool) -> dict:
+    """The kernel's order as a dict (the plan language has no softmax node)."""
+    return {
+        "kernel": "csrc/cuda/attention/flash_fwd.cu",
+        "qk": repr(_mma_plan(fmt)) + " from +0 over D, then s = rn(S * scale); masked s = -inf",
+        "kv_blocks": f"BLOCK_N={block_n} keys per block, in order within each split",
+        "splits": f"{splits} contiguous parts of ceil(ceil(Sk/{block_n})/{splits})*{block_n} keys",
+        "causal": bool(causal),
+        "causal_rule": "top-left: key j visible to query i iff j <= i; loop ends at min(end, tile q0 + 16)",
+        "row_max": "m_new = fmaxf(m, max_n s); m_use = m_new, or 0 if -inf",
+        "exp": ("exact: clamp [-104, 89], k = rint(rn(x*L2E)), r = fma(-k, LN2_HI, x), r = fma(-k, LN2_LO, r), "
+                "Horner fma degree 7 (1/n! rounded to fp32), rn(rn(p*2^(k>>1))*2^(k-(k>>1)))"
+                if mode == "exact" else "native: ex2.approx.ftz.f32(rn(x * L2E)) (MUFU.EX2)"),
+        "p": "p = EXP(rn(s - m_use)); alpha = EXP(rn(m - m_use))",
+        "rowsum": "(R0 + R1) + (R2 + R3), R_t sequential over n with n % 8 in {2t, 2t+1}, increasing n (fp32 p)",
+        "l": "l = rn(rn(l * alpha) + rowsum)",
+        "pv": f"P = RNE(p) to {fmt}; acc = {_mma_plan(fmt)!r} over the block's keys from c = rn(acc * alpha)",
+        "output": "splits == 1: O = div_rn(acc, l)" if splits == 1 else
+                  ("combine: M = max m_s, w_s = EXP(rn(m_s - M_use)), L = sum_s rn(l_s w_s) and "
+                   "A = sum_s rn(acc_s w_s) sequential from +0 (fp32 RNE), O = div_rn(A, L)"),
+        "div": "integer long division, correctly rounded (no MUFU)" if mode == "exact" else "__fdiv_rn (IEEE)",
+        "output_dtype": "fp32",
+    }
