@@ -1,4 +1,5 @@
-"""Fingerprint files: schema ``hspi-fingerprint/1`` (JSON, never pickle).
+"""Fingerprint files: schema ``hspi-fingerprint/1`` (JSON, never pickle). Full reference:
+docs/fingerprint.md.
 
 Layout::
 
@@ -9,31 +10,51 @@ Layout::
       "platform": {...},                            # hspi_kernels.platform.collect()
       "probes": [                                   # one record per probe, in run order
         {"id": str, "family": str, "backend": str, "inputs": {...}, "measures": str,
+         "role": "fingerprint" | "control",         # optional (absent in older files: from the registry)
          "status": "ok" | "failed" | "skipped",
          # status ok:
          "digest": "xxh3_64 hex" | null (null when nondeterministic),
-         "digests": [hex, hex], "deterministic": bool,
-         "output": {"dtype": str, "shape": [int]}, "time_s": float, "features": {...},
-         # status failed: "error", "traceback"; status skipped: "reason"
+         "digests": [hex, ...], "deterministic": bool,
+         "output": {"dtype": str, "shape": [int]}, "time_s": float,
+         "features": {                              # optional keys
+            "fraction_bit_frequency": [float in [0, 1]],
+            "ulp_vs_fp64": {"mean_abs", "max_abs", "exact_fraction",
+                            "histogram": {"mode": "log2", "counts": [int], "n_special": int}},
+            "sample": {"format": str, "n": int, "size": int, "bits": hex}},
+         "kernels": [str],                          # optional: CUDA kernels of one run (torch.profiler)
+         "kernels_error": str,                      # optional: why the kernel names are missing
+         "explained_by": [{"plan": {...}, "repr": str, "matches": int, "total": int} | {"error": str}],
+         # status failed: "error", "traceback"; status skipped: "reason", "missing": [capability]
         }
       ]
     }
 
 ``load`` validates before anything reads the content, and every problem is a ``ValueError``
-naming the file and the field.
+naming the file and the field. Hostile files are refused before and while parsing: more than
+``MAX_FILE_BYTES``, nesting deeper than ``MAX_DEPTH``, more than ``MAX_NODES`` values, strings
+longer than ``MAX_STRING`` characters, lists longer than ``MAX_LIST``, non-finite or huge
+numbers (``NaN``, ``Infinity``, ``1e999``, integers beyond 2^63), duplicate object keys.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
+import re
 from pathlib import Path
 from typing import Any
 
 SCHEMA = "hspi-fingerprint/1"
 MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_DEPTH = 32
+MAX_NODES = 2_000_000       # JSON values in one file
+MAX_STRING = 256 * 1024     # characters in one string (tracebacks are the longest legitimate ones)
+MAX_LIST = 1_000_000        # items in one list
+MAX_INT = 2**63             # |int| must be below this
+MAX_PROBES = 10_000
 STATUSES = ("ok", "failed", "skipped")
+ROLES = ("fingerprint", "control")
 
 
 def build(platform: dict[str, Any], label: str, probes: list[dict[str, Any]]) -> dict[str, Any]:
@@ -53,15 +74,41 @@ def save(fingerprint: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-def _depth(value: Any, limit: int, level: int = 0) -> None:
-    if level > limit:
-        raise ValueError(f"nested deeper than {limit} levels")
-    if isinstance(value, dict):
-        for item in value.values():
-            _depth(item, limit, level + 1)
-    elif isinstance(value, list):
-        for item in value:
-            _depth(item, limit, level + 1)
+def _walk(root: Any, limit: int) -> None:
+    """Structural limits on any JSON value, iteratively (no recursion a hostile file can exhaust)."""
+    stack = [(root, 0, "$")]
+    nodes = 0
+    while stack:
+        value, level, path = stack.pop()
+        nodes += 1
+        if nodes > MAX_NODES:
+            raise ValueError(f"more than {MAX_NODES} JSON values")
+        if level > limit:
+            raise ValueError(f"nested deeper than {limit} levels (at {path[:80]})")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise ValueError(f"{path}: object keys must be strings")
+                if len(key) > 256:
+                    raise ValueError(f"{path}: object key longer than 256 characters")
+                stack.append((item, level + 1, f"{path}.{key}"))
+        elif isinstance(value, list):
+            if len(value) > MAX_LIST:
+                raise ValueError(f"{path}: list of {len(value)} items is longer than {MAX_LIST}")
+            stack.extend((item, level + 1, f"{path}[{i}]") for i, item in enumerate(value))
+        elif isinstance(value, str):
+            if len(value) > MAX_STRING:
+                raise ValueError(f"{path}: string of {len(value)} characters is longer than {MAX_STRING}")
+        elif isinstance(value, bool) or value is None:
+            pass
+        elif isinstance(value, int):
+            if abs(value) >= MAX_INT:
+                raise ValueError(f"{path}: integer out of range (|x| >= 2^63)")
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise ValueError(f"{path}: number is not finite")
+        else:
+            raise ValueError(f"{path}: {type(value).__name__} is not a JSON value")
 
 
 def _require(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -80,9 +127,7 @@ def validate(fp: Any, source: str = "<fingerprint>") -> dict[str, Any]:
     if not isinstance(fp, dict):
         raise ValueError(f"{source}: a fingerprint is a JSON object, got {type(fp).__name__}")
     try:
-        _depth(fp, MAX_DEPTH)
-    except RecursionError:
-        raise ValueError(f"{source}: nested too deeply") from None
+        _walk(fp, MAX_DEPTH)
     except ValueError as exc:
         raise ValueError(f"{source}: {exc}") from None
     schema = fp.get("schema")
@@ -90,8 +135,11 @@ def validate(fp: Any, source: str = "<fingerprint>") -> dict[str, Any]:
         raise ValueError(f"{source}: schema is {schema!r}, expected {SCHEMA!r}")
     _require(fp, "created", str, source)
     _require(fp, "label", str, source)
-    _require(fp, "platform", dict, source)
+    platform = _require(fp, "platform", dict, source)
+    _validate_platform(platform, f"{source}: platform")
     probes = _require(fp, "probes", list, source)
+    if len(probes) > MAX_PROBES:
+        raise ValueError(f"{source}: {len(probes)} probes is more than {MAX_PROBES}")
     seen = set()
     for index, rec in enumerate(probes):
         where = f"{source}: probes[{index}]"
@@ -104,7 +152,17 @@ def validate(fp: Any, source: str = "<fingerprint>") -> dict[str, Any]:
         status = _require(rec, "status", str, where)
         if status not in STATUSES:
             raise ValueError(f"{where}: status {status!r} not one of {STATUSES}")
+        if len(pid) > 256:
+            raise ValueError(f"{where}: id longer than 256 characters")
         _require(rec, "inputs", dict, where)
+        for key in ("family", "backend", "measures", "reason", "error", "traceback", "kernels_error"):
+            _optional(rec, key, str, where)
+        role = _optional(rec, "role", str, where)
+        if role is not None and role not in ROLES:
+            raise ValueError(f"{where}: role {role!r} not one of {ROLES}")
+        missing = _optional(rec, "missing", list, where)
+        if missing is not None and not all(isinstance(m, str) for m in missing):
+            raise ValueError(f"{where}: 'missing' must be a list of capability names")
         if status == "ok":
             deterministic = _require(rec, "deterministic", bool, where)
             digests = _require(rec, "digests", list, where)
@@ -114,10 +172,117 @@ def validate(fp: Any, source: str = "<fingerprint>") -> dict[str, Any]:
                 digest = _require(rec, "digest", str, where)
                 if digest not in digests:
                     raise ValueError(f"{where}: digest is not one of its digests")
+            if not all(_HEX.fullmatch(d) for d in digests):
+                raise ValueError(f"{where}: digests must be hex strings")
             time_s = _require(rec, "time_s", (int, float), where)
             if not 0 <= time_s < 1e6:
                 raise ValueError(f"{where}: time_s {time_s!r} out of range")
+            output = _optional(rec, "output", dict, where)
+            if output is not None:
+                _optional(output, "dtype", str, f"{where}.output")
+                shape = _optional(output, "shape", list, f"{where}.output")
+                if shape is not None and not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                                 for d in shape):
+                    raise ValueError(f"{where}.output: shape must be a list of non-negative integers")
+            features = _optional(rec, "features", dict, where)
+            if features is not None:
+                _validate_features(features, f"{where}.features")
+            kernels = _optional(rec, "kernels", list, where)
+            if kernels is not None and not all(isinstance(k, str) and len(k) <= 1024 for k in kernels):
+                raise ValueError(f"{where}: 'kernels' must be a list of kernel names (strings)")
+            explained = _optional(rec, "explained_by", list, where)
+            if explained is not None:
+                _validate_explained_by(explained, f"{where}.explained_by")
     return fp
+
+
+_HEX = re.compile(r"[0-9a-f]{1,64}")
+_HEX_BITS = re.compile(r"[0-9a-f]*")
+
+
+def _optional(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    """The value of an optional field (None when absent), type-checked like ``_require``."""
+    if key not in obj or obj[key] is None:
+        return None
+    return _require(obj, key, kind, where)
+
+
+def _number_list(values: Any, where: str, lo: float, hi: float, integer: bool = False) -> None:
+    kinds = (int,) if integer else (int, float)
+    if not isinstance(values, list) or not all(
+            isinstance(v, kinds) and not isinstance(v, bool) and lo <= v <= hi for v in values):
+        kind = "integers" if integer else "numbers"
+        raise ValueError(f"{where}: must be a list of {kind} in [{lo}, {hi}]")
+
+
+def _validate_features(features: dict[str, Any], where: str) -> None:
+    if "fraction_bit_frequency" in features:
+        freq = features["fraction_bit_frequency"]
+        _number_list(freq, f"{where}.fraction_bit_frequency", 0.0, 1.0)
+        if len(freq) > 64:
+            raise ValueError(f"{where}.fraction_bit_frequency: more than 64 fraction bits")
+    ulp = _optional(features, "ulp_vs_fp64", dict, where)
+    if ulp is not None:
+        for key in ("mean_abs", "max_abs", "exact_fraction"):
+            value = _optional(ulp, key, (int, float), f"{where}.ulp_vs_fp64")
+            if value is not None and value < 0:
+                raise ValueError(f"{where}.ulp_vs_fp64: {key} must be >= 0")
+        hist = _optional(ulp, "histogram", dict, f"{where}.ulp_vs_fp64")
+        if hist is not None:
+            counts = _require(hist, "counts", list, f"{where}.ulp_vs_fp64.histogram")
+            if len(counts) > 2 * 64 + 1:
+                raise ValueError(f"{where}.ulp_vs_fp64.histogram: more than 129 log2 bins")
+            _number_list(counts, f"{where}.ulp_vs_fp64.histogram.counts", 0, MAX_INT - 1, integer=True)
+            mode = _optional(hist, "mode", str, f"{where}.ulp_vs_fp64.histogram")
+            if mode not in (None, "log2"):
+                raise ValueError(f"{where}.ulp_vs_fp64.histogram: mode {mode!r} is not 'log2'")
+    sample = _optional(features, "sample", dict, where)
+    if sample is not None:
+        w = f"{where}.sample"
+        fmt = _require(sample, "format", str, w)
+        widths = {"fp64": 16, "fp32": 8, "fp16": 4, "bf16": 4, "e4m3": 2, "e5m2": 2}
+        if fmt not in widths:
+            raise ValueError(f"{w}: format {fmt!r} not one of {sorted(widths)}")
+        n = _require(sample, "n", int, w)
+        bits = _require(sample, "bits", str, w)
+        if not 0 < n <= 4096 or len(bits) != n * widths[fmt] or not _HEX_BITS.fullmatch(bits):
+            raise ValueError(f"{w}: bits must be {n} {fmt} values as lower-case hex ({n * widths[fmt]} characters)")
+
+
+def _validate_explained_by(entries: list, where: str) -> None:
+    for i, entry in enumerate(entries):
+        w = f"{where}[{i}]"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{w}: must be an object")
+        if "error" in entry:
+            _require(entry, "error", str, w)
+            continue
+        _require(entry, "plan", dict, w)
+        _optional(entry, "repr", str, w)
+        matches = _require(entry, "matches", int, w)
+        total = _require(entry, "total", int, w)
+        if not 0 <= matches <= total:
+            raise ValueError(f"{w}: matches {matches} must lie in [0, total={total}]")
+
+
+def _validate_platform(platform: dict[str, Any], where: str) -> None:
+    """Types of the platform keys that identify/report read (all optional: older files lack some)."""
+    for key in ("hspi_kernels", "python", "os", "machine", "cpu_model", "numpy", "ml_dtypes", "triton",
+                "cupy", "nvcc_runtime", "driver", "cublas"):
+        _optional(platform, key, str, where)
+    _optional(platform, "cpu_count", int, where)
+    torch = _optional(platform, "torch", dict, where)
+    if torch is not None:
+        _optional(torch, "version", str, f"{where}.torch")
+        _optional(torch, "cuda_runtime", str, f"{where}.torch")
+        gpus = _optional(torch, "gpus", list, f"{where}.torch")
+        for i, gpu in enumerate(gpus or []):
+            w = f"{where}.torch.gpus[{i}]"
+            if not isinstance(gpu, dict):
+                raise ValueError(f"{w}: must be an object")
+            _optional(gpu, "name", str, w)
+            _optional(gpu, "compute_capability", str, w)
+    _optional(platform, "build", dict, where)
 
 
 def load(path: str | Path) -> dict[str, Any]:
@@ -129,11 +294,51 @@ def load(path: str | Path) -> dict[str, Any]:
     if size > MAX_FILE_BYTES:
         raise ValueError(f"{path}: {size} bytes is larger than the {MAX_FILE_BYTES}-byte limit")
     try:
-        fp = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read fingerprint ({exc.strerror})") from None
+    return loads(text, source=str(path))
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"non-finite number {name} is not allowed")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key[:80]!r}")
+        out[key] = value
+    return out
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > 19:
+        raise ValueError(f"integer {text[:40]}... is out of range")
+    return int(text)
+
+
+def loads(text: str, source: str = "<fingerprint>") -> dict[str, Any]:
+    """Parse and validate fingerprint JSON text (the only way in: no pickle, no eval)."""
+    if len(text) > MAX_FILE_BYTES:
+        raise ValueError(f"{source}: {len(text)} characters is larger than the {MAX_FILE_BYTES} limit")
+    try:  # the json module recurses per nesting level: RecursionError long before a crash
+        fp = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float,
+                        parse_int=_bounded_int, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        raise ValueError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
     except RecursionError:
-        raise ValueError(f"{path}: nested too deeply") from None
-    return validate(fp, source=str(path))
+        raise ValueError(f"{source}: nested too deeply") from None
+    except ValueError as exc:
+        raise ValueError(f"{source}: rejected ({exc})") from None
+    return validate(fp, source=source)

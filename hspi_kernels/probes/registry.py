@@ -1,8 +1,18 @@
 """The probe registry: each probe is data (id, family, backend, seeded input spec, what it
 measures) plus a function that runs it and returns its output as a host numpy array.
 
-A probe never decides whether it is a fingerprint: the runner (``hspi_kernels.probes.run``)
+A probe never decides whether it is a fingerprint: the runner (``hspi_kernels.probes.run_all``)
 runs it twice, digests both outputs and records it as nondeterministic when they differ.
+
+Declarative fields beyond the run function:
+
+- ``role``: ``"fingerprint"`` (its digest identifies a platform) or ``"control"`` (a probe that
+  checks the machinery, e.g. a known-nondeterministic scan; never used by ``identify``);
+- ``plans`` + ``plan_eval``: the accumulation plans (JSON) that should explain the output bits and
+  a function ``plan_eval(plan_json) -> expected output`` on the probe's own inputs; the runner
+  records ``explained_by`` = [{plan, repr, matches, total}] (how many outputs match bit for bit);
+- ``profile_kernels``: capture the CUDA kernel names of one run with ``torch.profiler`` (library
+  ops: which cuBLAS / cuDNN / flash kernel the heuristics picked), recorded as ``kernels``.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 RunFn = Callable[[], np.ndarray]
+ROLES = ("fingerprint", "control")
 
 
 @dataclass(frozen=True)
@@ -27,7 +38,23 @@ class Probe:
     requires: tuple[str, ...] = ()   # capabilities: "torch", "cuda", "cupy"
     output_format: str = "fp32"      # the format ULP features are counted in
     reference: RunFn | None = field(default=None, repr=False, compare=False)  # fp64 result
-    plans: tuple[dict[str, Any], ...] = ()  # plans (JSON) that should explain the bits
+    # plans (JSON) that should explain the bits, or a function giving them on this machine
+    # (tensor-core plans name the device's arch, known only at run time)
+    plans: tuple[dict[str, Any], ...] | Callable[[], tuple[dict[str, Any], ...]] = ()
+    plan_eval: Callable[[dict[str, Any]], np.ndarray] | None = field(default=None, repr=False, compare=False)
+    role: str = "fingerprint"        # "fingerprint" | "control" (see the module doc)
+    profile_kernels: bool = False    # record the CUDA kernel names of one run (torch.profiler)
+
+    def __post_init__(self):
+        if self.role not in ROLES:
+            raise ValueError(f"probe {self.id!r}: role must be one of {ROLES}, got {self.role!r}")
+        if self.plans and self.plan_eval is None:
+            raise ValueError(f"probe {self.id!r}: plans need a plan_eval to check them")
+
+
+class ProbeUnsupported(RuntimeError):
+    """Raised by a probe's run when this platform cannot run it (e.g. an attention backend that
+    has no kernel for this GPU): the probe is recorded as skipped, not failed."""
 
 
 _REGISTRY: dict[str, Probe] = {}
@@ -40,8 +67,14 @@ def register(probe: Probe) -> Probe:
     return probe
 
 
+def get(probe_id: str) -> Probe | None:
+    """The registered probe of that id (None when this version has no such probe)."""
+    all_probes()
+    return _REGISTRY.get(probe_id)
+
+
 def all_probes() -> list[Probe]:
-    from hspi_kernels.probes import basic  # noqa: F401  (registers the built-in probes)
+    from hspi_kernels.probes import basic, suite  # noqa: F401  (register the built-in probes)
 
     return list(_REGISTRY.values())
 
@@ -63,9 +96,34 @@ def capability(name: str) -> tuple[bool, str]:
     if name == "cupy":
         ok = importlib.util.find_spec("cupy") is not None
         return ok, "" if ok else "CuPy is not installed"
+    if name == "triton":
+        ok = importlib.util.find_spec("triton") is not None
+        return ok, "" if ok else "triton is not installed"
+    if name.startswith("sm_"):
+        # a compute capability floor of device 0, e.g. "sm_90" (wgmma needs Hopper)
+        ok, reason = capability("cuda")
+        if not ok:
+            return ok, reason
+        import torch
+
+        major, minor = torch.cuda.get_device_capability(0)
+        want = int(name[3:])
+        have = 10 * major + minor
+        if want >= 90 and have != want:  # arch-specific (sm_90a) instructions: exactly that arch
+            return False, f"needs {name} exactly, device is sm_{have}"
+        return (have >= want), ("" if have >= want else f"needs {name}, device is sm_{have}")
     raise ValueError(f"unknown probe requirement {name!r}")
 
 
+def missing_capabilities(probe: Probe) -> list[tuple[str, str]]:
+    """[(requirement, reason)] of the requirements this machine lacks, in declaration order."""
+    out = []
+    for name in probe.requires:
+        ok, reason = capability(name)
+        if not ok:
+            out.append((name, reason))
+    return out
+
+
 def missing_requirements(probe: Probe) -> str:
-    reasons = [reason for ok, reason in map(capability, probe.requires) if not ok]
-    return "; ".join(reasons)
+    return "; ".join(reason for _, reason in missing_capabilities(probe))
