@@ -40,7 +40,7 @@ def _time_gemm(M, N, K, config):
 
 
 def test_gemm_bf16_8192(benchmark, platform_meta):
-    config = G.default_config("bf16")
+    config = G.shape_config("bf16", 8192, 8192, 8192)
     t, base = benchmark.pedantic(_time_gemm, args=(8192, 8192, 8192, config), rounds=1, iterations=1)
     flop = 2 * 8192**3
     benchmark.extra_info.update(platform_meta)
@@ -50,17 +50,19 @@ def test_gemm_bf16_8192(benchmark, platform_meta):
 
 
 def test_gemm_bf16_geomean(benchmark, platform_meta):
-    config = G.default_config("bf16")
+    """Each shape with the configuration ``matmul`` picks for it (G.shape_config: a fixed table on M)."""
+    configs = [G.shape_config("bf16", M, N, K) for M, N, K in GEMM_SHAPES]
 
     def run():
-        return [_time_gemm(M, N, K, config) for M, N, K in GEMM_SHAPES]
+        return [_time_gemm(M, N, K, config) for (M, N, K), config in zip(GEMM_SHAPES, configs)]
 
     times = benchmark.pedantic(run, rounds=1, iterations=1)
     speeds = [base / t for t, base in times]
     benchmark.extra_info.update(platform_meta)
     benchmark.extra_info.update({
-        "shapes": GEMM_SHAPES, "config": repr(config),
-        "per_shape": [{"shape": s, "triton_ms": t, "cublas_ms": b, "speed_vs_cublas": b / t} for s, (t, b) in zip(GEMM_SHAPES, times)],
+        "shapes": GEMM_SHAPES, "config_rule": "hspi_kernels.triton.gemm.shape_config (SHAPE_RULE)",
+        "per_shape": [{"shape": s, "config": repr(c), "triton_ms": t, "cublas_ms": b, "speed_vs_cublas": b / t}
+                      for s, c, (t, b) in zip(GEMM_SHAPES, configs, times)],
         "geomean_speed_vs_cublas": math.exp(sum(math.log(s) for s in speeds) / len(speeds)),
     })
 

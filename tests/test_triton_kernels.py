@@ -178,6 +178,28 @@ def test_gemm_plans_evaluate():
     assert G.plan(G.default_config("fp32", input_precision="tf32x3"), "fp32", 64) is None
 
 
+def test_shape_rule_keeps_the_plan():
+    """matmul's M-dependent table (shape_config) changes tiles, warps and stages only: for every
+    M the plan equals the default configuration's plan (same K chain: batch invariance), the
+    rule is a deterministic function of M, split-K never appears, and matmul without a config
+    runs exactly the configuration shape_config names."""
+    for fmt in ("bf16", "fp16", "fp32", "e4m3", "e5m2"):
+        default = G.default_config(fmt)
+        for K in (16, 520, 4096):
+            want = repr(G.plan(default, fmt, K))
+            for M in (*range(1, 300), 511, 512, 1024, 1025, 4096, 8192, 65536):
+                config = G.shape_config(fmt, M, 4096, K)
+                assert config == G.shape_config(fmt, M, 4096, K)
+                assert config.split_k == 1 and config.deterministic and not config.persistent
+                assert config.block_m >= 64 and config.num_warps % 4 == 0  # wgmma: one warpgroup, 64 rows
+                assert repr(G.plan(config, fmt, K)) == want, (fmt, M, K, config)
+    assert G.shape_config("bf16", 8192) == G.default_config("bf16")
+    assert G.shape_config("bf16", 1).block_m == 64
+    torch.manual_seed(11)
+    a, w = torch.randn(3, 40).to(torch.bfloat16), torch.randn(40, 24).to(torch.bfloat16)
+    assert torch.equal(G.matmul(a, w), G.matmul(a, w, G.shape_config("bf16", 3, 24, 40)))
+
+
 def test_gemm_rejects_bad_input():
     with pytest.raises(AssertionError):
         G.matmul(torch.randn(4, 5), torch.randn(6, 4))
@@ -266,10 +288,12 @@ from hspi_kernels.triton import gemm as G
 kernel = G._kernels()["gemm"]
 ints = ("M", "N", "K", "stride_am", "stride_ak", "stride_bk", "stride_bn", "stride_cp", "stride_cm", "stride_cn",
         "TILES_PER_PART")
-consts = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "INPUT_PRECISION", "MAX_IMPRECISE", "ATOMIC")
+consts = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "INPUT_PRECISION", "MAX_IMPRECISE", "ATOMIC", "MASK_M")
 out = {}
 for name, elem, precision, blocks, warps, fusion in [
         ("bf16", "bf16", None, (128, 128, 64), 8, False),
+        ("bf16.rule64", "bf16", None, (64, 32, 128), 4, False),
+        ("bf16.rule256", "bf16", None, (64, 128, 64), 4, False),
         ("tf32", "fp32", "tf32", (128, 128, 32), 8, False),
         ("e4m3", "fp8e4nv", None, (128, 128, 64), 8, False),
         ("ieee.nofusion", "fp32", "ieee", (32, 32, 16), 4, False),
@@ -277,7 +301,7 @@ for name, elem, precision, blocks, warps, fusion in [
     sig = {"a_ptr": "*" + elem, "b_ptr": "*" + elem, "c_ptr": "*fp32", **{n: "i32" for n in ints},
            **{n: "constexpr" for n in consts}}
     const = dict(zip(("BLOCK_M", "BLOCK_N", "BLOCK_K"), blocks), GROUP_M=8, INPUT_PRECISION=precision,
-                 MAX_IMPRECISE=None, ATOMIC=False)
+                 MAX_IMPRECISE=None, ATOMIC=False, MASK_M=False)
     c = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=const), target=GPUTarget("cuda", 90, 32),
                        options={"num_warps": warps, "num_stages": 2, "enable_fp_fusion": fusion})
     ptx = c.asm["ptx"]
@@ -301,7 +325,7 @@ def sm90_ptx() -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("name", ["bf16", "tf32", "e4m3"])
+@pytest.mark.parametrize("name", ["bf16", "bf16.rule64", "bf16.rule256", "tf32", "e4m3"])
 def test_sm90_tensor_core_paths_use_wgmma_without_fma(sm90_ptx, name):
     assert sm90_ptx[name]["wgmma"]
     assert not sm90_ptx[name]["fma"]
@@ -328,6 +352,9 @@ for fmt, extra in [("bf16", {}), ("fp16", {}), ("fp32", {}), ("fp32", {"input_pr
         config = G.default_config(fmt, persistent=persistent, **extra)
         name = f"{fmt}.{extra.get('input_precision', 'tc')}.{'persistent' if persistent else 'plain'}"
         out[name] = G.shared_memory_bytes(config, fmt, "fp32")  # fp32 output: the largest epilogue
+for bound, _ in G.SHAPE_RULE:
+    for fmt in ("bf16", "fp16"):
+        out[f"{fmt}.rule{bound}"] = G.shared_memory_bytes(G.shape_config(fmt, bound), fmt, "fp32")
 print(json.dumps(out))
 """
 

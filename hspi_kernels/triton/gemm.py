@@ -21,7 +21,12 @@ The accumulation order is the contract (batch_invariant_ops style: fixed configs
   (``SplitK(P, "contiguous", tile=BLOCK_K, ...)``). ``split_k_combine="atomic"`` instead
   ``atomic_add``s the parts into a zeroed output: NONDETERMINISTIC (arrival order), no plan;
 - ``persistent=True``: one program per SM walks output tiles ``pid, pid + NUM_SMS, ...`` with TMA
-  loads (``tl.make_tensor_descriptor``); the per-element order is the same K chain.
+  loads (``tl.make_tensor_descriptor``); the per-element order is the same K chain;
+- shape rule (:func:`shape_config`, used by ``matmul(a, b)`` without a config): bf16/fp16 pick
+  BLOCK_M/N, BLOCK_K, warps and stages from a fixed table on M (no autotuning, no split-K), so
+  small M fills the SMs. Only the tiling changes, never an output's K chain: :func:`plan` is the
+  same for every M (a row's bits do not depend on the batch size; checked bitwise on the H100
+  for b = 1..4096 and N/N against the plan for every table entry).
 
 K not a multiple of BLOCK_K: the last tile is zero-padded (masked loads / TMA zero fill), so the
 plan is evaluated on operands zero-padded to a multiple of BLOCK_K (:func:`padded_k`).
@@ -38,7 +43,7 @@ import functools
 from dataclasses import dataclass
 
 __all__ = [
-    "GemmConfig", "default_config", "matmul", "plan", "padded_k", "require_triton", "shared_memory_bytes",
+    "GemmConfig", "default_config", "shape_config", "SHAPE_RULE", "matmul", "plan", "padded_k", "require_triton", "shared_memory_bytes",
     "INPUT_PRECISIONS", "SPLIT_K_COMBINES", "SHARED_MEMORY_LIMIT_SM90",
 ]
 
@@ -140,6 +145,35 @@ def default_config(fmt: str, **changes) -> GemmConfig:
     return base.replace(**changes) if changes else base
 
 
+# The shape rule for bf16/fp16: (largest M, changes to default_config); the first row whose
+# bound is >= M applies, M above every bound uses default_config (128x256x64). BLOCK_M 64 is
+# wgmma's minimum (one warpgroup, 4 warps); the small-M tiles are narrow in N so
+# [M <= 64, 4096] x [4096, 4096] runs 128 programs on 132 SMs with a 6-deep pipeline for the
+# weight stream (memory-bound decode). Chosen from one H100 sweep against cuBLAS in the same
+# process (docs/results/h100/triton/README.md): at M = 64, 64x32x128/6 stages 0.92x (64x64x128
+# 0.52x, 64x16x256 0.47x); at M = 256, 64x128x64/4 stages 0.87x (128x128x64 0.80x); at M = 1024
+# the default 128x256 0.95x beat 128x128 (0.79x), so the table stops at 256.
+SHAPE_RULE: tuple[tuple[int, dict], ...] = (
+    (64, dict(block_m=64, block_n=32, block_k=128, num_warps=4, num_stages=6)),
+    (256, dict(block_m=64, block_n=128, block_k=64, num_warps=4, num_stages=4)),
+)
+
+
+def shape_config(fmt: str, M: int, N: int | None = None, K: int | None = None, **changes) -> GemmConfig:
+    """The configuration ``matmul(a, b)`` uses for an [M, K] x [K, N] problem: bf16/fp16 follow
+    :data:`SHAPE_RULE` (a fixed table on M: deterministic, no autotuning, K never split), other
+    formats their :func:`default_config`. N and K are accepted for a future table but unused.
+    Every entry has the same per-output order (``plan`` ignores BLOCK_M/N, warps and stages; and
+    ``tl.dot`` bits do not depend on BLOCK_K), so mm(a[:b], w) == mm(a, w)[:b] bitwise."""
+    base = default_config(fmt)
+    if fmt in ("bf16", "fp16"):
+        for bound, entry in SHAPE_RULE:
+            if M <= bound:
+                base = base.replace(**entry)
+                break
+    return base.replace(**changes) if changes else base
+
+
 def shared_memory_bytes(config: GemmConfig, in_format: str, out_format: str = "fp32", arch: int = 90) -> int:
     """Shared memory (bytes) one program of ``config`` needs, from a compile-only build for
     ``sm_<arch>`` (no GPU needed: Triton ships ptxas). Compare with
@@ -164,7 +198,7 @@ def shared_memory_bytes(config: GemmConfig, in_format: str, out_format: str = "f
         ints = ("M", "N", "K")
     else:
         kernel = _kernels()["gemm"]
-        const.update(stride_ak=1, stride_bn=1, stride_cn=1, ATOMIC=not config.deterministic)
+        const.update(stride_ak=1, stride_bn=1, stride_cn=1, ATOMIC=not config.deterministic, MASK_M=False)
         ints = ("M", "N", "K", "stride_am", "stride_bk", "stride_cp", "stride_cm", "TILES_PER_PART")
     sig = {**ptrs, **{n: "i32" for n in ints}}
     sig.update({n: "constexpr" for n in const})
@@ -250,7 +284,7 @@ def _kernels():
         stride_am, stride_ak, stride_bk, stride_bn, stride_cp, stride_cm, stride_cn,
         TILES_PER_PART,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-        INPUT_PRECISION: tl.constexpr, MAX_IMPRECISE: tl.constexpr, ATOMIC: tl.constexpr,
+        INPUT_PRECISION: tl.constexpr, MAX_IMPRECISE: tl.constexpr, ATOMIC: tl.constexpr, MASK_M: tl.constexpr,
     ):
         """C tile (pid_m, pid_n) of K-part ``program_id(1)``.
 
@@ -262,7 +296,10 @@ def _kernels():
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_k = tl.arange(0, BLOCK_K)
-        # rows/columns past the edge read row 0 / column 0 (discarded at the store): no masks in the loop.
+        # rows/columns past the edge read row 0 / column 0 (discarded at the store): no masks in the loop,
+        # except MASK_M (M not a multiple of BLOCK_M): rows past M are not loaded at all. Without it,
+        # M = 1 sent all 64 rows of every program to the same A row, an L2 hot spot (2x slower than
+        # M = 64 on the H100). Masked rows are zeros in discarded outputs: no output's order changes.
         # The contiguity hints (as in the Triton tutorials) let the unit-stride loads vectorise and
         # pipeline (cp.async); without them B loads were scalar (0.06x cuBLAS at 8192^3, H100).
         rows = tl.max_contiguous(tl.multiple_of(tl.where(offs_m < M, offs_m, 0), BLOCK_M), BLOCK_M)
@@ -273,7 +310,11 @@ def _kernels():
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for kt in range(kt_start, kt_end):
             k = kt * BLOCK_K + offs_k
-            a = tl.load(a_ptr + rows[:, None] * stride_am + k[None, :] * stride_ak, mask=k[None, :] < K, other=0.0)
+            if MASK_M:
+                a = tl.load(a_ptr + rows[:, None] * stride_am + k[None, :] * stride_ak,
+                            mask=(offs_m[:, None] < M) & (k[None, :] < K), other=0.0)
+            else:
+                a = tl.load(a_ptr + rows[:, None] * stride_am + k[None, :] * stride_ak, mask=k[None, :] < K, other=0.0)
             b = tl.load(b_ptr + k[:, None] * stride_bk + cols[None, :] * stride_bn, mask=k[:, None] < K, other=0.0)
             acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION, max_num_imprecise_acc=MAX_IMPRECISE,
                          out_dtype=tl.float32)
@@ -360,7 +401,8 @@ def matmul(a, b, config: GemmConfig | None = None, out_dtype=None, out=None):
     """``a @ b`` with the fixed accumulation order of ``config`` (see the module docstring and
     :func:`plan`). a: [M, K], b: [K, N], same dtype (fp32, bf16, fp16, float8_e4m3fn,
     float8_e5m2), each with a unit stride in one dimension (row- or column-major);
-    ``persistent`` needs both row-major contiguous. The fp32 accumulator is rounded (RNE) once to
+    ``persistent`` needs both row-major contiguous. Without ``config``: :func:`shape_config`
+    (the M-dependent table; same plan for every M). The fp32 accumulator is rounded (RNE) once to
     ``out_dtype`` (default: the input dtype; fp32 for fp8 inputs)."""
     import torch
 
@@ -370,7 +412,7 @@ def matmul(a, b, config: GemmConfig | None = None, out_dtype=None, out=None):
     assert a.dtype == b.dtype, f"matmul: operand dtypes differ: {a.dtype} and {b.dtype}"
     assert a.device == b.device, f"matmul: operands on different devices: {a.device} and {b.device}"
     fmt = _format_of(a.dtype)
-    config = config or default_config(fmt)
+    config = config or shape_config(fmt, a.shape[0], b.shape[1], a.shape[1])
     for name, t in (("a", a), ("b", b)):
         assert 1 in t.stride() or t.numel() <= 1, f"matmul: {name} needs a unit stride in one dimension, strides {t.stride()}"
     if fmt != "fp32":
@@ -404,7 +446,8 @@ def matmul(a, b, config: GemmConfig | None = None, out_dtype=None, out=None):
         return out
 
     _, per_part, parts = _k_tile_split(K, config)
-    common = dict(**blocks, INPUT_PRECISION=precision, MAX_IMPRECISE=config.max_num_imprecise_acc, **launch)
+    common = dict(**blocks, INPUT_PRECISION=precision, MAX_IMPRECISE=config.max_num_imprecise_acc,
+                  MASK_M=(M % config.block_m) != 0, **launch)
     if parts == 1:
         kernels["gemm"][(tiles, 1)](a, b, out, M, N, K, a.stride(0), a.stride(1), b.stride(0), b.stride(1),
                                     0, out.stride(0), out.stride(1), per_part, ATOMIC=False, **common)

@@ -14,7 +14,7 @@ manager (and are removed on exit, also on error). Inside it, for CUDA fp32/bf16/
 - ``bmm`` = one ``mm`` per batch entry (same order per entry).
 
 Other dtypes fall back to torch's own ``*.out`` kernels (not overridden). Configurations come
-from ``gemm.default_config(fmt)`` unless ``configs`` maps a format ("fp32", "bf16", "fp16") to a
+from ``gemm.shape_config(fmt, M)`` (the fixed M table; same per-output order) unless ``configs`` maps a format ("fp32", "bf16", "fp16") to a
 GemmConfig; split-K with the atomic combine is refused (nondeterministic).
 """
 
@@ -52,9 +52,9 @@ def fixed_order_matmul(configs: dict | None = None, *, dispatch_key: str = "CUDA
             raise ValueError(f"fixed_order_matmul: config for {fmt} is nondeterministic (atomic split-K)")
     formats = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
-    def config_for(dtype):
+    def config_for(dtype, m: int):
         fmt = formats[dtype]
-        return configs.get(fmt) or gemm.default_config(fmt)
+        return configs.get(fmt) or gemm.shape_config(fmt, m)
 
     def supported(*tensors) -> bool:
         return all(t.dtype in formats and t.dtype == tensors[0].dtype for t in tensors)
@@ -67,13 +67,13 @@ def fixed_order_matmul(configs: dict | None = None, *, dispatch_key: str = "CUDA
         if not supported(a, b):
             out = torch.empty((a.shape[0], b.shape[1]), dtype=torch.result_type(a, b), device=a.device)
             return torch.ops.aten.mm.out(a, b, out=out)
-        return gemm.matmul(as_gemm_operand(a), as_gemm_operand(b), config_for(a.dtype))
+        return gemm.matmul(as_gemm_operand(a), as_gemm_operand(b), config_for(a.dtype, a.shape[0]))
 
     def addmm(bias, a, b, *, beta=1, alpha=1):
         if not supported(bias, a, b):
             out = torch.empty((a.shape[0], b.shape[1]), dtype=torch.result_type(a, b), device=a.device)
             return torch.ops.aten.addmm.out(bias, a, b, beta=beta, alpha=alpha, out=out)
-        acc = gemm.matmul(as_gemm_operand(a), as_gemm_operand(b), config_for(a.dtype), out_dtype=torch.float32)
+        acc = gemm.matmul(as_gemm_operand(a), as_gemm_operand(b), config_for(a.dtype, a.shape[0]), out_dtype=torch.float32)
         if alpha != 1:
             acc = acc * alpha
         if beta != 0:
@@ -85,7 +85,7 @@ def fixed_order_matmul(configs: dict | None = None, *, dispatch_key: str = "CUDA
             out = torch.empty((a.shape[0], a.shape[1], b.shape[2]), dtype=torch.result_type(a, b), device=a.device)
             return torch.ops.aten.bmm.out(a, b, out=out)
         out = torch.empty((a.shape[0], a.shape[1], b.shape[2]), dtype=a.dtype, device=a.device)
-        config = config_for(a.dtype)
+        config = config_for(a.dtype, a.shape[0])
         for i in range(a.shape[0]):
             gemm.matmul(as_gemm_operand(a[i]), as_gemm_operand(b[i]), config, out=out[i])
         return out

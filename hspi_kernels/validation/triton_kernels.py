@@ -2,7 +2,7 @@
 
     python -c "from hspi_kernels.validation import triton_kernels as V; V.run('docs/results')"
 
-- every GEMM variant (bf16/fp16 default and BLOCK_K 32, fixed split-K, persistent TMA, fp32
+- every GEMM variant (bf16/fp16 default, every entry of the M-dependent shape rule, BLOCK_K 32, fixed split-K, persistent TMA, fp32
   tf32 / ieee with and without fusion, fp8 e4m3/e5m2 with and without max_num_imprecise_acc)
   against ``evaluate.gemm(plan)`` on operands zero-padded to a multiple of BLOCK_K, ``==`` on
   int32 views, counts N/N over >= 10^6 outputs per variant at scale=1 (ragged M, N, K);
@@ -10,7 +10,8 @@
   a negative control (a wrong plan) must mismatch;
 - the explicit row / column sums against their plans; ``tl.sum``'s tree revealed
   (``reveal_tl_sum_order``) and the tl.sum row sum checked against the revealed plan;
-- batch invariance ``mm(a[:b], w) == mm(a, w)[:b]`` for b in 1..4096, fixed-order GEMM and
+- batch invariance ``mm(a[:b], w) == mm(a, w)[:b]`` for b in 1..4096, fixed-order GEMM (``matmul``
+  without a config: the M-dependent shape rule, so each b may run another tiling) and
   cuBLAS (``torch.matmul``, expected to violate it at some b);
 - attention forward vs an fp64 reference, error <= 3x that of torch's same-precision SDPA.
 Writes ``triton_kernels_validation.json`` into out_dir and returns the same dict.
@@ -64,9 +65,14 @@ def _plan_gemm(plan, A: np.ndarray, B: np.ndarray, k_pad: int, backend: str) -> 
 def _gemm_variants():
     from hspi_kernels.triton.gemm import default_config
 
+    from hspi_kernels.triton.gemm import SHAPE_RULE, shape_config
+
     bf16 = default_config("bf16")
+    # every entry of matmul's M-dependent table (same plan as the default: checked N/N here)
+    rule = [(f"bf16.rule_m{bound}", "bf16", shape_config("bf16", bound)) for bound, _ in SHAPE_RULE]
     return [
         ("bf16", "bf16", bf16),
+        *rule,
         ("bf16.block_k32", "bf16", bf16.replace(block_k=32)),
         ("bf16.fusion_on", "bf16", bf16.replace(enable_fp_fusion=True)),
         ("bf16.split_k4.fixed", "bf16", bf16.replace(split_k=4)),
