@@ -96,6 +96,10 @@ def test_mma_sync_fp8_is_the_ptxas_emulation(name):
 # Each rule of the sm_90 model reverted on its own: matches per affected set (all other sets
 # stay N/N). subnormal_exponent covers operands (fp16, e4m3 sets: their inputs are subnormal)
 # and c (bf16, tf32 sets: their inputs are normal, C holds fp32 subnormals).
+def _FLOOR_SETS(matches: int) -> dict[str, int]:
+    return {f"{path}|{fmt}|fp32|floor|z": matches for path in ("mma.sync", "wgmma") for fmt in ("bf16", "tf32")}
+
+
 REVERTED = {
     "subnormal_exponent": ({"subnormal_exponent": "actual"}, {
         "mma.sync|bf16|fp32|subnormal|c": 8091, "mma.sync|tf32|fp32|subnormal|c": 7862,
@@ -106,6 +110,9 @@ REVERTED = {
         "wgmma|fp16|fp16|subnormal|z": 8190,
         "wgmma|e4m3|fp32|gdisc|c": 7718, "wgmma|e4m3|fp32|gdisc|z": 7335,
         "wgmma|e4m3|fp32|subnormal|c": 5248, "wgmma|e4m3|fp32|subnormal|z": 2745,
+        # settling sets (second dump): tf32 subnormal operands; fp16-output c at fp16's emin -14
+        "mma.sync|tf32|fp32|opsub|z": 6958, "wgmma|tf32|fp32|opsub|z": 6714,
+        "mma.sync|fp16|fp16|cemin|c": 4045, "wgmma|fp16|fp16|cemin|c": 4343,
     }),
     "zero_sign": ({"zero_sign": "ieee"}, {
         "mma.sync|bf16|fp32|subnormal|c": 8027, "wgmma|bf16|fp32|subnormal|c": 8059,
@@ -113,11 +120,16 @@ REVERTED = {
         "mma.sync|fp16|fp16|cancel|c": 8186, "wgmma|fp16|fp16|cancel|c": 8188,
         "mma.sync|fp16|fp16|subnormal|c": 7666, "wgmma|fp16|fp16|subnormal|c": 7660,
         "mma.sync|fp16|fp16|subnormal|z": 8191, "wgmma|fp16|fp16|random|c": 8191,
+        # settling sets: every product -0 and c = -0 -- the GPU still writes +0 (IEEE says -0)
+        **{f"{path}|{fmt}|negzero|c": 0 for path in ("mma.sync", "wgmma")
+           for fmt in ("bf16|fp32", "fp16|fp16", "fp16|fp32", "tf32|fp32")},
+        "wgmma|e4m3|fp32|negzero|c": 0,
     }),
-    # Pinned by two outputs: -134 or lower fails the first, -132 or higher the second.
-    "emax_floor": ({"emax_floor": None}, {"mma.sync|bf16|fp32|subnormal|z": 8191}),
-    "emax_floor -134": ({"emax_floor": -134}, {"mma.sync|bf16|fp32|subnormal|z": 8191}),
-    "emax_floor -132": ({"emax_floor": -132}, {"wgmma|tf32|fp32|subnormal|z": 8191}),
+    # First pinned by two outputs of the first dump; the floor sweep of the second dump (lead
+    # product 2^T, T in -145..-125, one small term below it) then decides it on ~1000 outputs.
+    "emax_floor": ({"emax_floor": None}, {"mma.sync|bf16|fp32|subnormal|z": 8191, **_FLOOR_SETS(7210)}),
+    "emax_floor -134": ({"emax_floor": -134}, {"mma.sync|bf16|fp32|subnormal|z": 8191, **_FLOOR_SETS(8044)}),
+    "emax_floor -132": ({"emax_floor": -132}, {"wgmma|tf32|fp32|subnormal|z": 8191, **_FLOOR_SETS(8032)}),
 }
 
 

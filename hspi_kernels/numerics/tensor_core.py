@@ -73,6 +73,14 @@ change them). Set on every sm_90 preset; other arches keep the defaults (unmeasu
   since a non-zero c already puts e_max at >= -126): pinned by two outputs -- no floor or -134
   fails mma.sync bf16 subnormal/z (8191), -132 fails wgmma tf32 subnormal/z (8191), -131 fails 4
   more. One value for the arch (bf16, tf32; fp16/fp8 products never get that low).
+Settling dump (the same file, 30 more sets per GPU dump, designed from the open questions above
+and predicted by the model *before* they were recorded: 120/120 sets 8192/8192 through numpy and
+C++): the floor sweep (lead product 2^T, T in -145..-125, one term 2^(T-d) below it; bf16 and tf32,
+mma.sync and wgmma) fails with no floor (7210/8192), -134 (8044) and -132 (8032), so -133 now rests
+on ~1000 outputs per set; every product -0 with c = -0 gives +0 in every format and path (IEEE
+would give -0: reverting ``zero_sign`` matches 0/8192); fp16-output c is aligned at fp16's emin -14
+(the actual exponent matches 4045 / 4343 of 8192); tf32 subnormal operands follow "emin" (actual:
+6958 / 6714), bf16 ones give the same bits either way on this data.
 Not exercised by any data: fp32-output overflow (modelled as IEEE RZ: ±max finite), NaN/inf.
 Other arches: ``emax_floor`` unset; their published vectors (smallest e_max -4, no zeros, no
 subnormal operands) cannot decide a floor or the subnormal/zero rules.
