@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# A full GPU session for one machine (H100 or H200), in stages selected by $STAGES:
+#   found  foundation record (build, load paths, fma probe N/N)    env   hspi env --json
+#   probe  full probe suite -> fingerprint (for the reference DB)  valid cuda + triton validations
+#   dump   single-instruction tensor-core block dumps              models model-level collections
+#   ident  10x `hspi identify --expect $EXPECT` against the DB     card  card + reveal script
+#   trace  model traces
+# Records go to $OUT/rec.tgz; large outputs (dumps, collections) to their own files in $OUT.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+ROOT="${OUT:-/tmp/hspi_out}"; R="$ROOT/rec"; mkdir -p "$R"
+STAGES="${STAGES:-found env probe valid dump}"
+has() { [[ " $STAGES " == *" $1 "* ]]; }
+step() { echo; echo "=== $* ($(date +%T))"; }
+if ! python3 -c "import typer, ml_dtypes, xxhash" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps .whl/*.whl 2>&1 | tail -2
+fi
+step install
+HSPI_CUDA=ON python3 -m pip install -q --no-build-isolation --no-deps -Cbuild-dir=build/gpu -e . 2>&1 | tail -3
+python3 -c "import hspi_kernels._native" >/dev/null 2>&1
+if has found; then step foundation; OUT="$R/found" bash scripts/gpu_foundation.sh 2>&1 | tail -12; fi
+if has env; then step env; hspi env --json > "$R/env.json" 2> "$R/env.err"; echo "rc=$?"; fi
+if has probe; then
+  step "probe (cold)"; /usr/bin/time -f "probe wall %e s" timeout 200 hspi probe --out "$R/fingerprint.json" > "$R/probe.log" 2>&1; echo "rc=$?"; tail -3 "$R/probe.log"
+  step "probe (warm)"; /usr/bin/time -f "probe wall %e s" timeout 200 hspi probe --out "$R/fingerprint_warm.json" > "$R/probe_warm.log" 2>&1; echo "rc=$?"; tail -3 "$R/probe_warm.log"
+fi
+if has ident; then
+  step "identify x10 (expect $EXPECT)"
+  for i in $(seq 10); do timeout 120 hspi identify --json --expect "$EXPECT" > "$R/identify_$i.json" 2> "$R/identify_$i.err"; echo "run $i rc=$?"; done
+fi
+if has valid; then
+  step "validations"
+  timeout 420 python3 -m hspi_kernels.validation cuda_core tensor_core attention_sfu triton --out "$R/valid" --scale "${SCALE:-1}" > "$R/valid.log" 2>&1; echo "rc=$?"; tail -30 "$R/valid.log"
+  grep -E "PASS|FAIL|all_pass|all_ok|passed" "$R/valid"/*/*.log 2>/dev/null | tail -5
+  # SFU tables: keep the ex2 ones (native-mode replay); the rest are summarised by their digests
+  mkdir -p "$ROOT/sfu"; cp -r "$R"/valid/attention_sfu/sfu_ex2* "$ROOT/sfu/" 2>/dev/null
+  rm -rf "$R"/valid/attention_sfu/sfu_*
+  (cd "$ROOT" && tar czf sfu_ex2.tgz sfu && rm -rf sfu)
+fi
+if has dump; then step "tc dump"; timeout 150 python3 scripts/tc_dump.py "$ROOT/tc_blocks.npz"; echo "rc=$?"; fi
+if has card; then step "card + reveal"; timeout 300 python3 scripts/gpu_card_reveal.py "$R/card" > "$R/card.log" 2>&1; echo "rc=$?"; tail -30 "$R/card.log"; fi
+if has trace; then step "trace"; timeout 300 python3 scripts/gpu_trace.py "$ROOT/trace" > "$R/trace.log" 2>&1; echo "rc=$?"; tail -20 "$R/trace.log"; (cd "$ROOT" && tar czf trace.tgz trace && rm -rf trace); fi
+if has models; then step "models"; timeout "${MODELS_TIMEOUT:-330}" python3 scripts/gpu_models.py "$ROOT/models" ${MODELS_ARGS:-} > "$R/models.log" 2>&1; echo "rc=$?"; tail -25 "$R/models.log"; (cd "$ROOT" && tar czf models.tgz models && rm -rf models); fi
+tar czf "$ROOT/rec.tgz" -C "$ROOT" rec && rm -rf "$R"
+ls -la "$ROOT"
