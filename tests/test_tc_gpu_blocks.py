@@ -143,3 +143,16 @@ def test_negative_control_each_rule_reverted(rule):
         if matches != OUTPUTS:
             got[name] = matches
     assert got == expected
+
+
+def test_h200_blocks_equal_h100_blocks():
+    """The same inputs on an H200 (scripts/tc_dump.py, seed 7): every output bit-identical to the
+    H100's, so the sm_90 model that reproduces the H100 sets reproduces the H200 ones too."""
+    h100 = np.load(DATA)
+    h200 = np.load(DATA.with_name("h200_tc_blocks.npz"))
+    assert sorted(h100.files) == sorted(h200.files)
+    inputs = [k for k in h100.files if not k.endswith("|D")]
+    assert all(np.array_equal(h100[k].view(np.uint32), h200[k].view(np.uint32)) for k in inputs)
+    outputs = [k for k in h100.files if k.endswith("|D")]
+    equal = sum(int(np.sum(h100[k].view(np.uint32) == h200[k].view(np.uint32))) for k in outputs)
+    assert (len(outputs), equal) == (120, 120 * OUTPUTS)
