@@ -194,7 +194,14 @@ def collect(runner: Runner, eqcs: Iterable[EQC | str], inputs: dict[str, np.ndar
                                           input_sets={s: list(a.shape) for s, a in inputs.items()},
                                           slice_size=runner.slice_size, topk=runner.topk)
         for s, arr in inputs.items():
-            coll.arrays[f"{mname}/inputs/{s}"] = arr
+            if runner.kind == "vision":
+                # seeded images regenerate exactly (prompts.py); tens of MB each would not travel
+                # back from a GPU machine, so only their digest is kept
+                from hspi_kernels import features
+
+                coll.meta["models"][mname].setdefault("input_digests", {})[s] = features.digest(arr)
+            else:
+                coll.arrays[f"{mname}/inputs/{s}"] = arr
     hw = hardware_name(runner.device)
     eqcs = [parse(e) if isinstance(e, str) else e for e in eqcs]
     for i, eqc in enumerate(eqcs):
