@@ -277,6 +277,406 @@ def report(
                       f"{summary['probes']} probes, {summary['figures']} figures)")
 
 
+# ------------------------------------------------------------------------------------------------
+# hspi model …: model-level platform inference (hspi_kernels.models)
+# ------------------------------------------------------------------------------------------------
+model_app = typer.Typer(no_args_is_help=True, help="Model-level platform inference: collect, classify, border, identify.")
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("collect")
+def model_collect(
+    model: str = typer.Option("tiny-llama", "--model", "-m", help="zoo name or a local checkpoint directory"),
+    eqc: Optional[list[str]] = typer.Option(None, "--eqc", "-e", help="EQC name(s), e.g. bf16.sdpa.b8"),
+    preset: str = typer.Option("cpu", "--preset", help="EQC preset when no --eqc: cpu, gpu, gpu-quick, vision"),
+    device: str = typer.Option("cpu", "--device"),
+    n_random: int = typer.Option(32, "--n-random"),
+    n_text: int = typer.Option(32, "--n-text"),
+    length: int = typer.Option(16, "--length"),
+    seed: int = typer.Option(0, "--seed"),
+    out: Path = typer.Option(Path("collection.npz"), "--out", "-o"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Run a model under EQCs on fixed prompt sets and write a compressed collection (.npz)."""
+    from rich.progress import Progress
+
+    from hspi_kernels.models import collect as mc, eqc as meqc
+
+    runner = mc.Runner(model, seed=seed, device=device)
+    eqcs = [meqc.parse(e) for e in eqc] if eqc else meqc.preset(preset, runner.kind)
+    inputs = mc.make_inputs(runner, n_random, n_text, length, seed)
+    with Progress(console=err_console if as_json else console) as progress:
+        task = progress.add_task("collecting", total=len(eqcs))
+        coll = mc.collect(runner, eqcs, inputs, on_run=lambda r: progress.update(
+            task, advance=1, description=f"{r['status']:>11} {r['label']}"))
+    coll.save(out)
+    summary = [{k: r.get(k) for k in ("label", "status", "deterministic", "time_s", "reason", "error")}
+               for r in coll.meta["runs"]]
+    if as_json:
+        _print_json({"out": str(out), "runs": summary})
+    else:
+        table = Table(title=f"hspi model collect — {model} on {coll.meta['platform_label']}")
+        for col in ("run", "status", "determ.", "time / reason"):
+            table.add_column(col, overflow="fold")
+        for r in summary:
+            tail = f"{r['time_s']:.2f} s" if r.get("time_s") else (r.get("reason") or r.get("error") or "")
+            table.add_row(r["label"], r["status"], str(r.get("deterministic", "")), tail)
+        console.print(table)
+        console.print(f"wrote {out}")
+    if any(r["status"] == "failed" for r in summary):
+        raise typer.Exit(1)
+
+
+@model_app.command("classify")
+def model_classify(
+    collections: list[Path] = typer.Argument(..., help="collections (.npz), e.g. one per GPU"),
+    representation: list[str] = typer.Option(["paper", "native"], "--rep", help="paper, paper-logits, native"),
+    axis: Optional[list[str]] = typer.Option(None, "--axis", help="only these axes (all, dtype, batch, hardware...)"),
+    d: int = typer.Option(64, "--d", help="log-probs per sample used as features"),
+    queries: int = typer.Option(32, "--queries", help="black-box query budget"),
+    k: int = typer.Option(20, "--k", help="top-k log-probs the black-box API returns"),
+    decimals: Optional[int] = typer.Option(None, "--decimals", help="API rounding (default: fp32 as JSON float)"),
+    plot_dir: Optional[Path] = typer.Option(None, "--plot-dir", help="write confusion-matrix PNGs here"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the report JSON here"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """EQC lattice, HSPI-LD per axis (+ shuffled control), white-box and black-box identification."""
+    from hspi_kernels.models import analysis, collect as mc, hspi_ld
+
+    try:
+        hspi_ld.require_sklearn()
+    except RuntimeError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2)
+    runs = mc.load_many(collections)
+    with (err_console if as_json else console).status("classifying") as status:
+        report = analysis.analyse(runs, representations=representation, axes=axis, d=d, queries=queries, k=k,
+                                  decimals=decimals, plot_dir=plot_dir, progress=lambda s: status.update(s))
+    report["collections"] = [str(c) for c in collections]
+    if out:
+        out.write_text(json.dumps(report, indent=1, default=str))
+    if as_json:
+        _print_json(report)
+        return
+    for model, rep in report["models"].items():
+        console.print(f"[bold]{model}[/bold]: {len(rep['runs'])} runs, {len(rep['lattice'])} bit-distinct classes")
+        for group in rep["lattice"]:
+            console.print("  " + " = ".join(group))
+        table = Table(title=f"{model}: HSPI-LD (split by prompt)")
+        for col in ("group|representation", "classes", "accuracy", "chance", "fit s"):
+            table.add_column(col, overflow="fold")
+        for key, res in rep["classify"].items():
+            if "skipped" in res:
+                continue
+            table.add_row(key, str(len(res["classes"])), f"{res['accuracy']:.3f}", f"{res['chance']:.3f}",
+                          f"{res['fit_s']:.2f}")
+        console.print(table)
+        console.print(f"white-box, 1 query: {rep['whitebox_1query']['accuracy']:.3f}; "
+                      f"all prompts: {rep['whitebox_all']['accuracy']:.3f}")
+        for name, by_q in rep["blackbox"].items():
+            console.print(f"black-box {name}: " + ", ".join(f"{q} q → {r['accuracy']:.3f}" for q, r in by_q.items()))
+
+
+@model_app.command("border")
+def model_border(
+    model: str = typer.Option("tiny-llama", "--model", "-m"),
+    a: str = typer.Option("fp32.b1", "--a", help="first EQC"),
+    b: str = typer.Option("bf16.b1", "--b", help="second EQC"),
+    device: str = typer.Option("cpu", "--device"),
+    budget: int = typer.Option(64, "--budget", help="queries (sequences × 2 EQCs)"),
+    length: int = typer.Option(16, "--length"),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """HSPI-BI: search border inputs whose top-1 differs between two EQCs."""
+    from hspi_kernels.models import collect as mc, eqc as meqc, hspi_bi
+
+    runner = mc.Runner(model, seed=seed, device=device)
+    with (err_console if as_json else console).status("searching border inputs"):
+        res = hspi_bi.border_search(runner, meqc.parse(a), meqc.parse(b), budget=budget, length=length, seed=seed)
+    res["inputs"] = [res["inputs"][i].tolist() for i in res["found"]] if runner.kind == "llm" else len(res["found"])
+    if as_json:
+        _print_json(res)
+    else:
+        console.print(f"{res['a']} vs {res['b']}: {res['n_found']} border inputs in {res['queries']} queries "
+                      f"(first after {res['queries_to_first']}, {res['queries_per_border']} per border input)")
+    if not res["success"]:
+        raise typer.Exit(1)
+
+
+@model_app.command("identify")
+def model_identify(
+    observed: Path = typer.Argument(..., help="collection from the platform to identify"),
+    ref: list[Path] = typer.Option(..., "--ref", help="reference collections of the candidate platforms"),
+    blackbox: bool = typer.Option(False, "--blackbox", help="use only rounded top-k log-probs (API view)"),
+    k: int = typer.Option(20, "--k"),
+    decimals: Optional[int] = typer.Option(None, "--decimals"),
+    queries: int = typer.Option(32, "--queries"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Name the EQC behind each run of OBSERVED: white-box bit matching or black-box top-k test."""
+    import numpy as np
+
+    from hspi_kernels.models import collect as mc, identify as mid
+
+    obs_coll = mc.load(observed)
+    refs = mc.load_many(ref)
+    results = []
+    for v in obs_coll.runs():
+        cands = [r for r in refs if r.model == v.model]
+        if not cands:
+            results.append({"observed": v.label, "error": "no reference runs of this model"})
+            continue
+        ref_inputs = mc.load(cands[0].source).inputs(v.model)
+        obs_inputs = obs_coll.inputs(v.model)
+        if set(ref_inputs) != set(obs_inputs) or any(not np.array_equal(ref_inputs[s], obs_inputs[s]) for s in obs_inputs):
+            results.append({"observed": v.label, "error": "observed prompts differ from the references'"})
+            continue
+        prompts = np.arange(min(queries, v.get("digest_logits").shape[0]))
+        if blackbox:
+            ids, vals = mid.api_view(v.get("topk_ids")[prompts], v.get("topk_logprobs")[prompts], k, decimals)
+            res = mid.blackbox(ids, vals, cands, prompts, k, decimals)
+            res["identified"] = [res["prediction"]]
+        else:
+            res = mid.whitebox(v.get("digest_logits")[prompts], cands, prompts)
+            res["identified"] = res["survivors"]
+        res["observed"] = v.label
+        results.append(res)
+    if as_json:
+        _print_json(results)
+    else:
+        for r in results:
+            console.print(f"{r['observed']} → {r.get('identified', r.get('error'))}")
+    if any("error" in r or not r["identified"] for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+def reveal(
+    target: str = typer.Argument(..., help="numpy.sum | torch.sum | torch.matmul (CPU); torch.sum.cuda | torch.matmul.cuda (GPU)"),
+    n: int = typer.Option(4096, "--n", help="number of terms (K for matmul)"),
+    replay_count: int = typer.Option(10_000, "--replay", help="random inputs for the bit-exact replay"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Reveal the summation order of an op (FPRev masking), as a plan replayed bit for bit."""
+    from hspi_kernels.probes import reveal as R
+    from hspi_kernels.probes import targets as T
+
+    try:
+        t = T.get_target(target, n)
+    except (RuntimeError, ValueError) as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2)
+    result = R.reveal(t, replay_count=replay_count)
+    out = result.to_json()
+    if as_json:
+        _print_json(out)
+    else:
+        table = Table(title=f"hspi reveal — {out['target']}", show_header=False)
+        for key in ("revealed", "compact", "plan", "replay", "calls", "calls_bound_4nlog2n", "basic_fprev_calls",
+                    "launches", "seconds", "block_size", "note"):
+            table.add_row(key, str(out[key])[:400])
+        console.print(table)
+    if not result.revealed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def card(
+    path: str = typer.Option("emulated:sm_90.mma/bf16->fp32", "--path",
+                             help="mma.sync | wgmma | triton | cublas | emulated:<preset name>"),
+    fmt: str = typer.Option("bf16", "--format", help="input format (GPU paths)"),
+    n_verify: int = typer.Option(100_000, "--verify", help="blocks in the final verification"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Tensor-core numerics card: block-model parameters from feature tests, closed-loop verified."""
+    from hspi_kernels.numerics import tensor_core as TC
+    from hspi_kernels.probes import card as C
+
+    if path.startswith("emulated:"):
+        name = path.split(":", 1)[1]
+        if name not in TC.PRESETS:
+            err_console.print(f"[red]unknown preset {name!r}; known: {sorted(TC.PRESETS)}[/red]")
+            raise typer.Exit(2)
+        unit = C.emulated_unit(TC.PRESETS[name])
+    else:
+        try:
+            import torch
+
+            has_gpu = torch.cuda.is_available()
+        except ImportError:
+            has_gpu = False
+        if not has_gpu:
+            err_console.print(f"[red]--path {path} needs a CUDA GPU (none visible); use --path emulated:<preset> here, "
+                              f"or scripts/gpu_card_reveal.py OUT_DIR on the GPU[/red]")
+            raise typer.Exit(2)
+        import importlib.util
+        import pathlib
+
+        spec = importlib.util.spec_from_file_location(
+            "gpu_card_reveal", pathlib.Path(__file__).resolve().parents[1] / "scripts" / "gpu_card_reveal.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        unit = mod.gpu_unit(path, fmt)
+    result = C.numerics_card(unit, n_verify=n_verify)
+    if as_json:
+        _print_json(result)
+    else:
+        console.print(C.card_table(result))
+    if not result["exact"]:
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------------------------
+# hspi trace: op-level trace of one forward, first divergence between two traces, its cause
+# --------------------------------------------------------------------------------------------
+trace_app = typer.Typer(no_args_is_help=True, help="Trace a model-level divergence to its op and cause.")
+app.add_typer(trace_app, name="trace")
+
+
+@trace_app.command("run")
+def trace_run(
+    model: str = typer.Option("tiny-llama", "--model", "-m", help="zoo name (tiny-llama, llama-3.2-1b, ...)"),
+    dtype: str = typer.Option("bf16", "--dtype"),
+    batch: int = typer.Option(1, "--batch"),
+    length: int = typer.Option(16, "--length", help="tokens per sequence"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("cpu", "--device"),
+    attn: str = typer.Option("sdpa", "--attn", help="eager, sdpa, sdpa-math, sdpa-flash, ..."),
+    gemm: str = typer.Option("torch", "--gemm", help="torch or fixed (Triton fixed-order override, CUDA)"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads"),
+    keep: str = typer.Option("auto", "--keep", help="auto, all, gemm (see hspi_kernels.models.trace)"),
+    keep_layers: int = typer.Option(2, "--keep-layers", help="keep=gemm: GEMM inputs of the first N layers"),
+    keep_key: Optional[list[str]] = typer.Option(None, "--keep-key", help="also keep this op's arrays"),
+    keep_diverging: Optional[Path] = typer.Option(None, "--keep-diverging",
+                                                  help="reference trace: keep the arrays of every op whose output differs from it"),
+    max_mb: Optional[float] = typer.Option(None, "--max-mb", help="budget for stored arrays (MiB)"),
+    inject: Optional[list[str]] = typer.Option(None, "--inject", help="KEY=PLAN: compute that GEMM by a plan (tests, demos)"),
+    profile: bool = typer.Option(True, "--profile/--no-profile", help="extra pass for device kernel names"),
+    out: Path = typer.Option(Path("trace.npz"), "--out", "-o"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Record one forward pass op by op (digests, kept inputs, kernel names)."""
+    from hspi_kernels.models import trace as T
+
+    keys = list(keep_key or [])
+    try:
+        reference = T.load(keep_diverging) if keep_diverging is not None else None
+        tr = T.run_model(model, dtype=dtype, batch=batch, length=length, seed=seed, device=device, attn=attn,
+                         gemm=gemm, threads=threads, keep=keep, keep_layers=keep_layers, keep_keys=keys,
+                         max_bytes=None if max_mb is None else int(max_mb * (1 << 20)),
+                         inject=T.parse_inject(inject or []), profile=profile, reference=reference)
+    except (ValueError, OSError) as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    tr.save(out)
+    summary = {"out": str(out), "label": tr.meta["label"], "ops": len(tr.ops), "stored_bytes": tr.meta["stored_bytes"],
+               "file_bytes": out.stat().st_size, "logits_digest": tr.meta["logits_digest"],
+               "kernel_note": tr.meta["kernel_note"], "seconds": tr.meta["seconds"]}
+    if as_json:
+        _print_json(summary)
+    else:
+        console.print(f"{summary['label']}: {summary['ops']} ops, {summary['file_bytes'] / 2**20:.2f} MiB -> {out}")
+
+
+def _load_traces(a: Path, b: Path):
+    from hspi_kernels.models import trace as T
+
+    try:
+        return T.load(a), T.load(b)
+    except (OSError, ValueError) as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+
+
+@trace_app.command("diff")
+def trace_diff(
+    a: Path = typer.Argument(..., help="trace A (.npz)"),
+    b: Path = typer.Argument(..., help="trace B (.npz)"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="propagation PNG"),
+    html: Optional[Path] = typer.Option(None, "--html", help="single-file HTML view"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the diff JSON here"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """First op whose output differs while its inputs are equal; per-layer ULP propagation."""
+    from hspi_kernels.models import trace as T
+
+    ta, tb = _load_traces(a, b)
+    d = T.diff(ta, tb)
+    if plot is not None:
+        T.plot_propagation(d, plot)
+    if html is not None:
+        T.html_view(d, plot, None, html)
+    if out is not None:
+        out.write_text(json.dumps(d, indent=1, default=str))
+    if as_json:
+        _print_json(d)
+        return
+    fo = d["first_origin"]
+    console.print(f"A: {d['a']['label']}\nB: {d['b']['label']}\nlogits equal: {d['logits_equal']}; "
+                  f"{d['n_differ']}/{d['n_ops']} ops differ")
+    console.print(f"first origin: {fo['key'] if fo else None}")
+    if d["divergence_via_unmatched"]:
+        console.print(f"divergence enters via ops present in one trace only: {d['divergence_via_unmatched']}")
+    table = Table(title="origins (inputs equal, output differs)")
+    for col in ("op", "max ULP (sample)", "kernels A", "kernels B"):
+        table.add_column(col)
+    for r in d["origins"][:30]:
+        table.add_row(r["key"], f"{(r['ulp'] or {}).get('max_ulp', '-')}", ", ".join(r["kernels_a"])[:60],
+                      ", ".join(r["kernels_b"])[:60])
+    console.print(table)
+    layers = Table(title="propagation per layer")
+    for col in ("layer", "ops", "differ", "max ULP"):
+        layers.add_column(col)
+    for L in d["layers"]:
+        layers.add_row(L["layer"], str(L["ops"]), str(L["differ"]), f"{L['max_ulp']:.0f}")
+    console.print(layers)
+
+
+@trace_app.command("explain")
+def trace_explain(
+    a: Path = typer.Argument(..., help="trace A (.npz)"),
+    b: Path = typer.Argument(..., help="trace B (.npz)"),
+    key: Optional[list[str]] = typer.Option(None, "--key", help="explain these op keys (default: the origins)"),
+    reveal: Optional[list[Path]] = typer.Option(None, "--reveal", help="revealer output JSON: its plans go first"),
+    max_ops: int = typer.Option(8, "--max-ops"),
+    max_outputs: int = typer.Option(512, "--max-outputs", help="output positions evaluated per op (all "
+                                    "differing ones first)"),
+    html: Optional[Path] = typer.Option(None, "--html"),
+    plot: Optional[Path] = typer.Option(None, "--plot"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the explanation JSON here"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Replay the origin ops' inputs under candidate plans: which plan gives each platform's bits."""
+    from hspi_kernels.models import trace as T, trace_explain as E
+
+    ta, tb = _load_traces(a, b)
+    d = T.diff(ta, tb)
+    x = E.explain(ta, tb, d, revealed_paths=reveal or [], max_ops=max_ops, max_outputs=max_outputs, keys=key or [])
+    if plot is not None:
+        T.plot_propagation(d, plot)
+    if html is not None:
+        T.html_view(d, plot, x, html)
+    if out is not None:
+        out.write_text(json.dumps(x, indent=1, default=str))
+    if as_json:
+        _print_json(x)
+    else:
+        table = Table(title=f"{x['a']['label']}  vs  {x['b']['label']}")
+        for col in ("op", "plan reproducing A", "plan reproducing B", "cause"):
+            table.add_column(col)
+        for o in x["ops"]:
+            na, nb = len(o["a"]["exact"]), len(o["b"]["exact"])
+            pa = f"{o['plan_a']} (+{na - 1} more)" if na > 1 else str(o["plan_a"])
+            pb = f"{o['plan_b']} (+{nb - 1} more)" if nb > 1 else str(o["plan_b"])
+            table.add_row(o["key"], pa, pb, o["cause"])
+        console.print(table)
+        if x["unexplained"]:
+            console.print("[yellow]unexplained:[/yellow] " + "; ".join(x["unexplained"]))
+    if not x["ops"] or x["unexplained"]:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()
 
