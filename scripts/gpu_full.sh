@@ -27,7 +27,7 @@ if has probe; then
 fi
 if has ident; then
   step "identify x10 (expect $EXPECT)"
-  for i in $(seq 10); do timeout 120 hspi identify --json --expect "$EXPECT" > "$R/identify_$i.json" 2> "$R/identify_$i.err"; echo "run $i rc=$?"; done
+  for i in $(seq 10); do timeout 120 hspi identify --json --expect "$EXPECT" > "$R/identify_$i.json" 2> "$R/identify_$i.err"; echo "run $i rc=$?" | tee -a "$ROOT/ident_summary.txt"; done
 fi
 if has valid; then
   step "validations"
@@ -39,8 +39,8 @@ if has valid; then
   (cd "$ROOT" && tar czf sfu_ex2.tgz sfu && rm -rf sfu)
 fi
 if has dump; then step "tc dump"; timeout 150 python3 scripts/tc_dump.py "$ROOT/tc_blocks.npz"; echo "rc=$?"; fi
-if has card; then step "card + reveal"; timeout 300 python3 scripts/gpu_card_reveal.py "$R/card" > "$R/card.log" 2>&1; echo "rc=$?"; tail -30 "$R/card.log"; fi
-if has trace; then step "trace"; timeout 300 python3 scripts/gpu_trace.py "$ROOT/trace" > "$R/trace.log" 2>&1; echo "rc=$?"; tail -20 "$R/trace.log"; (cd "$ROOT" && tar czf trace.tgz trace && rm -rf trace); fi
+if has card; then step "card + reveal"; timeout "${CARD_TIMEOUT:-300}" python3 scripts/gpu_card_reveal.py "$R/card" > "$R/card.log" 2>&1; echo "rc=$?"; tail -30 "$R/card.log"; fi
+if has trace; then step "trace"; timeout 300 python3 scripts/gpu_trace.py "$ROOT/trace" ${TRACE_ARGS:-} > "$R/trace.log" 2>&1; echo "rc=$?"; tail -20 "$R/trace.log"; ls -la "$ROOT/trace"; for f in "$ROOT"/trace/*; do mv "$f" "$ROOT/t_$(basename "$f")"; done; rmdir "$ROOT/trace"; fi
 if has models; then step "models"; timeout "${MODELS_TIMEOUT:-330}" python3 scripts/gpu_models.py "$ROOT/models" ${MODELS_ARGS:-} > "$R/models.log" 2>&1; echo "rc=$?"; tail -25 "$R/models.log"; ls -la "$ROOT/models"; for f in "$ROOT"/models/*; do mv "$f" "$ROOT/m_$(basename "$f")"; done; rmdir "$ROOT/models"; fi
 tar czf "$ROOT/rec.tgz" -C "$ROOT" rec && rm -rf "$R"
 ls -la "$ROOT"
