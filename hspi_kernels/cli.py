@@ -677,6 +677,34 @@ def trace_explain(
         raise typer.Exit(1)
 
 
+@app.command()
+def validate(
+    names: list[str] = typer.Argument(..., help="cuda | triton | all, or cuda_core, tensor_core, attention_sfu, triton"),
+    out: Path = typer.Option(Path("validation"), "--out", "-o", help="folder for the JSON records"),
+    scale: float = typer.Option(1.0, "--scale", help="problem-size scale (1.0: >= 10^6 outputs per variant)"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """GPU validation: every kernel's bits against its plan through the evaluator (needs a GPU)."""
+    from hspi_kernels import validation
+
+    try:
+        results = validation.run(names, out, scale)
+    except ValueError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2)
+    if as_json:
+        _print_json(results)
+    else:
+        table = Table(title="hspi validate")
+        for col in ("family", "ok", "record / error"):
+            table.add_column(col)
+        for name, r in results.items():
+            table.add_row(name, "yes" if r["ok"] else "[red]NO[/red]", r.get("out") or r.get("error", ""))
+        console.print(table)
+    if not all(r["ok"] for r in results.values()):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()
 
