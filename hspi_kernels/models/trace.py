@@ -580,7 +580,40 @@ def _sample_ulps(a: np.ndarray | None, b: np.ndarray | None, fmt: str | None) ->
     u = features.ulp_distance(a, b, fmt)
     d = np.abs(u.distance[u.finite]).astype(np.float64)
     return {"n": int(a.size), "n_diff": int(np.count_nonzero(a != b)), "max_ulp": float(d.max()) if d.size else 0.0,
-            "mean_ulp": float(d.mean()) if d.size else 0.0, "n_special": u.n_special}
+            "mean_ulp": float(d.mean()) if d.size else 0.0, "n_special": u.n_special, "fmt": fmt}
+
+
+_FRAC = {"bf16": 7, "fp16": 10, "fp32": 23, "fp64": 52}
+
+
+def _in_run_units(ulp: dict | None, run_fmt: str | None) -> float:
+    """max ULP of a row expressed in ULPs of the run format (an fp32 intermediate of a bf16 run
+    is scaled by 2^-(23-7)), so that per-layer maxima do not mix units."""
+    if not ulp:
+        return 0.0
+    f = ulp.get("fmt")
+    if run_fmt in _FRAC and f in _FRAC and _FRAC[f] > _FRAC[run_fmt]:
+        return ulp["max_ulp"] / float(2 ** (_FRAC[f] - _FRAC[run_fmt]))
+    return ulp["max_ulp"]
+
+
+def _kept_ulps(a: "Trace", b: "Trace", oa: dict, ob: dict) -> dict | None:
+    """ULP stats over the stored output arrays (leading rows) when both traces kept them: the
+    strided sample can miss every differing element of an origin."""
+    if not oa["outputs"] or not ob["outputs"]:
+        return None
+    da, db = oa["outputs"][0]["digest"], ob["outputs"][0]["digest"]
+    ka, kb = f"a/{da}", f"a/{db}"
+    if ka not in a.arrays or kb not in b.arrays:
+        return None
+    xa, xb = a.arrays[ka], b.arrays[kb]
+    rows = min(xa.shape[0], xb.shape[0]) if xa.ndim and xb.ndim else None
+    if rows is not None:
+        xa, xb = xa[:rows], xb[:rows]
+    r = _sample_ulps(xa.reshape(-1), xb.reshape(-1), a.meta["arrays"][da]["fmt"])
+    if r is not None:
+        r["basis"] = "kept" + ("" if a.meta["arrays"][da].get("rows") is None else f" (leading {rows} rows)")
+    return r
 
 
 def _fmt_of(info: dict) -> str | None:
@@ -619,6 +652,10 @@ def diff(a: Trace, b: Trace) -> dict:
         ulp = None
         if oa["outputs"] and ob["outputs"]:
             ulp = _sample_ulps(a.sample(oa), b.sample(ob), _fmt_of(oa["outputs"][0]))
+            if ulp is not None:
+                ulp["basis"] = "sample"
+            if status == "origin":  # the sample may miss every differing element: use kept arrays
+                ulp = _kept_ulps(a, b, oa, ob) or ulp
         row = {"i": oa["i"], "key": oa["key"], "op": oa["op"], "layer": oa["layer"], "status": status,
                "inputs_equal": ins_eq, "kernels_a": oa.get("kernels", []), "kernels_b": ob.get("kernels", []),
                "ulp": ulp}
@@ -627,13 +664,17 @@ def diff(a: Trace, b: Trace) -> dict:
             origins.append(row)
     unmatched_b = [o["key"] for o in b.ops if o["key"] not in keys_a]
     layers: dict[str, dict] = {}
+    run_fmt = _FMT.get((a.meta.get("run") or {}).get("torch_dtype", ""))
     for r in rows:
-        L = layers.setdefault(r["layer"], {"layer": r["layer"], "ops": 0, "differ": 0, "max_ulp": 0.0})
+        L = layers.setdefault(r["layer"], {"layer": r["layer"], "ops": 0, "differ": 0, "max_ulp": 0.0,
+                                           "ulp_units": run_fmt, "max_ulp_by_fmt": {}})
         L["ops"] += 1
         if r["status"] != "equal":
             L["differ"] += 1
         if r["ulp"]:
-            L["max_ulp"] = max(L["max_ulp"], r["ulp"]["max_ulp"])
+            L["max_ulp"] = max(L["max_ulp"], _in_run_units(r["ulp"], run_fmt))
+            f = r["ulp"].get("fmt")
+            L["max_ulp_by_fmt"][f] = max(L["max_ulp_by_fmt"].get(f, 0.0), r["ulp"]["max_ulp"])
     first_diff = next((r for r in rows if r["status"] != "equal"), None)
     entered_unmatched = (first_diff is not None and first_diff["status"] == "propagated" and first_region is not None)
     return {
@@ -660,7 +701,8 @@ def plot_propagation(d: dict, path: str | Path) -> Path:
 
     rows = d["ops"]
     x = np.arange(len(rows))
-    y = np.array([(r["ulp"] or {}).get("max_ulp", 0.0) for r in rows])
+    run_fmt = next((L.get("ulp_units") for L in d.get("layers", []) if L.get("ulp_units")), None)
+    y = np.array([_in_run_units(r["ulp"], run_fmt) for r in rows])
     colors = {"equal": "#999999", "origin": "#d62728", "propagated": "#1f77b4"}
     fig, ax = plt.subplots(figsize=(12, 4))
     for status, c in colors.items():
@@ -675,7 +717,7 @@ def plot_propagation(d: dict, path: str | Path) -> Path:
             prev = r["layer"]
     ax.set_yscale("log")
     ax.set_xlabel("op (execution order of A)")
-    ax.set_ylabel("1 + max |ULP| (sampled outputs)")
+    ax.set_ylabel(f"1 + max |ULP| ({run_fmt or 'native'} units; sampled outputs)")
     fo = d.get("first_origin")
     title = f"{d['a']['label']}  vs  {d['b']['label']}"
     if fo:

@@ -76,7 +76,12 @@ def _tc_candidates(K: int, fmt: str, archs: Iterable[str]) -> list[P.Plan]:
         out.append(chain)
         for parts in range(2, 17):
             for combine in (P.Sequential(), P.Pairwise()):
-                out.append(P.SplitK(parts, "contiguous", inner=chain, combine=combine, tile=G))
+                # contiguous parts are cut on K-tile boundaries: when K/tile is not a multiple of
+                # parts, the tile size decides the part lengths (cuBLAS split-K 3 of K=8192 on
+                # H200 cuts on 64-wide tiles: 43/43/42 tiles)
+                for tile in sorted({G, 32, 64, 128}):
+                    if tile % G == 0:
+                        out.append(P.SplitK(parts, "contiguous", inner=chain, combine=combine, tile=tile))
                 for tile in sorted({G, 32, 64, 128}):
                     if tile % G == 0:
                         out.append(P.SplitK(parts, "interleaved", inner=chain, combine=combine, tile=tile))
@@ -256,7 +261,11 @@ def _search(candidates, av, bv, cv, targets: dict[str, np.ndarray], fmt: str, sc
     n = len(next(iter(targets.values())))
     mid = np.union1d(screen, np.linspace(0, n - 1, min(n, stage)).astype(np.int64))
     examined = 0
+    done_at: dict[str, int] = {}  # per side: candidates examined when it reached max_exact
     for plan in candidates:
+        for s in targets:
+            if len(found[s]) >= max_exact and s not in done_at:
+                done_at[s] = examined
         if all(len(f) >= max_exact for f in found.values()):
             break
         examined += 1
@@ -279,8 +288,12 @@ def _search(candidates, av, bv, cv, targets: dict[str, np.ndarray], fmt: str, sc
             for s in alive:
                 found[s].append({"plan": repr(plan), "plan_json": plan.to_json(), "epilogue": ep,
                                  "matches": n, "total": n})
-    rest = len(candidates) - examined
-    return {s: {"exact": found[s], "best_inexact": best.get(s), "not_ruled_out": rest} for s in targets}
+    for s in targets:
+        if len(found[s]) >= max_exact and s not in done_at:
+            done_at[s] = examined
+    # candidates never examined for that side (the search stops per side at max_exact plans)
+    return {s: {"exact": found[s], "best_inexact": best.get(s),
+                "not_ruled_out": len(candidates) - done_at.get(s, examined)} for s in targets}
 
 
 def _plan_family(plan_json: dict) -> dict:
