@@ -35,6 +35,7 @@ import numpy as np
 from hspi_kernels.numerics import evaluate as E
 from hspi_kernels.numerics import plans as P
 from hspi_kernels.numerics import tensor_core as T
+from hspi_kernels.validation.tensor_core import same_bits
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "gpu_blocks" / "h100_tc_blocks.npz"
 REVERTED = {  # each sm_90 rule, reverted on its own
@@ -57,10 +58,6 @@ def load(path=DATA) -> dict[str, dict[str, np.ndarray]]:
 def preset_for(path: str, fmt: str, out: str) -> T.BlockModel:
     """The sm_90 preset our kernels declare (fp8 blocks write e8m13 into the fp32 accumulator)."""
     return T.get_preset("sm_90", fmt, "e8m13" if fmt in ("e4m3", "e5m2") else out, path)
-
-
-def same_bits(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return (x.view(np.uint32) == y.view(np.uint32)) | (np.isnan(x) & np.isnan(y))
 
 
 def model_numpy(model: T.BlockModel, A, B, C) -> np.ndarray:

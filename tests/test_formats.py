@@ -128,3 +128,17 @@ def test_is_representable_and_encode_errors():
         encode([1.0 + 2.0**-11], FP16)
     with pytest.raises(ValueError, match="not representable in e4m3"):
         encode([np.inf], E4M3)
+
+
+def test_same_bits_rule():
+    """The comparison behind every N/N count: bit patterns, NaN payloads aside, ±0 distinct."""
+    from hspi_kernels.numerics.formats import same_bits
+
+    nan_a = np.array([0x7FC00000], np.uint32).view(np.float32)
+    nan_b = np.array([0xFFFFFFFF], np.uint32).view(np.float32)
+    x = np.array([1.0, 0.0, nan_a[0], nan_a[0], 2.0], np.float32)
+    y = np.array([1.0, -0.0, nan_b[0], 0.0, np.nextafter(np.float32(2.0), np.float32(3.0))], np.float32)
+    assert same_bits(x, y).tolist() == [True, False, True, False, False]
+    assert same_bits(x.astype(np.float64), y.astype(np.float64)).tolist() == [True, False, True, False, False]
+    with pytest.raises(ValueError, match="one shape and dtype"):
+        same_bits(x, y.astype(np.float64))

@@ -23,6 +23,7 @@ import pytest
 from hspi_kernels.numerics import plans as P
 from hspi_kernels.numerics.evaluate import gemm
 from hspi_kernels.numerics.tensor_core import chain, get_preset
+from hspi_kernels.validation.tensor_core import same_bits
 
 DATA = Path(__file__).parent / "data" / "gpu_blocks" / "h100_tc_blocks.npz"
 OUTPUTS = 128 * 64
@@ -47,11 +48,6 @@ def _model(name: str):
     return get_preset("sm_90", fmt, "e8m13" if fmt in ("e4m3", "e5m2") else out, path)
 
 
-def _same_bits(x, y) -> np.ndarray:
-    x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
-    return (x.view(np.uint32) == y.view(np.uint32)) | (np.isnan(x) & np.isnan(y))
-
-
 def _numpy(model, s) -> np.ndarray:
     A, B = s["A"], s["B"]
     M, K = A.shape
@@ -74,7 +70,7 @@ def test_data_layout():
 @pytest.mark.parametrize("name", BLOCK_SETS)
 def test_preset_reproduces_gpu_blocks_numpy(name):
     s = SETS[name]
-    assert int(_same_bits(_numpy(_model(name), s), s["D"]).sum()) == OUTPUTS
+    assert int(same_bits(_numpy(_model(name), s), s["D"]).sum()) == OUTPUTS
 
 
 @pytest.mark.parametrize("name", BLOCK_SETS)
@@ -82,7 +78,7 @@ def test_preset_reproduces_gpu_blocks_native(name):
     s = SETS[name]
     model = _model(name)
     plan = P.Chain(P.TensorCore("sm_90", model.in_format, model.out_format, model.path), k=s["A"].shape[1])
-    assert int(_same_bits(gemm(plan, s["A"], s["B"], s["C"]), s["D"]).sum()) == OUTPUTS
+    assert int(same_bits(gemm(plan, s["A"], s["B"], s["C"]), s["D"]).sum()) == OUTPUTS
 
 
 @pytest.mark.parametrize("name", FP8_MMA_SYNC_SETS)
@@ -91,7 +87,7 @@ def test_mma_sync_fp8_is_the_ptxas_emulation(name):
 
     s = SETS[name]
     got = fp8_mma_sync_emulated(s["A"], s["B"], s["C"] if name.endswith("|c") else None, "mod4")
-    assert int(_same_bits(got, s["D"]).sum()) == OUTPUTS
+    assert int(same_bits(got, s["D"]).sum()) == OUTPUTS
 
 
 # Each rule of the sm_90 model reverted on its own: matches per affected set (all other sets
@@ -140,7 +136,7 @@ def test_negative_control_each_rule_reverted(rule):
     got = {}
     for name in BLOCK_SETS:
         s = SETS[name]
-        matches = int(_same_bits(_numpy(dataclasses.replace(_model(name), **change), s), s["D"]).sum())
+        matches = int(same_bits(_numpy(dataclasses.replace(_model(name), **change), s), s["D"]).sum())
         if matches != OUTPUTS:
             got[name] = matches
     assert got == expected

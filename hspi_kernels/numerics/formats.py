@@ -256,3 +256,16 @@ def is_representable(values, fmt: str | Format) -> np.ndarray:
     back = decode(round_to_format(values, fmt, "RZ"), fmt)
     same = back == values.astype(np.float64)
     return same | (np.isnan(values) & np.isnan(back))
+
+
+def same_bits(x, y) -> np.ndarray:
+    """Elementwise bit equality of two float arrays of one dtype and shape, every NaN equal to
+    every NaN (NaN payloads are part of no plan's contract): the comparison behind every N/N
+    count of a kernel against its plan. ValueError when the shapes or dtypes differ."""
+    x, y = np.asarray(x), np.asarray(y)
+    if x.shape != y.shape or x.dtype != y.dtype:
+        raise ValueError(f"same_bits needs one shape and dtype: {x.shape} {x.dtype} vs {y.shape} {y.dtype}")
+    bits = np.dtype(f"u{x.dtype.itemsize}")
+    equal = np.ascontiguousarray(x).view(bits) == np.ascontiguousarray(y).view(bits)
+    return equal | (np.isnan(x) & np.isnan(y))
+

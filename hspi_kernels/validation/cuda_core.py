@@ -28,6 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 from hspi_kernels.cuda import gemm_cuda_core as G
+from hspi_kernels.numerics.formats import same_bits
 from hspi_kernels.cuda import reduction as R
 
 RESULT_FILE = "cuda_core_validation.json"
@@ -94,18 +95,9 @@ def row_inputs(kind: str, rows: int, n: int, seed: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # Comparison helpers
 # ---------------------------------------------------------------------------------------------
-def _bits(x: np.ndarray) -> np.ndarray:
-    x = np.ascontiguousarray(x)
-    u = x.view(np.uint64 if x.dtype == np.float64 else np.uint32).copy()
-    u[np.isnan(x)] = 0  # NaN payloads are not part of the contract; canonical placeholder
-    return u
-
-
 def count_equal(got: np.ndarray, ref: np.ndarray) -> int:
-    got, ref = np.asarray(got), np.asarray(ref)
-    if got.shape != ref.shape or got.dtype != ref.dtype:
-        raise ValueError(f"shape/dtype mismatch: got {got.shape} {got.dtype}, reference {ref.shape} {ref.dtype}")
-    return int(np.count_nonzero(_bits(got) == _bits(ref)))
+    """Outputs whose bits equal the reference's (NaN payloads are not part of the contract)."""
+    return int(np.count_nonzero(same_bits(got, ref)))
 
 
 def digest(x: np.ndarray) -> str:

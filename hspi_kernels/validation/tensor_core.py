@@ -48,6 +48,7 @@ from typing import Callable
 import ml_dtypes
 import numpy as np
 
+from hspi_kernels.numerics import formats
 from hspi_kernels.numerics.tensor_core import BlockModel, get_preset
 
 CONFIGS = (("fp16", "fp32"), ("bf16", "fp32"), ("fp16", "fp16"), ("tf32", "fp32"), ("e4m3", "fp32"),
@@ -240,10 +241,8 @@ def expected_bits(path: str, in_format: str, out_format: str, arch: str, split_k
 
 
 def same_bits(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Elementwise bit equality of float32 arrays (any NaN equals any NaN)."""
-    x = np.asarray(x, np.float32)
-    y = np.asarray(y, np.float32)
-    return (x.view(np.uint32) == y.view(np.uint32)) | (np.isnan(x) & np.isnan(y))
+    """Elementwise bit equality as float32 (fp16 outputs arrive widened; any NaN equals any NaN)."""
+    return formats.same_bits(np.asarray(x, np.float32), np.asarray(y, np.float32))
 
 
 # ---------------------------------------------------------------------------------------------

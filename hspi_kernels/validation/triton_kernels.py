@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hspi_kernels.numerics.formats import same_bits
+
 RESULT_FILE = "triton_kernels_validation.json"
 _CHUNK = 1 << 26  # products per CPU evaluator call (rows of A per chunk)
 BATCH_SIZES = (1, 2, 3, 4, 5, 7, 8, 15, 16, 17, 32, 33, 64, 100, 128, 256, 333, 512, 1000, 1024, 2048, 4096)
@@ -38,7 +40,7 @@ def _bits(x: np.ndarray) -> np.ndarray:
 
 
 def count_equal(got: np.ndarray, ref: np.ndarray) -> int:
-    return int(np.count_nonzero(_bits(got) == _bits(ref)))
+    return int(np.count_nonzero(same_bits(np.asarray(got, np.float32), np.asarray(ref, np.float32))))
 
 
 def _backend() -> str:
