@@ -28,6 +28,9 @@ set(HSPI_CUBIN_ENTRIES "")
 file(GLOB_RECURSE HSPI_CU_SOURCES CONFIGURE_DEPENDS RELATIVE ${CMAKE_CURRENT_SOURCE_DIR}/csrc/cuda
      ${CMAKE_CURRENT_SOURCE_DIR}/csrc/cuda/*.cu)
 list(SORT HSPI_CU_SOURCES)
+# Headers shared by the kernels (e.g. gemm/splitk_combine.cuh): every cubin depends on all of
+# them (included as "family/name.cuh" relative to csrc/cuda), so editing one rebuilds its users.
+file(GLOB_RECURSE HSPI_CUH_HEADERS CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/csrc/cuda/*.cuh)
 
 # Flags read from each source are needed by the build-info even without nvcc.
 function(hspi_read_cu_flags rel out_flags out_archs)
@@ -76,7 +79,7 @@ foreach(rel IN LISTS HSPI_CU_SOURCES)
         COMMAND ${HSPI_NVCC} -cubin -arch=sm_${arch} ${HSPI_COMMON_NVCC_FLAGS} ${flags}
                 -I${CMAKE_CURRENT_SOURCE_DIR}/csrc/cuda -o ${out}
                 ${CMAKE_CURRENT_SOURCE_DIR}/csrc/cuda/${rel}
-        DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/csrc/cuda/${rel}
+        DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/csrc/cuda/${rel} ${HSPI_CUH_HEADERS}
         COMMENT "nvcc sm_${arch} ${rel}"
         VERBATIM)
       list(APPEND HSPI_ALL_CUBINS ${out})

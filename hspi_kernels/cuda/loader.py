@@ -342,6 +342,29 @@ using ::intptr_t; using ::uintptr_t;
 _NVRTC_SHIM_HEADERS["stdint.h"] = _NVRTC_SHIM_HEADERS["cstdint"]
 
 
+_LOCAL_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.MULTILINE)
+
+
+def local_headers(source: str, include_root: Path) -> list[tuple[str, str]]:
+    """``[(name, text)]`` of the ``#include "..."`` headers a source pulls from the kernel tree
+    (recursively, each once): NVRTC reads them from the include path, and their text is part of
+    the NVRTC cache key so that editing a header recompiles its users."""
+    out: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    todo = _LOCAL_INCLUDE.findall(source)
+    while todo:
+        name = todo.pop(0)
+        if name in seen:
+            continue
+        seen.add(name)
+        path = include_root / name
+        if path.is_file():
+            text = path.read_text()
+            out.append((name, text))
+            todo.extend(_LOCAL_INCLUDE.findall(text))
+    return out
+
+
 def _compile_nvrtc(cupy, source_rel: str, device_id: int, cc: tuple[int, int], built_archs: list[str]) -> LoadedModule:
     nvrtc = _nvrtc()
     src_file = source_path(source_rel)
@@ -354,7 +377,9 @@ def _compile_nvrtc(cupy, source_rel: str, device_id: int, cc: tuple[int, int], b
     except Exception as exc:
         raise CudaUnavailable(f"no cubin for this device and NVRTC is not usable ({exc})") from exc
     shims = sorted(_NVRTC_SHIM_HEADERS.items())
-    digest = hashlib.sha256("\0".join([source, *options, version, *(t for _, t in shims)]).encode()).hexdigest()[:24]
+    headers = local_headers(source, src_file.parents[len(Path(source_rel).parts) - 1])
+    digest = hashlib.sha256("\0".join([source, *options, version, *(t for _, t in shims),
+                                        *(t for _, t in headers)]).encode()).hexdigest()[:24]
     cache = Path(os.environ.get("HSPI_CUDA_CACHE", Path(tempfile.gettempdir()) / "hspi_kernels_nvrtc"))
     cache.mkdir(parents=True, exist_ok=True)
     cubin_file = cache / f"{Path(source_rel).stem}.{arch}.{digest}.cubin"

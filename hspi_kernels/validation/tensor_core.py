@@ -1,7 +1,7 @@
 """GPU validation of the tensor-core rungs against the block model: the GPU is the truth.
 
 ``run(out_dir, scale=1.0)`` (on an H100/H200; needs torch with CUDA) launches
-``mma_sync_gemm`` and ``wgmma_gemm`` for every input/output format, on seeded random and
+``mma_sync_gemm``, ``wgmma_gemm`` (and ``wgmma_fast_gemm``, below) for every input/output format, on seeded random and
 adversarial inputs, with ``C = 0`` and ``C != 0``, and compares the output bits with the bits of
 the plan the launch declares (``gemm_tensor_core.plan`` through ``numerics.evaluate.gemm``).
 Every variant reports ``matches / outputs`` (N/N is the only pass).
@@ -31,6 +31,15 @@ C for ``c != 0``: ``±|A·B| · 2^U(-8, 8)``, 20% of entries ``-(A·B)`` (cancel
 
 A negative control runs a deliberately wrong preset (sm_80's G=8, F=24 on Hopper bf16) on the
 gdisc inputs; it must be rejected (fewer than N/N matches).
+
+The fast Hopper GEMM (``wgmma_fast_gemm``, path ``"wgmma_fast"``; :func:`validate_fast`) declares
+the slow wgmma rung's split_k=1 plan. For bf16 and fp16, every generator, C = 0 and C != 0, and
+both kernel variants (cluster 1 and 2, a short persistent grid included so that CTAs walk several
+tiles and wrap the stage ring): its bits must equal the plan's on every output (shapes
+[256, 512, K], K in {64, 320, 1024}; over 10^6 outputs) AND the slow ``wgmma_gemm`` kernel's on
+every output (B handed to it as B_nk transposed), plus a [1024, 1024, 4096] case (full outputs vs
+the slow kernel, the first 64 rows vs the plan). Negative control: the split-K=2 plan of the same
+chain must be rejected on the fast kernel's outputs.
 
 Output: ``<out_dir>/tensor_core_validation.json``; the returned dict is the same document.
 """
@@ -275,6 +284,90 @@ def gpu_gemm(path: str, A, B, C, in_format: str, out_format: str, split_k: int =
     return D.float().cpu().numpy()
 
 
+def gpu_fast_gemm(A, B, C, in_format: str, cluster: int, grid: int | None = None) -> np.ndarray:
+    """The fast kernel on A [M, K] and B [K, N] (handed over as B_nk = B^T, its native layout)."""
+    import torch
+
+    from hspi_kernels.cuda import gemm_tensor_core as tc
+
+    dA, dB = _to_device(A, in_format), _to_device(np.ascontiguousarray(B.T), in_format)
+    dC = None if C is None else _to_device(C, "fp32")
+    D = tc.wgmma_fast_gemm(dA, dB, dC, in_format=in_format, cluster=cluster, grid=grid)
+    torch.cuda.synchronize()
+    return D.cpu().numpy()
+
+
+FAST_K = (64, 320, 1024)
+
+
+def validate_fast(rng, arch: str, scale: float = 1.0) -> dict:
+    """The fast wgmma GEMM against its plan and against the slow wgmma kernel (module doc)."""
+    from hspi_kernels.cuda import gemm_tensor_core as tc
+    from hspi_kernels.numerics.evaluate import gemm as eval_gemm
+
+    variants = []
+    M, N = 256, max(256, int(round(512 * scale / 256)) * 256)
+    i = 0
+    for fmt in tc.FAST_FORMATS:
+        plan = tc.wgmma_fast_gemm.plan(fmt, arch=arch)
+        for gen in GENERATORS:
+            for with_c in (False, True):
+                K = FAST_K[i % len(FAST_K)]
+                cluster, grid = (1, 2) if i % 2 else (2, None if i % 4 == 0 else 2)
+                i += 1
+                t0 = time.perf_counter()
+                A, B = make_inputs(gen, fmt, M, N, K, rng)
+                C = make_c(A, B, "fp32", rng) if with_c else None
+                fast = gpu_fast_gemm(A, B, C, fmt, cluster, grid)
+                slow = gpu_gemm("wgmma", A, B, C, fmt, "fp32")
+                ref = eval_gemm(plan, A, B, C)
+                ok_plan, ok_slow = same_bits(fast, ref), same_bits(fast, slow)
+                rec = {"in_format": fmt, "generator": gen, "c": "nonzero" if with_c else "zero", "M": M, "N": N,
+                       "K": K, "cluster": cluster, "grid": grid, "plan": repr(plan), "outputs": int(ok_plan.size),
+                       "plan_matches": int(ok_plan.sum()), "slow_outputs": int(ok_slow.size),
+                       "slow_matches": int(ok_slow.sum()),
+                       "pass": bool(ok_plan.all() and ok_slow.all()), "seconds": round(time.perf_counter() - t0, 3)}
+                if not ok_plan.all():
+                    r, c = (int(v) for v in np.argwhere(~ok_plan)[0])
+                    rec["first_mismatch"] = {"row": r, "col": c, "gpu": f"0x{int(fast.view(np.uint32)[r, c]):08x}",
+                                             "plan": f"0x{int(ref.view(np.uint32)[r, c]):08x}"}
+                variants.append(rec)
+    # one larger shape: full outputs vs the slow kernel, the first rows vs the plan
+    big = []
+    for fmt in tc.FAST_FORMATS:
+        Mb, Nb, Kb = 1024, 1024, 4096
+        A, B = make_inputs("random", fmt, Mb, Nb, Kb, rng)
+        C = make_c(A, B, "fp32", rng)
+        fast = gpu_fast_gemm(A, B, C, fmt, 2)
+        slow = gpu_gemm("wgmma", A, B, C, fmt, "fp32")
+        rows = 64
+        ref = eval_gemm(tc.wgmma_fast_gemm.plan(fmt, arch=arch), A[:rows], B, C[:rows])
+        ok_slow, ok_plan = same_bits(fast, slow), same_bits(fast[:rows], ref)
+        big.append({"in_format": fmt, "M": Mb, "N": Nb, "K": Kb, "cluster": 2, "slow_outputs": int(ok_slow.size),
+                    "slow_matches": int(ok_slow.sum()), "outputs": int(ok_plan.size),
+                    "plan_matches": int(ok_plan.sum()), "pass": bool(ok_slow.all() and ok_plan.all())})
+    # negative control: the split-K=2 plan of the same chain (gdisc bf16 data, C != 0)
+    A, B = make_inputs("gdisc", "bf16", M, N, 1024, rng)
+    C = make_c(A, B, "fp32", rng)
+    fast = gpu_fast_gemm(A, B, C, "bf16", 2)
+    wrong = eval_gemm(tc.plan(in_format="bf16", split_k=2, path="wgmma", arch=arch), A, B, C)
+    right = eval_gemm(tc.wgmma_fast_gemm.plan("bf16", arch=arch), A, B, C)
+    n_wrong, n_right = int(same_bits(fast, wrong).sum()), int(same_bits(fast, right).sum())
+    negative = {"wrong_plan": "SplitK(2) of the same chain", "outputs": int(fast.size), "wrong_matches": n_wrong,
+                "right_matches": n_right, "rejected": n_wrong < fast.size,
+                "pass": n_wrong < fast.size and n_right == fast.size}
+    everything = variants + big
+    return {
+        "kernel": "hspi_kernels.cuda.gemm_tensor_core.wgmma_fast_gemm (csrc/cuda/gemm/wgmma_fast_gemm.cu)",
+        "variants": variants, "large": big, "negative_control": negative,
+        "plan_outputs": sum(v["outputs"] for v in everything),
+        "plan_matches": sum(v["plan_matches"] for v in everything),
+        "slow_outputs": sum(v["slow_outputs"] for v in everything),
+        "slow_matches": sum(v["slow_matches"] for v in everything),
+        "pass": all(v["pass"] for v in everything) and negative["pass"],
+    }
+
+
 def _platform() -> dict:
     out = {"python": platform.python_version(), "host": platform.node()}
     try:
@@ -352,7 +445,8 @@ def _variant(path, in_format, out_format, gen, with_c, split_k, M, N, K, rng, ar
     return rec
 
 
-def run(out_dir: str | os.PathLike, scale: float = 1.0, *, paths=("mma.sync", "wgmma"), seed: int = 20251122,
+def run(out_dir: str | os.PathLike, scale: float = 1.0, *, paths=("mma.sync", "wgmma", "wgmma_fast"),
+        seed: int = 20251122,
         configs=CONFIGS, generators: tuple = GENERATORS, hypotheses_for=("tf32", "e4m3", "e5m2", "fp16", "bf16"),
         subset: int = 1 << 15) -> dict:
     """Run the validation (see the module doc); writes ``<out_dir>/tensor_core_validation.json``.
@@ -368,7 +462,9 @@ def run(out_dir: str | os.PathLike, scale: float = 1.0, *, paths=("mma.sync", "w
     t0 = time.perf_counter()
     variants = []
     for path in paths:
-        if path == "wgmma" and cc != (9, 0):
+        if path in ("wgmma", "wgmma_fast") and cc != (9, 0):
+            continue
+        if path == "wgmma_fast":  # its own variants (validate_fast), below
             continue
         for in_format, out_format in configs:
             for gen in generators + (("rawfp32",) if in_format == "tf32" else ()):
@@ -392,12 +488,22 @@ def run(out_dir: str | os.PathLike, scale: float = 1.0, *, paths=("mma.sync", "w
                     "wrong_matches": n_wrong, "right_matches": n_right,
                     "rejected": n_wrong < gpu.size, "pass": n_wrong < gpu.size and n_right == gpu.size}
 
+    fast = validate_fast(rng, arch, scale) if "wgmma_fast" in paths and cc == (9, 0) else None
+
     summary = _summarise(variants)
+    if fast is not None:
+        summary["wgmma_fast bf16/fp16->fp32"] = {
+            "variants": len(fast["variants"]) + len(fast["large"]), "outputs": fast["plan_outputs"],
+            "matches": fast["plan_matches"], "slow_outputs": fast["slow_outputs"], "slow_matches": fast["slow_matches"],
+            "failing": [f"{v['in_format']}/{v.get('generator', 'random')}/c={v.get('c', 'nonzero')}/K={v['K']}"
+                        for v in fast["variants"] + fast["large"] if not v["pass"]],
+            "preset_pass": fast["pass"], "hypotheses_matching_everything": None}
     doc = {
         "what": "tensor-core GEMM rungs (mma.sync, wgmma) vs the block-model presets; GPU bits are the truth",
         "platform": _platform(), "arch": arch, "scale": scale, "seed": seed, "subset": subset,
-        "variants": variants, "negative_control": negative, "summary": summary,
-        "all_pass": all(v["pass"] for v in variants) and negative.get("pass", True),
+        "variants": variants, "negative_control": negative, "wgmma_fast": fast, "summary": summary,
+        "all_pass": (all(v["pass"] for v in variants) and negative.get("pass", True)
+                     and (fast is None or fast["pass"])),
         "seconds": round(time.perf_counter() - t0, 1),
     }
     out = Path(out_dir)
@@ -434,13 +540,17 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out_dir")
     ap.add_argument("--scale", type=float, default=1.0)
-    ap.add_argument("--paths", default="mma.sync,wgmma")
+    ap.add_argument("--paths", default="mma.sync,wgmma,wgmma_fast")
     args = ap.parse_args(argv)
     doc = run(args.out_dir, args.scale, paths=tuple(args.paths.split(",")))
     for key, g in doc["summary"].items():
         print(f"{key:28s} preset {g['matches']}/{g['outputs']} {'PASS' if g['preset_pass'] else 'FAIL ' + str(g['failing'])}"
               f"  hypotheses matching all: {g['hypotheses_matching_everything']}")
     print("negative control:", doc["negative_control"])
+    if doc.get("wgmma_fast"):
+        f = doc["wgmma_fast"]
+        print(f"wgmma_fast: plan {f['plan_matches']}/{f['plan_outputs']}, slow kernel {f['slow_matches']}/"
+              f"{f['slow_outputs']}, negative control {f['negative_control']}")
     print("all_pass:", doc["all_pass"], f"({doc['seconds']} s)")
     return 0 if doc["all_pass"] else 1
 

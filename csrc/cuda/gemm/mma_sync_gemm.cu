@@ -27,7 +27,10 @@
 //                 d = ((C + part_0) + part_1) + ...   (without C: (part_0 + part_1) + ...)
 //                 i.e. SplitK(P, "contiguous", inner=Chain(...), combine=Sequential("fp32")).
 //                 fp32 output only.
-// The combine uses __fadd_rn, and -fmad=false keeps nvcc from contracting anything else.
+// The split-K start and combine (splitk_combine.cuh, shared with wgmma_gemm.cu) use __fadd_rn,
+// and -fmad=false keeps nvcc from contracting anything else.
+
+#include "gemm/splitk_combine.cuh"
 
 namespace {
 
@@ -189,31 +192,14 @@ __device__ __forceinline__ void gemm_f32(const void* A_, const void* B_, const f
   for (int i = 0; i < 4; ++i) {
     idx[i] = (long long)(tile.row0 + tile.g + 8 * (i >> 1)) * N + tile.col0 + 2 * tile.t + (i & 1);
   }
-  const int k_part = K / split_k;
-  float out[4];
-  for (int p = 0; p < split_k; ++p) {
-    float acc[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) acc[i] = (split_k == 1 && has_c) ? C[idx[i]] : 0.0f;
-    for (int k0 = p * k_part; k0 < (p + 1) * k_part; k0 += O::K_INST) {
+  hspi::splitk_fp32<4>(C, D, idx, K, has_c, split_k, [&](int k_begin, int k_end, float (&acc)[4]) {
+    for (int k0 = k_begin; k0 < k_end; k0 += O::K_INST) {
       unsigned a[4], b[2];
       load_a<O::ESIZE, O::K_INST>(A, K, tile.row0, k0, tile.g, tile.t, a);
       load_b<O::ESIZE, O::K_INST>(B, N, tile.col0, k0, tile.g, tile.t, b);
       O::mma(acc, a, b);
     }
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      if (split_k == 1) {
-        out[i] = acc[i];
-      } else if (p == 0) {
-        out[i] = has_c ? __fadd_rn(C[idx[i]], acc[i]) : acc[i];
-      } else {
-        out[i] = __fadd_rn(out[i], acc[i]);
-      }
-    }
-  }
-#pragma unroll
-  for (int i = 0; i < 4; ++i) D[idx[i]] = out[i];
+  });
 }
 
 }  // namespace

@@ -32,6 +32,10 @@
 // byte (2·rg + h)·128, so the leading-dimension byte offset (next core matrix along K) is 128 and
 // the stride-dimension byte offset (next 8-row group) is 256. B is stored transposed (N rows of
 // K), which is the K-major layout wgmma needs for tf32 and fp8 anyway.
+//
+// The split-K start and combine are splitk_combine.cuh (one definition with mma_sync_gemm.cu).
+
+#include "gemm/splitk_combine.cuh"
 
 namespace {
 
@@ -180,26 +184,9 @@ __device__ __forceinline__ void gemm(const void* A_, const void* B_, const void*
     long long idx[4];
 #pragma unroll
     for (int i = 0; i < 4; ++i) idx[i] = base + (long long)8 * (i >> 1) * N + (i & 1);
-    const int k_part = K / split_k;
-    float out[4];
-    for (int p = 0; p < split_k; ++p) {
-      float acc[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[i] = (split_k == 1 && has_c) ? C[idx[i]] : 0.0f;
-      chain<KIND>(A, B, N, K, row0, col0, p * k_part, (p + 1) * k_part, sa, sb, acc);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        if (split_k == 1) {
-          out[i] = acc[i];
-        } else if (p == 0) {
-          out[i] = has_c ? __fadd_rn(C[idx[i]], acc[i]) : acc[i];
-        } else {
-          out[i] = __fadd_rn(out[i], acc[i]);
-        }
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < 4; ++i) D[idx[i]] = out[i];
+    hspi::splitk_fp32<4>(C, D, idx, K, has_c, split_k, [&](int k_begin, int k_end, float (&acc)[4]) {
+      chain<KIND>(A, B, N, K, row0, col0, k_begin, k_end, sa, sb, acc);
+    });
   }
 }
 
