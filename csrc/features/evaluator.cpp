@@ -10,6 +10,8 @@
 //   OP_CHAIN : tensor-core blocks of G listed terms in list order; c = R[init] or +0;
 //              every block's output is the next block's c.
 // Arithmetic is IEEE binary32 (SSE, RNE, no contraction: built with -ffp-contract=off).
+// run_program_f64 runs fp64 plans (plans.plan_format == "fp64") the same way in binary64:
+// float64 registers, rn64 additions and products, std::fma; no OP_CHAIN.
 //
 // Tensor-core block (written from DESIGN.md "The numerics core", with the exponent convention
 // of numerics/tensor_core.py: e_x = floor(log2|x|), subnormals normalised):
@@ -31,6 +33,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #ifdef HSPI_HAVE_OPENMP
@@ -251,23 +254,32 @@ struct Program {
 };
 
 // Operands of one output: x (or a, b) rows and, for chains, their block decodings.
+template <typename T>
 struct Row {
-  const float* a;
-  const float* b;  // nullptr for a reduction
+  const T* a;
+  const T* b;  // nullptr for a reduction
   const Decoded* da;
   const Decoded* db;
   bool special;  // any inf/nan among the decoded operands
 };
 
+template <typename T>
 struct Scratch {
-  std::vector<float> regs;
+  std::vector<T> regs;
   std::vector<Decoded> ga, gb;  // gathered operands of a non-contiguous chain
 };
 
-float run_one(const Program& prog, const Row& row, float c, const BlockParams& P, Scratch& s) {
+// fused multiply-add with one rounding in the register type (fp32: std::fmaf, fp64: std::fma)
+inline float fma_rn(float a, float b, float c) { return std::fmaf(a, b, c); }
+inline double fma_rn(double a, double b, double c) { return std::fma(a, b, c); }
+
+// T = float: fp32 plans (tensor-core chains included); T = double: fp64 plans (OP_SEQ only,
+// every addition and product rounded to fp64 RNE, fma with a single fp64 rounding).
+template <typename T>
+T run_one(const Program& prog, const Row<T>& row, T c, const BlockParams& P, Scratch<T>& s) {
   const int64_t n = prog.n;
-  float* R = s.regs.data();  // register r >= n lives in R[r - n]
-  R[0] = 0.0f;
+  T* R = s.regs.data();  // register r >= n lives in R[r - n]
+  R[0] = T(0);
   R[1] = c;
   const bool dot = row.b != nullptr;
   for (int64_t k = 0; k < prog.n_instrs; ++k) {
@@ -277,7 +289,7 @@ float run_one(const Program& prog, const Row& row, float c, const BlockParams& P
     if (ins[0] == OP_SEQ) {
       const bool fma = ins[5] != 0 && dot;
       int64_t i = 0;
-      float acc;
+      T acc;
       if (init >= 0) {
         acc = R[init - n];
       } else {
@@ -292,14 +304,14 @@ float run_one(const Program& prog, const Row& row, float c, const BlockParams& P
         } else if (!dot) {
           acc = acc + row.a[r];
         } else if (fma) {
-          acc = std::fmaf(row.a[r], row.b[r], acc);
+          acc = fma_rn(row.a[r], row.b[r], acc);
         } else {
-          const float product = row.a[r] * row.b[r];
+          const T product = row.a[r] * row.b[r];
           acc = acc + product;
         }
       }
       R[out - n] = acc;
-    } else {  // OP_CHAIN
+    } else if constexpr (std::is_same_v<T, float>) {  // OP_CHAIN (fp32 programs only)
       float acc = c_for_output(init >= 0 ? R[init - n] : 0.0f, P);
       const Decoded *da, *db;
       if (prog.contiguous[k]) {
@@ -317,7 +329,7 @@ float run_one(const Program& prog, const Row& row, float c, const BlockParams& P
       R[out - n] = acc;
     }
   }
-  return prog.out >= 0 ? R[prog.out - n] : 0.0f;
+  return prog.out >= 0 ? R[prog.out - n] : T(0);
 }
 
 template <typename T>
@@ -348,20 +360,22 @@ void decode_rows(const float* x, int64_t count, int low_bits, std::vector<Decode
 }
 
 // out[r] = plan(A[r]) (B None), plan(A[r], B[r]) (paired), or out[r, s] = plan(A[r], B[s]) (outer).
-py::array_t<float> run_program(py::handle instrs_h, py::handle lists_h, int64_t n, int64_t n_regs, int64_t out_reg,
+// T = float (run_program) or double (run_program_f64: fp64 plans, no tensor-core chains).
+template <typename T>
+py::array_t<T> run_program(py::handle instrs_h, py::handle lists_h, int64_t n, int64_t n_regs, int64_t out_reg,
                                py::handle model_h, py::handle A_h, py::handle B_h, py::handle C_h, bool outer) {
   auto instrs = need<int64_t>(instrs_h, "instrs", 2);
   auto lists = need<int32_t>(lists_h, "lists", 1);
   auto model = need<int64_t>(model_h, "model", 1);
-  auto A = need<float>(A_h, "A", 2);
+  auto A = need<T>(A_h, "A", 2);
   if (instrs.shape(1) != 6) throw std::invalid_argument("instrs must have 6 columns");
   const int64_t rows = A.shape(0), K = A.shape(1);
   if (K != n) throw std::invalid_argument("operand length does not match the program's n");
   const bool dot = !B_h.is_none();
-  py::array_t<float, py::array::c_style> B;
+  py::array_t<T, py::array::c_style> B;
   int64_t cols = 1;
   if (dot) {
-    B = need<float>(B_h, "B", 2);
+    B = need<T>(B_h, "B", 2);
     if (B.shape(1) != K) throw std::invalid_argument("A and B must have the same K");
     if (outer) cols = B.shape(0);
     else if (B.shape(0) != rows) throw std::invalid_argument("paired A and B must have the same rows");
@@ -369,9 +383,9 @@ py::array_t<float> run_program(py::handle instrs_h, py::handle lists_h, int64_t 
     throw std::invalid_argument("outer mode needs B");
   }
   const int64_t n_out = rows * cols;
-  py::array_t<float, py::array::c_style> C;
+  py::array_t<T, py::array::c_style> C;
   if (!C_h.is_none()) {
-    C = need<float>(C_h, "C", -1);
+    C = need<T>(C_h, "C", -1);
     if (C.size() != n_out) throw std::invalid_argument("C must have one value per output");
   }
 
@@ -400,6 +414,7 @@ py::array_t<float> run_program(py::handle instrs_h, py::handle lists_h, int64_t 
     prog.contiguous[k] = contiguous;
   }
   BlockParams P;
+  if (prog.has_chain && !std::is_same_v<T, float>) throw std::invalid_argument("tensor-core chains are fp32 programs");
   if (prog.has_chain) {
     if (!dot) throw std::invalid_argument("a chain needs a dot product");
     if (model.shape(0) != 11) throw std::invalid_argument("model must have 11 entries");
@@ -426,25 +441,27 @@ py::array_t<float> run_program(py::handle instrs_h, py::handle lists_h, int64_t 
         throw std::invalid_argument("a chain's length must be a multiple of G");
   }
 
-  py::array_t<float> result(outer ? std::vector<py::ssize_t>{rows, cols} : std::vector<py::ssize_t>{rows});
-  float* out = result.mutable_data();
-  const float* a = A.data();
-  const float* b = dot ? B.data() : nullptr;
-  const float* c = C_h.is_none() ? nullptr : C.data();
+  py::array_t<T> result(outer ? std::vector<py::ssize_t>{rows, cols} : std::vector<py::ssize_t>{rows});
+  T* out = result.mutable_data();
+  const T* a = A.data();
+  const T* b = dot ? B.data() : nullptr;
+  const T* c = C_h.is_none() ? nullptr : C.data();
   {
     py::gil_scoped_release release;
     std::vector<Decoded> dA, dB;
     std::vector<char> sA, sB;
-    if (prog.has_chain) {
-      decode_rows(a, rows, P.low_bits, dA, sA, K);
-      decode_rows(b, outer ? cols : rows, P.low_bits, dB, sB, K);
+    if constexpr (std::is_same_v<T, float>) {
+      if (prog.has_chain) {
+        decode_rows(a, rows, P.low_bits, dA, sA, K);
+        decode_rows(b, outer ? cols : rows, P.low_bits, dB, sB, K);
+      }
     }
 #ifdef HSPI_HAVE_OPENMP
 #pragma omp parallel
 #endif
     {
-      Scratch scratch;
-      scratch.regs.assign(static_cast<size_t>(n_regs - n), 0.0f);
+      Scratch<T> scratch;
+      scratch.regs.assign(static_cast<size_t>(n_regs - n), T(0));
       scratch.ga.resize(static_cast<size_t>(max_chain));
       scratch.gb.resize(static_cast<size_t>(max_chain));
 #ifdef HSPI_HAVE_OPENMP
@@ -452,13 +469,13 @@ py::array_t<float> run_program(py::handle instrs_h, py::handle lists_h, int64_t 
 #endif
       for (int64_t o = 0; o < n_out; ++o) {
         const int64_t r = o / cols, s = outer ? o % cols : r;
-        Row row{a + r * K, b ? b + s * K : nullptr, nullptr, nullptr, false};
+        Row<T> row{a + r * K, b ? b + s * K : nullptr, nullptr, nullptr, false};
         if (prog.has_chain) {
           row.da = dA.data() + r * K;
           row.db = dB.data() + s * K;
           row.special = sA[r] || sB[s];
         }
-        out[o] = run_one(prog, row, c ? c[o] : 0.0f, P, scratch);
+        out[o] = run_one<T>(prog, row, c ? c[o] : T(0), P, scratch);
       }
     }
   }
@@ -468,9 +485,12 @@ py::array_t<float> run_program(py::handle instrs_h, py::handle lists_h, int64_t 
 }  // namespace
 
 void register_evaluator(py::module_& m) {
-  m.def("run_program", &run_program, py::arg("instrs"), py::arg("lists"), py::arg("n"), py::arg("n_regs"),
+  m.def("run_program", &run_program<float>, py::arg("instrs"), py::arg("lists"), py::arg("n"), py::arg("n_regs"),
         py::arg("out"), py::arg("model"), py::arg("A"), py::arg("B"), py::arg("C"), py::arg("outer"),
         "Run a lowered accumulation plan (hspi_kernels.numerics.plans.Program) exactly; see evaluator.cpp.");
+  m.def("run_program_f64", &run_program<double>, py::arg("instrs"), py::arg("lists"), py::arg("n"),
+        py::arg("n_regs"), py::arg("out"), py::arg("model"), py::arg("A"), py::arg("B"), py::arg("C"),
+        py::arg("outer"), "run_program for fp64 plans (float64 operands and registers, no tensor-core chains).");
 }
 
 }  // namespace hspi

@@ -21,7 +21,6 @@ which the plan language does not model yet, through the float64 emulation below)
 
 from __future__ import annotations
 
-from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -83,17 +82,13 @@ def plan(order: str = "sequential", dtype: str = "fp32", fused: bool = True, *, 
     """The accumulation plan one output of the launch implements.
 
     "reverse" has no node of its own in the plan language: its plan is that of "sequential",
-    applied to the reversed k axis (:func:`terms_reversed`). fp64 accumulation is not modelled
-    by ``plans.Sequential`` (fp32 only): NotImplementedError then; :func:`reference` covers it.
+    applied to the reversed k axis (:func:`terms_reversed`). fp32 and fp64 alike.
     """
     from hspi_kernels.numerics import plans as P
 
     _check_config(order, dtype, lanes, parts)
-    try:
-        seq = P.Sequential(dtype, fma=bool(fused), init="zero")
-        combine_seq = P.Sequential(dtype, init="zero")
-    except ValueError as exc:
-        raise NotImplementedError(f"plans.Sequential does not model {dtype} accumulation yet ({exc})") from None
+    seq = P.Sequential(dtype, fma=bool(fused), init="zero")
+    combine_seq = P.Sequential(dtype, init="zero")
     if order in ("sequential", "reverse"):
         return seq
     if order == "strided":
@@ -188,114 +183,15 @@ def gemm(A: Any, B: Any, order: str = "sequential", fused: bool = True, *, lanes
 # ---------------------------------------------------------------------------------------------
 def reference(A, B, order: str = "sequential", fused: bool = True, *, lanes: int = 8, parts: int = 4,
               backend: str = "native") -> np.ndarray:
-    """Exact result of the launch on the CPU, from numpy arrays (dtype picks fp32 / fp64).
+    """Exact result of the launch on the CPU, from numpy arrays (dtype picks fp32 / fp64):
+    ``evaluate.gemm(plan(...), A, B)``, on the reversed k axis for "reverse"."""
+    from hspi_kernels.numerics.evaluate import gemm as eval_gemm
 
-    fp32: ``evaluate.gemm(plan(...), A, B)`` (the reversed k axis for "reverse"). fp64: the same
-    order run in float64 numpy arithmetic (IEEE RNE), fused steps through :func:`fma64`.
-    """
     A, B = np.asarray(A), np.asarray(B)
     dtype = "fp64" if A.dtype == np.float64 else "fp32"
     _check_config(order, dtype, lanes, parts)
-    if dtype == "fp32":
-        from hspi_kernels.numerics.evaluate import gemm as eval_gemm
-
-        p = plan(order, "fp32", fused, lanes=lanes, parts=parts)
-        if terms_reversed(order):
-            A, B = A[:, ::-1], B[::-1, :]
-        return eval_gemm(p, np.ascontiguousarray(A, np.float32), np.ascontiguousarray(B, np.float32), backend=backend)
-    return _reference_f64(A.astype(np.float64), B.astype(np.float64), order, fused, lanes, parts)
-
-
-def _reference_f64(A, B, order, fused, lanes, parts) -> np.ndarray:
-    M, K = A.shape
-    N = B.shape[1]
-
-    def run(ks) -> np.ndarray:
-        acc = np.zeros((M, N), np.float64)
-        for k in ks:
-            a = np.broadcast_to(A[:, k, None], (M, N))
-            b = np.broadcast_to(B[None, k, :], (M, N))
-            acc = fma64(a, b, acc) if fused else acc + a * b
-        return acc
-
-    with np.errstate(all="ignore"):
-        if order == "sequential":
-            return run(range(K))
-        if order == "reverse":
-            return run(range(K - 1, -1, -1))
-        if order == "strided":
-            v = [run(range(j, K, lanes)) for j in range(lanes)]
-            s = 1
-            while s < lanes:
-                for j in range(0, lanes - s, 2 * s):
-                    v[j] = v[j] + v[j + s]
-                s *= 2
-            return v[0]
-        chunk = -(-K // parts)
-        acc = np.zeros((M, N), np.float64)
-        for p in range(parts):
-            acc = acc + run(range(min(p * chunk, K), min((p + 1) * chunk, K)))
-        return acc
-
-
-def fma64(a, b, c) -> np.ndarray:
-    """``rn64(a*b + c)`` with a single rounding, elementwise on float64 arrays.
-
-    Boldo & Melquiond's emulation (IEEE TC 2008, "Emulation of a FMA and correctly rounded sums:
-    proved algorithms using rounding to odd"): ``(uh, ul) = a*b`` exactly (Dekker / Veltkamp),
-    ``(th, tl) = TwoSum(c, uh)``, ``v = RO(tl + ul)`` (round to odd, from TwoSum's exact error),
-    ``z = RN(th + v)``. Valid without underflow or overflow; elements outside a safe exponent
-    window (and zero products, whose zero signs need IEEE's rule) are done exactly instead.
-    """
-    a, b, c = np.broadcast_arrays(*(np.asarray(x, np.float64) for x in (a, b, c)))
-    with np.errstate(all="ignore"):
-        uh = a * b
-        split = 134217729.0  # 2^27 + 1
-        ta = split * a
-        ah = ta - (ta - a)
-        al = a - ah
-        tb = split * b
-        bh = tb - (tb - b)
-        bl = b - bh
-        ul = ((ah * bh - uh) + ah * bl + al * bh) + al * bl
-        th, tl = _two_sum(c, uh)
-        s, e = _two_sum(tl, ul)
-        odd = (s.view(np.uint64) & np.uint64(1)) == 1
-        v = np.where((e != 0) & ~odd, np.nextafter(s, np.where(e > 0, np.inf, -np.inf)), s)
-        z = th + v
-        lo, hi = 2.0**-900, 2.0**900
-        mag_a, mag_b, mag_c, mag_uh, mag_th = np.abs(a), np.abs(b), np.abs(c), np.abs(uh), np.abs(th)
-        safe = ((mag_a <= 2.0**500) & (mag_b <= 2.0**500) & (mag_uh >= lo) & (mag_uh <= hi) & (mag_c <= hi)
-                & ((mag_th >= lo) | (th == 0)) & np.isfinite(z))
-        zero_product = (a == 0) | (b == 0)
-        z = np.where(zero_product, c + uh, z)  # exact: c + (+-0) with IEEE's zero-sign rule
-    slow = np.flatnonzero(~(safe | zero_product))
-    if slow.size:
-        z = z.copy()
-        flat_z, fa, fb, fc = z.reshape(-1), a.reshape(-1), b.reshape(-1), c.reshape(-1)
-        for i in slow:
-            flat_z[i] = fma64_exact(float(fa[i]), float(fb[i]), float(fc[i]))
-    return z
-
-
-def _two_sum(x, y):
-    s = x + y
-    bv = s - x
-    return s, (x - (s - bv)) + (y - bv)
-
-
-def fma64_exact(a: float, b: float, c: float) -> float:
-    """``rn64(a*b + c)`` of one element through exact rationals (slow; the fallback and the test oracle)."""
-    import math
-
-    if not (math.isfinite(a) and math.isfinite(b) and math.isfinite(c)):
-        return a * b + c  # inf / nan propagate as in IEEE fma (no rounding question)
-    exact = Fraction(a) * Fraction(b) + Fraction(c)
-    if exact == 0:
-        product_negative = (math.copysign(1.0, a) * math.copysign(1.0, b)) < 0
-        both_negative_zero = product_negative and (a == 0 or b == 0) and math.copysign(1.0, c) < 0
-        return -0.0 if both_negative_zero else 0.0
-    try:
-        return float(exact)  # correctly rounded (RNE), subnormals included
-    except OverflowError:
-        return math.copysign(math.inf, exact)
+    np_dtype = np.float64 if dtype == "fp64" else np.float32
+    p = plan(order, dtype, fused, lanes=lanes, parts=parts)
+    if terms_reversed(order):
+        A, B = A[:, ::-1], B[::-1, :]
+    return eval_gemm(p, np.ascontiguousarray(A, np_dtype), np.ascontiguousarray(B, np_dtype), backend=backend)

@@ -16,6 +16,13 @@ One long vector ``x[n] -> out[]`` (``grid_reduce.cu``):
 ``block`` B threads, fixed by the caller, never by the device); :func:`reduce_vector_atomic`
 adds warp partials with ``atomicAdd`` in arrival order: NONDETERMINISTIC, the control of the
 determinism check, without a plan.
+
+:func:`reduce_vector_fast` (``vec_reduce.cu``, variant "vec4") is the bandwidth-bound
+deterministic sum: 16-byte loads, ``unroll`` U vectors in flight per thread, four accumulators per
+thread, G x B fixed by the wrapper (:data:`FAST_BLOCKS` x :data:`FAST_BLOCK`), a one-block tree
+combine. Its bits depend on G and B only (never on U or the GPU model); its plan is
+``plan("vec4", blocks=G, block=B)`` (the kernel header spells it out), also reachable as
+``reduce_vector_fast.plan(n)``.
 """
 
 from __future__ import annotations
@@ -26,8 +33,9 @@ import numpy as np
 
 ROW_SOURCE = "reduction/row_reduce.cu"
 GRID_SOURCE = "reduction/grid_reduce.cu"
+VEC_SOURCE = "reduction/vec_reduce.cu"
 ROW_VARIANTS = ("sequential", "block_tree", "warp_xor", "warp_down")
-VECTOR_VARIANTS = ("grid_two_pass", "atomic")
+VECTOR_VARIANTS = ("grid_two_pass", "atomic", "vec4")
 VARIANTS = ROW_VARIANTS + VECTOR_VARIANTS
 KERNELS = {
     "sequential": ("hspi_reduce_rows_f32_sequential",),
@@ -36,12 +44,29 @@ KERNELS = {
     "warp_down": ("hspi_reduce_rows_f32_warp_down",),
     "grid_two_pass": ("hspi_reduce_f32_grid_partials", "hspi_reduce_f32_grid_combine"),
     "atomic": ("hspi_reduce_f32_atomic",),
+    "vec4": ("hspi_reduce_f32_vec4_u4_partials", "hspi_reduce_f32_vec4_combine"),
 }
-SOURCES = {v: (ROW_SOURCE if v in ROW_VARIANTS else GRID_SOURCE) for v in VARIANTS}
+SOURCES = {v: (ROW_SOURCE if v in ROW_VARIANTS else VEC_SOURCE if v == "vec4" else GRID_SOURCE) for v in VARIANTS}
 DETERMINISTIC = {v: v != "atomic" for v in VARIANTS}
 THREADS = 256  # block size of the sequential and warp kernels and of the atomic control
 MAX_GRID = 1 << 16  # row kernels are grid-stride loops
 DEFAULT_BLOCKS = 256  # G of the vector reductions: a constant, so the bits do not depend on the GPU
+# "vec4": G x B and U are constants, never read from the device; U only changes speed.
+# 528 blocks (4 per SM of a 132-SM H100/H200) of 256 threads (32 registers: all resident at once),
+# 4 float4 loads in flight per thread: 0.999x torch.sum at 2^28 fp32 on an H100 (2955 GB/s,
+# bench/bench_cuda_reduction.py). COMBINE_THREADS is C of the one-block combine.
+FAST_BLOCKS = 528
+FAST_BLOCK = 256
+FAST_UNROLLS = (2, 4, 8)
+FAST_UNROLL = 4
+COMBINE_THREADS = 256
+
+
+def vec4_kernel(unroll: int) -> str:
+    """The pass-1 entry point of the "vec4" reduction for ``unroll`` U (speed only, same bits)."""
+    if unroll not in FAST_UNROLLS:
+        raise ValueError(f"unroll must be one of {FAST_UNROLLS}, got {unroll!r}")
+    return f"hspi_reduce_f32_vec4_u{unroll}_partials"
 
 
 def _check_pow2(name: str, value: Any, hi: int) -> int:
@@ -56,11 +81,17 @@ def _check_variant(variant: str) -> None:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
 
 
-def plan(variant: str = "sequential", *, block: int = 256, width: int = 32, blocks: int = DEFAULT_BLOCKS):
-    """The accumulation plan of one output of ``variant`` (ValueError for the atomic control)."""
+def plan(variant: str = "sequential", *, block: int = 256, width: int = 32, blocks: int | None = None):
+    """The accumulation plan of one output of ``variant`` (ValueError for the atomic control).
+
+    ``blocks`` defaults to the wrapper's G: :data:`DEFAULT_BLOCKS` ("grid_two_pass"),
+    :data:`FAST_BLOCKS` ("vec4").
+    """
     from hspi_kernels.numerics import plans as P
 
     _check_variant(variant)
+    if blocks is None:
+        blocks = FAST_BLOCKS if variant == "vec4" else DEFAULT_BLOCKS
     lane = P.Sequential("fp32", init="zero")
     if variant == "sequential":
         return lane
@@ -80,6 +111,14 @@ def plan(variant: str = "sequential", *, block: int = 256, width: int = 32, bloc
         g = _check_blocks(blocks)
         per_block = P.SplitK(parts=g, layout="contiguous", inner=P.BlockTree(b), combine=P.Sequential("fp32", init="zero"))
         return P.Strided(lanes=g * b, inner=lane, combine=per_block)
+    if variant == "vec4":
+        b = _check_pow2("block", block, 1024)
+        g = _check_blocks(blocks)
+        # thread g's four lanes 4g..4g+3 -> (x + y) + (z + w); block tree; one-block combine
+        final = P.Strided(lanes=COMBINE_THREADS, inner=lane, combine=P.BlockTree(COMBINE_THREADS))
+        per_block = P.SplitK(parts=g, layout="contiguous", inner=P.BlockTree(b), combine=final)
+        per_thread = P.SplitK(parts=g * b, layout="contiguous", inner=P.Pairwise(), combine=per_block)
+        return P.Strided(lanes=4 * g * b, inner=lane, combine=per_thread)
     raise ValueError("the atomicAdd reduction is nondeterministic (warp partials added in arrival order): it has no plan")
 
 
@@ -163,6 +202,41 @@ def reduce_vector_atomic(x: Any, *, blocks: int = DEFAULT_BLOCKS, block: int = 2
     return _vector(x, "atomic", blocks, block, prefer)
 
 
+def reduce_vector_fast(x: Any, *, blocks: int = FAST_BLOCKS, block: int = FAST_BLOCK, unroll: int = FAST_UNROLL,
+                       prefer: str | None = None) -> Any:
+    """Deterministic bandwidth-bound ``sum(x)`` of a 1-D, 16-byte aligned float32 array (0-d result).
+
+    Order: ``plan("vec4", blocks=blocks, block=block)`` (see ``vec_reduce.cu``); ``unroll``
+    changes the speed only. Keep the defaults for bits comparable across runs and GPUs.
+    """
+    from hspi_kernels.cuda.loader import LaunchContext, load_module
+
+    g = _check_blocks(blocks)
+    b = _check_pow2("block", block, 1024)
+    name = vec4_kernel(unroll)
+    (n,) = check_input(x, 1)
+    ptr = int(x.data_ptr()) if _kind(x) == "torch" else int(x.data.ptr)
+    if ptr % 16:
+        raise ValueError(f"x must be 16-byte aligned for the vec4 reduction (address {ptr:#x})")
+    with LaunchContext(x) as lc:
+        module = load_module(VEC_SOURCE, prefer=prefer, device=lc.device_id)
+        out = _empty(lc, x, ())
+        partials = _empty(lc, x, (g,))
+        xv, pv, ov = lc.view(x), lc.view(partials), lc.view(out)
+        module.function(name)((g,), (b,), (xv, pv, np.int64(n)), shared_mem=4 * b)
+        module.function(KERNELS["vec4"][1])((1,), (COMBINE_THREADS,), (pv, ov, np.int32(g)),
+                                            shared_mem=4 * COMBINE_THREADS)
+    return out
+
+
+def _fast_plan(n: int | None = None, *, blocks: int = FAST_BLOCKS, block: int = FAST_BLOCK):
+    """The plan of :func:`reduce_vector_fast` (the same for every n; ``n`` for a uniform API)."""
+    return plan("vec4", blocks=blocks, block=block)
+
+
+reduce_vector_fast.plan = _fast_plan  # type: ignore[attr-defined]
+
+
 def _vector(x: Any, variant: str, blocks: int, block: int, prefer: str | None) -> Any:
     from hspi_kernels.cuda.loader import LaunchContext, load_module
 
@@ -185,12 +259,12 @@ def _vector(x: Any, variant: str, blocks: int, block: int, prefer: str | None) -
     return out
 
 
-def reference(x, variant: str = "sequential", *, block: int = 256, width: int = 32, blocks: int = DEFAULT_BLOCKS,
+def reference(x, variant: str = "sequential", *, block: int = 256, width: int = 32, blocks: int | None = None,
               backend: str = "native") -> np.ndarray:
     """Exact bits of a deterministic variant on the CPU: ``evaluate(plan(...), x)``.
 
-    Row variants take ``x[rows, n]`` and return ``[rows]``; "grid_two_pass" takes ``x[n]`` and
-    returns a 0-d array.
+    Row variants take ``x[rows, n]`` and return ``[rows]``; "grid_two_pass" and "vec4" take
+    ``x[n]`` and return a 0-d array.
     """
     from hspi_kernels.numerics.evaluate import evaluate
 

@@ -11,7 +11,10 @@ tests/test_evaluator_equivalence.py:
   arithmetic, OpenMP over outputs, GIL released.
 
 Entry points: :func:`evaluate` (reductions ``x[..., n]`` and dot products ``(a, b)[..., K]``)
-and :func:`gemm` (``A[M,K] @ B[K,N] (+ C)``). Bad input (shapes, dtypes, operands not
+and :func:`gemm` (``A[M,K] @ B[K,N] (+ C)``). A plan whose format is fp64
+(:func:`plans.plan_format`) runs in float64 on float64 operands (float32 ones are widened
+exactly) and returns float64: numpy float64 arithmetic and :func:`fma64` on the numpy path,
+``run_program_f64`` (``std::fma``) on the native one. Bad input (shapes, dtypes, operands not
 representable in a tensor-core input format, unknown presets) raises ValueError; nothing is
 rounded silently.
 """
@@ -22,7 +25,7 @@ import numpy as np
 
 from . import plans as P
 
-__all__ = ["evaluate", "gemm", "fma32"]
+__all__ = ["evaluate", "gemm", "fma32", "fma64", "fma64_exact"]
 
 _F32 = np.float32
 
@@ -59,6 +62,69 @@ def fma32(a, b, c) -> np.ndarray:
     return np.where(on_boundary, fixed, r).astype(_F32)
 
 
+# -- exact fp64 fma in numpy ----------------------------------------------------------------
+def _two_sum(x, y):
+    s = x + y
+    bv = s - x
+    return s, (x - (s - bv)) + (y - bv)
+
+
+def fma64(a, b, c) -> np.ndarray:
+    """``rn64(a*b + c)`` with a single rounding, for float64 arrays (broadcasting).
+
+    Error-free transformations, then rounding to odd (Boldo & Melquiond, IEEE TC 2008):
+    ``a*b = uh + ul`` exactly (Veltkamp splitting, Dekker's product), ``c + uh = th + tl``
+    (TwoSum), ``v = RO(tl + ul)`` (round to odd: TwoSum's result with its last bit forced to 1
+    when inexact), ``rn(th + v)``. That is only proved without underflow or overflow: elements
+    outside a safe exponent window, and zero products (IEEE's zero-sign rule), are computed by
+    :func:`fma64_exact` / exactly instead.
+    """
+    a, b, c = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in (a, b, c)))
+    with np.errstate(all="ignore"):
+        uh = a * b
+        split = 134217729.0  # 2^27 + 1
+        ta, tb = split * a, split * b
+        ah, bh = ta - (ta - a), tb - (tb - b)
+        al, bl = a - ah, b - bh
+        ul = ((ah * bh - uh) + ah * bl + al * bh) + al * bl
+        th, tl = _two_sum(c, uh)
+        s, e = _two_sum(tl, ul)
+        odd = (s.view(np.uint64) & np.uint64(1)) == 1
+        v = np.where((e != 0) & ~odd, np.nextafter(s, np.where(e > 0, np.inf, -np.inf)), s)
+        z = th + v
+        lo, hi = 2.0**-900, 2.0**900
+        safe = ((np.abs(a) <= 2.0**500) & (np.abs(b) <= 2.0**500) & (np.abs(uh) >= lo) & (np.abs(uh) <= hi)
+                & (np.abs(c) <= hi) & ((np.abs(th) >= lo) | (th == 0)) & np.isfinite(z))
+        zero_product = (a == 0) | (b == 0)
+        z = np.where(zero_product, c + uh, z)  # c + (+-0): exact, with IEEE's sign rule
+    slow = np.flatnonzero(~(safe | zero_product))
+    if slow.size:
+        z = np.array(z, dtype=np.float64)
+        flat, fa, fb, fc = z.reshape(-1), a.reshape(-1), b.reshape(-1), c.reshape(-1)
+        for i in slow:
+            flat[i] = fma64_exact(float(fa[i]), float(fb[i]), float(fc[i]))
+    return np.asarray(z, dtype=np.float64)
+
+
+def fma64_exact(a: float, b: float, c: float) -> float:
+    """``rn64(a*b + c)`` of one element through exact rationals (the slow path and the test oracle)."""
+    import math
+    from fractions import Fraction
+
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return a * b + c  # an infinite / nan operand: IEEE's rules, no rounding question
+    if not math.isfinite(c):
+        return c  # the exact product is finite: inf + finite = inf (a float a*b could overflow: no)
+    exact = Fraction(a) * Fraction(b) + Fraction(c)
+    if exact == 0:  # exact zero: -0 only when the product and c are both -0 (IEEE 754 6.3)
+        product_negative = math.copysign(1.0, a) * math.copysign(1.0, b) < 0
+        return -0.0 if product_negative and (a == 0 or b == 0) and math.copysign(1.0, c) < 0 else 0.0
+    try:
+        return float(exact)  # correctly rounded (RNE), subnormals included
+    except OverflowError:  # (math.copysign(inf, exact) would convert exact to float: overflow again)
+        return math.inf if exact > 0 else -math.inf
+
+
 # -- operands -------------------------------------------------------------------------------
 class _Terms:
     """The terms of one node, batch-major: values ``x[B, m]`` or products of ``a, b [B, m]``."""
@@ -79,16 +145,20 @@ class _Terms:
             return _Terms(a=self.a[:, idx], b=self.b[:, idx])
         return _Terms(x=self.x[:, idx])
 
+    @property
+    def dtype(self):
+        return (self.a if self.dot else self.x).dtype
+
     def values(self) -> np.ndarray:
-        """fp32 values of the terms: x_i, or rn(a_i * b_i)."""
+        """Values of the terms in the plan's format: x_i, or rn(a_i * b_i)."""
         return self.a * self.b if self.dot else self.x
 
 
-def _values_of(results: list) -> _Terms:
+def _values_of(results: list, dtype) -> _Terms:
     """Children's results (absent ones dropped) as the value terms of their parent."""
     present = [r for r in results if r is not None]
     if not present:
-        return _Terms(x=np.zeros((0, 0), _F32))
+        return _Terms(x=np.zeros((0, 0), dtype))
     return _Terms(x=np.stack(present, axis=1))
 
 
@@ -106,19 +176,20 @@ def _reduce(plan: P.Plan, t: _Terms, c):
     if isinstance(plan, P.Sequential):
         acc = c
         if acc is None and plan.init == "zero":
-            acc = np.zeros(t.x.shape[0] if not t.dot else t.a.shape[0], _F32)
+            acc = np.zeros(t.x.shape[0] if not t.dot else t.a.shape[0], t.dtype)
         start = 0
         if plan.fma and t.dot:
+            fma = fma64 if t.dtype == np.float64 else fma32
             if acc is None and m:
                 acc, start = t.a[:, 0] * t.b[:, 0], 1
             for i in range(start, m):
-                acc = fma32(t.a[:, i], t.b[:, i], acc)
+                acc = fma(t.a[:, i], t.b[:, i], acc)
             return acc
         v = t.values()
         if acc is None and m:
             acc, start = v[:, 0].copy(), 1
         for i in range(start, m):
-            acc = acc + v[:, i]  # fp32 RNE, strictly left to right
+            acc = acc + v[:, i]  # RNE in the plan's format, strictly left to right
         return acc
     if isinstance(plan, (P.Chain, P.TensorCore)):
         from . import tensor_core
@@ -163,7 +234,7 @@ def _reduce(plan: P.Plan, t: _Terms, c):
         return _add(tree(t), c) if m else c
     if isinstance(plan, P.Strided):
         lanes = [_reduce(plan.inner, t.take(slice(j, None, plan.lanes)), None) for j in range(plan.lanes)]
-        return _reduce(plan.combine, _values_of(lanes), c)
+        return _reduce(plan.combine, _values_of(lanes, t.dtype), c)
     if isinstance(plan, P.SplitK):
         # Part of each term position: contiguous runs of whole tiles, or tiles dealt round-robin.
         tile_index = np.arange(m) // plan.tile
@@ -174,7 +245,7 @@ def _reduce(plan: P.Plan, t: _Terms, c):
             part_of = tile_index % plan.parts
         results = [_reduce(plan.inner, t.take(np.flatnonzero(part_of == p)), None)
                    for p in range(plan.parts) if np.any(part_of == p)]
-        return _reduce(plan.combine, _values_of(results), c)
+        return _reduce(plan.combine, _values_of(results, t.dtype), c)
     if isinstance(plan, P.Remainder):
         cut = m - m % plan.multiple
         main = _reduce(plan.main, t.take(slice(0, cut)), c)
@@ -233,6 +304,21 @@ def _as_f32(x, what: str) -> np.ndarray:
     raise ValueError(f"{what}: expected a floating-point array, got dtype {arr.dtype}")
 
 
+def _as_f64(x, what: str) -> np.ndarray:
+    """float64 operand array (floats of <= 8 bytes widen exactly)."""
+    arr = np.asarray(x)
+    if arr.dtype == np.float64:
+        return arr
+    if (arr.dtype.kind == "f" and arr.dtype.itemsize <= 8) or arr.dtype.name in ("bfloat16", "float8_e4m3fn",
+                                                                                "float8_e5m2"):
+        return arr.astype(np.float64)
+    raise ValueError(f"{what}: expected a floating-point array of at most 8 bytes, got dtype {arr.dtype}")
+
+
+def _as_format(x, what: str, fmt: str) -> np.ndarray:
+    return _as_f64(x, what) if fmt == "fp64" else _as_f32(x, what)
+
+
 def _check_block_operands(model, arr: np.ndarray, what: str) -> np.ndarray:
     from .formats import is_representable
 
@@ -254,6 +340,9 @@ def _native():
 
 
 def _run_native(prog: P.Program, A, B, C, outer: bool) -> np.ndarray:
+    if A.dtype == np.float64:  # an fp64 plan (no tensor-core model: plan_format forbids it)
+        return _native().run_program_f64(prog.instrs, prog.lists, prog.n, prog.n_regs, prog.out,
+                                         np.zeros(0, np.int64), A, B, C, outer)
     model = prog.model
     mp = np.zeros(0, np.int64)
     if model is not None:
@@ -272,8 +361,8 @@ def _run_native(prog: P.Program, A, B, C, outer: bool) -> np.ndarray:
 def _numpy_batch(plan, t: _Terms, c, batch: int) -> np.ndarray:
     out = _reduce(plan, t, c)
     if out is None:
-        return np.zeros(batch, _F32)
-    return np.asarray(out, dtype=_F32).reshape(batch)
+        return np.zeros(batch, t.dtype)
+    return np.asarray(out, dtype=t.dtype).reshape(batch)
 
 
 def _check_backend(backend: str) -> None:
@@ -282,32 +371,33 @@ def _check_backend(backend: str) -> None:
 
 
 def evaluate(plan: P.Plan, operands, *, c=None, backend: str = "native") -> np.ndarray:
-    """Exact fp32 result bits of ``plan`` applied along the last axis.
+    """Exact result bits of ``plan`` applied along the last axis.
 
     ``operands``: ``x[..., n]`` (a reduction) or a tuple ``(a, b)`` of equal shapes ``[..., K]``
     (dot products). ``c``: optional accumulator input, shape ``[...]`` (broadcast). Returns
-    float32 ``[...]``.
+    ``[...]`` in the plan's format (float32, or float64 for an fp64 plan).
     """
     _check_backend(backend)
     if not isinstance(plan, P.Plan):
         raise ValueError(f"plan must be a Plan, got {plan!r}")
+    fmt = P.plan_format(plan)
     dot = isinstance(operands, tuple)
     if dot:
         if len(operands) != 2:
             raise ValueError("dot-product operands must be a pair (a, b)")
-        a, b = _as_f32(operands[0], "a"), _as_f32(operands[1], "b")
+        a, b = _as_format(operands[0], "a", fmt), _as_format(operands[1], "b", fmt)
         if a.shape != b.shape or a.ndim == 0:
             raise ValueError(f"a and b must have the same shape [..., K], got {a.shape} and {b.shape}")
         first = a
     else:
-        first = _as_f32(operands, "x")
+        first = _as_format(operands, "x", fmt)
         if first.ndim == 0:
             raise ValueError("x must have shape [..., n]")
     batch_shape, n = first.shape[:-1], first.shape[-1]
     batch = int(np.prod(batch_shape))
     if c is not None:
         try:
-            c = np.ascontiguousarray(np.broadcast_to(_as_f32(c, "c"), batch_shape)).reshape(batch)
+            c = np.ascontiguousarray(np.broadcast_to(_as_format(c, "c", fmt), batch_shape)).reshape(batch)
         except ValueError:
             raise ValueError(f"c must broadcast to the batch shape {batch_shape}, got {np.shape(c)}") from None
     prog = P.lower(plan, n, dot, c is not None)  # validates the plan against n (both backends)
@@ -328,15 +418,17 @@ def evaluate(plan: P.Plan, operands, *, c=None, backend: str = "native") -> np.n
 
 def gemm(plan: P.Plan, A, B, C=None, *, backend: str = "native") -> np.ndarray:
     """``D[m, n]`` = the plan's dot product of row ``A[m, :]`` and column ``B[:, n]`` with
-    accumulator input ``C[m, n]`` (when given). A [M,K], B [K,N], C [M,N]; float32 result."""
+    accumulator input ``C[m, n]`` (when given). A [M,K], B [K,N], C [M,N]; the result in the
+    plan's format (float32, or float64 for an fp64 plan)."""
     _check_backend(backend)
-    A, B = _as_f32(A, "A"), _as_f32(B, "B")
+    fmt = P.plan_format(plan) if isinstance(plan, P.Plan) else "fp32"
+    A, B = _as_format(A, "A", fmt), _as_format(B, "B", fmt)
     if A.ndim != 2 or B.ndim != 2 or A.shape[1] != B.shape[0]:
         raise ValueError(f"gemm needs A[M,K] and B[K,N], got {A.shape} and {B.shape}")
     M, K = A.shape
     N = B.shape[1]
     if C is not None:
-        C = _as_f32(C, "C")
+        C = _as_format(C, "C", fmt)
         if C.shape != (M, N):
             raise ValueError(f"C must have shape {(M, N)}, got {C.shape}")
         C = np.ascontiguousarray(C)

@@ -5,7 +5,10 @@ values ``x_i``; for a dot product ``a[..., K] · b[..., K]`` the terms are the p
 plan consumes in one of three ways: ``rn32(a_i * b_i)`` (every node by default),
 ``fma(a_i, b_i, acc)`` (``Sequential(fma=True)``) or exactly inside a tensor-core block
 (``Chain`` / ``TensorCore``). Inner nodes see only the results of their children (fp32 values).
-All arithmetic is fp32 with round-to-nearest-even unless a tensor-core block says otherwise.
+All arithmetic is fp32 with round-to-nearest-even unless a tensor-core block says otherwise,
+or the plan's format is fp64 (:func:`plan_format`: the ``dtype`` of its ``Sequential`` nodes):
+then every addition, product and fma of the plan is rounded to fp64 (RNE) instead, on fp64
+operands; one plan has one format (tensor-core nodes are fp32).
 
 Conventions shared by every node (both evaluators implement exactly these):
 
@@ -37,10 +40,13 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
-    "Plan", "Sequential", "Pairwise", "Tree", "Strided", "Remainder", "SplitK", "WarpButterfly",
+    "FORMATS", "plan_format", "Plan", "Sequential", "Pairwise", "Tree", "Strided", "Remainder", "SplitK", "WarpButterfly",
     "BlockTree", "TensorCore", "Chain", "ExplicitTree", "plan_from_json", "numpy_sum_plan",
     "Program", "lower",
 ]
+
+
+FORMATS = ("fp32", "fp64")  # accumulation formats a plan can have
 
 
 class Plan:
@@ -110,7 +116,8 @@ class Sequential(Plan):
     Seed: ``c`` when given, else the first term (``init="first"``) or +0 (``init="zero"``, the
     ``float acc = 0.f`` of a GPU thread). For dot products ``fma=False`` adds ``rn(a_i*b_i)``,
     ``fma=True`` does ``acc = fma(a_i, b_i, acc)`` (and a first-term seed is ``rn(a_0*b_0)``).
-    Only fp32 accumulation is modelled.
+    ``dtype`` is the accumulation format, ``"fp32"`` or ``"fp64"``; it is the format of the
+    whole plan (see :func:`plan_format`).
     """
 
     dtype: str = "fp32"
@@ -119,8 +126,9 @@ class Sequential(Plan):
     _positional = ("dtype",)
 
     def __post_init__(self):
-        if self.dtype != "fp32":
-            raise ValueError(f"Sequential: only dtype='fp32' accumulation is modelled, got {self.dtype!r}")
+        if self.dtype not in FORMATS:
+            raise ValueError(f"Sequential: dtype must be one of {FORMATS} (the accumulation formats "
+                             f"modelled), got {self.dtype!r}")
         if not isinstance(self.fma, bool):
             raise ValueError(f"Sequential: fma must be a bool, got {self.fma!r}")
         if self.init not in ("first", "zero"):
@@ -355,6 +363,29 @@ def plan_from_json(d) -> Plan:
         return cls(**kwargs)
     except TypeError as exc:  # missing required fields
         raise ValueError(f"{kind}: {exc}") from None
+
+
+def plan_format(plan: Plan) -> str:
+    """The arithmetic format of a plan: the ``dtype`` shared by all its ``Sequential`` nodes
+    ("fp32" when it has none; tensor-core nodes count as fp32). Nodes without a format of their
+    own (trees, default leaves) compute in it. Mixed formats raise ValueError."""
+    found: set[str] = set()
+
+    def walk(node) -> None:
+        if isinstance(node, Sequential):
+            found.add(node.dtype)
+        elif isinstance(node, (TensorCore, Chain)):
+            found.add("fp32")
+        if isinstance(node, Plan):
+            for f in dataclasses.fields(node):
+                value = getattr(node, f.name)
+                if isinstance(value, Plan):
+                    walk(value)
+
+    walk(plan)
+    if len(found) > 1:
+        raise ValueError(f"one accumulation format per plan, got {sorted(found)} in {plan!r}")
+    return found.pop() if found else "fp32"
 
 
 def numpy_sum_plan() -> Plan:

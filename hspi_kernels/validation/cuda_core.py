@@ -6,11 +6,14 @@ For every GEMM entry (fp32/fp64 x order x fused/separate, several lane/part coun
 deterministic reduction variant: seeded random inputs and adversarial ones (cancellation,
 mixed magnitudes, subnormals, +-0, shapes that are no multiple of any tile or lane count,
 K < lanes, K = 0), the GPU's bits against the CPU's exact bits of the launch's plan
-(``evaluate`` / ``evaluate.gemm``; fp64, which plans do not model, against
-``gemm_cuda_core.reference``), compared with ``==`` on integer views (NaNs canonical).
+(``evaluate`` / ``evaluate.gemm``; fp64 GEMMs through fp64 plans, ``Sequential("fp64")``),
+compared with ``==`` on integer views (NaNs canonical).
+The bandwidth-bound "vec4" sum is checked for the wrapper's fixed G x B with every unroll
+(the bits must not depend on it) and for a small G x B with long tails.
 Determinism: every deterministic variant is run twice, the atomicAdd control ``repeats`` times;
 the control is flagged nondeterministic when its digests differ. Negative controls: wrong plans
-(Sequential for Strided, fused for separate, a Pairwise combine for a BlockTree) must mismatch.
+(Sequential for Strided, fused for separate, a Pairwise combine for a BlockTree, the scalar
+two-pass plan for the vec4 kernel) must mismatch.
 
 ``scale`` multiplies the number of outputs (1.0: >= 10^6 outputs for every GEMM variant and row
 reduction). Needs CuPy and a GPU; GPU time is seconds, the CPU evaluator is the slow side.
@@ -33,6 +36,7 @@ from hspi_kernels.cuda import reduction as R
 
 RESULT_FILE = "cuda_core_validation.json"
 _CHUNK_ELEMENTS = 1 << 24  # rows of A per CPU evaluation call: M_chunk * N * K <= this
+VEC4_SMALL_CONFIG = (8, 64)  # G x B of the second vec4 configuration (many super-iterations, long tails)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,14 +121,16 @@ def _pick_backend(backend: str) -> str:
 
 
 def _gemm_reference(A, B, order, fused, lanes, parts, backend) -> np.ndarray:
-    M, K = A.shape
-    N = B.shape[1]
-    step = max(1, _CHUNK_ELEMENTS // max(1, N * max(K, 1)))
-    if A.dtype == np.float64:
-        step = max(1, step // 4)
-    pieces = [G.reference(A[i : i + step], B, order, fused, lanes=lanes, parts=parts, backend=backend)
-              for i in range(0, M, step)]
-    return np.concatenate(pieces, axis=0) if pieces else np.zeros((0, N), A.dtype)
+    """``evaluate.gemm(plan)`` of the launch (fp32 and fp64 plans alike), on the reversed k
+    axis for "reverse", in row chunks."""
+    dtype = "fp64" if A.dtype == np.float64 else "fp32"
+    plan = G.plan(order, dtype, fused, lanes=lanes, parts=parts)
+    if G.terms_reversed(order):
+        A, B = A[:, ::-1], B[::-1, :]
+    M, N = A.shape[0], B.shape[1]
+    if M == 0:
+        return np.zeros((0, N), A.dtype)
+    return _gemm_reference_with_plan(plan, np.ascontiguousarray(A), np.ascontiguousarray(B), backend)
 
 
 def _row_reference(x, variant, params, backend) -> np.ndarray:
@@ -158,15 +164,71 @@ def _gemm_configs() -> list[dict]:
     return configs
 
 
-def _gemm_shapes(dtype: str, scale: float) -> list[tuple[str, int, int, int]]:
+def _gemm_shapes(dtype: str, scale: float, backend: str = "native") -> list[tuple[str, int, int, int]]:
     side = max(1, int(round(1001 * math.sqrt(scale))))
-    k_big = 97 if dtype == "fp32" else 33  # the fp64 reference is numpy (fma64), ~10x slower per step
+    slow = dtype == "fp64" and backend == "numpy"  # numpy fma64: ~10x slower per step, exact fallback
+    k_big = 33 if slow else 97
     shapes = [("random", side + 2, side, k_big), ("random", 5, 7, 3), ("random", 4, 3, 0), ("random", 33, 65, 1)]
-    if dtype == "fp32":
-        shapes.append(("adversarial", 257, 255, 64))
-    else:  # fp64 subnormal products take the exact (slow) fma fallback on the CPU
-        shapes.append(("adversarial", 65, 63, 40))
+    shapes.append(("adversarial", 65, 63, 40) if slow else ("adversarial", 257, 255, 64))
     return shapes
+
+
+def vec4_cases(n_big: int, G: int, B: int, U: int) -> list[tuple[str, int]]:
+    """Lengths for the "vec4" reduction: empty, tiny, no multiple of 4, tails of every size
+    class around one super-iteration ``4*U*G*B``, and ``n_big`` (random and adversarial)."""
+    s = 4 * U * G * B
+    return [("random", 0), ("random", 1), ("random", 7), ("random", 4099), ("random", s - 1), ("random", s + 2),
+            ("random", 2 * s + s // 2 + 3), ("random", 196_613), ("random", n_big), ("random", n_big + 1),
+            ("adversarial", n_big)]
+
+
+def _vector_input(kind: str, n: int, seed: int) -> np.ndarray:
+    if kind == "adversarial":  # the five adversarial row kinds one after the other
+        return row_inputs("adversarial", 5, n // 5 + 1, seed).reshape(-1)[:n].copy()
+    return row_inputs(kind, 1, n, seed).reshape(-1)
+
+
+def _validate_vec4(result: dict, timed_gpu: Callable, n_big: int, seed: int, backend: str,
+                   log: Callable, to_device: Callable | None = None) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """The bandwidth-bound "vec4" sum: GPU bits == evaluate(plan) for the wrapper's fixed G x B
+    (every unroll U: the bits must not depend on U) and a small G x B (long tails). Returns the
+    negative control: the same GPU bits against the scalar two-pass plan of the same G x B."""
+    if to_device is None:
+        import cupy
+
+        to_device = cupy.asarray
+    controls_got, controls_ref = [], []
+    for G_, B_, main in ((R.FAST_BLOCKS, R.FAST_BLOCK, True), (*VEC4_SMALL_CONFIG, False)):
+        cases = vec4_cases(n_big, G_, B_, max(R.FAST_UNROLLS))
+        if not main:
+            cases = [c for c in cases if c[1] <= 300_000]
+        for kind, n in cases:
+            seed += 1
+            x = _vector_input(kind, n, seed)
+            xd = to_device(x)
+            t = time.perf_counter()
+            error = None
+            try:
+                ref = R.reference(x, "vec4", blocks=G_, block=B_, backend=backend)
+            except Exception as exc:  # noqa: BLE001
+                error, ref = f"{type(exc).__name__}: {exc}", None
+            cpu_s = time.perf_counter() - t
+            for u in R.FAST_UNROLLS:
+                got = timed_gpu(R.reduce_vector_fast, xd, blocks=G_, block=B_, unroll=u)
+                again = timed_gpu(R.reduce_vector_fast, xd, blocks=G_, block=B_, unroll=u)
+                equal = count_equal(got, ref) if ref is not None else 0
+                result["reduction"].append({
+                    "error": error, "variant": "vec4", "blocks": G_, "block": B_, "unroll": u,
+                    "kernels": [R.vec4_kernel(u), R.KERNELS["vec4"][1]], "case": kind, "shape": [n],
+                    "plan": repr(R.plan("vec4", blocks=G_, block=B_)), "equal": equal, "total": 1,
+                    "repeat_identical": digest(got) == digest(again),
+                    "ok": error is None and equal == 1 and digest(got) == digest(again), "cpu_s": round(cpu_s, 3)})
+                log(f"vector vec4 G={G_} B={B_} U={u} {kind:<11} n={n}: {equal}/1")
+                if main and u == R.FAST_UNROLL and kind == "random" and 0 < n <= 300_000:
+                    controls_got.append(got.reshape(1))
+                    controls_ref.append(R.reference(x, "grid_two_pass", blocks=G_, block=B_, backend=backend).reshape(1))
+    name = f"vec4 G={R.FAST_BLOCKS} B={R.FAST_BLOCK} GPU vs scalar two-pass plan ({len(controls_got)} sums)"
+    return [(name, np.concatenate(controls_got), np.concatenate(controls_ref))]
 
 
 def _gpu_call(fn: Callable, *args, **kwargs) -> np.ndarray:
@@ -197,7 +259,8 @@ def run(out_dir: str | Path, scale: float = 1.0, *, backend: str = "auto", seed:
         "evaluator_backend": backend,
         "scale": scale,
         "seed": seed,
-        "load_paths": {src: load_module(src).path_taken for src in (G.SOURCE, R.ROW_SOURCE, R.GRID_SOURCE)},
+        "load_paths": {src: load_module(src).path_taken for src in (G.SOURCE, R.ROW_SOURCE, R.GRID_SOURCE,
+                                                                    R.VEC_SOURCE)},
         "gemm": [],
         "reduction": [],
         "determinism": {},
@@ -223,7 +286,7 @@ def run(out_dir: str | Path, scale: float = 1.0, *, backend: str = "auto", seed:
     keep_for_controls: dict[str, Any] = {}
     for cfg in _gemm_configs():
         np_dtype = G.DTYPES[cfg["dtype"]][1]
-        for kind, M, N, K in _gemm_shapes(cfg["dtype"], scale):
+        for kind, M, N, K in _gemm_shapes(cfg["dtype"], scale, backend):
             case_seed += 1
             A, B = gemm_inputs(kind, M, N, K, np_dtype, case_seed)
             got = timed_gpu(G.gemm, cupy.asarray(A), cupy.asarray(B), cfg["order"], cfg["fused"],
@@ -236,10 +299,7 @@ def run(out_dir: str | Path, scale: float = 1.0, *, backend: str = "auto", seed:
             except Exception as exc:  # noqa: BLE001 - an evaluator failure is a result, not a crash
                 error, equal = f"{type(exc).__name__}: {exc}", 0
             cpu_s = time.perf_counter() - t
-            try:
-                plan_text = repr(G.plan(cfg["order"], cfg["dtype"], cfg["fused"], lanes=cfg["lanes"], parts=cfg["parts"]))
-            except NotImplementedError:
-                plan_text = f"float64 emulation (gemm_cuda_core.reference), order={cfg['order']}"
+            plan_text = repr(G.plan(cfg["order"], cfg["dtype"], cfg["fused"], lanes=cfg["lanes"], parts=cfg["parts"]))
             entry = {**cfg, "kernels": G.kernel_names(cfg["order"], cfg["dtype"], cfg["fused"]), "case": kind,
                      "shape": [M, N, K], "plan": plan_text, "reversed_k": G.terms_reversed(cfg["order"]),
                      "equal": equal, "total": int(got.size), "ok": error is None and equal == got.size,
@@ -249,8 +309,10 @@ def run(out_dir: str | Path, scale: float = 1.0, *, backend: str = "auto", seed:
             result["gemm"].append(entry)
             log(f"gemm {cfg['dtype']} {cfg['order']:<10} fused={cfg['fused']!s:<5} L={cfg['lanes']:<2} P={cfg['parts']} "
                 f"{kind:<11} {M}x{N}x{K}: {equal}/{got.size}")
-            if kind == "random" and cfg["dtype"] == "fp32" and M * N > 10_000:
-                keep_for_controls[f"{cfg['order']}:{cfg['fused']}:{cfg['lanes']}:{cfg['parts']}"] = (A, B, got)
+            key = f"{'' if cfg['dtype'] == 'fp32' else 'fp64:'}{cfg['order']}:{cfg['fused']}:{cfg['lanes']}:{cfg['parts']}"
+            kept = keep_for_controls.get(key)
+            if kind == "random" and (kept is None or got.size * K > kept[2].size * kept[0].shape[1]):
+                keep_for_controls[key] = (A, B, got)  # the largest random case (M*N*K) of each launch
 
     # ---- row reductions -----------------------------------------------------------------------
     rows_big = max(1, int(round(1_000_003 * scale)))
@@ -313,6 +375,9 @@ def run(out_dir: str | Path, scale: float = 1.0, *, backend: str = "auto", seed:
                 "ok": error is None and equal == 1 and digest(got) == digest(again), "cpu_s": round(cpu_s, 3)})
             log(f"vector grid_two_pass G={blocks} B={block} {kind:<11} n={n}: {equal}/1")
 
+    vec4_controls = _validate_vec4(result, timed_gpu, n_big, case_seed, backend, log)
+    case_seed += 100
+
     n_atomic = max(1 << 20, int(round(10_000_000 * scale)))
     x = row_inputs("random", 1, n_atomic, case_seed + 1).reshape(-1)
     xd = cupy.asarray(x)
@@ -343,11 +408,19 @@ def run(out_dir: str | Path, scale: float = 1.0, *, backend: str = "auto", seed:
     A, B, got = keep_for_controls["splitk:True:8:3"]
     wrong = P.SplitK(parts=3, layout="interleaved", inner=seq_f, combine=P.Sequential("fp32", init="zero"))
     control("split-K contiguous GPU vs interleaved plan", got, _gemm_reference_with_plan(wrong, A, B, backend))
+    seq64_f = P.Sequential("fp64", fma=True, init="zero")
+    A, B, got = keep_for_controls["fp64:sequential:False:8:4"]
+    control("fp64 separate GPU vs fused fp64 plan", got, _gemm_reference_with_plan(seq64_f, A, B, backend))
+    A, B, got = keep_for_controls["fp64:strided:True:8:4"]
+    control("fp64 strided L=8 GPU vs Sequential(fp64, fma) plan", got, _gemm_reference_with_plan(seq64_f, A, B, backend))
     from hspi_kernels.numerics.evaluate import evaluate
 
     x, got = row_controls["block_tree:{'block': 256}"]
     wrong = P.Strided(lanes=256, inner=P.Sequential("fp32", init="zero"), combine=P.Pairwise())
     control("block_tree B=256 GPU vs Pairwise-combine plan", got, evaluate(wrong, x, backend=backend))
+
+    for name, got, ref in vec4_controls:
+        control(name, got, ref)
 
     # ---- summary -------------------------------------------------------------------------------
     checks = result["gemm"] + result["reduction"]
