@@ -244,12 +244,16 @@ def test_reveal_tl_sum_order_reproduces_tl_sum():
     assert np.array_equal(_bits(got), _bits(ref))
 
 
+ATT_SMALL = A.AttentionConfig(block_m=32, block_n=16, num_warps=4)
+
+
+@pytest.mark.parametrize("mode", A.MODES)
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("S", [64, 50])
-def test_attention_vs_fp64(causal, S):
+def test_attention_vs_fp64(causal, S, mode):
     torch.manual_seed(9)
     q, k, v = (torch.randn(1, 2, S, 16, dtype=torch.bfloat16) for _ in range(3))
-    out = A.attention(q, k, v, causal=causal, config=A.AttentionConfig(block_m=32, block_n=16, num_warps=4))
+    out = A.attention(q, k, v, causal=causal, config=ATT_SMALL, mode=mode)
     sdpa = torch.nn.functional.scaled_dot_product_attention
     ref = sdpa(q.double(), k.double(), v.double(), is_causal=causal)
     base_err = (sdpa(q, k, v, is_causal=causal).double() - ref).abs().max().item()
@@ -257,7 +261,94 @@ def test_attention_vs_fp64(causal, S):
     assert err <= 4 * base_err, (err, base_err)
     import json
 
-    json.dumps(A.plan(causal=causal))
+    json.dumps(A.plan(A.default_config(16, mode), causal=causal))
+
+
+@pytest.fixture
+def exact_interpreter():
+    """The interpreter with the GPU's arithmetic where it differs: ``tl.fma`` fused (one
+    rounding, :func:`fma32`; the interpreter rounds a*b then +c) and ``tl.dot`` the sm_90 wgmma
+    tensor-core chain (the plan the GPU validation checks; the interpreter uses fp32 matmul).
+    Every other op the exact mode uses is IEEE fp32 in numpy already."""
+    import triton.language as tl
+    import triton.runtime.interpreter as interp
+
+    from hspi_kernels.numerics.evaluate import fma32
+    from hspi_kernels.numerics.evaluate import gemm as model_gemm
+
+    fma, dot = interp.InterpreterBuilder.create_fma, interp.InterpreterBuilder.create_dot
+
+    def fused(self, x, y, z):
+        return interp.TensorHandle(fma32(x.data, y.data, z.data), z.dtype.scalar)
+
+    def tensor_core_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        fmt = {tl.bfloat16: "bf16", tl.float16: "fp16"}[a.dtype.scalar]
+
+        def widen(h):
+            if h.dtype.scalar == tl.bfloat16:
+                return (h.data.astype(np.uint32) << 16).view(np.float32)
+            return h.data.astype(np.float32)
+
+        plan = A.plan(A.AttentionConfig(mode="exact"), fmt=fmt)["per_block"][0]["dot_plan"]
+        from hspi_kernels.numerics.plans import plan_from_json
+
+        c = None if not np.any(d.data.view(np.uint32)) else d.data  # all +0: the scores' dot from +0
+        return interp.TensorHandle(model_gemm(plan_from_json(plan), widen(a), widen(b), c), tl.float32)
+
+    interp.InterpreterBuilder.create_fma, interp.InterpreterBuilder.create_dot = fused, tensor_core_dot
+    yield
+    interp.InterpreterBuilder.create_fma, interp.InterpreterBuilder.create_dot = fma, dot
+
+
+@pytest.mark.parametrize("causal, S, D, dtype", [(True, 50, 32, torch.bfloat16), (False, 70, 16, torch.float16),
+                                                 (True, 64, 16, torch.float16), (False, 33, 32, torch.bfloat16)])
+def test_attention_exact_mode_equals_its_replay(exact_interpreter, causal, S, D, dtype):
+    """The exact-mode kernel, run op for op with GPU arithmetic, == A.replay (the plan) bit for bit,
+    fp32 and input-format outputs; the replay with BLOCK_N 32 or a sequential row sum differs."""
+    from hspi_kernels.numerics.plans import Sequential
+
+    torch.manual_seed(11)
+    q, k, v = (torch.randn(1, 2, S, D, dtype=dtype) * 2 for _ in range(3))
+    config = A.AttentionConfig(block_m=32, block_n=16, num_warps=4, mode="exact")
+    out32 = A.attention(q, k, v, causal=causal, config=config, out_dtype=torch.float32)
+    out = A.attention(q, k, v, causal=causal, config=config)
+    ref32 = A.replay(q, k, v, causal=causal, config=config, round_output=False)
+    assert np.array_equal(_bits(out32), _bits(ref32))
+    assert np.array_equal(_bits(out.float()), _bits(A.replay(q, k, v, causal=causal, config=config)))
+    for wrong in (A.replay(q, k, v, causal=causal, config=config, block_n=32, round_output=False),
+                  A.replay(q, k, v, causal=causal, config=config, rowsum=Sequential("fp32"), round_output=False)):
+        assert not np.array_equal(_bits(out32), _bits(wrong))
+
+
+def test_attention_exact_exp_is_attention_ref_exp(exact_interpreter):
+    """The kernel's EXP (tl ops, fused fma) == attention_ref.exp_exact bit for bit on the inputs
+    softmax feeds it (<= 0, -inf, the clamp, subnormal results) and some positive ones."""
+    import triton.language as tl
+
+    from hspi_kernels.numerics.attention_ref import exp_exact
+
+    A._kernels()
+
+    @triton.jit
+    def _exp_kernel(x_ptr, y_ptr, N: tl.constexpr):
+        offs = tl.arange(0, N)
+        tl.store(y_ptr + offs, A._exp_exact(tl.load(x_ptr + offs)))
+
+    rng = np.random.default_rng(3)
+    x = np.concatenate([-rng.exponential(8.0, 4000), rng.uniform(-110, 95, 4000), -(2.0 ** rng.uniform(-140, 7, 88)),
+                        [0.0, -0.0, -np.inf, np.inf, -104.0, -103.99, 89.0, -87.3, -1e-45]]).astype(np.float32)
+    x = np.concatenate([x, np.zeros(8192 - x.size, np.float32)])
+    y = torch.empty(x.size, dtype=torch.float32)
+    _exp_kernel[(1,)](torch.from_numpy(x), y, N=x.size)
+    assert np.array_equal(_bits(y), _bits(exp_exact(x)))
+    assert (exp_exact(x)[np.isfinite(x) & (x < -103.98)] < 2.0**-126).all()  # the clamp's subnormal tail is in range
+
+
+def test_attention_rejects_fused_exact_mode():
+    with pytest.raises(ValueError):
+        A.AttentionConfig(mode="exact", enable_fp_fusion=True)
+    with pytest.raises(ValueError):
+        A.AttentionConfig(mode="fast")
 
 
 def test_torch_override_routes_mm_addmm_bmm():
@@ -378,3 +469,82 @@ def test_sm90_default_configs_fit_shared_memory():
               "print(G.shared_memory_bytes(G.GemmConfig(persistent=True), 'bf16', 'fp32'))")
     old = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert int(old.stdout.strip().splitlines()[-1]) > G.SHARED_MEMORY_LIMIT_SM90
+
+
+_ATTN_COMPILE_SCRIPT = r"""
+import inspect, json, re, sys, tempfile
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from hspi_kernels.triton import attention as A
+
+kernel = A._kernels()["fwd"]
+params = list(inspect.signature(kernel.fn).parameters)
+out = {}
+for name, config, fusion in [("exact", A.default_config(128, "exact"), False), ("native", A.default_config(128), False),
+                             ("exact.fusion_on", A.default_config(128, "exact"), True)]:
+    const = A.constexprs(config, head_dim=128, causal=True, mask_n=True)
+    sig = {p: "constexpr" if p in const else "*bf16" if p.endswith("_ptr") else "fp32" if p == "qk_scale" else "i32"
+           for p in params}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, p in enumerate(params) if p.endswith("_ptr") or p.startswith("stride")}
+    c = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=const, attrs=attrs),
+                       target=GPUTarget("cuda", 90, 32),
+                       options={"num_warps": config.num_warps, "num_stages": config.num_stages, "enable_fp_fusion": fusion})
+    ptx = c.asm["ptx"]
+    fmas = re.findall(r"fma\.rn\.f32\s+[^;]*;", ptx)
+    facts = {"ex2_approx": "ex2.approx" in ptx, "wgmma": "wgmma.mma_async" in ptx, "fma": len(fmas),
+             "fma_without_immediate": sum("0f" not in f for f in fmas), "sass_mufu": None}
+    try:
+        from hspi_kernels.cuda import sass
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(c.asm["cubin"]); f.flush()
+            ops = [o for fn in sass.dump_sass(f.name).values() for o in sass.opcodes(fn)]
+        facts["sass_mufu"] = sorted({o for o in ops if o.startswith("MUFU")})
+    except Exception as exc:  # no cuobjdump/nvdisasm: the PTX facts still count
+        facts["sass_error"] = str(exc)[:200]
+    out[name] = facts
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def sm90_attention() -> dict:
+    """PTX / SASS facts of the attention kernel compiled for sm_90 (causal, ragged, D=128)."""
+    import json
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", _ATTN_COMPILE_SCRIPT], capture_output=True, text=True, env=env,
+                          timeout=600)
+    if proc.returncode != 0:
+        pytest.skip(f"sm_90 compile-only not available here: {proc.stderr.strip().splitlines()[-1:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_sm90_attention_exact_mode_has_no_sfu_and_no_contraction(sm90_attention):
+    """Exact mode: wgmma dots, no ex2.approx in the PTX, no MUFU.EX2 in the SASS (MUFU.RCP may
+    remain: div.rn.f32 is IEEE-correctly rounded whatever its internals), and every fma is one of
+    the exp's explicit tl.fma (an fp32 immediate operand: a coefficient or ln2 part): nothing
+    contracted. Controls: the native mode has ex2.approx / MUFU.EX2; the exact kernel built with
+    fusion on has contracted fmas (no immediate)."""
+    exact, native, fused = (sm90_attention[k] for k in ("exact", "native", "exact.fusion_on"))
+    assert exact["wgmma"] and not exact["ex2_approx"]
+    assert exact["fma"] > 0 and exact["fma_without_immediate"] == 0, exact
+    assert native["ex2_approx"]
+    assert fused["fma_without_immediate"] > 0, fused
+    if exact["sass_mufu"] is not None:
+        assert "MUFU.EX2" not in exact["sass_mufu"], exact["sass_mufu"]
+        assert "MUFU.EX2" in native["sass_mufu"]
+
+
+def test_validation_verdict_judges_only_the_sections_that_ran():
+    from hspi_kernels.validation.triton_kernels import _passed
+
+    good_att = [{"passed": True}, {"passed": True}]
+    assert _passed({"attention": good_att})
+    assert not _passed({"attention": good_att + [{"passed": False}]})  # one failing entry fails it
+    assert not _passed({"attention": {"error": "boom", "passed": False}})
+    assert not _passed({})  # nothing ran is not a pass
+    red = {"row": {"equal": 5, "outputs": 5}, "tl_sum": [{"equal": 3, "outputs": 4}]}
+    assert not _passed({"attention": good_att, "reductions": red})

@@ -1,4 +1,6 @@
-"""CPU replay, bit for bit, of the attention forward kernel ``csrc/cuda/attention/flash_fwd.cu``.
+"""CPU replay, bit for bit, of the attention forward kernel ``csrc/cuda/attention/flash_fwd.cu``
+and of the Triton kernel's exact mode (``hspi_kernels.triton.attention``, the same order with
+wgmma dots, BLOCK_M-row causal tiles and a ``Pairwise()`` row sum: :func:`replay`'s arguments).
 
 The kernel's header states the order; this module is that order in numpy:
 
@@ -176,18 +178,25 @@ def round_to_input(x: np.ndarray, fmt: str) -> np.ndarray:
     return np.asarray(x, dtype=F32).astype(dt).astype(F32)
 
 
-def _mma_plan(fmt: str):
+def _mma_plan(fmt: str, path: str = "mma.sync"):
     from hspi_kernels.cuda.gemm_tensor_core import plan
 
-    return plan(in_format=fmt, out_format="fp32", path="mma.sync", arch="sm_90")
+    return plan(in_format=fmt, out_format="fp32", path=path, arch="sm_90")
 
 
 def replay(Q, K, V, *, fmt: str, mode: str = "exact", block_n: int = 32, splits: int = 1, causal: bool = False,
            scale: float | None = None, ex2_table: SfuTable | None = None, round_p: bool = True,
-           stats: dict | None = None) -> np.ndarray:
+           stats: dict | None = None, dot_path: str = "mma.sync", tile: int = 16, rowsum=None,
+           backend: str = "native") -> np.ndarray:
     """O [BH, Sq, D] float32 exactly as the kernel computes it. Q [BH, Sq, D], K, V [BH, Sk, D]
     float32 holding ``fmt`` values. ``round_p=False`` (a negative control) skips the RNE of P.
-    ``stats`` (a dict) receives ``ex2_misses`` in native mode."""
+    ``stats`` (a dict) receives ``ex2_misses`` in native mode.
+
+    The defaults are the CUDA kernel's; the Triton exact mode (``hspi_kernels.triton.attention``)
+    is the same order with ``dot_path="wgmma"`` (both dots), ``tile=BLOCK_M`` (the query rows that
+    share one causal loop end) and ``rowsum`` = the plan of its row sum (``Pairwise()``; None:
+    :func:`rowsum_order`, the CUDA quad order). ``backend``: the evaluator's ("native" C++ or
+    "numpy"; same bits)."""
     from .evaluate import gemm
 
     if fmt not in FORMATS:
@@ -198,7 +207,14 @@ def replay(Q, K, V, *, fmt: str, mode: str = "exact", block_n: int = 32, splits:
     scale = np.float32(1.0 / np.sqrt(D) if scale is None else scale)
     misses: list = []
     EXP = make_exp(mode, ex2_table, misses)
-    plan = _mma_plan(fmt)
+    plan = _mma_plan(fmt, dot_path)
+    if rowsum is None:
+        row_sum = rowsum_order
+    else:
+        from .evaluate import evaluate
+
+        def row_sum(p):
+            return evaluate(rowsum, np.ascontiguousarray(p, dtype=F32), backend=backend)
     if not round_p:  # un-rounded P cannot enter the tensor-core model: use a plain fp32 dot
         from .plans import Sequential
 
@@ -206,8 +222,8 @@ def replay(Q, K, V, *, fmt: str, mode: str = "exact", block_n: int = 32, splits:
     else:
         pv_plan = plan
 
-    tiles = -(-Sq // 16)
-    Sqp = tiles * 16
+    tiles = -(-Sq // tile)
+    Sqp = tiles * tile
     chunk = split_chunk(Sk, block_n, splits)
     Skp = max(Sk, splits * chunk) + block_n
     Qp = np.zeros((BH, Sqp, D), F32)
@@ -216,9 +232,9 @@ def replay(Q, K, V, *, fmt: str, mode: str = "exact", block_n: int = 32, splits:
     Kp[:, :Sk] = K
     Vp = np.zeros((BH, Skp, D), F32)
     Vp[:, :Sk] = V
-    S = np.stack([gemm(plan, Qp[b], np.ascontiguousarray(Kp[b].T)) for b in range(BH)])  # [BH, Sqp, Skp]
+    S = np.stack([gemm(plan, Qp[b], np.ascontiguousarray(Kp[b].T), backend=backend) for b in range(BH)])  # [BH, Sqp, Skp]
     rows = np.arange(Sqp)
-    tile_end = (rows // 16) * 16 + 16
+    tile_end = (rows // tile) * tile + tile
 
     parts = []
     neg_inf = F32(-np.inf)
@@ -244,10 +260,10 @@ def replay(Q, K, V, *, fmt: str, mode: str = "exact", block_n: int = 32, splits:
                 m_use = np.where(m_new == neg_inf, F32(0), m_new).astype(F32)
                 alpha = EXP((m - m_use).astype(F32))
                 p = EXP((sb - m_use[..., None]).astype(F32))
-                l_new = ((l * alpha).astype(F32) + rowsum_order(p)).astype(F32)
+                l_new = ((l * alpha).astype(F32) + row_sum(p)).astype(F32)
                 P = round_to_input(p, fmt) if round_p else p
                 c = (acc * alpha[..., None]).astype(F32)
-                acc_new = np.stack([gemm(pv_plan, P[b], Vp[b, n0:n0 + block_n], c[b]) for b in range(BH)])
+                acc_new = np.stack([gemm(pv_plan, P[b], Vp[b, n0:n0 + block_n], c[b], backend=backend) for b in range(BH)])
                 m = np.where(active[None], m_new, m)
                 l = np.where(active[None], l_new, l)
                 acc = np.where(active[None, :, None], acc_new, acc)

@@ -13,7 +13,10 @@
 - batch invariance ``mm(a[:b], w) == mm(a, w)[:b]`` for b in 1..4096, fixed-order GEMM (``matmul``
   without a config: the M-dependent shape rule, so each b may run another tiling) and
   cuBLAS (``torch.matmul``, expected to violate it at some b);
-- attention forward vs an fp64 reference, error <= 3x that of torch's same-precision SDPA.
+- attention forward (native and exact modes) vs an fp64 reference, error <= 3x that of torch's
+  same-precision SDPA; the exact mode's GPU bits (fp32 and input-format outputs) == its CPU replay
+  (``attention.replay``), N/N, over ragged / causal / D 64 and 128 / bf16 and fp16 shapes, with
+  negative controls (replay at BLOCK_N 32, sequential row sum; native bits vs the replay).
 Writes ``triton_kernels_validation.json`` into out_dir and returns the same dict.
 """
 
@@ -284,7 +287,68 @@ def validate_batch_invariance(seed: int = 0) -> dict:
     return res
 
 
-def validate_attention(seed: int = 0) -> list[dict]:
+# exact mode: (B, H, S, D, causal, dtype) -- ragged S (not a multiple of BLOCK_N 64 / BLOCK_M 128),
+# causal and not, D 64 and 128, bf16 and fp16
+ATTENTION_EXACT_SHAPES = [(1, 2, 700, 128, True, "bf16"), (1, 2, 700, 128, False, "bf16"),
+                          (2, 1, 512, 128, True, "bf16"), (1, 2, 333, 64, True, "bf16"),
+                          (1, 2, 333, 64, False, "fp16"), (1, 1, 1000, 64, True, "fp16")]
+
+
+def _same_bits(a, b) -> int:
+    import numpy as np
+
+    return int((np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+                == np.ascontiguousarray(b, dtype=np.float32).view(np.uint32)).sum())
+
+
+def validate_attention_exact(seed: int = 0, shapes=None, backend: str = "auto") -> list[dict]:
+    """Exact mode: GPU bits (fp32 output and input-format output) == the CPU replay of the plan
+    (``attention.replay``), N/N per shape; negative controls (the replay with BLOCK_N 32, with a
+    sequential row sum; the native mode against the exact replay) must be rejected."""
+    import torch
+
+    from hspi_kernels.numerics.plans import Sequential
+    from hspi_kernels.triton import attention as A
+
+    backend = _backend() if backend == "auto" else backend
+    g = torch.Generator().manual_seed(seed + 5)
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    out = []
+    for i, (B, H, S, D, causal, fmt) in enumerate(shapes or ATTENTION_EXACT_SHAPES):
+        q, k, v = (torch.randn(B, H, S, D, generator=g).to(dtypes[fmt]).cuda() for _ in range(3))
+        config = A.default_config(D, "exact")
+        o32 = A.attention(q, k, v, causal=causal, config=config, out_dtype=torch.float32).cpu().numpy()
+        o = A.attention(q, k, v, causal=causal, config=config).float().cpu().numpy()
+        o_again = A.attention(q, k, v, causal=causal, config=config, out_dtype=torch.float32).cpu().numpy()
+        ref32 = A.replay(q, k, v, causal=causal, config=config, round_output=False, backend=backend)
+        from hspi_kernels.numerics.attention_ref import round_to_input
+
+        ref = round_to_input(ref32, fmt)  # the kernel's final cvt.rn of the same div_rn(acc, l)
+        n = o.size
+        entry = {"kind": "exact", "shape": [B, H, S, D], "causal": causal, "fmt": fmt, "config": repr(config),
+                 "outputs": n, "fp32_equal": _same_bits(o32, ref32), "fmt_equal": _same_bits(o, ref),
+                 "repeat_equal": _same_bits(o32, o_again), "plan": A.plan(config, fmt=fmt, head_dim=D, causal=causal)}
+        entry["passed"] = entry["fp32_equal"] == entry["fmt_equal"] == entry["repeat_equal"] == n
+        out.append(entry)
+        if i == 0:  # negative controls on the first shape (causal, ragged)
+            controls = {
+                "replay_block_n_32": A.replay(q, k, v, causal=causal, config=config, block_n=32, round_output=False,
+                                              backend=backend),
+                "replay_sequential_rowsum": A.replay(q, k, v, causal=causal, config=config,
+                                                     rowsum=Sequential("fp32"), round_output=False, backend=backend),
+                "native_mode_gpu": A.attention(q, k, v, causal=causal, out_dtype=torch.float32,
+                                               config=A.default_config(D, "native")).cpu().numpy(),
+            }
+            for name, wrong in controls.items():  # a wrong replay vs the GPU; the native GPU bits vs the replay
+                eq = _same_bits(ref32 if name == "native_mode_gpu" else o32, wrong)
+                out.append({"kind": "negative_control", "name": name, "shape": [B, H, S, D], "causal": causal,
+                            "outputs": n, "fp32_equal": eq, "passed": eq < n})
+    return out
+
+
+def validate_attention(seed: int = 0, backend: str = "auto") -> list[dict]:
+    """Native mode vs fp64 (error <= 3x torch's bf16 SDPA, deterministic), then the exact mode's
+    N/N checks (:func:`validate_attention_exact`)."""
     import torch
     import torch.nn.functional as F
 
@@ -295,30 +359,48 @@ def validate_attention(seed: int = 0) -> list[dict]:
     for causal in (False, True):
         for S in (1000, 2048):
             q, k, v = (torch.randn(2, 4, S, 128, generator=g).to(torch.bfloat16).cuda() for _ in range(3))
-            o = A.attention(q, k, v, causal=causal)
-            o2 = A.attention(q, k, v, causal=causal)
             ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=causal)
             base = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-            err = (o.double() - ref).abs().max().item()
             base_err = (base.double() - ref).abs().max().item()
-            out.append({"S": S, "causal": causal, "max_err": err, "torch_bf16_max_err": base_err,
-                        "ratio": err / base_err if base_err else None, "deterministic": bool(torch.equal(o, o2)),
-                        "passed": err <= 3 * base_err and bool(torch.equal(o, o2)), "plan": A.plan(causal=causal)})
-    return out
+            for mode in A.MODES:
+                o = A.attention(q, k, v, causal=causal, mode=mode)
+                o2 = A.attention(q, k, v, causal=causal, mode=mode)
+                err = (o.double() - ref).abs().max().item()
+                config = A.default_config(128, mode)
+                out.append({"kind": "vs_fp64", "mode": mode, "S": S, "causal": causal, "max_err": err,
+                            "torch_bf16_max_err": base_err, "ratio": err / base_err if base_err else None,
+                            "deterministic": bool(torch.equal(o, o2)),
+                            "passed": err <= 3 * base_err and bool(torch.equal(o, o2)),
+                            "plan": A.plan(config, causal=causal)})
+    return out + validate_attention_exact(seed, backend=backend)
 
 
 def _passed(result: dict) -> bool:
-    gemm, red, bi, att = (result.get(k) for k in ("gemm", "reductions", "batch_invariance", "attention"))
-    if not all(isinstance(x, list) for x in (gemm, att)) or "error" in red or "error" in bi:
+    """Every section that ran passed, and at least one ran."""
+    ran = [k for k in ("gemm", "reductions", "batch_invariance", "attention") if k in result]
+    if not ran:
         return False
-    gemm_ok = all(e["passed"] is not False for e in gemm)
-    red_ok = all(v["equal"] == v["outputs"] for k, v in red.items() if k != "tl_sum") and all(
-        t["equal"] == t["outputs"] for t in red["tl_sum"])
-    return bool(gemm_ok and red_ok and bi["fixed_order_all_invariant"] and all(a["passed"] for a in att))
+    for key in ran:
+        value = result[key]
+        if isinstance(value, dict) and "error" in value:
+            return False
+    ok = True
+    if "gemm" in result:
+        ok &= isinstance(result["gemm"], list) and all(e["passed"] is not False for e in result["gemm"])
+    if "reductions" in result:
+        red = result["reductions"]
+        ok &= all(v["equal"] == v["outputs"] for k, v in red.items() if k != "tl_sum") and all(
+            t["equal"] == t["outputs"] for t in red["tl_sum"])
+    if "batch_invariance" in result:
+        ok &= bool(result["batch_invariance"]["fixed_order_all_invariant"])
+    if "attention" in result:
+        ok &= isinstance(result["attention"], list) and all(a["passed"] for a in result["attention"])
+    return bool(ok)
 
 
-def run(out_dir, scale: float = 1.0, *, seed: int = 0, backend: str = "auto") -> dict:
-    """Run every check on the GPU, write ``out_dir/triton_kernels_validation.json``, return it."""
+def run(out_dir, scale: float = 1.0, *, seed: int = 0, backend: str = "auto", sections=None) -> dict:
+    """Run the checks on the GPU (every section, or the names in ``sections``: gemm, reductions,
+    batch_invariance, attention), write ``out_dir/triton_kernels_validation.json``, return it."""
     import torch
     import triton
 
@@ -335,11 +417,15 @@ def run(out_dir, scale: float = 1.0, *, seed: int = 0, backend: str = "auto") ->
         "scale": scale,
         "evaluator_backend": backend,
     }
-    sections = {"gemm": lambda: validate_gemm(scale, backend, seed),
+    checks = {"gemm": lambda: validate_gemm(scale, backend, seed),
                 "reductions": lambda: validate_reductions(scale, backend, seed),
                 "batch_invariance": lambda: validate_batch_invariance(seed),
-                "attention": lambda: validate_attention(seed)}
-    for key, section in sections.items():
+                "attention": lambda: validate_attention(seed, backend)}
+    chosen = {key: section for key, section in checks.items() if sections is None or key in sections}
+    if sections is not None and set(sections) - set(checks):
+        raise ValueError(f"unknown sections {sorted(set(sections) - set(checks))}; known: {sorted(checks)}")
+    result["sections"] = sorted(chosen)
+    for key, section in chosen.items():
         t1 = time.time()
         try:
             result[key] = section()
