@@ -64,31 +64,75 @@ def probe(
     out: Path = typer.Option(Path("fingerprint.json"), "--out", "-o", help="fingerprint JSON to write"),
     only: Optional[str] = typer.Option(None, "--only", help="run only probes whose id contains this"),
     as_json: bool = typer.Option(False, "--json", help="print the fingerprint JSON to stdout"),
-    kernels: bool = typer.Option(True, "--kernels/--no-kernels",
-                                 help="record CUDA kernel names of library probes (torch.profiler)"),
+    kernels: bool = typer.Option(False, "--kernels/--no-kernels",
+                                 help="record the CUDA kernel names of library probes (one torch.profiler "
+                                 "session: ~5 s of start-up on an H100); record references with --kernels"),
+    timings: bool = typer.Option(False, "--timings", help="print where the wall time went (per phase, "
+                                 "slowest probes); the JSON always records it"),
+    use_cache: bool = typer.Option(True, "--cache/--no-cache", help="read/write seeded operands, fp64 "
+                                   "references and plan evaluations in the on-disk cache ($HSPI_CACHE_DIR)"),
+    clear_cache: bool = typer.Option(False, "--clear-cache", help="empty the on-disk cache first"),
 ) -> None:
-    """Run the registered probes on this machine and write a fingerprint (schema hspi-fingerprint/1)."""
+    """Run the registered probes on this machine and write a fingerprint (schema hspi-fingerprint/1).
+    A second run is faster: operands, fp64 references and plan evaluations come from the on-disk
+    cache (checksummed, keyed by the code that made them); the probes themselves always run."""
+    start = time.perf_counter()
     from rich.progress import Progress
 
     from hspi_kernels import fingerprint, platform as plat, probes
+    from hspi_kernels.probes import cache
 
+    cache.set_enabled(False if not use_cache else None)
+    if clear_cache:
+        cache.clear()
     selected = probes.select(only)
     if not selected:
         err_console.print(f"[red]no probe id contains {only!r}[/red]")
         raise typer.Exit(2)
-    start = time.perf_counter()
-    meta = plat.collect()
+    phases: dict = {"imports": time.perf_counter() - start}
+    t0 = time.perf_counter()
+    _import_shared_modules()
+    phases["shared_imports"] = time.perf_counter() - t0
+    # platform metadata (nvidia-smi, nvcc --version, library versions) is collected in a thread
+    # while the probes run: its subprocesses wait outside the GIL; it reads the device, never uses it
+    platform_result: dict = {}
+
+    def collect_platform():
+        try:
+            platform_result["meta"] = plat.collect()
+        except BaseException as exc:  # re-raised in the main thread
+            platform_result["error"] = exc
+
+    import threading
+
+    collector = threading.Thread(target=collect_platform, name="hspi-platform", daemon=True)
+    collector.start()
     progress_console = err_console if as_json else console
+    suite_timing: dict = {}
+    t0 = time.perf_counter()
     with Progress(console=progress_console, transient=False) as progress:
         task = progress.add_task("probing", total=len(selected))
 
         def on_done(p, record):
             progress.update(task, advance=1, description=f"{record['status']:>7} {p.id}")
 
-        records = probes.run_all(selected, on_done, profile_kernels=kernels)
-    fp = fingerprint.build(meta, plat.platform_label(meta), records)
+        records = probes.run_all(selected, on_done, profile_kernels=kernels, suite_timing=suite_timing)
+    phases["probes"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    collector.join()
+    phases["platform_wait"] = time.perf_counter() - t0
+    if "error" in platform_result:
+        raise platform_result["error"]
+    meta = platform_result["meta"]
+    cache_counts = suite_timing.pop("cache", {})
+    phases.update(suite_timing)
+    for phase in ("inputs", "runs", "profiled_run", "digests", "plans", "features"):
+        phases[f"probes.{phase}"] = sum(r.get("timing", {}).get(phase, 0.0) for r in records)
+    elapsed = time.perf_counter() - start  # the command's wall up to here (the interpreter start-up aside)
+    fp = fingerprint.build(meta, plat.platform_label(meta), records,
+                           suite={"wall_s": round(elapsed, 4), "phases": {k: round(v, 4) for k, v in phases.items()},
+                                  "cache": cache_counts})
     fingerprint.save(fp, out)
-    elapsed = time.perf_counter() - start
     failed = [r for r in records if r["status"] == "failed"]
     if as_json:
         _print_json(fp)
@@ -106,8 +150,47 @@ def probe(
             table.add_row(r["id"], r["status"], digest, det, time_s)
         console.print(table)
         console.print(f"wrote {out} ({len(records)} probes, {len(failed)} failed) in {elapsed:.1f} s")
+    if timings:
+        _print_timings(fp, progress_console)
     if failed:
         raise typer.Exit(1)
+
+
+def _import_shared_modules() -> None:
+    """Import what both the probes and the platform thread need, once, in this thread: torch's
+    import is not thread-safe, and an editable install may rebuild on importing the native
+    modules (two concurrent rebuilds of one build tree must not happen)."""
+    import importlib
+    import importlib.util
+
+    for name in ("torch", "hspi_kernels._build_info", "hspi_kernels._native"):
+        try:
+            if importlib.util.find_spec(name) is not None:
+                importlib.import_module(name)
+        except Exception:  # a broken install: platform.collect records why, the probes fail/skip
+            pass
+
+
+def _print_timings(fp: dict, where: Console, top: int = 12) -> None:
+    """Where `hspi probe`'s wall time went: suite phases, then the slowest probes by phase."""
+    suite = fp.get("suite", {})
+    table = Table(title=f"hspi probe timings — wall {suite.get('wall_s', 0):.2f} s "
+                        f"(cache {suite.get('cache', {})})")
+    table.add_column("phase")
+    table.add_column("seconds", justify="right")
+    for name, seconds in suite.get("phases", {}).items():
+        table.add_row(name, f"{seconds:.3f}")
+    where.print(table)
+    ranked = sorted((r for r in fp["probes"] if "timing" in r), key=lambda r: -r["timing"].get("total", 0.0))
+    cols = {"total": "total", "inputs": "inp", "runs": "runs", "profiled_run": "prof", "digests": "dig",
+            "plans": "plan", "features": "feat"}
+    table = Table(title=f"slowest {top} probes (s): " + ", ".join(f"{v} = {k}" for k, v in cols.items() if k != v))
+    table.add_column("probe", overflow="fold")
+    for short in cols.values():
+        table.add_column(short, justify="right", no_wrap=True)
+    for r in ranked[:top]:
+        table.add_row(r["id"], *(f"{r['timing'].get(c, 0.0):.3f}" for c in cols))
+    where.print(table)
 
 
 def _load_fingerprint(path: Path) -> dict:
@@ -377,6 +460,35 @@ def model_classify(
             console.print(f"black-box {name}: " + ", ".join(f"{q} q → {r['accuracy']:.3f}" for q, r in by_q.items()))
 
 
+@model_app.command("tables")
+def model_tables(
+    collections: list[str] = typer.Argument(..., help="collections (.npz), e.g. models_H100.npz models_H200.npz; "
+                                            "PATH=TAG relabels its hardware HW@TAG"),
+    out: Path = typer.Option(..., "--out", "-o", help="output path without suffix (.json and .md are written)"),
+    dtypes: str = typer.Option("bf16,fp16", "--dtypes", help="the dtype axis of the hardware x dtype problem"),
+    queries: int = typer.Option(32, "--queries", help="black-box query budget"),
+    k: int = typer.Option(20, "--k", help="top-k log-probs the black-box API returns"),
+    trials: int = typer.Option(200, "--trials"),
+    models: Optional[str] = typer.Option(None, "--models", help="comma-separated subset"),
+    hardware: Optional[str] = typer.Option(None, "--hardware", help="comma-separated subset of hardware labels"),
+) -> None:
+    """Cross-platform tables: white-box per pair, black-box per EQC across hardware, hardware x dtype,
+    HSPI-LD / HSPI-BI on the same data, 6-class SVM fit time, shuffled-label controls."""
+    from hspi_kernels.models import crossplatform as cp, hspi_ld
+
+    try:
+        hspi_ld.require_sklearn()
+    except RuntimeError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2)
+    with err_console.status("analysing") as status:
+        rep = cp.analyse_files(collections, out, dtypes=tuple(dtypes.split(",")), queries=queries, k=k, trials=trials,
+                               models=models.split(",") if models else None,
+                               hardware=hardware.split(",") if hardware else None,
+                               progress=lambda s: status.update(s))
+    console.print(f"wrote {out}.json and {out}.md ({rep['analysis_s']:.1f} s)")
+
+
 @model_app.command("border")
 def model_border(
     model: str = typer.Option("tiny-llama", "--model", "-m"),
@@ -456,14 +568,18 @@ def reveal(
     target: str = typer.Argument(..., help="numpy.sum | torch.sum | torch.matmul (CPU); torch.sum.cuda | torch.matmul.cuda (GPU)"),
     n: int = typer.Option(4096, "--n", help="number of terms (K for matmul)"),
     replay_count: int = typer.Option(10_000, "--replay", help="random inputs for the bit-exact replay"),
+    rows: int = typer.Option(8, "--m", help="torch.matmul.cuda: M of [M,K]x[K,N]"),
+    cols: int = typer.Option(4096, "--cols", help="torch.matmul.cuda: N of [M,K]x[K,N]"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
-    """Reveal the summation order of an op (FPRev masking), as a plan replayed bit for bit."""
+    """Reveal the summation order of an op (FPRev masking), as a plan replayed bit for bit.
+    torch.matmul.cuda (cuBLAS bf16): the split-K family confirmed by masking (K chunking, split-K
+    factor, part bounds, combine) and the op's output digest on seeded inputs."""
     from hspi_kernels.probes import reveal as R
     from hspi_kernels.probes import targets as T
 
     try:
-        t = T.get_target(target, n)
+        t = T.get_target(target, n, rows, cols)
     except (RuntimeError, ValueError) as exc:
         err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2)
@@ -474,7 +590,7 @@ def reveal(
     else:
         table = Table(title=f"hspi reveal — {out['target']}", show_header=False)
         for key in ("revealed", "compact", "plan", "replay", "calls", "calls_bound_4nlog2n", "basic_fprev_calls",
-                    "launches", "seconds", "block_size", "note"):
+                    "launches", "seconds", "block_size", "structure", "note"):
             table.add_row(key, str(out[key])[:400])
         console.print(table)
     if not result.revealed:
@@ -485,7 +601,8 @@ def reveal(
 def card(
     path: str = typer.Option("emulated:sm_90.mma/bf16->fp32", "--path",
                              help="mma.sync | wgmma | triton | cublas | emulated:<preset name>"),
-    fmt: str = typer.Option("bf16", "--format", help="input format (GPU paths)"),
+    fmt: str = typer.Option("bf16", "--format", help="input format (GPU paths): bf16 fp16 tf32 e4m3 e5m2"),
+    out_format: str = typer.Option("fp32", "--out-format", help="output/accumulator format (GPU mma.sync/wgmma): fp32 | fp16"),
     n_verify: int = typer.Option(100_000, "--verify", help="blocks in the final verification"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
@@ -517,7 +634,7 @@ def card(
             "gpu_card_reveal", pathlib.Path(__file__).resolve().parents[1] / "scripts" / "gpu_card_reveal.py")
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
-        unit = mod.gpu_unit(path, fmt)
+        unit = mod.gpu_unit(path, fmt, out_format=out_format)
     result = C.numerics_card(unit, n_verify=n_verify)
     if as_json:
         _print_json(result)

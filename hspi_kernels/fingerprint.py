@@ -24,9 +24,12 @@ Layout::
          "kernels": [str],                          # optional: CUDA kernels of one run (torch.profiler)
          "kernels_error": str,                      # optional: why the kernel names are missing
          "explained_by": [{"plan": {...}, "repr": str, "matches": int, "total": int} | {"error": str}],
+         "timing": {phase: seconds},                # optional: inputs, runs, profiled_run, digests,
+                                                    # plans, features, total (probes.run_probe)
          # status failed: "error", "traceback"; status skipped: "reason", "missing": [capability]
         }
-      ]
+      ],
+      "suite": {"wall_s": float, "phases": {name: seconds}, "cache": {name: int}}  # optional
     }
 
 ``load`` validates before anything reads the content, and every problem is a ``ValueError``
@@ -57,14 +60,32 @@ STATUSES = ("ok", "failed", "skipped")
 ROLES = ("fingerprint", "control")
 
 
-def build(platform: dict[str, Any], label: str, probes: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
+def build(platform: dict[str, Any], label: str, probes: list[dict[str, Any]],
+          suite: dict[str, Any] | None = None) -> dict[str, Any]:
+    fp = {
         "schema": SCHEMA,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "label": label,
         "platform": platform,
         "probes": probes,
     }
+    if suite is not None:
+        fp["suite"] = suite
+    return fp
+
+
+def digests(fp: dict[str, Any]) -> dict[str, str | None]:
+    """{probe id: digest} of the probes that ran (status ok; None when nondeterministic)."""
+    return {r["id"]: r.get("digest") for r in fp["probes"] if r.get("status") == "ok"}
+
+
+def digest_differences(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, str | None, str | None]]:
+    """[(probe id, digest in a, digest in b)] for every probe that ran in both with different
+    digests, or ran (ok) in only one of them. Empty: the two fingerprints are bit-identical on
+    every probe they ran."""
+    da, db = digests(a), digests(b)
+    return [(pid, da.get(pid), db.get(pid)) for pid in sorted(set(da) | set(db))
+            if pid not in da or pid not in db or da[pid] != db[pid]]
 
 
 def save(fingerprint: dict[str, Any], path: str | Path) -> Path:
@@ -193,7 +214,28 @@ def validate(fp: Any, source: str = "<fingerprint>") -> dict[str, Any]:
             explained = _optional(rec, "explained_by", list, where)
             if explained is not None:
                 _validate_explained_by(explained, f"{where}.explained_by")
+        timing = _optional(rec, "timing", dict, where)
+        if timing is not None:
+            _seconds(timing, f"{where}.timing")
+    suite = _optional(fp, "suite", dict, source)
+    if suite is not None:
+        wall = _optional(suite, "wall_s", (int, float), f"{source}: suite")
+        if wall is not None and not 0 <= wall < 1e6:
+            raise ValueError(f"{source}: suite: wall_s {wall!r} out of range")
+        phases = _optional(suite, "phases", dict, f"{source}: suite")
+        if phases is not None:
+            _seconds(phases, f"{source}: suite.phases")
+        counts = _optional(suite, "cache", dict, f"{source}: suite")
+        if counts is not None:
+            _number_list(list(counts.values()), f"{source}: suite.cache", 0, MAX_INT - 1, integer=True)
     return fp
+
+
+def _seconds(phases: dict[str, Any], where: str) -> None:
+    """A {phase: seconds} map: numbers in [0, 1e6)."""
+    for key, value in phases.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e6:
+            raise ValueError(f"{where}: {key!r} must be a number of seconds in [0, 1e6), got {value!r}")
 
 
 _HEX = re.compile(r"[0-9a-f]{1,64}")
@@ -342,3 +384,28 @@ def loads(text: str, source: str = "<fingerprint>") -> dict[str, Any]:
     except ValueError as exc:
         raise ValueError(f"{source}: rejected ({exc})") from None
     return validate(fp, source=source)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m hspi_kernels.fingerprint A.json B.json``: the probes whose digests differ
+    (or that ran in only one file); exit 0 when there are none, 1 when there are, 2 on a bad file."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m hspi_kernels.fingerprint A.json B.json", file=sys.stderr)
+        return 2
+    try:
+        a, b = load(args[0]), load(args[1])
+    except ValueError as exc:
+        print(f"invalid fingerprint: {exc}", file=sys.stderr)
+        return 2
+    diff = digest_differences(a, b)
+    for pid, da, db in diff:
+        print(f"{pid}: {da} != {db}")
+    print(f"{len(digests(a))} / {len(digests(b))} probes ran; {len(diff)} differ")
+    return 1 if diff else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -68,3 +68,44 @@ def test_rejects_truncated_and_non_json(tmp_path):
         fingerprint.load(path)
     with pytest.raises(ValueError, match="cannot read"):
         fingerprint.load(tmp_path / "missing.json")
+
+
+def test_digest_differences():
+    a = _valid()
+    b = json.loads(json.dumps(a))
+    assert fingerprint.digest_differences(a, b) == []
+    b["probes"][0].update(digest="00fe", digests=["00fe", "00fe"])       # negative control
+    assert fingerprint.digest_differences(a, b) == [("numpy/sum/fp32/4x8", "00ff", "00fe")]
+    c = json.loads(json.dumps(a))
+    c["probes"][0]["status"] = "skipped"                               # ran in only one of them
+    assert fingerprint.digest_differences(a, c) == [("numpy/sum/fp32/4x8", "00ff", None)]
+
+
+def test_digest_diff_command(tmp_path, capsys):
+    a = _valid()
+    b = json.loads(json.dumps(a))
+    b["probes"][0].update(digest="00fe", digests=["00fe", "00fe"])
+    pa, pb = fingerprint.save(a, tmp_path / "a.json"), fingerprint.save(b, tmp_path / "b.json")
+    assert fingerprint.main([str(pa), str(pa)]) == 0
+    assert fingerprint.main([str(pa), str(pb)]) == 1 and "00ff != 00fe" in capsys.readouterr().out
+    (tmp_path / "bad.json").write_text("{")
+    assert fingerprint.main([str(pa), str(tmp_path / "bad.json")]) == 2
+
+
+def test_timing_and_suite_sections():
+    fp = _valid()
+    fp["probes"][0]["timing"] = {"inputs": 0.1, "runs": 0.2, "total": 0.4}
+    fp["suite"] = {"wall_s": 3.5, "phases": {"probes": 3.0}, "cache": {"hits": 4, "misses": 0}}
+    fingerprint.validate(fp)
+    for mutate, message in [
+        (lambda f: f["probes"][0]["timing"].update(runs=-1.0), "seconds"),
+        (lambda f: f["probes"][0]["timing"].update(runs="fast"), "seconds"),
+        (lambda f: f["probes"][0].update(timing=[1]), "'timing' must be dict"),
+        (lambda f: f["suite"].update(wall_s=1e9), "out of range"),
+        (lambda f: f["suite"]["phases"].update(probes=True), "seconds"),
+        (lambda f: f["suite"]["cache"].update(hits=-1), "suite.cache"),
+    ]:
+        bad = json.loads(json.dumps(fp))
+        mutate(bad)
+        with pytest.raises(ValueError, match=message):
+            fingerprint.validate(bad)

@@ -3,12 +3,30 @@ negative control), skipped-not-failed probes, output samples; on a GPU the full 
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from hspi_kernels import probes
 from hspi_kernels.numerics.plans import Sequential
+from hspi_kernels.probes import cache
 from hspi_kernels.probes.registry import Probe, ProbeUnsupported
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _private_cache(tmp_path_factory):
+    """This module's runs use a cache of their own (never the user's ~/.cache)."""
+    old = os.environ.get("HSPI_CACHE_DIR")
+    os.environ["HSPI_CACHE_DIR"] = str(tmp_path_factory.mktemp("hspi-cache"))
+    yield
+    if old is None:
+        os.environ.pop("HSPI_CACHE_DIR", None)
+    else:
+        os.environ["HSPI_CACHE_DIR"] = old
 
 
 def test_registry_is_declarative():
@@ -98,3 +116,136 @@ def test_gpu_suite_kernels_and_plans():
             continue
         for entry in r["explained_by"]:
             assert "error" not in entry and entry["matches"] == entry["total"], (pid, entry)
+
+
+# ---------------------------------------------------------------------------------------------
+# Suite speed machinery: the cache, the one profiler session, the timing record
+# ---------------------------------------------------------------------------------------------
+_FAST_CPU = ("numpy/sum/fp32/64x4097", "numpy/colsum", "numpy/dot", "torch-cpu/matmul/bf16/64x1024x64",
+             "torch-cpu/sdpa/fp32")
+
+
+def _fast_cpu_probes():
+    return [p for pid in _FAST_CPU for p in probes.select(pid)]
+
+
+def _comparable(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in ("timing", "time_s")}
+
+
+def test_cache_changes_no_record():
+    """Uncached, cold cache and warm cache runs give the same records (digests, features, plans)."""
+    selected = _fast_cpu_probes()
+    cache.set_enabled(False)
+    try:
+        uncached = [_comparable(r) for r in probes.run_all(selected)]
+    finally:
+        cache.set_enabled(None)
+    suite_timing = {}
+    cold = [_comparable(r) for r in probes.run_all(selected, suite_timing=suite_timing)]
+    warm_timing = {}
+    warm = [_comparable(r) for r in probes.run_all(selected, suite_timing=warm_timing)]
+    assert uncached == cold == warm
+    assert all(r["status"] == "ok" for r in warm) and warm[0]["explained_by"]
+    assert warm_timing["cache"]["hits"] > 0 and warm_timing["cache"]["misses"] == 0
+
+
+def test_corrupt_cache_changes_no_record():
+    """Negative control for the cache: every entry damaged -> recomputed, same records."""
+    selected = _fast_cpu_probes()
+    reference = [_comparable(r) for r in probes.run_all(selected)]
+    root = cache.cache_dir()
+    damaged = 0
+    for path in root.rglob("*.arr"):
+        blob = bytearray(path.read_bytes())
+        blob[-1] ^= 0xFF
+        path.write_bytes(bytes(blob))
+        damaged += 1
+    assert damaged
+    timing = {}
+    again = [_comparable(r) for r in probes.run_all(selected, suite_timing=timing)]
+    assert again == reference and timing["cache"]["rejected"] > 0
+
+
+def test_records_carry_timing():
+    record = probes.run_probe(probes.select("numpy/sum/fp32/64x4097")[0])
+    timing = record["timing"]
+    assert {"inputs", "runs", "digests", "plans", "features", "total"} <= timing.keys()
+    assert all(v >= 0 for v in timing.values())
+    assert timing["total"] >= timing["runs"] + timing["features"]
+    assert len(record["digests"]) == probes.RUNS_PER_PROBE
+
+
+def test_attribute_kernels():
+    markers = [(100.0, 200.0, "a"), (300.0, 400.0, "b")]
+    kernels = [(150.0, "k1"), (120.0, "k0"), (160.0, "k1"), (310.0, "k2"), (250.0, "stray"),
+               (205.0, "late_a"), (295.0, "early_b"), (130.0, "Memcpy HtoD"), (330.0, "hspi-probe::b")]
+    got = probes.attribute_kernels(markers, kernels, slack_us=10.0)
+    assert got == {"a": ["k0", "k1", "late_a"], "b": ["early_b", "k2"]}
+    # negative control: no slack -> the kernels just outside the markers are dropped, not moved
+    assert probes.attribute_kernels(markers, kernels, slack_us=0.0) == {"a": ["k0", "k1"], "b": ["k2"]}
+
+
+def test_kernel_recorder_one_session_attributes_per_probe():
+    """The suite-wide profiler session attributes each op to the probe that ran it (CPU operators
+    stand in for CUDA kernels here: the same events, markers and attribution code)."""
+    import time
+
+    import torch
+
+    a = torch.ones(32, 32)
+    recorder = probes.KernelRecorder("cpu")
+    try:
+        recorder.run("p/mm", lambda: (a @ a).numpy())
+        time.sleep(0.002)
+        b = a.sum()                      # outside every marker: attributed to nobody
+        time.sleep(0.002)
+        recorder.run("p/cumsum", lambda: a.cumsum(0).numpy())
+    finally:
+        names = recorder.finish()
+    assert b.item() == 1024
+    assert set(names) == {"p/mm", "p/cumsum"}
+    assert any("mm" in n for n in names["p/mm"]) and not any("cumsum" in n for n in names["p/mm"])
+    assert any("cumsum" in n for n in names["p/cumsum"]) and not any("aten::mm" == n for n in names["p/cumsum"])
+    assert not any(n == "aten::sum" for ns in names.values() for n in ns)
+
+
+def test_profiled_run_joins_the_determinism_check(monkeypatch):
+    """A probe that records kernel names makes its second run the profiled one: still exactly two
+    runs, and a difference between them still flags it nondeterministic."""
+    import torch
+
+    class CpuRecorder(probes.KernelRecorder):
+        def __init__(self, device="cuda"):
+            super().__init__("cpu")
+
+    monkeypatch.setattr(probes, "KernelRecorder", CpuRecorder)
+    calls = []
+    stable = Probe(id="test/profiled", family="test", backend="torch-cpu", inputs={}, measures="",
+                   run=lambda: calls.append(1) or torch.arange(4.0).cumsum(0).numpy(), profile_kernels=True)
+    (record,) = probes.run_all([stable])
+    assert len(calls) == 2 and record["deterministic"] and len(record["digests"]) == 2
+    assert any("cumsum" in k for k in record["kernels"]) and "profiled_run" in record["timing"]
+    rng = np.random.default_rng()
+    flaky = Probe(id="test/profiled-flaky", family="test", backend="torch-cpu", inputs={}, measures="",
+                  run=lambda: rng.standard_normal(4).astype(np.float32), profile_kernels=True)
+    (record,) = probes.run_all([flaky])
+    assert record["deterministic"] is False and record["digest"] is None
+
+
+def test_probe_cli_timings_and_no_heavy_imports(tmp_path):
+    """`hspi probe` records the suite timing and the cache counts, and never imports the model
+    stack (transformers) or the GPU stacks on a CPU run."""
+    out = tmp_path / "fp.json"
+    code = ("import sys; from hspi_kernels.cli import main; "
+            f"sys.argv = ['hspi', 'probe', '--only', 'numpy/sum', '--timings', '--out', {str(out)!r}]\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "heavy = [m for m in ('transformers', 'sklearn', 'matplotlib') if m in sys.modules]\n"
+            "assert not heavy, heavy")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=dict(os.environ, COLUMNS="200"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "hspi probe timings" in proc.stdout
+    fp = json.loads(out.read_text())
+    assert fp["suite"]["wall_s"] > 0 and "probes" in fp["suite"]["phases"]
+    assert all("timing" in r for r in fp["probes"] if r["status"] == "ok")
