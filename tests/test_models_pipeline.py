@@ -148,3 +148,120 @@ def test_cli_classify_and_identify(collection, tmp_path):
     assert list(tmp_path.glob("cm_*.png"))
     res = cli.invoke(app, ["model", "identify", str(collection), "--ref", str(collection), "--json"])
     assert res.exit_code == 0, res.output
+
+
+# ------------------------------------------------------------------------------------------
+# cross-platform tables (scripts/analyse_models.py) on two synthetic CPU "platforms":
+# platform B runs every bf16 linear layer as a split-K GEMM (two half-K products rounded to
+# bf16, then added: a different accumulation order, as another GPU's cuBLAS kernel choice would
+# give); fp32 is left alone on B, so the fp32 runs are bit-identical across the two platforms
+# and every method must report them at chance.
+# ------------------------------------------------------------------------------------------
+import contextlib  # noqa: E402
+
+XEQCS = ["fp32.sdpa.b1", "fp32.sdpa.b8", "bf16.sdpa.b1", "bf16.sdpa.b8"]
+
+
+@contextlib.contextmanager
+def _split_k_linear(dtypes=(torch.bfloat16,)):
+    orig = torch.nn.functional.linear
+
+    def linear(x, w, b=None):
+        if x.dtype not in dtypes:
+            return orig(x, w, b)
+        k = w.shape[1] // 2
+        y = orig(x[..., :k], w[:, :k]) + orig(x[..., k:], w[:, k:])
+        return y if b is None else y + b
+
+    torch.nn.functional.linear = linear
+    try:
+        yield
+    finally:
+        torch.nn.functional.linear = orig
+
+
+@pytest.fixture(scope="module")
+def two_platforms(runner, tmp_path_factory):
+    d = tmp_path_factory.mktemp("xplat")
+    inputs = mc.make_inputs(runner, n_random=16, n_text=16, length=12)
+    a = mc.collect(runner, XEQCS, inputs, hardware="CPU-A").save(d / "a.npz", max_bytes=4 * 2**20)
+    with _split_k_linear():
+        b = mc.collect(runner, XEQCS, inputs, hardware="CPU-B").save(d / "b.npz", max_bytes=4 * 2**20)
+    return a, b
+
+
+def test_collection_size_budget_fails_before_writing(runner, tmp_path):
+    inputs = mc.make_inputs(runner, n_random=4, n_text=4, length=8)
+    coll = mc.collect(runner, ["fp32.b1"], inputs, repeat=False)
+    with pytest.raises(mc.CollectionTooLarge):
+        coll.save(tmp_path / "big.npz", max_bytes=1000)
+    assert not (tmp_path / "big.npz").exists()
+    skipped = mc.collect(runner, ["fp32.b1"], inputs, repeat=False, deadline=0.0)
+    assert [r["status"] for r in skipped.meta["runs"]] == ["skipped"]
+
+
+def test_cross_platform_tables(two_platforms, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "analyse_models", Path(__file__).resolve().parents[1] / "scripts" / "analyse_models.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "xplat"
+    assert script.main([str(p) for p in two_platforms] + ["-o", str(out), "--dtypes", "fp32,bf16",
+                                                          "--trials", "40", "--queries", "16", "--all-runs"]) == 0
+    rep = json.loads(Path(f"{out}.json").read_text())["models"]["tiny-llama"]
+    md = Path(f"{out}.md").read_text()
+    assert "White-box" in md and "Hardware x dtype" in md and "6-class" in md
+    assert rep["hardware"] == ["CPU-A", "CPU-B"] and rep["held_out_prompts"] == 16
+    # white-box: 100 % for every pair whose bits differ on the held-out prompts
+    wb = rep["whitebox"]
+    assert wb["n_pairs"] == 28 and wb["n_pairs_bits_differ"] >= 20 and wb["all_differing_pairs_100pct"]
+    cross = {r["eqc"]: r for r in rep["cross_hardware"]}
+    for name, r in cross.items():
+        if name.startswith("bf16"):  # different GEMM order: distinguishable, black-box >= 95 % at 16 queries
+            assert not r["bit_identical"] and r["blackbox"]["16"] >= 0.95, (name, r["blackbox"])
+            assert 0.0 <= r["hspi_ld"]["paper"]["accuracy"] <= 1.0  # the paper's SVM may well fail here
+        else:  # bit-identical by construction: every method at chance, never above
+            assert r["bit_identical"]
+            assert abs(r["blackbox"]["16"] - 0.5) < 1e-9 and abs(r["hspi_bi"]["top1_random"]["accuracy"] - 0.5) < 1e-9
+            assert r["hspi_bi"]["border_inputs"] == 0
+            assert r["hspi_ld"]["paper"]["accuracy"] <= 0.5 + 0.15
+    four = {r["config"]: r for r in rep["hardware_x_dtype"]}
+    b1 = four["sdpa.torch.b1"]
+    assert len(b1["classes"]) == 4 and abs(b1["blackbox"]["16"] - 0.75) < 1e-9  # fp32 pair at chance
+    assert b1["hspi_ld_shuffled"]["accuracy"] <= b1["hspi_ld_shuffled"]["chance"] + 0.1
+    assert b1["hspi_ld"]["native"]["accuracy"] > b1["hspi_ld_shuffled"]["accuracy"] + 0.15
+    six = rep["svm_6class"]
+    assert six["fit_ok"] and six["fit_s"] < 60 and len(six["runs"]) == 6
+    control = rep["hspi_ld_all_shuffled"]["native"]
+    assert len(control["per_seed"]) == 3
+    assert control["accuracy"] <= control["chance"] + 0.1 < rep["hspi_ld_all"]["native"]["accuracy"]
+
+
+def test_cross_platform_refuses_different_prompts(runner, two_platforms, tmp_path):
+    from hspi_kernels.models import crossplatform as cp
+
+    other = mc.make_inputs(runner, n_random=16, n_text=16, length=12, seed=5)
+    c = mc.collect(runner, ["fp32.b1"], other, repeat=False, hardware="CPU-C")
+    with pytest.raises(ValueError, match="different prompts"):
+        cp.check_same_inputs([mc.load(two_platforms[0]), c])
+
+
+def test_cli_model_tables_and_same_hardware_tag(two_platforms, tmp_path):
+    from typer.testing import CliRunner
+
+    from hspi_kernels.cli import app
+
+    a, _ = two_platforms
+    out = tmp_path / "same"
+    # one platform against itself (two "sessions"): every pair bit-identical, black-box at chance
+    res = CliRunner().invoke(app, ["model", "tables", f"{a}=s1", f"{a}=s2", "-o", str(out), "--dtypes", "fp32,bf16",
+                                   "--trials", "10", "--queries", "16"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((tmp_path / "same.json").read_text())["models"]["tiny-llama"]
+    assert rep["hardware"] == ["CPU-A@s1", "CPU-A@s2"]
+    assert all(r["bit_identical"] and abs(r["blackbox"]["16"] - 0.5) < 1e-9 for r in rep["cross_hardware"])
+    res = CliRunner().invoke(app, ["model", "tables", str(a), str(a), "-o", str(out)])
+    assert res.exit_code != 0  # the same hardware twice without a tag is refused

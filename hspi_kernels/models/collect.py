@@ -34,8 +34,8 @@ import numpy as np
 
 from hspi_kernels.models.eqc import EQC, applied, parse, quantize_linears, unsupported_reason
 
-__all__ = ["Runner", "Collection", "RunView", "collect", "load", "load_many", "hardware_name",
-           "SCHEMA"]
+__all__ = ["Runner", "Collection", "CollectionTooLarge", "RunView", "collect", "load", "load_many",
+           "hardware_name", "SCHEMA"]
 
 SCHEMA = "hspi-model-collection/1"
 _BITS = {"float64": np.uint64, "float32": np.uint32, "bfloat16": np.uint16, "float16": np.uint16}
@@ -181,8 +181,13 @@ def make_inputs(runner: Runner, n_random: int, n_text: int, length: int, seed: i
 
 def collect(runner: Runner, eqcs: Iterable[EQC | str], inputs: dict[str, np.ndarray], *,
             repeat: bool = True, on_run: Callable[[dict], None] | None = None,
-            collection: "Collection | None" = None) -> "Collection":
-    """Run every EQC over all inputs (plus a repeat execution when ``repeat``) into a collection."""
+            collection: "Collection | None" = None, hardware: str | None = None,
+            deadline: float | None = None) -> "Collection":
+    """Run every EQC over all inputs (plus a repeat execution when ``repeat``) into a collection.
+
+    ``hardware`` overrides the hardware label (default: :func:`hardware_name` of the device; tests
+    use it for synthetic platforms). ``deadline`` (a ``time.perf_counter()`` value): EQCs that would
+    start after it are recorded as ``status="skipped"`` instead of run (time-boxed GPU jobs)."""
     from hspi_kernels import platform as plat
 
     coll = collection or Collection.new(plat.collect())
@@ -202,13 +207,15 @@ def collect(runner: Runner, eqcs: Iterable[EQC | str], inputs: dict[str, np.ndar
                 coll.meta["models"][mname].setdefault("input_digests", {})[s] = features.digest(arr)
             else:
                 coll.arrays[f"{mname}/inputs/{s}"] = arr
-    hw = hardware_name(runner.device)
+    hw = hardware or hardware_name(runner.device)
     eqcs = [parse(e) if isinstance(e, str) else e for e in eqcs]
     for i, eqc in enumerate(eqcs):
         record: dict[str, Any] = {"model": mname, "hardware": hw, "device": runner.device,
                                   "eqc": eqc.to_json(), "eqc_name": eqc.name, "label": f"{hw}/{eqc.name}"}
         reason = unsupported_reason(eqc, runner.device, runner.kind)
-        if reason:
+        if deadline is not None and time.perf_counter() > deadline:
+            record.update(status="skipped", reason="time budget")
+        elif reason:
             record.update(status="unsupported", reason=reason)
         else:
             start = time.perf_counter()
@@ -278,6 +285,10 @@ class RunView:
         return bits.view(dt)
 
 
+class CollectionTooLarge(RuntimeError):
+    """A collection would not fit the size budget (e.g. what a GPU job can send back)."""
+
+
 class Collection:
     def __init__(self, meta: dict[str, Any], arrays: dict[str, np.ndarray], source: str = "<memory>"):
         self.meta = meta
@@ -307,12 +318,23 @@ class Collection:
         prefix = f"{model}/inputs/"
         return {k[len(prefix):]: v for k, v in self.arrays.items() if k.startswith(prefix)}
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, max_bytes: int | None = None) -> Path:
+        """Write the compressed .npz; with ``max_bytes``, the archive is built in memory first and
+        an oversized one raises :class:`CollectionTooLarge` before anything is written."""
+        import io
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = np.frombuffer(json.dumps(self.meta, default=str).encode("utf-8"), dtype=np.uint8)
-        with open(path, "wb") as f:
-            np.savez_compressed(f, __meta__=meta, **self.arrays)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, __meta__=meta, **self.arrays)
+        size = buf.getbuffer().nbytes
+        if max_bytes is not None and size > max_bytes:
+            raise CollectionTooLarge(f"{path.name}: {size / 2**20:.2f} MiB compressed exceeds the budget of "
+                                     f"{max_bytes / 2**20:.2f} MiB; nothing written (fewer prompts/EQCs/slice)")
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(buf.getbuffer())
+        tmp.replace(path)  # atomic: an interrupted job leaves the previous complete file
         return path
 
 

@@ -109,8 +109,24 @@ def features_paper_logits(v: RunView, d: int = 256) -> np.ndarray:
     return ((x[:, :, None] >> shifts) & 1).astype(np.uint8).reshape(x.shape[0], -1)
 
 
+_NATIVE_CACHE: dict[tuple, np.ndarray] = {}
+
+
 def features_native(v: RunView, ref: RunView, d: int = 256) -> np.ndarray:
-    """[n_prompts, F] float64 native bit features of each prompt's log-probs (see module doc)."""
+    """[n_prompts, F] float64 native bit features of each prompt's log-probs (see module doc);
+    memoised per (run, reference, d) of loaded collections (repeated fits, shuffled controls)."""
+    key = (v.source, v.record.get("key"), v.label, ref.source, ref.record.get("key"), ref.label, d)
+    if v.source != "<memory>" and key in _NATIVE_CACHE:
+        return _NATIVE_CACHE[key]
+    out = _features_native(v, ref, d)
+    if v.source != "<memory>":
+        if len(_NATIVE_CACHE) > 4096:
+            _NATIVE_CACHE.clear()
+        _NATIVE_CACHE[key] = out
+    return out
+
+
+def _features_native(v: RunView, ref: RunView, d: int) -> np.ndarray:
     from hspi_kernels import features as fx
 
     lp = np.ascontiguousarray(v.get("logprobs_slice")[:, :d])
