@@ -9,9 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import platform
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,57 +17,24 @@ from pathlib import Path
 import numpy as np
 
 
-def _run(cmd: list[str]) -> str:
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
-    except Exception as exc:  # noqa: BLE001 - metadata is best effort
-        return f"unavailable: {exc}"
-
-
 def platform_metadata() -> dict:
+    """The project's one platform record (hspi_kernels.platform.collect) plus the load-path facts
+    this record is about: the CUDA driver API and NVRTC versions CuPy sees."""
     import cupy
-    import torch
 
-    import hspi_kernels
-    from hspi_kernels import _build_info
+    from hspi_kernels import platform as hspi_platform
     from hspi_kernels.cuda import loader
-
-    props = cupy.cuda.runtime.getDeviceProperties(0)
-    name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
 
     def ver(v: int) -> str:
         return f"{v // 1000}.{(v % 1000) // 10}"
 
-    return {
-        "gpu": {
-            "name": name,
-            "cc": f"{props['major']}.{props['minor']}",
-            "sm_count": props["multiProcessorCount"],
-            "l2_bytes": props["l2CacheSize"],
-            "memory_bytes": props["totalGlobalMem"],
-            "clock_khz": props.get("clockRate"),
-            "device_count": cupy.cuda.runtime.getDeviceCount(),
-        },
-        "driver": {
-            "cuda_driver_api": ver(cupy.cuda.runtime.driverGetVersion()),
-            "nvidia_smi": _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]),
-        },
-        "cuda_runtime": ver(cupy.cuda.runtime.runtimeGetVersion()),
+    meta = hspi_platform.collect()
+    meta["cuda_load_path"] = {
+        "cuda_driver_api": ver(cupy.cuda.runtime.driverGetVersion()),
+        "cuda_runtime_cupy": ver(cupy.cuda.runtime.runtimeGetVersion()),
         "nvrtc": ".".join(map(str, loader._nvrtc().getVersion())),
-        "torch": torch.__version__,
-        "torch_cuda": torch.version.cuda,
-        "cupy": cupy.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "host": {"machine": platform.machine(), "kernel": platform.release()},
-        "hspi_kernels": hspi_kernels.__version__,
-        "git_commit": _run(["git", "rev-parse", "HEAD"]) or None,
-        "build": {
-            "nvcc_version": _build_info.NVCC_VERSION,
-            "cuda_archs": _build_info.CUDA_ARCHS,
-            "cubins": _build_info.CUBINS,
-        },
     }
+    return meta
 
 
 def bit_counts(n: int) -> list[dict]:
@@ -119,6 +84,7 @@ def main() -> int:
     ap.add_argument("--pytest-rc", type=int, default=None)
     args = ap.parse_args()
 
+    from hspi_kernels import platform as hspi_platform
     from hspi_kernels.cuda import loader
 
     status = loader.status()
@@ -128,7 +94,9 @@ def main() -> int:
     elapsed = time.perf_counter() - t0
     ok = all(r["equal"] == r["n"] for r in rows) and args.pytest_rc in (0, None)
 
-    gpu_tag = re.sub(r"[^a-z0-9]+", "-", meta["gpu"]["name"].lower()).strip("-")
+    gpus = meta["torch"].get("gpus") or [{"name": "no-gpu", "compute_capability": "?", "sm_count": 0, "l2_bytes": 0}]
+    g = gpus[0]
+    gpu_tag = re.sub(r"[^a-z0-9]+", "-", g["name"].lower()).strip("-")
     record = {
         "record": "foundation",
         "schema": 1,
@@ -144,10 +112,10 @@ def main() -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1, default=str) + "\n")
 
-    g = meta["gpu"]
-    print(f"\n{g['name']}  sm_{g['cc'].replace('.', '')}  {g['sm_count']} SMs  L2 {g['l2_bytes'] >> 20} MiB  "
-          f"driver {meta['driver']['nvidia_smi']}  CUDA rt {meta['cuda_runtime']}  nvrtc {meta['nvrtc']}  "
-          f"torch {meta['torch']}  cupy {meta['cupy']}  nvcc {meta['build']['nvcc_version']}")
+    load = meta["cuda_load_path"]
+    print(f"\n{hspi_platform.platform_label(meta)}  {g['sm_count']} SMs  L2 {(g['l2_bytes'] or 0) >> 20} MiB  "
+          f"driver {meta['driver']}  CUDA rt {meta['torch']['cuda_runtime']}  nvrtc {load['nvrtc']}  "
+          f"torch {meta['torch']['version']}  cupy {meta['cupy']}  nvcc {meta['build'].get('nvcc_version')}")
     print(f"{'kernel':<18} {'load path':<42} {'inputs':<6} {'equal / n':>17}")
     for r in rows:
         mark = "" if r["equal"] == r["n"] else "  MISMATCH"
