@@ -1,18 +1,25 @@
-"""GPU numerics cards and order revelations in one command (H100/H200, <= ~3 minutes):
+"""GPU numerics cards and order revelations in one command (H100/H200, <= 240 s in all):
 
-    python scripts/gpu_card_reveal.py OUT_DIR
+    python scripts/gpu_card_reveal.py OUT_DIR [--budget 240]
 
-Cards (each capped by n_verify so it stays < 60 s): our mma.sync and wgmma kernels (bf16, fp16,
-tf32), cuBLAS via torch (bf16/fp16 with fp32 output via torch.mm(out_dtype=...), tf32), Triton
-tl.dot if importable. Reveals: cuBLAS bf16 [M,4096]x[4096,4096] for M in {1,8,16,32,64,256} and
-[256,4096]x[4096,256] (bf16 output counted in windows of 256; fp32-output variant too), torch.sum
-CUDA n=4096 (timed), our reduce_rows / cuda-core / tensor-core kernels (their plan() is the
-truth to rediscover). Writes OUT_DIR/card_reveal.json and prints a table last.
+Cards: our mma.sync and wgmma kernels x {bf16, fp16, fp16->fp16, tf32} and wgmma x {e4m3, e5m2}
+(fp8 output e8m13, c != 0 included), cuBLAS via torch (bf16/fp16 with fp32 output via
+torch.mm(out_dtype=...), tf32) and Triton tl.dot (bf16): those add C after the GEMM in fp32, which
+the card finds as its ``epilogue`` (c = 0 and c != 0 verified separately). Reveals: torch.sum CUDA
+n=4096, then cuBLAS bf16 [M,4096]x[4096,4096] for M in {1,8,16,32,64,256} and [256,4096]x[4096,256]
+(split-K family confirmed by masking, replayed on 4096 fresh outputs, output digest on seeded
+inputs for the H100-vs-H200 table: scripts/compare_reveals.py A.json B.json).
+
+Every step is time-boxed (SIGALRM) and the compact record OUT_DIR/card_reveal.json is rewritten
+after each step, so a timeout still leaves everything done so far. A short table is printed last.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
+import signal
 import sys
 import time
 import traceback
@@ -23,27 +30,51 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def gpu_unit(path: str, fmt: str = "bf16", K: int = 64):
-    """A black-box mma(a[B,K], b[B,K], c[B]) on the GPU: each test one output of a GEMM
-    (the diagonal of A @ B + C, chunked)."""
+class StepTimeout(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def timebox(seconds: float):
+    """Raise StepTimeout in this (main) thread after ``seconds``."""
+    def fire(signum, frame):
+        raise StepTimeout(f"time box of {seconds:.0f} s exceeded")
+
+    old = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.01))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+CHUNK = 2048  # blocks per GEMM launch of a card unit (the diagonal of a CHUNK x CHUNK output)
+_TORCH_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "tf32": "float32", "e4m3": "float8_e4m3fn",
+                "e5m2": "float8_e5m2"}
+
+
+def gpu_unit(path: str, fmt: str = "bf16", K: int | None = None, out_format: str = "fp32"):
+    """A black-box mma(a[B,K], b[B,K], c[B]) on the GPU: each block is one diagonal output of
+    ``A @ B^T (+ C)`` over chunks of CHUNK blocks. mma.sync / wgmma take C inside the kernel; the
+    cuBLAS and Triton paths compute ``A @ B^T`` and add ``diag(C)`` in fp32 afterwards."""
     import torch
 
     from hspi_kernels.probes.card import Unit
 
-    tdt = {"bf16": torch.bfloat16, "fp16": torch.float16, "tf32": torch.float32, "e4m3": torch.float8_e4m3fn,
-           "e5m2": torch.float8_e5m2}[fmt]
+    tdt = getattr(torch, _TORCH_DTYPE[fmt])
     cap = torch.cuda.get_device_capability()
     arch = f"sm_{cap[0]}{cap[1]}"
-    if fmt in ("e4m3", "e5m2"):
-        K = max(K, 128)
+    K = K or (128 if fmt in ("e4m3", "e5m2") else 64)
+    cdt = torch.float16 if out_format == "fp16" else torch.float32
 
     def diag_gemm(fn):
         def mma(a, b, c):
             out = np.empty(len(a), np.float32)
-            for s in range(0, len(a), 1024):
-                A = torch.from_numpy(a[s:s + 1024]).cuda()
-                B = torch.from_numpy(b[s:s + 1024]).cuda()
-                C = torch.from_numpy(c[s:s + 1024]).cuda()
+            for s in range(0, len(a), CHUNK):
+                A = torch.from_numpy(np.ascontiguousarray(a[s:s + CHUNK])).cuda()
+                B = torch.from_numpy(np.ascontiguousarray(b[s:s + CHUNK])).cuda()
+                C = torch.from_numpy(np.ascontiguousarray(c[s:s + CHUNK])).cuda()
                 n = len(A)
                 pad = (-n) % 64
                 if pad:
@@ -61,17 +92,16 @@ def gpu_unit(path: str, fmt: str = "bf16", K: int = 64):
         f = tc.mma_sync_gemm if path == "mma.sync" else tc.wgmma_gemm
 
         def fn(A, B, C):
-            Cm = torch.diag_embed(C).contiguous()
-            return f(A.to(tdt).contiguous(), B.to(tdt).t().contiguous(), Cm, in_format=fmt)
+            Cm = torch.diag_embed(C).to(cdt).contiguous()
+            return f(A.to(tdt).contiguous(), B.to(tdt).t().contiguous(), Cm, in_format=fmt, out_format=out_format)
     elif path == "cublas":
-        torch.backends.cuda.matmul.allow_tf32 = fmt == "tf32"
-
         def fn(A, B, C):
+            torch.backends.cuda.matmul.allow_tf32 = fmt == "tf32"
             if fmt in ("bf16", "fp16"):
                 D = torch.mm(A.to(tdt), B.to(tdt).t(), out_dtype=torch.float32)
             else:
                 D = torch.mm(A, B.t())
-            return D + torch.diag_embed(C)  # c added in fp32 after: cards of cuBLAS read c = 0 blocks best
+            return D + torch.diag_embed(C)
     elif path == "triton":
         from hspi_kernels.triton import gemm as tg
 
@@ -79,95 +109,117 @@ def gpu_unit(path: str, fmt: str = "bf16", K: int = 64):
             return tg.matmul(A.to(tdt), B.to(tdt).t().contiguous(), out_dtype=torch.float32) + torch.diag_embed(C)
     else:
         raise ValueError(f"unknown path {path!r}")
-    return Unit(f"{path}/{fmt} ({torch.cuda.get_device_name()})", fmt, K, diag_gemm(fn), arch,
+    tag = f"{fmt}->{out_format}" if out_format != "fp32" else fmt
+    return Unit(f"{path}/{tag} ({torch.cuda.get_device_name()})", fmt, K, diag_gemm(fn), arch,
                 path if path in ("mma.sync", "wgmma") else "mma.sync")
 
 
-def main(out_dir: str) -> int:
+CARDS = [("mma.sync", "bf16", "fp32"), ("mma.sync", "fp16", "fp32"), ("mma.sync", "tf32", "fp32"),
+         ("mma.sync", "fp16", "fp16"), ("wgmma", "bf16", "fp32"), ("wgmma", "fp16", "fp32"),
+         ("wgmma", "tf32", "fp32"), ("wgmma", "fp16", "fp16"), ("wgmma", "e4m3", "fp32"), ("wgmma", "e5m2", "fp32"),
+         ("cublas", "bf16", "fp32"), ("cublas", "fp16", "fp32"), ("cublas", "tf32", "fp32"), ("triton", "bf16", "fp32")]
+GEMM_SHAPES = [(M, 4096, 4096) for M in (1, 8, 16, 32, 64, 256)] + [(256, 4096, 256)]  # (M, K, N)
+
+
+def _compact_card(res: dict) -> dict:
+    keep = ("unit", "in_format", "K", "params", "indistinguishable", "verify", "verify_c0", "verify_c", "exact",
+            "seconds", "fit")
+    out = {k: res[k] for k in keep if k in res}
+    out["features"] = {k: v.get("value") for k, v in res.get("features", {}).items()}
+    out["evidence"] = {k: v.get("evidence") for k, v in res.get("features", {}).items()}
+    return out
+
+
+def main(out_dir: str, budget: float = 240.0) -> int:
     import torch
 
     from hspi_kernels import platform as plat
+    from hspi_kernels.numerics.tensor_core import get_preset
     from hspi_kernels.probes import card as C
     from hspi_kernels.probes import reveal as R
     from hspi_kernels.probes import targets as T
 
+    t_start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cap = torch.cuda.get_device_capability()
     arch = f"sm_{cap[0]}{cap[1]}"
-    record = {"platform": plat.collect(), "cards": [], "reveals": []}
+    record = {"platform": plat.collect(), "budget_s": budget, "cards": [], "reveals": []}
     rows = []
-    t_start = time.perf_counter()
+    left = lambda: budget - (time.perf_counter() - t_start)
 
-    def guarded(kind, label, fn):
+    def save():
+        record["total_s"] = round(time.perf_counter() - t_start, 1)
+        (out / "card_reveal.json").write_text(json.dumps(record, indent=1, default=str))
+
+    def step(kind, label, fn, box):
         t0 = time.perf_counter()
+        box = min(box, left() - 2)
+        if box < 3:
+            record[kind].append({"label": label, "skipped": "total budget spent"})
+            rows.append((label, "SKIPPED", "budget", 0.0))
+            save()
+            return
         try:
-            res = fn()
+            with timebox(box):
+                res = fn()
+            res["label"] = label
             res["wall_s"] = round(time.perf_counter() - t0, 2)
             record[kind].append(res)
             if kind == "cards":
-                rows.append((label, f"{res['params']['G']}/{res['params']['F']}/{res['params']['out_rounding']}"
-                             f"/{res['params']['out_format']}", f"{res['verify']['matches']}/{res['verify']['total']}",
-                             res["wall_s"]))
+                p = res["params"]
+                rows.append((label, f"G={p['G']} F={p['F']} {p['out_format']} {p['out_rounding']} {p['epilogue']}",
+                             f"{res['verify']['matches']}/{res['verify']['total']} (c=0 {res['verify_c0']['matches']}/"
+                             f"{res['verify_c0']['total']})", res["wall_s"]))
             else:
-                rows.append((label, (res["plan"] or "-")[:70], res["replay"] + f" calls={res['calls']}", res["wall_s"]))
-        except Exception as exc:  # keep going: one failing probe must not lose the rest
+                s = res.get("structure") or {}
+                what = (f"P={s.get('split_k')} parts={s.get('part_sizes')} {s.get('combine')}" if s
+                        else (res.get("plan") or "-")[:60])
+                dig = (res.get("digest") or {}).get("sha256", "")[:10]
+                rows.append((label, what[:70], f"{res['replay']} launches={res['launches']} bits {dig}", res["wall_s"]))
+        except Exception as exc:  # one failing or slow step must not lose the rest
             record[kind].append({"label": label, "error": f"{type(exc).__name__}: {exc}",
-                                 "traceback": traceback.format_exc()[-2000:]})
-            rows.append((label, "ERROR", str(exc)[:60], round(time.perf_counter() - t0, 2)))
-        (out / "card_reveal.json").write_text(json.dumps(record, indent=1, default=str))
+                                 "traceback": traceback.format_exc()[-1500:]})
+            rows.append((label, "ERROR", f"{type(exc).__name__}: {exc}"[:60], round(time.perf_counter() - t0, 2)))
+        save()
 
-    # cards
-    for path, fmt in [("mma.sync", "bf16"), ("mma.sync", "fp16"), ("wgmma", "bf16"), ("wgmma", "fp16"),
-                      ("mma.sync", "tf32"), ("cublas", "bf16"), ("cublas", "fp16"), ("cublas", "tf32"),
-                      ("triton", "bf16")]:
-        def run_card(path=path, fmt=fmt):
-            res = C.numerics_card(gpu_unit(path, fmt), n_verify=100_000, fit_blocks=3_000)
-            res["label"] = f"card {path}/{fmt}"
+    # -- reveals --------------------------------------------------------------------------------
+    def rev(target, label, box, count=4096):
+        def go():
+            return R.reveal(target, replay_count=count).to_json()
+        step("reveals", label, go, box)
+
+    rev(T.torch_sum_cuda(4096), "torch.sum cuda n=4096", box=15)
+    for M, K, N in GEMM_SHAPES:
+        rev(T.torch_matmul_cuda(M, K, N, "bf16", arch=arch), f"cublas bf16 [{M},{K}]x[{K},{N}]", box=20)
+
+    # -- cards (after the reveals, which are the key acceptance; about 8 s each) ------------------
+    for path, fmt, out_fmt in CARDS:
+        def run_card(path=path, fmt=fmt, out_fmt=out_fmt):
+            res = _compact_card(C.numerics_card(gpu_unit(path, fmt, out_format=out_fmt), n_verify=100_000,
+                                                fit_blocks=3_000))
             try:
-                from hspi_kernels.numerics.tensor_core import get_preset
-
-                p = C.model_params(get_preset(arch, fmt, "fp32", path if path != "cublas" and path != "triton" else "mma.sync"))
+                pp = path if path in ("mma.sync", "wgmma") else "wgmma"
+                want_out = out_fmt if fmt not in ("e4m3", "e5m2") else "e8m13"
+                p = C.model_params(get_preset(arch, fmt, want_out, pp))
                 res["preset_disagreements"] = {k: (p[k], res["params"][k]) for k in p if p[k] != res["params"][k]}
             except ValueError:
                 pass
             return res
-        guarded("cards", f"card {path}/{fmt}", run_card)
+        tag = fmt if out_fmt == "fp32" else f"{fmt}->{out_fmt}"
+        step("cards", f"card {path}/{tag}", run_card, box=15)
 
-    # reveals
-    def rev(target, label, count=4096):
-        def go():
-            res = R.reveal(target, replay_count=count).to_json()
-            res["label"] = label
-            truth = target.extra.get("truth")
-            if truth is not None:
-                res["truth"] = repr(truth)
-            return res
-        guarded("reveals", label, go)
-
-    rev(T.torch_sum_cuda(4096), "torch.sum cuda n=4096")
-    for M in (1, 8, 16, 32, 64, 256):
-        rev(T.torch_matmul_cuda(M, 4096, 4096, "bf16", arch=arch), f"cublas bf16 [{M},4096]x[4096,4096]")
-    rev(T.torch_matmul_cuda(256, 4096, 256, "bf16", arch=arch), "cublas bf16 [256,4096]x[4096,256]")
-    for M in (1, 256):
-        rev(T.torch_matmul_cuda(M, 4096, 4096, "bf16", out_fp32=True, arch=arch), f"cublas bf16 out fp32 [{M},4096]x[4096,4096]")
-    rev(T.hspi_reduce_rows(1024, "block_tree"), "hspi reduce_rows block_tree")
-    rev(T.hspi_reduce_rows(1024, "warp_xor"), "hspi reduce_rows warp_xor")
-    rev(T.hspi_cuda_core_gemm(512, "splitk"), "hspi cuda_core splitk")
-    rev(T.hspi_tensor_core_gemm(512, "mma.sync", "bf16", split_k=2, arch=arch), "hspi mma.sync bf16 split_k=2")
-    if cap[0] == 9:
-        rev(T.hspi_tensor_core_gemm(512, "wgmma", "bf16", arch=arch), "hspi wgmma bf16")
-
-    record["total_s"] = round(time.perf_counter() - t_start, 1)
-    (out / "card_reveal.json").write_text(json.dumps(record, indent=1, default=str))
-    print(f"{'item':44s} {'result':72s} {'match':28s} s")
+    save()
+    print(f"{'item':36s} {'result':70s} {'match':34s} s")
     for label, what, match, secs in rows:
-        print(f"{label:44s} {what:72s} {match:28s} {secs}")
-    print(f"total {record['total_s']} s -> {out / 'card_reveal.json'}")
+        print(f"{label:36s} {what:70s} {match:34s} {secs}")
+    print(f"total {record['total_s']} s (budget {budget}) -> {out / 'card_reveal.json'}")
     return 0
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python scripts/gpu_card_reveal.py OUT_DIR")
-    sys.exit(main(sys.argv[1]))
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out_dir")
+    ap.add_argument("--budget", type=float, default=240.0, help="seconds for the whole run")
+    a = ap.parse_args()
+    sys.exit(main(a.out_dir, a.budget))

@@ -10,15 +10,15 @@ import pytest
 from hspi_kernels.numerics import tensor_core as TC
 from hspi_kernels.probes import card as C
 
-FP32_OUT = [n for n, m in TC.PRESETS.items() if m.out_format == "fp32" and m.in_format in ("fp16", "bf16", "tf32")]
-# Each card fits on the CPU emulator (15-60 s): the default run covers one preset per arch family
-# and input format; `pytest -m slow` runs every preset.
-QUICK = {"sm_70.mma/fp16->fp32", "sm_80.mma/bf16->fp32", "sm_80.mma/tf32->fp32",
-         "sm_90.mma/bf16->fp32", "sm_90.wgmma/tf32->fp32", "sm_100.mma/fp16->fp32"}
-assert QUICK <= set(FP32_OUT), sorted(QUICK - set(FP32_OUT))
-SWEEP = [n if n in QUICK else pytest.param(n, marks=pytest.mark.slow) for n in FP32_OUT]
-# one representative per open family (each takes 15-60 s)
-OPEN = ["sm_80.mma/fp16->fp16", "sm_90.mma/fp16->fp16", "sm_89.mma/e4m3->fp32", "sm_90.mma/e5m2->e8m13"]
+ALL = sorted(TC.PRESETS)
+# A card takes 1-3 s on the CPU emulator (native evaluator): the default run covers one preset per
+# arch family, input format and output format (fp16 output and fp8 included); `-m slow` runs all.
+QUICK = {"sm_70.mma/fp16->fp32", "sm_80.mma/bf16->fp32", "sm_80.mma/tf32->fp32", "sm_80.mma/fp16->fp16",
+         "sm_89.mma/e4m3->fp32", "sm_90.mma/bf16->fp32", "sm_90.wgmma/tf32->fp32", "sm_90.mma/fp16->fp16",
+         "sm_90.wgmma/e4m3->e8m13", "sm_90.mma/e5m2->e8m13", "sm_100.tcgen05/e4m3->fp32", "sm_100.mma/fp16->fp32"}
+assert QUICK <= set(ALL), sorted(QUICK - set(ALL))
+SWEEP = [n if n in QUICK else pytest.param(n, marks=pytest.mark.slow) for n in ALL]
+EXACT_KEYS = ("G", "F", "out_format", "input_low_bits_ignored")
 
 
 def _card(model, **kw):
@@ -26,22 +26,69 @@ def _card(model, **kw):
 
 
 @pytest.mark.parametrize("name", SWEEP)
-def test_card_recovers_fp32_output_presets(name):
+def test_card_recovers_every_preset(name):
     model = TC.PRESETS[name]
     card = _card(model)
     got, want = card["params"], C.model_params(model)
-    for key in ("G", "F", "out_format", "out_rounding", "input_low_bits_ignored"):
+    for key in EXACT_KEYS:
         assert got[key] == want[key], (key, got[key], want[key])
-    assert want["emax_floor"] in card["emax_floor_indistinguishable"]
+    # the searched parameters: the preset's value fits as well as the reported one, and when the
+    # data tells the values apart the card reports exactly the preset's
+    for key in C.SEARCHED:
+        same = card["indistinguishable"][key]
+        assert want[key] in same, (key, want[key], same)
+        if len(same) == 1:
+            assert got[key] == want[key], (key, got[key], want[key])
+    assert got["epilogue"] == "fused" and card["indistinguishable"]["epilogue"] == ["fused"]
     assert card["exact"], card["verify"]
+    assert card["verify_c0"]["total"] > 0 and card["verify_c"]["total"] > 0
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(reason="open: fp16-output and fp8 presets are not yet recovered by the feature tests", strict=False)
-@pytest.mark.parametrize("name", OPEN)
-def test_card_recovers_other_presets(name):
-    card = _card(TC.PRESETS[name], n_verify=5_000)
-    assert card["exact"]
+def test_card_fp8_and_fp16_output_features():
+    """The feature tests alone (before any fit) name Hopper fp8's e8m13 output and fp16 RNE output."""
+    fp8 = C._features(C.emulated_unit(TC.PRESETS["sm_90.wgmma/e4m3->e8m13"]))
+    assert (fp8["G"]["value"], fp8["F"]["value"], fp8["out_fraction_bits"]["value"]) == (32, 13, 13)
+    assert fp8["out_rounding"]["value"] == "RZ" and fp8["monotonic"]["value"] is False
+    h16 = C._features(C.emulated_unit(TC.PRESETS["sm_90.mma/fp16->fp16"]))
+    assert (h16["G"]["value"], h16["F"]["value"], h16["out_fraction_bits"]["value"]) == (16, 25, 10)
+    assert h16["out_rounding"]["value"] == "RNE"
+    # sm_89 fp8 keeps fp32 output: every bit above the F=13 grid survives (at least F+1 bits)
+    ada = C._features(C.emulated_unit(TC.PRESETS["sm_89.mma/e4m3->fp32"]))
+    assert ada["out_fraction_bits"]["value"] == 14 and ada["out_rounding"]["value"] is None
+
+
+def _library_unit(model, blocks=4):
+    """A cuBLAS-like black box: the tensor-core chain from C = 0, then ``+ C`` in fp32."""
+    def mma(a, b, c):
+        return (TC.chain(model, a, b, np.zeros_like(c)) + c).astype(np.float32)
+    return C.Unit(f"library:{model.name}", model.in_format, model.G * blocks, mma, model.arch, model.path)
+
+
+def test_card_finds_fp32_epilogue_of_library_path():
+    model = TC.PRESETS["sm_90.mma/bf16->fp32"]
+    card = C.numerics_card(_library_unit(model), n_verify=20_000, fit_blocks=5_000)
+    assert card["params"]["epilogue"] == "fp32_add", card["fit"]
+    for key in EXACT_KEYS:
+        assert card["params"][key] == C.model_params(model)[key]
+    assert card["exact"], card["verify"]
+    # negative control: the fused model alone does not explain this unit
+    va, vb, vc = C._blocks(_library_unit(model), 5_000, 7)
+    want = _library_unit(model).mma(va, vb, vc).view(np.uint32)
+    assert C._matches(model, va, vb, vc, want, "fused") < len(want)
+
+
+def test_card_rejects_a_nondeterministic_unit():
+    """A unit that is no fixed block model (a random low bit flipped per call) is never exact."""
+    model = TC.PRESETS["sm_80.mma/bf16->fp32"]
+    rng = np.random.default_rng(0)
+
+    def noisy(a, b, c):
+        d = TC.chain(model, a, b, c)
+        flip = (rng.random(d.shape) < 0.01).astype(np.uint32)
+        return (d.view(np.uint32) ^ flip).view(np.float32)
+
+    card = C.numerics_card(C.Unit("noisy", "bf16", 32, noisy, "sm_80"), n_verify=20_000, fit_blocks=5_000)
+    assert not card["exact"] and card["verify"]["matches"] < card["verify"]["total"]
 
 
 def test_card_verifies_on_1e5_blocks():

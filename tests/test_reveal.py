@@ -79,3 +79,108 @@ def test_bf16_output_windowed_counts():
     tree = R.reveal_tree(engine)
     interner = R._Interner(1024)
     assert R.canonical_tree(tree, interner) == R.plan_tree(plan, 1024, False, interner)
+
+
+# -- split-K revelation (cuBLAS-like black boxes: the evaluator running a known plan) ----------------
+CHAIN = P.Chain(TC, k=16)
+SPLITK_TRUTHS = [
+    P.SplitK(3, inner=CHAIN, combine=P.Sequential(), tile=64),  # K=512: parts 192/192/128 (uneven)
+    P.SplitK(4, inner=CHAIN, combine=P.Sequential(), tile=64),
+    P.SplitK(4, inner=CHAIN, combine=P.Pairwise(), tile=32),  # tree combine
+    P.SplitK(3, "interleaved", inner=CHAIN, combine=P.Sequential(), tile=64),
+]
+
+
+def _same_tree(a, b, K):
+    interner = R._Interner(K)
+    return R.plan_tree(a, K, True, interner) == R.plan_tree(b, K, True, interner)
+
+
+@pytest.mark.parametrize("truth", SPLITK_TRUTHS, ids=repr)
+def test_split_k_structured_reveal_recovers_plan(truth):
+    K = 512
+    target = T.emulated_gemm(truth, K, M=2, N=512, in_format="bf16", block=TC)
+    r = R.reveal(target, replay_count=4096, structured=True)
+    assert r.revealed and r.compact, r.to_json()
+    assert (r.replay_matches, r.replay_total) == (4096, 4096)
+    assert _same_tree(r.plan, truth, K)
+    s = r.to_json()["structure"]
+    parts = P.split_k_indices(truth, K)
+    assert s["split_k"] == truth.parts and s["block_G"] == 16
+    assert s["part_sizes"] == [len(p) for p in parts]
+    assert s["uneven_parts"] == (len({len(p) for p in parts}) > 1)
+    assert r.digest and len(r.digest["sha256"]) == 64
+
+
+def test_split_k_reveal_through_bf16_output():
+    """cuBLAS writes bf16: counts go through windows of 256 ones; uneven P=3 still recovered."""
+    K = 1024
+    truth = P.SplitK(3, inner=CHAIN, combine=P.Sequential(), tile=64)  # 384/384/256
+    target = T.emulated_gemm(truth, K, M=1, N=1024, in_format="bf16", block=TC, out_format="bf16")
+    r = R.reveal(target, replay_count=4096)
+    assert r.revealed and _same_tree(r.plan, truth, K), r.to_json()
+    assert r.to_json()["structure"]["part_bounds"] == [[0, 384], [384, 768], [768, 1024]]
+
+
+def test_split_k_reveal_rejects_random_per_call_order():
+    """Negative control: a black box picking split-K 3 or 4 at random per call is no fixed plan."""
+    K = 512
+    plans = [SPLITK_TRUTHS[0], SPLITK_TRUTHS[1]]
+    target = T.emulated_unfixed_gemm(plans, K, M=2, N=512, in_format="bf16", block=TC, seed=3)
+    r = R.reveal(target, replay_count=4096, structured=True)
+    assert not r.revealed, r.to_json()
+
+
+def test_pivot_row_matches_masking_on_truth():
+    K = 512
+    truth = SPLITK_TRUTHS[0]
+    engine = R.QueryEngine(T.emulated_gemm(truth, K, M=2, N=512, in_format="bf16", block=TC))
+    interner = R._Interner(K)
+    root = R.plan_tree(truth, K, True, interner)
+    for pivot in (0, 200, K - 1):
+        others = np.array([j for j in range(K) if j != pivot])
+        want = np.zeros(K, np.int64)
+        want[others] = engine.sizes(pivot, others)
+        assert np.array_equal(R.pivot_row(root, pivot, R._tree_tables(interner), K), want)
+
+
+def test_compare_records_explains_split_k_difference():
+    """Two simulated GPUs: P=3 vs P=4 (bits differ, explained), and P=3 on both (same bits)."""
+    K = 512
+
+    def record(truth):
+        target = T.emulated_gemm(truth, K, M=2, N=512, in_format="bf16", block=TC, out_format="bf16")
+        res = R.reveal(target, replay_count=4096, structured=True).to_json()
+        res["label"] = "gemm"
+        return {"reveals": [res]}
+
+    p3, p4 = record(SPLITK_TRUTHS[0]), record(SPLITK_TRUTHS[1])
+    [row] = R.compare_records(p3, p4)
+    assert (row["split_a"], row["split_b"]) == (3, 4)
+    assert row["bits_differ"] and not row["same_plan"] and row["explained"]
+    assert row["row0_a_explained"] and row["row0_b_explained"] and row["plans_disagree_row0"]
+    [same] = R.compare_records(p3, record(SPLITK_TRUTHS[0]))
+    assert same["same_plan"] and not same["bits_differ"] and same["explained"]
+    # negative control: a record whose digest was not produced by its plan is not explained
+    p4["reveals"][0]["digest"] = dict(p3["reveals"][0]["digest"])
+    [bad] = R.compare_records(p3, p4)
+    assert not bad["explained"] and not bad["row0_b_explained"]
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "tf32", "fp16", "e4m3", "e5m2"])
+def test_to_format_fast_paths_equal_the_rounding_module(fmt):
+    from hspi_kernels.numerics.formats import decode, get_format
+    from hspi_kernels.numerics.rounding import round_to_format
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(200_000) * np.exp2(rng.integers(-140, 128, 200_000))).astype(np.float32)
+    x[:4] = [np.finfo(np.float32).max, -np.finfo(np.float32).max, 65519.0, 2.0 ** -149]
+    if fmt in ("e4m3", "e5m2"):  # the fp8 fast path covers the finite range (the card clips to it)
+        f = get_format(fmt)
+        x = np.clip(x * np.float32(2.0 ** -100), -f.max_finite, f.max_finite).astype(np.float32)
+    ties = np.float32(1.0) + np.float32(2.0 ** -8) * np.arange(1, 9, dtype=np.float32)  # bf16 ties
+    x = np.concatenate([x, ties, -ties])
+    with np.errstate(over="ignore"):
+        slow = decode(round_to_format(x, fmt), fmt).astype(np.float32)
+    fast = T.to_format(x, fmt)
+    assert np.array_equal(fast.view(np.uint32), slow.view(np.uint32))

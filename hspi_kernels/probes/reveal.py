@@ -43,7 +43,8 @@ import numpy as np
 from hspi_kernels.numerics import plans as P
 
 __all__ = ["RevealError", "QueryEngine", "reveal_tree", "canonical_tree", "plan_tree", "match_plan",
-           "replay", "reveal", "RevealResult", "basic_fprev_calls"]
+           "replay", "reveal", "RevealResult", "basic_fprev_calls", "describe",
+           "split_k_family", "reveal_structured", "pivot_row"]
 
 
 class RevealError(RuntimeError):
@@ -440,6 +441,112 @@ def _flat_ok(t) -> bool:
     return True
 
 
+# -- structured search (long K: a plan family confirmed by pivot rows) ------------------------------
+def split_k_family(n: int, block: P.TensorCore, max_parts: int = 16) -> list[P.Plan]:
+    """Split-K plans over a chain of tensor-core blocks (what cuBLAS / CUTLASS kernels do): the
+    factor P, contiguous or interleaved parts cut on K tiles (uneven last part included), and the
+    combine (fp32 sequential from the first part or from +0, pairwise, 4-way tree, CUDA block tree)."""
+    G = block.model().G
+    chain = P.Chain(block, k=G)
+    out: list[P.Plan] = [chain]
+    seen: set = set()
+    tiles = [t for t in (G, 32, 64, 128, 256, 512) if t % G == 0]
+    for parts in range(2, max_parts + 1):
+        combines = [P.Sequential(), P.Sequential(init="zero"), P.Pairwise(), P.BlockTree(1 << (parts - 1).bit_length())]
+        if parts > 4:
+            combines.append(P.Tree(4))
+        for layout in ("contiguous", "interleaved"):
+            for tile in tiles:
+                if n % G or tile * parts > n:
+                    continue
+                plan = P.SplitK(parts, layout, inner=chain, combine=P.Sequential(), tile=tile)
+                cut = tuple((int(ix[0]), len(ix)) if layout == "contiguous" else tuple(ix.tolist())
+                            for ix in P.split_k_indices(plan, n))
+                if len(cut) != parts or cut in seen:  # same parts from another tile: same plans
+                    continue
+                seen.add(cut)
+                for combine in combines:
+                    out.append(P.SplitK(parts, layout, inner=chain, combine=combine, tile=tile))
+    return out
+
+
+def _tree_tables(interner: _Interner):
+    """children and leaf-count tables of every interned node (the nodes form a DAG: trees of
+    different plans share subtrees, so parents are found per root)."""
+    children = {v: k for k, v in interner.table.items()}
+    size = {i: 1 for i in range(interner.n)}
+    for node in sorted(children):  # ids grow with creation: children first
+        size[node] = sum(size[c] for c in children[node])
+    return children, size
+
+
+def pivot_row(root: int, pivot: int, tables, n: int) -> np.ndarray:
+    """|subtree(lca(pivot, j))| for every leaf j < n of the tree ``root`` (0 at the pivot)."""
+    children, size = tables
+    parent: dict[int, int] = {}
+    stack = [root]
+    while stack:  # inside one tree every node occurs once (its leaves are its own)
+        x = stack.pop()
+        for c in children.get(x, ()):
+            parent[c] = x
+            if c >= n:
+                stack.append(c)
+    row = np.zeros(n, dtype=np.int64)
+    prev, node = pivot, parent.get(pivot)
+    while node is not None:
+        stack = [c for c in children[node] if c != prev]
+        while stack:
+            x = stack.pop()
+            if x < n:
+                row[x] = size[node]
+            else:
+                stack.extend(children[x])
+        prev, node = node, parent.get(node)
+    return row
+
+
+_FAMILY_TREES: dict = {}  # (n, family) -> (plan roots, tree tables, pivot-row cache)
+
+
+def reveal_structured(target, engine: QueryEngine, family: list[P.Plan], pivots: int = 6, seed: int = 0):
+    """Plans of ``family`` whose trees give the measured lca sizes on ``pivots`` pivot rows (the
+    first and last term, then random ones): (survivors, measured rows). Each pivot row is one
+    batched masking sweep (n - 1 queries)."""
+    n = engine.n
+    rng = np.random.default_rng(seed)
+    key = (n, tuple(family))
+    if key not in _FAMILY_TREES:  # one GPU script reveals several shapes of one K: build once
+        interner = _Interner(n)
+        roots = {}
+        for plan in family:
+            try:
+                roots[plan] = plan_tree(plan, n, True, interner)
+            except ValueError:
+                continue
+        _FAMILY_TREES.clear()
+        _FAMILY_TREES[key] = (roots, _tree_tables(interner), {})
+    roots, tables, cache = _FAMILY_TREES[key]
+    order = [0, n - 1] + [int(v) for v in rng.choice(np.arange(1, n - 1), size=max(0, min(pivots, n) - 2), replace=False)]
+    alive = dict(roots)
+    measured = {}
+    for pivot in order:
+        others = np.array([j for j in range(n) if j != pivot])
+        row = np.zeros(n, dtype=np.int64)
+        row[others] = engine.sizes(pivot, others)
+        measured[pivot] = row
+        keep = {}
+        for plan, root in alive.items():
+            key = (root, pivot)
+            if key not in cache:
+                cache[key] = pivot_row(root, pivot, tables, n)
+            if np.array_equal(cache[key], row):
+                keep[plan] = root
+        alive = keep
+        if not alive:
+            break
+    return list(alive), measured
+
+
 # -- replay -------------------------------------------------------------------------------------
 def replay(target, plan: P.Plan, count: int = 10_000, seed: int = 1) -> tuple[int, int]:
     """(matches, total) of ``evaluate(plan, x) == op(x)`` bitwise on fresh random inputs."""
@@ -462,6 +569,7 @@ class RevealResult:
     block_size: int | None = None
     note: str = ""
     candidates: list = field(default_factory=list)
+    digest: dict | None = None  # the op's output bits on fixed seeded inputs (Target.digest)
 
     @property
     def revealed(self) -> bool:
@@ -476,11 +584,88 @@ class RevealResult:
                 "basic_fprev_calls": self.basic_calls,
                 "replay": f"{self.replay_matches}/{self.replay_total}", "fused_nodes": self.fused_nodes,
                 "block_size": self.block_size, "note": self.note,
+                "structure": describe(self.plan, self.n) if (self.plan is not None and self.compact) else None,
+                "digest": self.digest,
                 "candidates_tried": [repr(c) for c in self.candidates[:8]]}
 
 
-def reveal(target, replay_count: int = 10_000, seed: int = 0) -> RevealResult:
-    """Reveal, match, replay. ``target`` from :mod:`targets`."""
+def describe(plan: P.Plan, n: int) -> dict | None:
+    """What a revealed dot-product plan says about the kernel: the tensor-core block G and the
+    products per chained step, the split-K factor, each part's K range and the combine."""
+    inner, combine, parts = plan, None, [np.arange(n)]
+    out: dict = {"plan": repr(plan)}
+    if isinstance(plan, P.SplitK):
+        inner, combine = plan.inner, plan.combine
+        parts = P.split_k_indices(plan, n)
+        out["layout"] = plan.layout
+    if not isinstance(inner, P.Chain):
+        return None  # sums and SIMT dot products: the plan itself says it all
+    out["block_G"] = inner.block.model().G
+    out["chain_k"] = inner.k
+    out["block"] = repr(inner.block)
+    out["split_k"] = len(parts)
+    contiguous = all(np.array_equal(p, np.arange(p[0], p[0] + len(p))) for p in parts)
+    out["part_bounds"] = [[int(p[0]), int(p[-1]) + 1] for p in parts] if contiguous else None
+    out["part_sizes"] = [int(len(p)) for p in parts]
+    out["uneven_parts"] = len(set(out["part_sizes"])) > 1
+    out["combine"] = repr(combine) if combine is not None else None
+    return out
+
+
+def reveal(target, replay_count: int = 10_000, seed: int = 0, digest_seed: int | None = 1234,
+           structured: bool | None = None) -> RevealResult:
+    """Reveal, match, replay. ``target`` from :mod:`targets`. ``digest_seed``: also record the
+    op's output digest on fixed seeded inputs (None: skip). ``structured``: reveal a dot product
+    by the split-K family search (default: when K > STRUCTURED_ABOVE and the target hints a
+    tensor-core block) instead of the full tree."""
+    if structured is None:
+        structured = target.kind == "gemm" and getattr(target, "block", None) is not None and target.n > STRUCTURED_ABOVE
+    if structured:
+        result = _reveal_structured(target, replay_count, seed, time.perf_counter())
+    else:
+        result = _reveal(target, replay_count, seed)
+    if digest_seed is not None and hasattr(target, "digest"):
+        result.digest = target.digest(digest_seed)
+    return result
+
+
+# dot products longer than this (with a tensor-core block hint) are revealed by the structured
+# search: the full tree costs ~n (2 + G/2) queries in many small batches, each a GEMM launch
+STRUCTURED_ABOVE = 512
+
+
+def _reveal_structured(target, replay_count: int, seed: int, t0: float) -> RevealResult:
+    """Split-K family confirmed by pivot rows, then replayed; never reports an unreplayed plan."""
+    n = target.n
+    try:
+        engine = QueryEngine(target)
+        survivors, measured = reveal_structured(target, engine, split_k_family(n, target.block), seed=seed)
+    except RevealError as exc:
+        return RevealResult(target.name, n, None, False, 0, 0, time.perf_counter() - t0, 0, 0, basic_fprev_calls(n),
+                            note=f"structured search: {exc}")
+    # measured block size: the lca sizes of term 0 step in multiples of G inside its first part
+    row0 = measured[0]
+    G = int(np.min(row0[1:])) if n > 1 else None
+    chosen, matches, total, tried, notes = None, 0, 0, [], []
+    for cand in survivors:
+        m, t = target.replay(cand, replay_count, seed + 1)
+        tried.append(cand)
+        if m == t:
+            chosen, matches, total = cand, m, t
+            break
+        notes.append(f"{cand!r} matched the masks but replayed {m}/{t}")
+        if chosen is None and m >= matches:
+            matches, total = m, t
+    note = "; ".join(notes[:3])
+    if not survivors:
+        note = (f"no plan of the split-K family gives the measured lca sizes on {len(measured)} pivot rows "
+                f"(smallest lca of term 0: {G}); not revealed")
+    return RevealResult(target.name, n, chosen, chosen is not None, engine.calls, engine.launches,
+                        time.perf_counter() - t0, matches if chosen is not None else matches, total,
+                        basic_fprev_calls(n), 0, G, note, tried)
+
+
+def _reveal(target, replay_count: int, seed: int) -> RevealResult:
     t0 = time.perf_counter()
     engine = None
     tree = None
@@ -538,3 +723,72 @@ def reveal(target, replay_count: int = 10_000, seed: int = 0) -> RevealResult:
     return RevealResult(target.name, n, chosen, compact, engine.calls, engine.launches,
                         time.perf_counter() - t0, matches, total, basic_fprev_calls(n), len(fused), block_size,
                         note.strip("; "), candidates)
+
+
+# -- two GPUs, one op: do the revealed plans explain the bit differences? ------------------------------
+def plan_row0_sha(rec: dict, plan: P.Plan) -> str:
+    """sha256 of the plan's output for row 0 of the record's seeded inputs (the op's row 0 digest
+    is ``rec["digest"]["row0_sha256"]``)."""
+    import hashlib
+
+    from hspi_kernels.numerics.evaluate import gemm
+    from hspi_kernels.probes.targets import Target, to_format
+
+    d = rec["digest"]
+    M, N, K = d["gemm_shape"]
+    t = Target("replay", K, "gemm", in_format=d["in_format"], shape=(M, N, K))
+    A, B = t.seeded_inputs(d["seed"])
+    out = gemm(plan, A[:1], B)
+    if d["out_format"] != "fp32":
+        out = to_format(out, d["out_format"])
+    return hashlib.sha256(np.ascontiguousarray(out[0]).view(np.uint32).tobytes()).hexdigest()
+
+
+def compare_records(a: dict, b: dict, check_rows: bool = True) -> list[dict]:
+    """Per reveal label present in both records: each side's plan, whether the op's bits differ on
+    the same seeded inputs, and whether the plans explain it (same tree => same bits expected,
+    different => differ; with ``check_rows`` each plan is evaluated on row 0 of the seeded inputs
+    and must give that GPU's row-0 bits)."""
+    rows = []
+    by_label = {r.get("label", r.get("target")): r for r in b.get("reveals", [])}
+    for ra in a.get("reveals", []):
+        label = ra.get("label", ra.get("target"))
+        rb = by_label.get(label)
+        if rb is None:
+            continue
+        row = {"label": label, "plan_a": ra.get("plan"), "plan_b": rb.get("plan"),
+               "revealed_a": ra.get("revealed", False), "revealed_b": rb.get("revealed", False),
+               "replay_a": ra.get("replay"), "replay_b": rb.get("replay"),
+               "split_a": (ra.get("structure") or {}).get("split_k"), "split_b": (rb.get("structure") or {}).get("split_k")}
+        da, db = ra.get("digest") or {}, rb.get("digest") or {}
+        row["bits_differ"] = (da.get("sha256") != db.get("sha256")) if da and db else None
+        pa = plan_from_record(ra)
+        pb = plan_from_record(rb)
+        if pa is not None and pb is not None:
+            n = ra["n"]
+            interner = _Interner(n)
+            same_tree = plan_tree(pa, n, True, interner) == plan_tree(pb, n, True, interner)
+            row["same_plan"] = same_tree
+            row["expected_differ"] = not same_tree
+            row["explained"] = row["bits_differ"] is not None and row["bits_differ"] == (not same_tree)
+            if check_rows and da.get("gemm_shape"):
+                sa, sb = plan_row0_sha(ra, pa), plan_row0_sha(ra, pb)
+                row["row0_a_explained"] = sa == da.get("row0_sha256")
+                row["row0_b_explained"] = plan_row0_sha(rb, pb) == db.get("row0_sha256")
+                row["plans_disagree_row0"] = sa != sb
+                row["row0_differ"] = da.get("row0_sha256") != db.get("row0_sha256")
+                # row 0 of the same inputs: each plan gives its GPU's bits, and the GPUs differ
+                # exactly where the plans do
+                row["explained"] = (row["explained"] and row["row0_a_explained"] and row["row0_b_explained"]
+                                    and row["row0_differ"] == row["plans_disagree_row0"])
+        else:
+            row["same_plan"] = row["expected_differ"] = None
+            row["explained"] = False
+        rows.append(row)
+    return rows
+
+
+def plan_from_record(rec: dict) -> P.Plan | None:
+    if not rec.get("revealed") or not rec.get("plan_json"):
+        return None
+    return P.plan_from_json(rec["plan_json"])

@@ -22,7 +22,7 @@ import numpy as np
 from hspi_kernels.numerics import plans as P
 
 __all__ = ["Target", "numpy_sum", "torch_sum_cpu", "torch_matmul_cpu", "emulated_sum", "emulated_gemm",
-           "torch_sum_cuda", "torch_matmul_cuda", "hspi_reduce_rows", "hspi_cuda_core_gemm",
+           "emulated_unfixed_gemm", "torch_sum_cuda", "torch_matmul_cuda", "hspi_reduce_rows", "hspi_cuda_core_gemm",
            "hspi_tensor_core_gemm", "cpu_targets", "get_target"]
 
 _MAX_EXP = {"fp32": 127, "tf32": 127, "bf16": 127, "fp16": 15, "e4m3": 8, "e5m2": 15}
@@ -36,7 +36,30 @@ def to_format(x: np.ndarray, fmt: str) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     if fmt == "fp32":
         return x
+    if fmt == "fp16":  # numpy's float32 -> float16 cast is RNE (subnormals, overflow to inf)
+        with np.errstate(over="ignore"):
+            return x.astype(np.float16).astype(np.float32)
+    drop = _DROP_BITS.get(fmt)
+    if drop is not None and not np.isnan(x).any():
+        # bf16 / tf32 are fp32 with fewer fraction bits: RNE on the bit pattern (ties to even via
+        # the kept lowest bit; carries into the exponent give the next binade or inf, as IEEE)
+        u = x.view(np.uint32).astype(np.uint64)
+        u = (u + ((1 << (drop - 1)) - 1) + ((u >> drop) & 1)) & ~np.uint64((1 << drop) - 1)
+        return u.astype(np.uint32).view(np.float32)
+    if fmt in _ML_DTYPES:
+        try:
+            import ml_dtypes
+        except ImportError:
+            ml_dtypes = None
+        dt = getattr(ml_dtypes, _ML_DTYPES[fmt], None) if ml_dtypes is not None else None
+        # ml_dtypes casts fp32 -> fp8 with RNE; only inside the finite range (e4m3fn has no inf)
+        if dt is not None and np.all(np.abs(x) <= float(ml_dtypes.finfo(dt).max)):
+            return x.astype(dt).astype(np.float32)
     return decode(round_to_format(x, fmt), fmt).astype(np.float32)
+
+
+_ML_DTYPES = {"e4m3": "float8_e4m3fn", "e5m2": "float8_e5m2"}
+_DROP_BITS = {"bf16": 16, "tf32": 13}  # low fp32 fraction bits a format does not have
 
 
 def random_values(rng, shape, fmt: str = "fp32", spread: int = 20) -> np.ndarray:
@@ -99,14 +122,52 @@ class Target:
             A = random_values(rng, (M, K), self.in_format, 4)
             B = random_values(rng, (K, N), self.in_format, 4)
             D = np.asarray(self.gemm(A, B), dtype=np.float32)
-            if self.out_bits < 24:  # the op rounds its fp32 result to a narrower output
-                E = to_format(gemm(plan, A, B), self.extra.get("out_format", "bf16"))
-            else:
-                E = gemm(plan, A, B)
-            take = min(M * N, count - total)
-            matches += int(np.sum((D.view(np.uint32) == E.view(np.uint32)).reshape(-1)[:take]))
+            # evaluate the plan on just enough rows (random ones) for the outputs still wanted
+            rows = np.sort(rng.choice(M, min(M, -(-(count - total) // N)), replace=False))
+            E = self.finish(gemm(plan, A[rows], B))
+            got, want = E.view(np.uint32).reshape(-1), D[rows].view(np.uint32).reshape(-1)
+            take = min(got.size, count - total)
+            matches += int(np.sum(got[:take] == want[:take]))
             total += take
         return matches, total
+
+    def finish(self, acc: np.ndarray) -> np.ndarray:
+        """The op's output from the plan's fp32 result: rounded (RNE) to a narrower output format."""
+        if self.out_bits < 24:
+            return to_format(acc, self.extra.get("out_format", "bf16"))
+        return acc
+
+    def seeded_inputs(self, seed: int = 1234):
+        """The fixed inputs behind :meth:`digest` (numpy's default_rng: the same on every machine).
+
+        GEMMs get *cancelling* inputs: the second half of K repeats the first with B negated, so
+        the exact result is 0 and every output is the order's rounding residue. A narrow output
+        (bf16) hides most order differences of ordinary sums; residues differ between any two
+        orders that round differently, so equal digests then really mean equal orders here."""
+        rng = np.random.default_rng(seed)
+        if self.kind == "sum":
+            return (random_values(rng, (64, self.n), self.in_format, self.spread),)
+        M, N, K = self.shape
+        A = random_values(rng, (M, K), self.in_format, 4)
+        B = random_values(rng, (K, N), self.in_format, 4)
+        h = K // 2
+        A[:, h:2 * h] = A[:, :h]
+        B[h:2 * h] = -B[:h]
+        return A, B
+
+    def digest(self, seed: int = 1234) -> dict:
+        """sha256 of the op's output bits on :meth:`seeded_inputs` (compare GPUs on the same inputs)."""
+        import hashlib
+
+        ops = self.seeded_inputs(seed)
+        out = self.sum_rows(ops[0]) if self.kind == "sum" else self.gemm(*ops)
+        out = np.ascontiguousarray(np.asarray(out, dtype=np.float32))
+        sha = lambda x: hashlib.sha256(np.ascontiguousarray(x).view(np.uint32).tobytes()).hexdigest()
+        rec = {"seed": seed, "shape": list(out.shape), "sha256": sha(out), "row0_sha256": sha(out[0])}
+        if self.kind == "gemm":  # what a CPU needs to rebuild the inputs and evaluate plans on row 0
+            rec.update(gemm_shape=list(self.shape), in_format=self.in_format,
+                       out_format=self.extra.get("out_format", "fp32") if self.out_bits < 24 else "fp32")
+        return rec
 
 
 # -- CPU ------------------------------------------------------------------------------------------
@@ -146,11 +207,25 @@ def emulated_sum(plan: P.Plan, n: int) -> Target:
 
 
 def emulated_gemm(plan: P.Plan, K: int, M: int = 2, N: int = 256, in_format: str = "fp32",
-                  block: P.TensorCore | None = None) -> Target:
+                  block: P.TensorCore | None = None, out_format: str = "fp32") -> Target:
+    """A plan as a black-box GEMM (a simulated library); ``out_format`` bf16/fp16: the fp32 result
+    rounded RNE to it, as cuBLAS writes a bf16 C."""
     from hspi_kernels.numerics.evaluate import gemm
 
-    return Target(f"emulated:{plan!r} (K={K})", K, "gemm", in_format=in_format, block=block,
-                  gemm=lambda A, B: gemm(plan, A, B), shape=(M, N, K), extra={"truth": plan})
+    out_bits = {"fp32": 24, "bf16": 8, "fp16": 11}[out_format]
+    return Target(f"emulated:{plan!r} (K={K}, out {out_format})", K, "gemm", in_format=in_format, block=block,
+                  out_bits=out_bits, gemm=lambda A, B: to_format(gemm(plan, A, B), out_format), shape=(M, N, K),
+                  extra={"truth": plan, "out_format": out_format})
+
+
+def emulated_unfixed_gemm(plans: list, K: int, M: int = 2, N: int = 256, in_format: str = "fp32",
+                          block: P.TensorCore | None = None, seed: int = 0) -> Target:
+    """Negative control: each call picks one of ``plans`` at random (no fixed order per call)."""
+    from hspi_kernels.numerics.evaluate import gemm
+
+    rng = np.random.default_rng(seed)
+    return Target(f"emulated random-per-call of {len(plans)} plans (K={K})", K, "gemm", in_format=in_format,
+                  block=block, gemm=lambda A, B: gemm(plans[int(rng.integers(len(plans)))], A, B), shape=(M, N, K))
 
 
 # -- CUDA (GPU script) --------------------------------------------------------------------------------
@@ -240,7 +315,7 @@ def cpu_targets() -> list[str]:
     return ["numpy.sum", "torch.sum", "torch.matmul"]
 
 
-def get_target(name: str, n: int) -> Target:
+def get_target(name: str, n: int, M: int = 8, N: int = 4096) -> Target:
     """CLI names: numpy.sum, torch.sum, torch.matmul (CPU); torch.sum.cuda, torch.matmul.cuda (GPU)."""
     if name == "numpy.sum":
         return numpy_sum(n)
@@ -253,5 +328,5 @@ def get_target(name: str, n: int) -> Target:
 
         if not torch.cuda.is_available():
             raise RuntimeError(f"{name} needs a CUDA GPU (torch sees none); run scripts/gpu_card_reveal.py on one")
-        return torch_sum_cuda(n) if name == "torch.sum.cuda" else torch_matmul_cuda(8, n, 4096)
+        return torch_sum_cuda(n) if name == "torch.sum.cuda" else torch_matmul_cuda(M, n, N)
     raise ValueError(f"unknown target {name!r}; CPU: {cpu_targets()}, GPU: torch.sum.cuda, torch.matmul.cuda")
