@@ -39,7 +39,7 @@ if has ident; then
 fi
 if has valid; then
   step "validations"
-  timeout 420 python3 -m hspi_kernels.validation ${VALID:-cuda_core tensor_core attention_sfu triton} --out "$R/valid" --scale "${SCALE:-1}" > "$R/valid.log" 2>&1; echo "rc=$?"; tail -30 "$R/valid.log"
+  timeout "${VALID_TIMEOUT:-420}" python3 -m hspi_kernels.validation ${VALID:-cuda_core tensor_core attention_sfu triton} --out "$R/valid" --scale "${SCALE:-1}" > "$R/valid.log" 2>&1; echo "rc=$?"; tail -30 "$R/valid.log"
   grep -E "PASS|FAIL|all_pass|all_ok|passed" "$R/valid"/*/*.log 2>/dev/null | tail -5
   # SFU tables: keep the ex2 ones (native-mode replay); the rest are summarised by their digests
   if [ -d "$R/valid/attention_sfu" ]; then
@@ -50,17 +50,17 @@ if has valid; then
 fi
 if has attn; then
   step "triton attention validation"
-  timeout 200 python3 -c "from hspi_kernels.validation import triton_kernels as V; r = V.run('$R/attn', sections=['attention']); print('attention passed:', r['passed'])" > "$R/attn.log" 2>&1; echo "rc=$?"; tail -3 "$R/attn.log"
+  timeout "${ATTN_TIMEOUT:-200}" python3 -c "from hspi_kernels.validation import triton_kernels as V; r = V.run('$R/attn', sections=['attention']); print('attention passed:', r['passed'])" > "$R/attn.log" 2>&1; echo "rc=$?"; tail -3 "$R/attn.log"
 fi
 if has sanit; then
-  step "compute-sanitizer"; SANITIZE_WORK=/tmp/hspi_sanwork timeout 300 bash scripts/gpu_sanitize.sh "$R/sanit" > "$R/sanit.log" 2>&1; echo "rc=$?"; tail -25 "$R/sanit.log"
+  step "compute-sanitizer"; SANITIZE_WORK=/tmp/hspi_sanwork timeout "${SANIT_TIMEOUT:-300}" bash scripts/gpu_sanitize.sh "$R/sanit" > "$R/sanit.log" 2>&1; echo "rc=$?"; tail -25 "$R/sanit.log"
   tar czf "$R/sanit/logs.tgz" -C /tmp hspi_sanwork 2>/dev/null
 fi
 if has bench; then
   step "bench"; timeout 200 python3 -m pytest -q -s -p no:cacheprovider bench/bench_cuda_gemm.py bench/bench_cuda_reduction.py bench/bench_triton.py --benchmark-json "$R/bench.json" > "$R/bench.log" 2>&1; echo "rc=$?"; tail -30 "$R/bench.log"
 fi
 if has dump; then step "tc dump"; timeout 150 python3 scripts/tc_dump.py "$ROOT/tc_blocks.npz"; echo "rc=$?"; fi
-if has card; then step "card + reveal"; timeout "${CARD_TIMEOUT:-300}" python3 scripts/gpu_card_reveal.py "$R/card" > "$R/card.log" 2>&1; echo "rc=$?"; tail -30 "$R/card.log"; fi
+if has card; then step "card + reveal"; timeout "${CARD_TIMEOUT:-300}" python3 scripts/gpu_card_reveal.py "$R/card" ${CARD_ARGS:-} > "$R/card.log" 2>&1; echo "rc=$?"; tail -30 "$R/card.log"; fi
 if has trace; then step "trace"; timeout 300 python3 scripts/gpu_trace.py "$ROOT/trace" ${TRACE_ARGS:-} > "$R/trace.log" 2>&1; echo "rc=$?"; tail -20 "$R/trace.log"; ls -la "$ROOT/trace"; for f in "$ROOT"/trace/*; do mv "$f" "$ROOT/t_$(basename "$f")"; done; rmdir "$ROOT/trace"; fi
 if has models; then step "models"; timeout "${MODELS_TIMEOUT:-330}" python3 scripts/gpu_models.py "$ROOT/models" ${MODELS_ARGS:-} > "$R/models.log" 2>&1; echo "rc=$?"; tail -25 "$R/models.log"; ls -la "$ROOT/models"; for f in "$ROOT"/models/*; do mv "$f" "$ROOT/m_$(basename "$f")"; done; rmdir "$ROOT/models"; fi
 if [ -n "$(ls -A "$R")" ]; then tar czf "$ROOT/rec.tgz" -C "$ROOT" rec; fi
