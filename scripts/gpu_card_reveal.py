@@ -191,7 +191,7 @@ def main(out_dir: str, budget: float = 240.0) -> int:
 
     rev(T.torch_sum_cuda(4096), "torch.sum cuda n=4096", box=15)
     for M, K, N in GEMM_SHAPES:
-        rev(T.torch_matmul_cuda(M, K, N, "bf16", arch=arch), f"cublas bf16 [{M},{K}]x[{K},{N}]", box=20)
+        rev(T.torch_matmul_cuda(M, K, N, "bf16", arch=arch), f"cublas bf16 [{M},{K}]x[{K},{N}]", box=30)
 
     # -- cards (after the reveals, which are the key acceptance; about 8 s each) ------------------
     for path, fmt, out_fmt in CARDS:

@@ -142,3 +142,19 @@ def test_same_bits_rule():
     assert same_bits(x.astype(np.float64), y.astype(np.float64)).tolist() == [True, False, True, False, False]
     with pytest.raises(ValueError, match="one shape and dtype"):
         same_bits(x, y.astype(np.float64))
+
+
+@pytest.mark.parametrize("fmt", ["fp32", "bf16", "tf32"])
+def test_is_representable_fp32_fast_path_equals_generic(fmt):
+    """float32 input takes the bit-mask path; float64 input of the same values the generic one."""
+    rng = np.random.default_rng(5)
+    bits = rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32)
+    drop = {"fp32": 0, "bf16": 16, "tf32": 13}[fmt]
+    bits[::2] &= np.uint32((0xFFFFFFFF << drop) & 0xFFFFFFFF)  # half of them representable
+    bits[:8] = [0x0, 0x80000000, 0x7F800000, 0xFF800000, 0x7FC00000, 0x00000001, 0x00010000, 0x00002000]
+    x = bits.view(np.float32)
+    fast = is_representable(x, fmt)
+    generic = is_representable(x.astype(np.float64), fmt)
+    assert np.array_equal(fast, generic)
+    if fmt != "fp32":  # negative control: the odd half mostly has a low bit the format lacks
+        assert 0.3 < np.mean(~fast) < 0.55

@@ -242,6 +242,9 @@ def encode(values, fmt: str | Format) -> np.ndarray:
     return round_to_format(values, fmt, "RZ")
 
 
+_FP32_LOW_BITS = {"fp32": 0, "bf16": 16, "tf32": 13}  # fp32 fraction bits each format lacks
+
+
 def is_representable(values, fmt: str | Format) -> np.ndarray:
     """Elementwise: is the (float64/float32) value exactly a value of ``fmt``?
 
@@ -251,6 +254,12 @@ def is_representable(values, fmt: str | Format) -> np.ndarray:
 
     fmt = get_format(fmt)
     values = np.asarray(values)
+    if values.dtype == np.float32 and fmt.name in _FP32_LOW_BITS:
+        # Same exponent range as fp32 (subnormals, inf, NaN included): representable exactly
+        # when the fp32 fraction bits the format lacks are zero. Equal to the generic path
+        # (tests/test_formats.py), ~100x faster on the 16M-element operands of the probes.
+        low = np.uint32((1 << _FP32_LOW_BITS[fmt.name]) - 1)
+        return ((values.view(np.uint32) & low) == 0) | np.isnan(values)
     if values.dtype not in (np.float32, np.float64):
         values = values.astype(np.float64)
     back = decode(round_to_format(values, fmt, "RZ"), fmt)
