@@ -184,3 +184,19 @@ def test_to_format_fast_paths_equal_the_rounding_module(fmt):
         slow = decode(round_to_format(x, fmt), fmt).astype(np.float32)
     fast = T.to_format(x, fmt)
     assert np.array_equal(fast.view(np.uint32), slow.view(np.uint32))
+
+
+def test_compare_records_explicit_trees_by_their_printed_form():
+    """Explicit trees have no plan JSON: the same printed tree with equal bits is explained, the
+    same tree with different bits (or a different tree) is not."""
+    from hspi_kernels.probes.reveal import compare_records
+
+    def rec(plan, sha):
+        return {"reveals": [{"label": "sum", "n": 4, "revealed": True, "plan": plan, "plan_json": None,
+                             "digest": {"sha256": sha}}]}
+
+    tree = "ExplicitTree(((0, 1), (2, 3)))"
+    assert compare_records(rec(tree, "aa"), rec(tree, "aa"))[0]["explained"] is True
+    assert compare_records(rec(tree, "aa"), rec(tree, "bb"))[0]["explained"] is False
+    other = "ExplicitTree((((0, 1), 2), 3))"
+    assert compare_records(rec(tree, "aa"), rec(other, "bb"))[0]["explained"] is False

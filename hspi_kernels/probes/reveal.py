@@ -781,6 +781,12 @@ def compare_records(a: dict, b: dict, check_rows: bool = True) -> list[dict]:
                 # exactly where the plans do
                 row["explained"] = (row["explained"] and row["row0_a_explained"] and row["row0_b_explained"]
                                     and row["row0_differ"] == row["plans_disagree_row0"])
+        elif (row["revealed_a"] and row["revealed_b"] and row["plan_a"] and row["plan_a"] == row["plan_b"]
+              and row["bits_differ"] is not None):
+            # explicit trees carry no plan JSON: an identical printed tree is the same order
+            # (a differently printed one may still be, so that case stays unexplained)
+            row["same_plan"], row["expected_differ"] = True, False
+            row["explained"] = not row["bits_differ"]
         else:
             row["same_plan"] = row["expected_differ"] = None
             row["explained"] = False
