@@ -16,7 +16,7 @@ set -u
 cd "$(dirname "$0")/.."
 OUT_DIR="${1:-${OUT:-sanitize_out}}"
 WORK="${SANITIZE_WORK:-$OUT_DIR/work}"
-mkdir -p "$WORK"
+mkdir -p "$WORK" "$OUT_DIR"
 TOOLS="${SANITIZE_TOOLS:-memcheck racecheck synccheck initcheck}"
 SAN="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)"
 if [ ! -x "$SAN" ]; then

@@ -105,3 +105,31 @@ def test_cubin_discovery(D):
     assert set(names) == {R.vec4_kernel(u) for u in R.FAST_UNROLLS} | {R.KERNELS["vec4"][1]}
     assert D.cubin_kernels(__file__) == []  # not an ELF file
     assert "reduction/vec_reduce.cu" in D.sources()
+
+
+# racecheck as compute-sanitizer 2025 prints it on the H100 (no ERROR SUMMARY line, only its own)
+RACE_REAL = """========= COMPUTE-SANITIZER
+@@HSPI-CASE control.race BEGIN
+========= Error: Race reported between Write access at planted_smem_race+0xb0
+=========     and Read access at planted_smem_race+0xc0 [256 hazards]
+=========
+@@HSPI-CASE control.race END
+========= RACECHECK SUMMARY: 1 hazard displayed (1 error, 0 warnings)
+"""
+RACE_CLEAN_REAL = """========= COMPUTE-SANITIZER
+@@HSPI-CASE reduction.rows BEGIN
+@@HSPI-CASE reduction.rows END ok
+========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)
+"""
+
+
+@pytest.mark.parametrize("tool_log,control_log,ok", [
+    (RACE_CLEAN_REAL, RACE_REAL, True),
+    (RACE_CLEAN_REAL, RACE_CLEAN_REAL, False),  # the planted race not reported: checker not live
+    (RACE_REAL.replace("control.race", "reduction.rows"), RACE_REAL, False),  # a race in our kernel
+])
+def test_racecheck_verdicts_from_its_own_summary(D, tmp_path, tool_log, control_log, ok):
+    _write(tmp_path, "racecheck", tool_log, 86 if "1 error" in tool_log else 0, CASE)
+    _write(tmp_path, "control-race-racecheck", control_log, 86 if "1 error" in control_log else 0, CONTROL)
+    assert (D.summarize(str(tmp_path), str(tmp_path / "s.json")) == 0) is ok
+    assert D.parse_log(RACE_REAL)["errors_total"] == 1 and D.parse_log(RACE_CLEAN_REAL)["errors_total"] == 0
