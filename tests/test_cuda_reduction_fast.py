@@ -15,6 +15,7 @@ import pytest
 from hspi_kernels.cuda import reduction as R
 from hspi_kernels.numerics import plans as P
 from hspi_kernels.numerics.evaluate import evaluate
+from test_cuda_core_kernels import _kernel_tree as _tree  # the block tree, transcribed once
 
 F32 = np.float32
 
@@ -24,16 +25,6 @@ def _tricky(n: int, rng) -> np.ndarray:
     x[rng.random(n) < 0.1] = -0.0
     x[rng.random(n) < 0.05] = 2.0**-149 * rng.integers(-9, 9)
     return x.astype(F32)
-
-
-def _tree(v):
-    v = list(v)
-    s = len(v) // 2
-    while s:
-        for t in range(s):
-            v[t] = F32(v[t] + v[t + s])
-        s //= 2
-    return v[0]
 
 
 def _kernel_vec4(x: np.ndarray, G: int, B: int, U: int, C: int = R.COMBINE_THREADS) -> F32:
