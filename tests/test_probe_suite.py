@@ -242,8 +242,9 @@ def test_probe_cli_timings_and_no_heavy_imports(tmp_path):
             "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
             "heavy = [m for m in ('transformers', 'sklearn', 'matplotlib') if m in sys.modules]\n"
             "assert not heavy, heavy")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=dict(os.environ, COLUMNS="200"))
+    # cwd: not the source tree, whose uncompiled package would shadow the installed one under `-c`
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                          env=dict(os.environ, COLUMNS="200", HSPI_CACHE_DIR=str(tmp_path / "cache")))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "hspi probe timings" in proc.stdout
     fp = json.loads(out.read_text())
