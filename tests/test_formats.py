@@ -145,8 +145,9 @@ def test_same_bits_rule():
 
 
 @pytest.mark.parametrize("fmt", ["fp32", "bf16", "tf32"])
-def test_is_representable_fp32_fast_path_equals_generic(fmt):
-    """float32 input takes the bit-mask path; float64 input of the same values the generic one."""
+def test_is_representable_float32_and_float64_inputs_agree(fmt):
+    """float32 input takes the fp32 bit path of round_to_format/decode; float64 input of the same
+    values the general one."""
     rng = np.random.default_rng(5)
     bits = rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32)
     drop = {"fp32": 0, "bf16": 16, "tf32": 13}[fmt]

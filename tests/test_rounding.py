@@ -226,3 +226,39 @@ def test_rejects_bad_mode_and_negative_mag():
         round_to_format(np.float32([1.0]), FP16, "RN")
     with pytest.raises(ValueError, match="non-negative"):
         round_scaled(0, np.array([-3]), 0, FP16, "RNE")
+
+
+@pytest.mark.parametrize("fmt", ["fp32", "tf32", "bf16", "e8m13"])
+@pytest.mark.parametrize("mode", ["RNE", "RZ"])
+def test_fp32_bit_path_equals_general_path(fmt, mode):
+    """float32 input to a format that is fp32 with a shorter fraction takes the bit path
+    (``Format.fp32_low_bits``); float64 input of the same values the general one. Every pattern
+    class: normals, subnormals, zeros, inf, NaN (either sign), halfway ties, max-finite carries."""
+    fmt = get_format(fmt)
+    assert fmt.fp32_low_bits is not None
+    rng = np.random.default_rng(9)
+    bits = rng.integers(0, 2**32, 300_000, dtype=np.uint64).astype(np.uint32)
+    drop = fmt.fp32_low_bits
+    if drop:
+        ties = bits[:20_000] & np.uint32((0xFFFFFFFF << drop) & 0xFFFFFFFF)
+        bits[:20_000] = ties | np.uint32(1 << (drop - 1))  # exactly halfway
+    bits[20_000:20_010] = [0, 0x80000000, 1, 0x807FFFFF, 0x7F7FFFFF, 0xFF7FFFFF, 0x7F800000, 0xFF800000,
+                           0x7FC00001, 0xFFA00000]
+    x = bits.view(np.float32)
+    fast = round_to_format(x, fmt, mode)
+    general = round_to_format(x.astype(np.float64), fmt, mode)
+    assert fast.dtype == general.dtype and np.array_equal(fast, general)
+    # decode's bit path against the Fraction reference, NaN canonical with its sign
+    sample = np.concatenate([fast[19_990:20_010], fast[::997]])
+    want = [exact.to_fraction(int(b), fmt) for b in sample]
+    got = decode(sample, fmt)
+    for g, w, b in zip(got, want, sample):
+        if w is None:
+            assert np.isnan(g) and np.signbit(g) == bool(int(b) >> (fmt.total_bits - 1))
+            assert np.float64(g).view(np.uint64) & np.uint64(0x7FFFFFFFFFFFFFFF) == 0x7FF8000000000000
+        elif isinstance(w, str):
+            assert g == (np.inf if w == "+inf" else -np.inf)
+        else:
+            assert Fraction(float(g)) == w
+    if drop and mode == "RNE":  # negative control: the ties are where RNE and RZ part
+        assert not np.array_equal(fast[:20_000], round_to_format(x[:20_000], fmt, "RZ"))

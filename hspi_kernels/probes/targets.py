@@ -39,13 +39,6 @@ def to_format(x: np.ndarray, fmt: str) -> np.ndarray:
     if fmt == "fp16":  # numpy's float32 -> float16 cast is RNE (subnormals, overflow to inf)
         with np.errstate(over="ignore"):
             return x.astype(np.float16).astype(np.float32)
-    drop = _DROP_BITS.get(fmt)
-    if drop is not None and not np.isnan(x).any():
-        # bf16 / tf32 are fp32 with fewer fraction bits: RNE on the bit pattern (ties to even via
-        # the kept lowest bit; carries into the exponent give the next binade or inf, as IEEE)
-        u = x.view(np.uint32).astype(np.uint64)
-        u = (u + ((1 << (drop - 1)) - 1) + ((u >> drop) & 1)) & ~np.uint64((1 << drop) - 1)
-        return u.astype(np.uint32).view(np.float32)
     if fmt in _ML_DTYPES:
         try:
             import ml_dtypes
@@ -59,7 +52,6 @@ def to_format(x: np.ndarray, fmt: str) -> np.ndarray:
 
 
 _ML_DTYPES = {"e4m3": "float8_e4m3fn", "e5m2": "float8_e5m2"}
-_DROP_BITS = {"bf16": 16, "tf32": 13}  # low fp32 fraction bits a format does not have
 
 
 def random_values(rng, shape, fmt: str = "fp32", spread: int = 20) -> np.ndarray:
