@@ -31,6 +31,7 @@ import numpy as np
 
 from hspi_kernels.models import hspi_ld
 from hspi_kernels.models.collect import RunView
+from hspi_kernels.models.identify import api_view, observed
 
 __all__ = ["split", "check_same_inputs", "report", "to_markdown", "analyse_files"]
 
@@ -59,16 +60,12 @@ def check_same_inputs(collections) -> dict[str, str]:
     return seen
 
 
-def _obs(v: RunView, field: str) -> np.ndarray:
-    return v.get(f"rep_{field}") if v.has(f"rep_{field}") else v.get(field)
-
-
 # --------------------------------------------------------------------------------------------
 # white-box
 # --------------------------------------------------------------------------------------------
 def whitebox_pairs(runs: Sequence[RunView], test: np.ndarray) -> dict[str, Any]:
     ref = {v.label: v.get("digest_logits")[test] for v in runs}
-    obs = {v.label: _obs(v, "digest_logits")[test] for v in runs}
+    obs = {v.label: observed(v, "digest_logits")[test] for v in runs}
     pairs = []
     for a, b in itertools.combinations([v.label for v in runs], 2):
         differ = ref[a] != ref[b]
@@ -89,23 +86,17 @@ def whitebox_pairs(runs: Sequence[RunView], test: np.ndarray) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 # black-box (top-k API view) and HSPI-BI (top-1 only)
 # --------------------------------------------------------------------------------------------
-def _api(v: RunView, prefix: str, k: int, decimals: int | None):
-    ids = v.get(f"{prefix}topk_ids")[:, :k]
-    vals = v.get(f"{prefix}topk_logprobs")[:, :k].astype(np.float64)
-    return ids, (np.round(vals, decimals) if decimals is not None else vals)
-
-
 def blackbox_strict(cands: Sequence[RunView], pool: np.ndarray, queries: int = 32, k: int = 20,
                     decimals: int | None = None, trials: int = 200, seed: int = 0) -> dict[str, Any]:
     """Strict identification among ``cands`` from the top-k API view of ``queries`` prompts drawn
     from ``pool``; score = matches (ids and printed values equal), ties broken by the mean |Δ
     log-prob| over shared ids; a tie still left counts 1/|tie| when the truth is in it."""
     rng = np.random.default_rng(seed)
-    refs = [_api(v, "", k, decimals) for v in cands]
+    refs = [api_view(v.get("topk_ids"), v.get("topk_logprobs"), k, decimals) for v in cands]
     per = {}
     q = min(queries, len(pool))
     for t, true in enumerate(cands):
-        oid, oval = _api(true, "rep_" if true.has("rep_topk_ids") else "", k, decimals)
+        oid, oval = api_view(observed(true, "topk_ids"), observed(true, "topk_logprobs"), k, decimals)
         score = 0.0
         for _ in range(trials):
             p = rng.choice(pool, size=q, replace=False)
@@ -134,7 +125,7 @@ def top1_identification(cands: Sequence[RunView], pool: np.ndarray, queries: int
         return {"accuracy": 1.0 / len(cands), "chance": 1.0 / len(cands), "queries": 0,
                 "note": "no prompts to query: chance"}
     for t, true in enumerate(cands):
-        obs = _obs(true, "topk_ids")[:, 0]
+        obs = observed(true, "topk_ids")[:, 0]
         score = 0.0
         for _ in range(trials):
             p = rng.choice(pool, size=q, replace=False)

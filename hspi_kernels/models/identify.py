@@ -68,9 +68,10 @@ def blackbox(obs_ids: np.ndarray, obs_values: np.ndarray, candidates: Sequence[R
             "p_value_runner_up": p_value, "runner_up": runner[2] if runner else None}
 
 
-def _observation(v: RunView, prefix: str) -> tuple[np.ndarray, np.ndarray]:
-    p = prefix if v.has(f"{prefix}topk_ids") else ""
-    return v.get(f"{p}topk_ids"), v.get(f"{p}topk_logprobs")
+def observed(v: RunView, field: str, prefix: str = "rep_") -> np.ndarray:
+    """What the hidden platform shows of ``field``: its repeat execution (``prefix`` + field)
+    when the collection has one, else the first execution."""
+    return v.get(f"{prefix}{field}") if v.has(f"{prefix}{field}") else v.get(field)
 
 
 def blackbox_accuracy(candidates: Sequence[RunView], queries: int = 32, trials: int = 100, k: int = 20,
@@ -85,7 +86,7 @@ def blackbox_accuracy(candidates: Sequence[RunView], queries: int = 32, trials: 
         # candidates whose API views equal the true one's on every prompt cannot be told apart
         same = {lab for lab, (i, x) in views.items()
                 if np.array_equal(i, views[true.label][0]) and np.array_equal(x, views[true.label][1])}
-        ids_all, lp_all = _observation(true, observe)
+        ids_all, lp_all = observed(true, "topk_ids", observe), observed(true, "topk_logprobs", observe)
         correct = 0
         for _ in range(trials):
             prompts = rng.choice(n, size=min(queries, n), replace=False)
@@ -108,7 +109,7 @@ def whitebox_accuracy(candidates: Sequence[RunView], queries: int = 1, trials: i
     digests = {v.label: v.get("digest_logits") for v in candidates}
     per = {}
     for true in candidates:
-        obs = true.get(f"{observe}digest_logits") if true.has(f"{observe}digest_logits") else digests[true.label]
+        obs = observed(true, "digest_logits", observe)
         same_class = {lab for lab, d in digests.items() if np.array_equal(d, digests[true.label])}
         ok = 0
         for _ in range(trials):
