@@ -72,15 +72,19 @@ def probe(
     use_cache: bool = typer.Option(True, "--cache/--no-cache", help="read/write seeded operands, fp64 "
                                    "references and plan evaluations in the on-disk cache ($HSPI_CACHE_DIR)"),
     clear_cache: bool = typer.Option(False, "--clear-cache", help="empty the on-disk cache first"),
+    jobs: int = typer.Option(0, "--jobs", "-j", min=0, help="processes the suite runs in (probe groups: "
+                             "CUDA kernels, cuBLAS GEMMs, Triton, CPU); 1 = one process; 0 = auto "
+                             "(one per group, at most half the cores)"),
 ) -> None:
     """Run the registered probes on this machine and write a fingerprint (schema hspi-fingerprint/1).
     A second run is faster: operands, fp64 references and plan evaluations come from the on-disk
-    cache (checksummed, keyed by the code that made them); the probes themselves always run."""
+    cache (checksummed, keyed by the code that made them); the probes themselves always run.
+    Probe groups run in parallel worker processes (``--jobs``; records do not depend on it)."""
     start = time.perf_counter()
     from rich.progress import Progress
 
     from hspi_kernels import fingerprint, platform as plat, probes
-    from hspi_kernels.probes import cache
+    from hspi_kernels.probes import cache, parallel
 
     cache.set_enabled(False if not use_cache else None)
     if clear_cache:
@@ -89,10 +93,24 @@ def probe(
     if not selected:
         err_console.print(f"[red]no probe id contains {only!r}[/red]")
         raise typer.Exit(2)
+    progress_console = err_console if as_json else console
+    progress = Progress(console=progress_console, transient=False)
+    task = progress.add_task("probing", total=len(selected))
+
+    def on_done(p, record):
+        progress.update(task, advance=1, description=f"{record['status']:>7} {p.id}")
+
+    # workers: forked once torch is imported (no import in them), or spawned now so that their
+    # imports overlap ours where forking is not possible
+    suite = None if parallel.fork_ready()[0] else parallel.start(
+        selected, jobs or None, profile_kernels=kernels, use_cache=use_cache, on_done=on_done, how="spawn")
     phases: dict = {"imports": time.perf_counter() - start}
     t0 = time.perf_counter()
     _import_shared_modules()
     phases["shared_imports"] = time.perf_counter() - t0
+    if suite is None:
+        suite = parallel.start(selected, jobs or None, profile_kernels=kernels, use_cache=use_cache, on_done=on_done,
+                               how="fork")
     # platform metadata (nvidia-smi, nvcc --version, library versions) is collected in a thread
     # while the probes run: its subprocesses wait outside the GIL; it reads the device, never uses it
     platform_result: dict = {}
@@ -107,16 +125,11 @@ def probe(
 
     collector = threading.Thread(target=collect_platform, name="hspi-platform", daemon=True)
     collector.start()
-    progress_console = err_console if as_json else console
     suite_timing: dict = {}
     t0 = time.perf_counter()
-    with Progress(console=progress_console, transient=False) as progress:
-        task = progress.add_task("probing", total=len(selected))
-
-        def on_done(p, record):
-            progress.update(task, advance=1, description=f"{record['status']:>7} {p.id}")
-
-        records = probes.run_all(selected, on_done, profile_kernels=kernels, suite_timing=suite_timing)
+    with progress:
+        own = probes.run_all(suite.own, suite.report_own, profile_kernels=kernels, suite_timing=suite_timing)
+        records = suite.finish(own, suite_timing)
     phases["probes"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     collector.join()
@@ -213,21 +226,28 @@ def _load_database(db: Optional[list[Path]]):
         raise typer.Exit(1) from None
 
 
-def _probe_now(only: Optional[str], progress_console: Console, kernels: bool = True) -> dict:
+def _probe_now(only: Optional[str], progress_console: Console, kernels: bool = True, jobs: int = 0) -> dict:
     """Probe this machine (progress bar on ``progress_console``) and return the fingerprint."""
     from rich.progress import Progress
 
     from hspi_kernels import fingerprint, platform as plat, probes
+    from hspi_kernels.probes import parallel
 
     selected = probes.select(only)
     if not selected:
         err_console.print(f"[red]no probe id contains {only!r}[/red]")
         raise typer.Exit(2)
+    progress = Progress(console=progress_console, transient=True)
+    task = progress.add_task("probing", total=len(selected))
+    on_done = lambda p, r: progress.update(task, advance=1, description=p.id)  # noqa: E731
+    suite = None if parallel.fork_ready()[0] else parallel.start(selected, jobs or None, profile_kernels=kernels,
+                                                                  on_done=on_done, how="spawn")
+    _import_shared_modules()
+    if suite is None:
+        suite = parallel.start(selected, jobs or None, profile_kernels=kernels, on_done=on_done, how="fork")
     meta = plat.collect()
-    with Progress(console=progress_console, transient=True) as progress:
-        task = progress.add_task("probing", total=len(selected))
-        records = probes.run_all(selected, lambda p, r: progress.update(task, advance=1, description=p.id),
-                                 profile_kernels=kernels)
+    with progress:
+        records = suite.finish(probes.run_all(suite.own, suite.report_own, profile_kernels=kernels))
     return fingerprint.validate(fingerprint.build(meta, plat.platform_label(meta), records), "<this machine>")
 
 
@@ -259,6 +279,7 @@ def identify(
     save: Optional[Path] = typer.Option(None, "--save", help="when probing: also write the fingerprint here"),
     show_all: bool = typer.Option(False, "--all", help="show every probe's evidence, not only agree/differ"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    jobs: int = typer.Option(0, "--jobs", "-j", min=0, help="when probing: processes (as `hspi probe --jobs`)"),
 ) -> None:
     """Name the platform that produced a fingerprint: ranked candidates from the reference database,
     confidence, and per-probe evidence (agrees / differs / nondeterministic / missing, and why)."""
@@ -268,7 +289,7 @@ def identify(
     if fingerprint_path is not None:
         query = _load_fingerprint(fingerprint_path)
     else:
-        query = _probe_now(only, err_console if as_json else console)
+        query = _probe_now(only, err_console if as_json else console, jobs=jobs)
         if save is not None:
             fingerprint.save(query, save)
     try:
@@ -823,7 +844,27 @@ def validate(
 
 
 def main() -> None:
-    app()
+    """The ``hspi`` entry point: the typer app, then a fast exit once torch is loaded. Tearing
+    the interpreter down with torch (and a CUDA context, cuBLAS, Triton) imported takes ~1 s;
+    every output is written and flushed by then, so the process ends at once with the command's
+    status. (Tests drive ``app`` directly and never reach this.)"""
+    import os
+
+    try:
+        app()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    if "torch" not in sys.modules:
+        sys.exit(code)
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        sys.stderr.write(f"{code}\n")
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

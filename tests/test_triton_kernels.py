@@ -188,16 +188,39 @@ def test_shape_rule_keeps_the_plan():
         for K in (16, 520, 4096):
             want = repr(G.plan(default, fmt, K))
             for M in (*range(1, 300), 511, 512, 1024, 1025, 4096, 8192, 65536):
-                config = G.shape_config(fmt, M, 4096, K)
-                assert config == G.shape_config(fmt, M, 4096, K)
-                assert config.split_k == 1 and config.deterministic and not config.persistent
-                assert config.block_m >= 64 and config.num_warps % 4 == 0  # wgmma: one warpgroup, 64 rows
-                assert repr(G.plan(config, fmt, K)) == want, (fmt, M, K, config)
+                for tma in (False, True):
+                    config = G.shape_config(fmt, M, 4096, K, tma=tma)
+                    assert config == G.shape_config(fmt, M, 4096, K, tma=tma)
+                    assert config.split_k == 1 and config.deterministic
+                    # the persistent TMA kernel only above the table, only for 16-bit inputs, only if asked
+                    assert config.persistent == (tma and fmt in ("bf16", "fp16") and M > G.SHAPE_RULE[-1][0])
+                    assert config.block_m >= 64 and config.num_warps % 4 == 0  # wgmma: one warpgroup, 64 rows
+                    assert repr(G.plan(config, fmt, K)) == want, (fmt, M, K, config)
     assert G.shape_config("bf16", 8192) == G.default_config("bf16")
+    assert G.shape_config("bf16", 8192, tma=True) == G.default_config("bf16").replace(**G.LARGE_M_TMA)
     assert G.shape_config("bf16", 1).block_m == 64
     torch.manual_seed(11)
     a, w = torch.randn(3, 40).to(torch.bfloat16), torch.randn(40, 24).to(torch.bfloat16)
     assert torch.equal(G.matmul(a, w), G.matmul(a, w, G.shape_config("bf16", 3, 24, 40)))
+
+
+def test_large_m_takes_the_persistent_kernel_only_when_tma_ready():
+    """Above the M table, matmul without a config runs the persistent TMA entry exactly when the
+    operands allow it (row-major, 16-byte rows, 16-bit output), and its bits equal the plain
+    kernel's (same plan); a column-major operand, an fp32 output or 8-byte rows refuse it."""
+    torch.manual_seed(12)
+    a, w = torch.randn(300, 64).to(torch.bfloat16), torch.randn(64, 272).to(torch.bfloat16)
+    assert G.tma_ready(a, w, torch.bfloat16)
+    assert not G.tma_ready(a, w, torch.float32)  # the fp32 staging tile does not fit shared memory
+    assert not G.tma_ready(a.t().contiguous().t(), w, torch.bfloat16)  # column-major a
+    assert not G.tma_ready(torch.randn(300, 60).to(torch.bfloat16), torch.randn(60, 272).to(torch.bfloat16),
+                           torch.bfloat16)  # K rows of 120 bytes
+    rule = G.shape_config("bf16", 300, tma=True)
+    assert rule.persistent and rule.block_n == 256
+    got = G.matmul(a, w)
+    assert torch.equal(got, G.matmul(a, w, rule))
+    assert torch.equal(got, G.matmul(a, w, G.default_config("bf16")))
+    assert torch.equal(G.matmul(a, w, out_dtype=torch.float32), G.matmul(a, w, G.default_config("bf16"), out_dtype=torch.float32))
 
 
 def test_gemm_rejects_bad_input():
@@ -446,6 +469,8 @@ for fmt, extra in [("bf16", {}), ("fp16", {}), ("fp32", {}), ("fp32", {"input_pr
 for bound, _ in G.SHAPE_RULE:
     for fmt in ("bf16", "fp16"):
         out[f"{fmt}.rule{bound}"] = G.shared_memory_bytes(G.shape_config(fmt, bound), fmt, "fp32")
+for fmt in ("bf16", "fp16"):  # the large-M persistent entry: 16-bit outputs only (tma_ready)
+    out[f"{fmt}.rule_large_tma"] = G.shared_memory_bytes(G.shape_config(fmt, 8192, tma=True), fmt, fmt)
 print(json.dumps(out))
 """
 
@@ -546,5 +571,31 @@ def test_validation_verdict_judges_only_the_sections_that_ran():
     assert not _passed({"attention": good_att + [{"passed": False}]})  # one failing entry fails it
     assert not _passed({"attention": {"error": "boom", "passed": False}})
     assert not _passed({})  # nothing ran is not a pass
+    skipped = {"kind": "gluon_vs_tl", "skipped": "needs sm_90", "passed": None}
+    assert _passed({"attention": good_att + [skipped]})  # an entry that did not apply is not a failure
+    assert not _passed({"attention": [skipped]})  # ... nor a pass on its own
     red = {"row": {"equal": 5, "outputs": 5}, "tl_sum": [{"equal": 3, "outputs": 4}]}
     assert not _passed({"attention": good_att, "reductions": red})
+
+
+def test_attention_impl_dispatch_falls_back_with_a_reason():
+    """Native mode runs the Gluon kernel only where it realises the same order (BLOCK 128x128,
+    input-dtype output, sm_90 CUDA inputs); elsewhere "auto" falls back to the tl kernel and
+    impl="gluon" says why. Here (CPU tensors) the reason is the device; a 128x64 config is refused
+    for its order before anything else."""
+    from dataclasses import replace
+
+    from hspi_kernels.triton import attention as A
+
+    q = k = v = torch.randn(1, 1, 128, 64).to(torch.bfloat16)
+    native = A.default_config(64, "native")
+    assert (native.block_m, native.block_n) == (128, 128)
+    assert "CUDA" in A._gluon_mismatch(native, q, k, v, True, q.dtype)
+    assert "128x64" in A._gluon_mismatch(replace(native, block_n=64), q, k, v, True, q.dtype)
+    assert "input dtype" in A._gluon_mismatch(native, q, k, v, True, torch.float32)
+    with pytest.raises(ValueError, match="impl='gluon'"):
+        A.attention(q, k, v, causal=True, config=replace(native, impl="gluon"))
+    with pytest.raises(ValueError):
+        A.AttentionConfig(impl="cuda")
+    out = A.attention(q, k, v, causal=True)  # auto: the tl kernel (interpreter) runs
+    assert torch.equal(out, A.attention(q, k, v, causal=True, config=replace(native, impl="tl")))

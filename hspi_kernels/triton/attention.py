@@ -28,6 +28,11 @@ exact (natural domain, the CUDA kernel ``csrc/cuda/attention/flash_fwd.cu``'s or
      hidden order); ``P = RNE(p)`` to fmt; ``acc = dot(P, v, c = rn(acc * alpha))``.
 Both: after the last block ``O = fmt(div_rn(acc, l))`` (IEEE division, then RNE).
 
+Native mode on sm_90 runs :mod:`hspi_kernels.triton.attention_gluon` where it applies (Gluon,
+Triton's lower-level language: TMA loader warp, two consumer warpgroups, async wgmma overlapping
+the softmax; the same order at BLOCK_M = BLOCK_N = 128, checked bit-equal to this kernel on the
+GPUs by the validation): ``AttentionConfig.impl``.
+
 ``enable_fp_fusion`` is passed on every launch (native: with fusion on, step 3 contracts into an
 fma, different bits; exact mode requires it off, the exp's fmas are explicit ``tl.fma``).
 Arch: any Triton GPU; the plans' tensor-core blocks name sm_90 (wgmma). Importing this module
@@ -44,6 +49,7 @@ __all__ = ["AttentionConfig", "CONFIG_BY_HEAD_DIM", "MODES", "attention", "const
 
 _LOG2E = 1.4426950408889634
 MODES = ("native", "exact")
+IMPLS = ("auto", "tl", "gluon")
 
 
 @dataclass(frozen=True)
@@ -60,7 +66,12 @@ class AttentionConfig:
     only; Triton 3.6 emits no partitions on sm_90, so it is inert there). None of these four
     changes any output's order; BLOCK_N does (the online softmax rescales per key block), and so
     do ``enable_fp_fusion`` (native) and ``mode``. The defaults are the exact mode's D=128 entry
-    of :data:`CONFIG_BY_HEAD_DIM` less the mode (kept for explicit configs)."""
+    of :data:`CONFIG_BY_HEAD_DIM` less the mode (kept for explicit configs).
+    ``impl`` (native mode): "auto" runs :mod:`.attention_gluon` (the same order as a Gluon
+    kernel: TMA loader warp, two consumer warpgroups, async wgmma) where it applies -- sm_90,
+    contiguous inputs, D 64/128, S % 128 == 0, BLOCK_M = BLOCK_N = 128, output in the input
+    dtype -- and this tl kernel elsewhere; "tl" always this kernel; "gluon" the Gluon kernel or
+    a ValueError saying why not. The exact mode is always this kernel."""
 
     block_m: int = 128
     block_n: int = 64
@@ -72,8 +83,11 @@ class AttentionConfig:
     mode: str = "native"
     warp_specialize: bool = False
     reverse_m: bool = False
+    impl: str = "auto"
 
     def __post_init__(self):
+        if self.impl not in IMPLS:
+            raise ValueError(f"AttentionConfig: impl must be one of {IMPLS}, got {self.impl!r}")
         if self.block_m % self.block_n:
             raise ValueError(f"AttentionConfig: block_m ({self.block_m}) must be a multiple of block_n ({self.block_n})")
         if self.mode not in MODES:
@@ -320,7 +334,8 @@ def attention(q, k, v, *, causal: bool = False, sm_scale: float | None = None, c
     the input dtype; torch.float32 stores div_rn(acc, l) unrounded, which exposes the row-sum
     order that a bf16 output mostly hides).
     ``config`` defaults to :func:`default_config` (D, ``mode`` or "native"); ``mode`` given with
-    a config overrides the config's mode."""
+    a config overrides the config's mode. Native mode runs the Gluon kernel where it applies
+    (``AttentionConfig.impl``; same order, bit-equal to this kernel on the GPUs)."""
     import torch
 
     kernels = _kernels()
@@ -336,6 +351,15 @@ def attention(q, k, v, *, causal: bool = False, sm_scale: float | None = None, c
     sm_scale = 1.0 / math.sqrt(D) if sm_scale is None else sm_scale
     out_dtype = q.dtype if out_dtype is None else out_dtype
     assert out_dtype in (q.dtype, torch.float32), f"attention: out_dtype must be the input dtype or float32, got {out_dtype}"
+    if config.mode == "native" and config.impl != "tl":
+        why = _gluon_mismatch(config, q, k, v, causal, out_dtype)
+        if not why:
+            from . import attention_gluon as AG
+
+            gluon_config = replace(AG.default_config(D), enable_fp_fusion=config.enable_fp_fusion)
+            return AG.attention(q, k, v, causal=causal, sm_scale=sm_scale, config=gluon_config)
+        if config.impl == "gluon":
+            raise ValueError(f"attention(impl='gluon'): {why}")
     o = torch.empty(q.shape, device=q.device, dtype=out_dtype)
     if q.numel() == 0:
         return o
@@ -354,6 +378,20 @@ def attention(q, k, v, *, causal: bool = False, sm_scale: float | None = None, c
         B, H, S, **constexprs(config, head_dim=D, causal=causal, mask_n=mask_n, use_tma=use_tma),
         num_warps=config.num_warps, num_stages=config.num_stages, enable_fp_fusion=config.enable_fp_fusion)
     return o
+
+
+def _gluon_mismatch(config: AttentionConfig, q, k, v, causal: bool, out_dtype) -> str:
+    """Why the Gluon kernel cannot stand in for this native launch ("" when it can): it realises
+    the native order at BLOCK_M = BLOCK_N = 128 only, writes the input dtype only, and needs
+    what :func:`attention_gluon.supported` checks (sm_90, contiguous, D 64/128, S % 128 == 0)."""
+    if (config.block_m, config.block_n) != (128, 128):
+        return f"the Gluon kernel's order is BLOCK_M = BLOCK_N = 128, the config has {config.block_m}x{config.block_n}"
+    if out_dtype != q.dtype:
+        return "the Gluon kernel writes the input dtype only"
+    from . import attention_gluon as AG
+
+    ok, why = AG.supported(q, k, v, causal)
+    return "" if ok else why
 
 
 def _rowsum_plan():
@@ -381,6 +419,7 @@ def plan(config: AttentionConfig | None = None, *, fmt: str = "bf16", head_dim: 
         "block_m": config.block_m, "block_n": config.block_n, "num_warps": config.num_warps,
         "num_stages": config.num_stages, "longest_first": config.longest_first, "tma": config.tma,
         "warp_specialize": config.warp_specialize, "enable_fp_fusion": fused, "causal": causal,
+        "impl": config.impl if not exact else "tl",
         "key_blocks": ("start_n = 0, BLOCK_N, ... < BLOCK_M*start_m unmasked, then start_m*BLOCK_M .. "
                        "min((start_m+1)*BLOCK_M, S) masked (key > query -> -inf)") if causal
         else "start_n = 0, BLOCK_N, ... < S, ascending (keys >= S masked -> -inf, K = V = 0)",

@@ -24,9 +24,10 @@ The accumulation order is the contract (batch_invariant_ops style: fixed configs
   loads (``tl.make_tensor_descriptor``); the per-element order is the same K chain;
 - shape rule (:func:`shape_config`, used by ``matmul(a, b)`` without a config): bf16/fp16 pick
   BLOCK_M/N, BLOCK_K, warps and stages from a fixed table on M (no autotuning, no split-K), so
-  small M fills the SMs. Only the tiling changes, never an output's K chain: :func:`plan` is the
-  same for every M (a row's bits do not depend on the batch size; checked bitwise on the H100
-  for b = 1..4096 and N/N against the plan for every table entry).
+  small M fills the SMs, and large M takes the persistent TMA kernel when the operands allow it.
+  Only the tiling changes, never an output's K chain: :func:`plan` is the same for every M (a
+  row's bits do not depend on the batch size; checked bitwise on the GPUs for b = 1..4096 and
+  N/N against the plan for every table entry).
 
 K not a multiple of BLOCK_K: the last tile is zero-padded (masked loads / TMA zero fill), so the
 plan is evaluated on operands zero-padded to a multiple of BLOCK_K (:func:`padded_k`).
@@ -43,7 +44,7 @@ import functools
 from dataclasses import dataclass
 
 __all__ = [
-    "GemmConfig", "default_config", "shape_config", "SHAPE_RULE", "matmul", "plan", "padded_k", "require_triton", "shared_memory_bytes",
+    "GemmConfig", "default_config", "shape_config", "SHAPE_RULE", "LARGE_M_TMA", "tma_ready", "matmul", "plan", "padded_k", "require_triton", "shared_memory_bytes",
     "INPUT_PRECISIONS", "SPLIT_K_COMBINES", "SHARED_MEMORY_LIMIT_SM90",
 ]
 
@@ -146,32 +147,62 @@ def default_config(fmt: str, **changes) -> GemmConfig:
 
 
 # The shape rule for bf16/fp16: (largest M, changes to default_config); the first row whose
-# bound is >= M applies, M above every bound uses default_config (128x256x64). BLOCK_M 64 is
-# wgmma's minimum (one warpgroup, 4 warps); the small-M tiles are narrow in N so
-# [M <= 64, 4096] x [4096, 4096] runs 128 programs on 132 SMs with a 6-deep pipeline for the
-# weight stream (memory-bound decode). Chosen from one H100 sweep against cuBLAS in the same
-# process (docs/results/h100/triton/README.md): at M = 64, 64x32x128/6 stages 0.92x (64x64x128
-# 0.52x, 64x16x256 0.47x); at M = 256, 64x128x64/4 stages 0.87x (128x128x64 0.80x); at M = 1024
-# the default 128x256 0.95x beat 128x128 (0.79x), so the table stops at 256.
+# bound is >= M applies. Above every bound: LARGE_M_TMA (persistent TMA kernel, 128x256x64, 3
+# stages) when the operands allow it (``tma``: row-major contiguous, 16-byte rows, 16-bit output,
+# see :func:`tma_ready`), else default_config (128x256x64, 4 stages). BLOCK_M 64 is wgmma's
+# minimum (one warpgroup, 4 warps); the small-M tiles are narrow in N so [M <= 64, 4096] x
+# [4096, 4096] runs 128 programs on 132 SMs (memory-bound decode). Chosen from H100 sweeps against
+# cuBLAS in the same process, median of 3 alternating rounds (docs/results/h100/triton/README.md,
+# third session): M = 1 / 16 / 64: 64x32x256/4 stages 0.96 / 1.00 / 0.88 (64x32x128/6 stages, the
+# previous entry, 0.92 / 1.01 / 0.87; 64x16x256 0.69 at M = 1); M = 256: 64x64x64/6 stages 0.94
+# (64x128x64/4 stages, the previous entry, 0.84; 128x128x64 0.64); M = 4096 / 8192: persistent
+# TMA 128x256x64/3 stages 0.97 / 1.02 (128x256x64/4 stages 0.91 / 0.92, GROUP_M 16 0.93 / 0.98,
+# 256x128 0.88 / 0.89). Persistent 128x256 needs a 16-bit output: its TMA-store staging tile
+# (128x256 fp32 = 128 KiB) plus 3 stages of A/B do not fit 227 KiB with an fp32 output.
 SHAPE_RULE: tuple[tuple[int, dict], ...] = (
-    (64, dict(block_m=64, block_n=32, block_k=128, num_warps=4, num_stages=6)),
-    (256, dict(block_m=64, block_n=128, block_k=64, num_warps=4, num_stages=4)),
+    (64, dict(block_m=64, block_n=32, block_k=256, num_warps=4, num_stages=4)),
+    (256, dict(block_m=64, block_n=64, block_k=64, num_warps=4, num_stages=6)),
 )
+LARGE_M_TMA = dict(persistent=True, num_stages=3)
 
 
-def shape_config(fmt: str, M: int, N: int | None = None, K: int | None = None, **changes) -> GemmConfig:
+def tma_ready(a, b, out_dtype) -> bool:
+    """Whether [M, K] x [K, N] operands a, b and an output of ``out_dtype`` can take the rule's
+    persistent TMA entry: both row-major contiguous, 16-byte aligned rows (K and N
+    elements), a 2-byte output dtype (its staging tile must fit shared memory)."""
+    if not (a.is_contiguous() and b.is_contiguous()):
+        return False
+    out_size = out_dtype.itemsize
+    K, N = a.shape[1], b.shape[1]
+    return (out_size == 2 and (K * a.element_size()) % 16 == 0 and (N * b.element_size()) % 16 == 0
+            and (N * out_size) % 16 == 0)
+
+
+def shape_config(fmt: str, M: int, N: int | None = None, K: int | None = None, *, tma: bool = False,
+                 **changes) -> GemmConfig:
     """The configuration ``matmul(a, b)`` uses for an [M, K] x [K, N] problem: bf16/fp16 follow
-    :data:`SHAPE_RULE` (a fixed table on M: deterministic, no autotuning, K never split), other
-    formats their :func:`default_config`. N and K are accepted for a future table but unused.
-    Every entry has the same per-output order (``plan`` ignores BLOCK_M/N, warps and stages; and
-    ``tl.dot`` bits do not depend on BLOCK_K), so mm(a[:b], w) == mm(a, w)[:b] bitwise."""
+    :data:`SHAPE_RULE` (a fixed table on M: deterministic, no autotuning, K never split) and, above
+    it, :data:`LARGE_M_TMA` when ``tma`` (the operands pass :func:`tma_ready`) else
+    :func:`default_config`; other formats their :func:`default_config`. N and K are accepted for a
+    future table but unused. Every entry has the same per-output order (``plan`` ignores
+    BLOCK_M/N, warps, stages and the persistent walk; ``tl.dot`` bits do not depend on BLOCK_K),
+    so mm(a[:b], w) == mm(a, w)[:b] bitwise."""
+    base = _rule_config(fmt, M, tma)
+    return base.replace(**changes) if changes else base
+
+
+@functools.lru_cache(maxsize=4096)
+def _rule_config(fmt: str, M: int, tma: bool) -> GemmConfig:
+    """shape_config without changes, cached: ``matmul`` without a config asks on every call, and
+    building a GemmConfig costs ~10 us of host time, which a 20 us decode GEMM cannot hide."""
     base = default_config(fmt)
     if fmt in ("bf16", "fp16"):
         for bound, entry in SHAPE_RULE:
             if M <= bound:
-                base = base.replace(**entry)
-                break
-    return base.replace(**changes) if changes else base
+                return base.replace(**entry)
+        if tma:
+            return base.replace(**LARGE_M_TMA)
+    return base
 
 
 def shared_memory_bytes(config: GemmConfig, in_format: str, out_format: str = "fp32", arch: int = 90) -> int:
@@ -363,11 +394,16 @@ def _kernels():
 
 
 # -- public wrapper ------------------------------------------------------------------------------
-def _format_of(dtype) -> str:
+@functools.cache
+def _format_names() -> dict:
     import torch
 
-    names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
-             torch.float8_e4m3fn: "e4m3", torch.float8_e5m2: "e5m2"}
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
+            torch.float8_e4m3fn: "e4m3", torch.float8_e5m2: "e5m2"}
+
+
+def _format_of(dtype) -> str:
+    names = _format_names()
     if dtype not in names:
         raise TypeError(f"fixed-order GEMM: unsupported input dtype {dtype}; supported: {list(names.values())}")
     return names[dtype]
@@ -402,7 +438,7 @@ def matmul(a, b, config: GemmConfig | None = None, out_dtype=None, out=None):
     :func:`plan`). a: [M, K], b: [K, N], same dtype (fp32, bf16, fp16, float8_e4m3fn,
     float8_e5m2), each with a unit stride in one dimension (row- or column-major);
     ``persistent`` needs both row-major contiguous. Without ``config``: :func:`shape_config`
-    (the M-dependent table; same plan for every M). The fp32 accumulator is rounded (RNE) once to
+    (the M-dependent table, its persistent TMA entry where :func:`tma_ready`; same plan for every M). The fp32 accumulator is rounded (RNE) once to
     ``out_dtype`` (default: the input dtype; fp32 for fp8 inputs)."""
     import torch
 
@@ -412,7 +448,9 @@ def matmul(a, b, config: GemmConfig | None = None, out_dtype=None, out=None):
     assert a.dtype == b.dtype, f"matmul: operand dtypes differ: {a.dtype} and {b.dtype}"
     assert a.device == b.device, f"matmul: operands on different devices: {a.device} and {b.device}"
     fmt = _format_of(a.dtype)
-    config = config or shape_config(fmt, a.shape[0], b.shape[1], a.shape[1])
+    out_dtype = out_dtype or _default_out_dtype(a.dtype)
+    if config is None:
+        config = shape_config(fmt, a.shape[0], b.shape[1], a.shape[1], tma=tma_ready(a, b, out_dtype))
     for name, t in (("a", a), ("b", b)):
         assert 1 in t.stride() or t.numel() <= 1, f"matmul: {name} needs a unit stride in one dimension, strides {t.stride()}"
     if fmt != "fp32":
@@ -421,7 +459,6 @@ def matmul(a, b, config: GemmConfig | None = None, out_dtype=None, out=None):
         assert fmt in ("e4m3", "e5m2"), "matmul: max_num_imprecise_acc applies to fp8 inputs only"
     M, K = a.shape
     N = b.shape[1]
-    out_dtype = out_dtype or _default_out_dtype(a.dtype)
     if out is None:
         out = torch.empty((M, N), device=a.device, dtype=out_dtype)
     assert out.shape == (M, N) and out.dtype == out_dtype and out.is_contiguous(), "matmul: bad out tensor"

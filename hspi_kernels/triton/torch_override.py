@@ -14,7 +14,7 @@ manager (and are removed on exit, also on error). Inside it, for CUDA fp32/bf16/
 - ``bmm`` = one ``mm`` per batch entry (same order per entry).
 
 Other dtypes fall back to torch's own ``*.out`` kernels (not overridden). Configurations come
-from ``gemm.shape_config(fmt, M)`` (the fixed M table; same per-output order) unless ``configs`` maps a format ("fp32", "bf16", "fp16") to a
+from ``gemm.matmul``'s shape rule (``gemm.shape_config``: the fixed M table; same per-output order) unless ``configs`` maps a format ("fp32", "bf16", "fp16") to a
 GemmConfig; split-K with the atomic combine is refused (nondeterministic).
 """
 
@@ -53,8 +53,8 @@ def fixed_order_matmul(configs: dict | None = None, *, dispatch_key: str = "CUDA
     formats = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
     def config_for(dtype, m: int):
-        fmt = formats[dtype]
-        return configs.get(fmt) or gemm.shape_config(fmt, m)
+        # None: matmul's own shape rule (gemm.shape_config, with its persistent-TMA check)
+        return configs.get(formats[dtype])
 
     def supported(*tensors) -> bool:
         return all(t.dtype in formats and t.dtype == tensors[0].dtype for t in tensors)
