@@ -75,16 +75,19 @@ def probe(
     jobs: int = typer.Option(0, "--jobs", "-j", min=0, help="processes the suite runs in (probe groups: "
                              "CUDA kernels, cuBLAS GEMMs, Triton, CPU); 1 = one process; 0 = auto "
                              "(one per group, at most half the cores)"),
+    server: str = typer.Option("auto", "--server", help="auto: run the probes in a running `hspi serve` "
+                               "(same code) if there is one, else here; on: only there; off: only here"),
 ) -> None:
     """Run the registered probes on this machine and write a fingerprint (schema hspi-fingerprint/1).
     A second run is faster: operands, fp64 references and plan evaluations come from the on-disk
     cache (checksummed, keyed by the code that made them); the probes themselves always run.
-    Probe groups run in parallel worker processes (``--jobs``; records do not depend on it)."""
+    Probe groups run in parallel worker processes (``--jobs``; records do not depend on it), or
+    in a resident ``hspi serve`` process when one runs (``--server``)."""
     start = time.perf_counter()
     from rich.progress import Progress
 
     from hspi_kernels import fingerprint, platform as plat, probes
-    from hspi_kernels.probes import cache, parallel
+    from hspi_kernels.probes import cache
 
     cache.set_enabled(False if not use_cache else None)
     if clear_cache:
@@ -93,50 +96,14 @@ def probe(
     if not selected:
         err_console.print(f"[red]no probe id contains {only!r}[/red]")
         raise typer.Exit(2)
+    _check_server_mode(server)
     progress_console = err_console if as_json else console
-    progress = Progress(console=progress_console, transient=False)
-    task = progress.add_task("probing", total=len(selected))
-
-    def on_done(p, record):
-        progress.update(task, advance=1, description=f"{record['status']:>7} {p.id}")
-
-    # workers: forked once torch is imported (no import in them), or spawned now so that their
-    # imports overlap ours where forking is not possible
-    suite = None if parallel.fork_ready()[0] else parallel.start(
-        selected, jobs or None, profile_kernels=kernels, use_cache=use_cache, on_done=on_done, how="spawn")
     phases: dict = {"imports": time.perf_counter() - start}
     t0 = time.perf_counter()
-    _import_shared_modules()
-    phases["shared_imports"] = time.perf_counter() - t0
-    if suite is None:
-        suite = parallel.start(selected, jobs or None, profile_kernels=kernels, use_cache=use_cache, on_done=on_done,
-                               how="fork")
-    # platform metadata (nvidia-smi, nvcc --version, library versions) is collected in a thread
-    # while the probes run: its subprocesses wait outside the GIL; it reads the device, never uses it
-    platform_result: dict = {}
-
-    def collect_platform():
-        try:
-            platform_result["meta"] = plat.collect()
-        except BaseException as exc:  # re-raised in the main thread
-            platform_result["error"] = exc
-
-    import threading
-
-    collector = threading.Thread(target=collect_platform, name="hspi-platform", daemon=True)
-    collector.start()
-    suite_timing: dict = {}
-    t0 = time.perf_counter()
-    with progress:
-        own = probes.run_all(suite.own, suite.report_own, profile_kernels=kernels, suite_timing=suite_timing)
-        records = suite.finish(own, suite_timing)
-    phases["probes"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    collector.join()
-    phases["platform_wait"] = time.perf_counter() - t0
-    if "error" in platform_result:
-        raise platform_result["error"]
-    meta = platform_result["meta"]
+    records, meta, suite_timing = _run_suite(selected, Progress(console=progress_console, transient=False),
+                                             kernels=kernels, use_cache=use_cache, jobs=jobs, server=server,
+                                             phases=phases)
+    phases["probes"] = time.perf_counter() - t0 - phases.get("shared_imports", 0.0)
     cache_counts = suite_timing.pop("cache", {})
     phases.update(suite_timing)
     for phase in ("inputs", "runs", "profiled_run", "digests", "plans", "features"):
@@ -167,21 +134,6 @@ def probe(
         _print_timings(fp, progress_console)
     if failed:
         raise typer.Exit(1)
-
-
-def _import_shared_modules() -> None:
-    """Import what both the probes and the platform thread need, once, in this thread: torch's
-    import is not thread-safe, and an editable install may rebuild on importing the native
-    modules (two concurrent rebuilds of one build tree must not happen)."""
-    import importlib
-    import importlib.util
-
-    for name in ("torch", "hspi_kernels._build_info", "hspi_kernels._native"):
-        try:
-            if importlib.util.find_spec(name) is not None:
-                importlib.import_module(name)
-        except Exception:  # a broken install: platform.collect records why, the probes fail/skip
-            pass
 
 
 def _print_timings(fp: dict, where: Console, top: int = 12) -> None:
@@ -226,29 +178,120 @@ def _load_database(db: Optional[list[Path]]):
         raise typer.Exit(1) from None
 
 
-def _probe_now(only: Optional[str], progress_console: Console, kernels: bool = True, jobs: int = 0) -> dict:
+@app.command()
+def serve(
+    idle_timeout: float = typer.Option(900.0, "--idle-timeout", min=1.0, help="seconds without a request "
+                                       "after which the server ends"),
+    warm: bool = typer.Option(True, "--warm/--no-warm", help="run the whole suite once at start (Triton "
+                              "JIT, cubin loads, cuBLAS/cuDNN handles), so the first request is warm too"),
+) -> None:
+    """Keep a probe server running here (foreground): `hspi probe` and `hspi identify` then run
+    their probes in it (a Unix socket in the cache dir, this user only), without importing torch
+    or setting up CUDA, cuBLAS and Triton again. It refuses clients of other code and ends after
+    --idle-timeout seconds without a request, on Ctrl-C or SIGTERM."""
+    import signal
+
+    from hspi_kernels.probes import server as srv
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # the socket is removed on the way out
+    try:
+        srv.serve(idle_timeout=idle_timeout, warm=warm, log=lambda msg: console.print(msg))
+    except (RuntimeError, ValueError) as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        console.print("stopped")
+
+
+def _probe_now(only: Optional[str], progress_console: Console, kernels: bool = True, jobs: int = 0,
+               server: str = "auto") -> dict:
     """Probe this machine (progress bar on ``progress_console``) and return the fingerprint."""
     from rich.progress import Progress
 
     from hspi_kernels import fingerprint, platform as plat, probes
-    from hspi_kernels.probes import parallel
 
+    _check_server_mode(server)
     selected = probes.select(only)
     if not selected:
         err_console.print(f"[red]no probe id contains {only!r}[/red]")
         raise typer.Exit(2)
-    progress = Progress(console=progress_console, transient=True)
-    task = progress.add_task("probing", total=len(selected))
-    on_done = lambda p, r: progress.update(task, advance=1, description=p.id)  # noqa: E731
-    suite = None if parallel.fork_ready()[0] else parallel.start(selected, jobs or None, profile_kernels=kernels,
-                                                                  on_done=on_done, how="spawn")
-    _import_shared_modules()
-    if suite is None:
-        suite = parallel.start(selected, jobs or None, profile_kernels=kernels, on_done=on_done, how="fork")
-    meta = plat.collect()
-    with progress:
-        records = suite.finish(probes.run_all(suite.own, suite.report_own, profile_kernels=kernels))
+    records, meta, _ = _run_suite(selected, Progress(console=progress_console, transient=True), kernels=kernels,
+                                  use_cache=True, jobs=jobs, server=server, phases={})
     return fingerprint.validate(fingerprint.build(meta, plat.platform_label(meta), records), "<this machine>")
+
+
+def _check_server_mode(server: str) -> None:
+    if server not in ("auto", "on", "off"):
+        err_console.print(f"[red]--server must be auto, on or off, got {server!r}[/red]")
+        raise typer.Exit(2)
+
+
+def _run_suite(selected: list, progress, *, kernels: bool, use_cache: bool, jobs: int, server: str,
+               phases: dict) -> tuple[list[dict], dict, dict]:
+    """(records in selection order, platform metadata, suite timings incl. ``cache`` counts) of
+    the probes ``selected``: in a running probe server (``server`` "auto"/"on"), else here, the
+    groups in worker processes (``jobs``, probes.parallel) and the platform metadata collected
+    in a thread meanwhile. ``phases`` receives ``server`` or ``shared_imports`` and
+    ``platform_wait`` (seconds)."""
+    import threading
+
+    from hspi_kernels import platform as plat, probes
+    from hspi_kernels.probes import parallel, server as srv
+
+    task = progress.add_task("probing", total=len(selected))
+    by_id = {p.id: p for p in selected}
+
+    def on_done(p, record):
+        progress.update(task, advance=1, description=f"{record['status']:>7} {p.id}")
+
+    if server != "off":
+        t0 = time.perf_counter()
+        try:
+            with progress:
+                records, suite_timing, meta = srv.request([p.id for p in selected], profile_kernels=kernels,
+                                                          use_cache=use_cache,
+                                                          on_record=lambda r: on_done(by_id[r["id"]], r))
+            phases["server"] = time.perf_counter() - t0
+            return records, meta, suite_timing
+        except (srv.ServerUnavailable, srv.ServerError, ValueError) as exc:
+            if server == "on":
+                err_console.print(f"[red]probe server: {exc}[/red]")
+                raise typer.Exit(1) from None
+            if not isinstance(exc, srv.ServerUnavailable):
+                err_console.print(f"[yellow]probe server not used ({exc}); probing here[/yellow]")
+            progress.reset(task, total=len(selected))
+    # workers: forked once torch is imported (no import in them), or spawned now so that their
+    # imports overlap ours where forking is not possible
+    suite = None if parallel.fork_ready()[0] else parallel.start(
+        selected, jobs or None, profile_kernels=kernels, use_cache=use_cache, on_done=on_done, how="spawn")
+    t0 = time.perf_counter()
+    probes.import_shared_modules()
+    phases["shared_imports"] = time.perf_counter() - t0
+    if suite is None:
+        suite = parallel.start(selected, jobs or None, profile_kernels=kernels, use_cache=use_cache, on_done=on_done,
+                               how="fork")
+    # platform metadata (nvidia-smi, nvcc --version, library versions) is collected in a thread
+    # while the probes run: its subprocesses wait outside the GIL; it reads the device, never uses it
+    platform_result: dict = {}
+
+    def collect_platform():
+        try:
+            platform_result["meta"] = plat.collect()
+        except BaseException as exc:  # re-raised in the main thread
+            platform_result["error"] = exc
+
+    collector = threading.Thread(target=collect_platform, name="hspi-platform", daemon=True)
+    collector.start()
+    suite_timing: dict = {}
+    with progress:
+        own = probes.run_all(suite.own, suite.report_own, profile_kernels=kernels, suite_timing=suite_timing)
+        records = suite.finish(own, suite_timing)
+    t0 = time.perf_counter()
+    collector.join()
+    phases["platform_wait"] = time.perf_counter() - t0
+    if "error" in platform_result:
+        raise platform_result["error"]
+    return records, platform_result["meta"], suite_timing
 
 
 _VERDICT_STYLE = {"agrees": "green", "differs": "red", "nondeterministic": "yellow", "missing": "dim",
@@ -280,6 +323,7 @@ def identify(
     show_all: bool = typer.Option(False, "--all", help="show every probe's evidence, not only agree/differ"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
     jobs: int = typer.Option(0, "--jobs", "-j", min=0, help="when probing: processes (as `hspi probe --jobs`)"),
+    server: str = typer.Option("auto", "--server", help="when probing: as `hspi probe --server`"),
 ) -> None:
     """Name the platform that produced a fingerprint: ranked candidates from the reference database,
     confidence, and per-probe evidence (agrees / differs / nondeterministic / missing, and why)."""
@@ -289,7 +333,7 @@ def identify(
     if fingerprint_path is not None:
         query = _load_fingerprint(fingerprint_path)
     else:
-        query = _probe_now(only, err_console if as_json else console, jobs=jobs)
+        query = _probe_now(only, err_console if as_json else console, jobs=jobs, server=server)
         if save is not None:
             fingerprint.save(query, save)
     try:

@@ -22,7 +22,8 @@ import numpy as np
 from hspi_kernels.probes.registry import (Probe, ProbeUnsupported, all_probes, get, missing_capabilities,
                                          register)
 
-__all__ = ["Probe", "all_probes", "get", "register", "run_probe", "run_all", "select", "SAMPLE_SIZE"]
+__all__ = ["Probe", "all_probes", "get", "register", "run_probe", "run_all", "select", "import_shared_modules",
+           "SAMPLE_SIZE"]
 
 RUNS_PER_PROBE = 2
 SAMPLE_SIZE = 128        # output elements whose bits are kept (evenly spaced): cross-platform ULP distances
@@ -321,6 +322,22 @@ def run_probe(probe: Probe, profile_kernels: bool = True, recorder: KernelRecord
     timing["total"] = clock() - t_start  # the phases plus what lies between them (imports, checks)
     record["timing"] = {k: round(v, 6) for k, v in timing.items()}
     return record
+
+
+def import_shared_modules() -> None:
+    """Import what the probes, the worker processes forked from this one and the platform thread
+    need, once, in this thread: torch's import is not thread-safe, and an editable install may
+    rebuild on importing the native modules (two concurrent rebuilds of one build tree must not
+    happen). A module that fails to import is left for the probes to report (failed / skipped)."""
+    import importlib
+    import importlib.util
+
+    for name in ("torch", "hspi_kernels._build_info", "hspi_kernels._native"):
+        try:
+            if importlib.util.find_spec(name) is not None:
+                importlib.import_module(name)
+        except Exception:  # a broken install: platform.collect records why, the probes fail/skip
+            pass
 
 
 def select(pattern: str | None = None) -> list[Probe]:

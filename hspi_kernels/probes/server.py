@@ -1,0 +1,274 @@
+"""A resident probe server: ``hspi serve`` keeps one process with torch imported and the CUDA
+context, cuBLAS/cuDNN handles, Triton launchers and our cubins loaded; ``hspi probe`` and
+``hspi identify`` (``--server auto``, the default) send it the probe ids over a Unix socket and
+get the records back, so a warm run pays neither the interpreter's torch import (2.4-4.9 s on
+the H100 hosts measured) nor any first-use set-up. The probes themselves still run twice each,
+on the device, for every request: the server caches nothing a fingerprint reports.
+
+- Socket: ``<cache dir>/probe-server.sock`` (``$HSPI_CACHE_DIR``, see ``probes.cache``), created
+  with mode 0600 in a directory of the user's: only that user can ask.
+- Staleness: every request carries the client's package version and ``cache.package_digest()``
+  (a digest of every source file and the native module); a server running other code answers
+  ``{"error": "stale server ..."}`` and the client runs the probes itself (``auto``) or fails
+  (``on``).
+- Protocol: one request line ``{"hello": {"version", "code"}, "ids": [str], "profile_kernels":
+  bool, "use_cache": bool}`` (or ``"ping": true``); answers ``{"record": ...}`` per finished probe,
+  then ``{"suite": {...}, "platform": {...}}``, or one ``{"error": str}``. Requests are checked
+  (size <= 1 MiB, types, registered ids only): a bad one gets an error line and the server keeps
+  serving. One request at a time (the probes share one GPU).
+- Life: ``serve`` runs the whole suite once at start (the cold run: Triton JIT, cubin loads,
+  handles), then waits; it ends after ``idle_timeout`` seconds without a request, on SIGINT /
+  SIGTERM, and removes its socket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+__all__ = ["SOCKET_NAME", "DEFAULT_IDLE_S", "ServerError", "ServerUnavailable", "socket_path", "identity", "serve",
+           "request", "ping"]
+
+SOCKET_NAME = "probe-server.sock"
+DEFAULT_IDLE_S = 900.0
+MAX_REQUEST_BYTES = 1 << 20
+MAX_IDS = 10_000
+_UNIX_PATH_MAX = 107  # sun_path is 108 bytes on Linux, with its terminating NUL
+
+
+class ServerUnavailable(ConnectionError):
+    """No server answers at the socket (none started, or it ended)."""
+
+
+class ServerError(RuntimeError):
+    """The server answered with an error (stale code, a bad request, a failure while running)."""
+
+
+def socket_path() -> Path:
+    from hspi_kernels.probes.cache import cache_dir
+
+    return cache_dir() / SOCKET_NAME
+
+
+def identity() -> dict[str, str]:
+    """What a client and a server must share: package version and source digest."""
+    import hspi_kernels
+    from hspi_kernels.probes.cache import package_digest
+
+    return {"version": hspi_kernels.__version__, "code": package_digest()}
+
+
+def _check_path(path: Path) -> None:
+    if len(os.fsencode(str(path))) > _UNIX_PATH_MAX:
+        raise ValueError(f"probe server socket path is too long for a Unix socket ({len(str(path))} > "
+                         f"{_UNIX_PATH_MAX} bytes): {path}; set HSPI_CACHE_DIR to a shorter directory")
+
+
+# -- server ------------------------------------------------------------------------------------
+def _send(conn: socket.socket, message: dict) -> None:
+    conn.sendall((json.dumps(message, default=str) + "\n").encode())
+
+
+def _read_request(conn: socket.socket, timeout: float = 10.0) -> dict:
+    """One JSON request line, checked; ValueError says what is wrong with it."""
+    conn.settimeout(timeout)
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > MAX_REQUEST_BYTES:
+            raise ValueError(f"request larger than {MAX_REQUEST_BYTES} bytes")
+    try:
+        req = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"request is not one JSON line: {exc}") from None
+    if not isinstance(req, dict) or not isinstance(req.get("hello"), dict):
+        raise ValueError("request must be an object with a 'hello' object")
+    hello = req["hello"]
+    if not all(isinstance(hello.get(k), str) for k in ("version", "code")):
+        raise ValueError("hello needs 'version' and 'code' strings")
+    if req.get("ping") is True:
+        return req
+    ids = req.get("ids")
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids) or not 0 < len(ids) <= MAX_IDS:
+        raise ValueError(f"'ids' must be a list of 1..{MAX_IDS} probe id strings")
+    for key in ("profile_kernels", "use_cache"):
+        if not isinstance(req.get(key, False), bool):
+            raise ValueError(f"'{key}' must be a boolean")
+    return req
+
+
+def _handle(conn: socket.socket, me: dict, meta: dict) -> None:
+    from hspi_kernels import probes
+    from hspi_kernels.probes import cache
+
+    try:
+        req = _read_request(conn)
+    except (ValueError, OSError) as exc:
+        _send(conn, {"error": f"bad request: {exc}"})
+        return
+    if req["hello"] != me:
+        _send(conn, {"error": f"stale server: it runs hspi_kernels {me['version']} (code {me['code']}), the client "
+                              f"{req['hello']['version']} (code {req['hello']['code']}); restart `hspi serve`"})
+        return
+    if req.get("ping"):
+        _send(conn, {"pong": me, "pid": os.getpid()})
+        return
+    selected = [probes.get(i) for i in req["ids"]]
+    unknown = [i for i, p in zip(req["ids"], selected) if p is None]
+    if unknown:
+        _send(conn, {"error": f"unknown probe ids: {unknown[:5]}"})
+        return
+    conn.settimeout(None)
+    cache.set_enabled(None if req.get("use_cache", True) else False)
+    suite_timing: dict = {}
+    t0 = time.perf_counter()
+    try:
+        probes.run_all(selected, lambda p, r: _send(conn, {"record": r}),
+                       profile_kernels=bool(req.get("profile_kernels")), suite_timing=suite_timing)
+    finally:
+        cache.set_enabled(None)
+    suite_timing["server_run"] = time.perf_counter() - t0
+    _send(conn, {"suite": suite_timing, "platform": meta})
+
+
+def serve(path: str | os.PathLike | None = None, idle_timeout: float = DEFAULT_IDLE_S, warm: bool = True,
+          log: Callable[[str], None] | None = None) -> None:
+    """Serve probe requests until ``idle_timeout`` seconds pass without one (module docstring).
+    RuntimeError when a server already answers at the socket."""
+    from hspi_kernels import platform as plat, probes
+
+    log = log or (lambda msg: None)
+    path = Path(path) if path is not None else socket_path()
+    _check_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.exists() or path.is_socket():
+        try:
+            ping(path)
+        except ServerError:
+            raise RuntimeError(f"a probe server of other code already runs at {path}: stop it first") from None
+        except ServerUnavailable:
+            path.unlink()  # a socket left by a server that died
+        else:
+            raise RuntimeError(f"a probe server already runs at {path}")
+    probes.import_shared_modules()
+    meta = plat.collect()
+    me = identity()
+    if warm:  # the cold run: Triton JIT / cache loads, cubins, cuBLAS and cuDNN handles, CUDA context
+        t0 = time.perf_counter()
+        probes.run_all(probes.all_probes(), profile_kernels=False)
+        log(f"warm-up suite ran in {time.perf_counter() - t0:.1f} s")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)  # the socket file: rw for this user only
+    try:
+        server.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    server.listen(8)
+    server.settimeout(0.5)
+    log(f"serving probes at {path} (pid {os.getpid()}, idle timeout {idle_timeout:g} s)")
+    last = time.monotonic()
+    try:
+        while time.monotonic() - last < idle_timeout:
+            try:
+                conn, _ = server.accept()
+            except socket.timeout:
+                continue
+            with conn:
+                try:
+                    _handle(conn, me, meta)
+                except OSError:  # the client went away mid-answer: nothing to tell it
+                    pass
+                except Exception as exc:  # a failure is the client's answer, not the server's end
+                    try:
+                        _send(conn, {"error": f"server failure: {type(exc).__name__}: {exc}"[:2000]})
+                    except OSError:
+                        pass
+            last = time.monotonic()
+        log("idle timeout: stopping")
+    finally:
+        server.close()
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+# -- client ------------------------------------------------------------------------------------
+def _connect(path: Path, timeout: float) -> socket.socket:
+    if not (path.exists() or path.is_socket()):
+        raise ServerUnavailable(f"no probe server socket at {path}")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(str(path))
+    except OSError as exc:
+        s.close()
+        raise ServerUnavailable(f"no probe server answers at {path}: {exc}") from None
+    return s
+
+
+def _lines(s: socket.socket):
+    buf = b""
+    while True:
+        chunk = s.recv(1 << 20)
+        if not chunk:
+            if buf.strip():
+                yield buf
+            return
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            yield line
+
+
+def ping(path: str | os.PathLike | None = None, timeout: float = 5.0) -> dict:
+    """The server's identity and pid; ServerUnavailable / ServerError."""
+    path = Path(path) if path is not None else socket_path()
+    with _connect(path, timeout) as s:
+        s.sendall((json.dumps({"hello": identity(), "ping": True}) + "\n").encode())
+        for line in _lines(s):
+            msg = json.loads(line)
+            if "error" in msg:
+                raise ServerError(msg["error"])
+            return msg
+    raise ServerUnavailable(f"the probe server at {path} closed without answering")
+
+
+def request(ids: list[str], *, profile_kernels: bool = False, use_cache: bool = True,
+            on_record: Callable[[dict], None] | None = None, path: str | os.PathLike | None = None,
+            timeout: float = 1800.0) -> tuple[list[dict], dict, dict]:
+    """Run probes ``ids`` in the server: (records in the order given, the server's suite timings,
+    its platform metadata). ServerUnavailable when none answers, ServerError when it refuses or
+    fails (including an answer that misses a probe)."""
+    path = Path(path) if path is not None else socket_path()
+    req = {"hello": identity(), "ids": list(ids), "profile_kernels": profile_kernels, "use_cache": use_cache}
+    records: dict[str, dict] = {}
+    with _connect(path, 10.0) as s:
+        s.sendall((json.dumps(req) + "\n").encode())
+        s.settimeout(timeout)
+        for line in _lines(s):
+            msg: dict[str, Any] = json.loads(line)
+            if "error" in msg:
+                raise ServerError(msg["error"])
+            if "record" in msg:
+                records[msg["record"]["id"]] = msg["record"]
+                if on_record is not None:
+                    on_record(msg["record"])
+            elif "suite" in msg:
+                missing = [i for i in ids if i not in records]
+                if missing:
+                    raise ServerError(f"the server's answer misses probes {missing[:5]}")
+                return [records[i] for i in ids], msg["suite"], msg["platform"]
+    raise ServerError(f"the probe server at {path} closed before the end of its answer ({len(records)} records)")
+
+
+if __name__ == "__main__":  # python -m hspi_kernels.probes.server [SOCKET]
+    serve(sys.argv[1] if len(sys.argv) > 1 else None, log=lambda m: print(m, flush=True))
