@@ -196,3 +196,19 @@ def test_fork_mode_workers_match_serial_and_fail_loudly(tmp_path):
         assert merged[pid][1:3] == [status, digest]
     ghost = merged["triton/no-such-probe"]
     assert ghost[1] == "failed" and "exited with status 1" in ghost[3] and "has no probes" in ghost[4]
+
+
+def test_spawned_worker_imports_this_package_not_the_working_directory(tmp_path, monkeypatch):
+    """A spawned worker started where another `hspi_kernels` sits in the working directory (CI runs
+    from the source tree, whose uncompiled package shadows the installed one under `-m`) still
+    imports the package this process runs."""
+    shadow = tmp_path / "hspi_kernels"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise ImportError('the shadowing package was imported')\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HSPI_CACHE_DIR", str(tmp_path / "cache"))
+    selected = [p for p in probes.all_probes() if p.backend == "numpy"][:2]
+    selected += [p for p in probes.all_probes() if p.backend == "torch-cuda"][:1]
+    suite = parallel.start(selected, 2, how="spawn")
+    merged = suite.finish(probes.run_all(suite.own, profile_kernels=False))
+    assert [r["status"] for r in merged[:2]] == ["ok", "ok"], [r.get("traceback", "")[-300:] for r in merged]

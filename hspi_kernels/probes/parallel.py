@@ -76,6 +76,19 @@ def partition(probes: list[Probe], jobs: int) -> tuple[list[Probe], list[list[Pr
     return own, [[p for g in rest[i::workers] for p in g] for i in range(workers)]
 
 
+def _same_package_env() -> dict:
+    """The environment of a spawned worker: it must import the hspi_kernels this process runs (a
+    source tree in the working directory would shadow an installed package under ``-m``; the
+    worker runs with ``-P``, no working directory on sys.path, and this package's root first on
+    PYTHONPATH)."""
+    import hspi_kernels
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(hspi_kernels.__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return env
+
+
 class _Worker:
     """One worker process and the thread that reads its records as they arrive. ``how``:
     "spawn" (a fresh interpreter, ``python -m hspi_kernels.probes.parallel``, job on stdin) or
@@ -94,8 +107,9 @@ class _Worker:
         self._stderr = tempfile.TemporaryFile(mode="w+b")
         job = {"ids": self.ids, "profile_kernels": profile_kernels, "use_cache": use_cache}
         if how == "spawn":
-            self.proc = subprocess.Popen([sys.executable, "-m", "hspi_kernels.probes.parallel"],
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
+            self.proc = subprocess.Popen([sys.executable, "-P", "-m", "hspi_kernels.probes.parallel"],
+                                         env=_same_package_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=self._stderr)
             self.proc.stdin.write(json.dumps(job).encode())
             self.proc.stdin.close()
             self._stream, self.pid = self.proc.stdout, None
