@@ -239,10 +239,9 @@ def _run_suite(selected: list, progress, *, kernels: bool, use_cache: bool, jobs
     from hspi_kernels.probes import parallel, server as srv
 
     task = progress.add_task("probing", total=len(selected))
-    by_id = {p.id: p for p in selected}
 
     def on_done(p, record):
-        progress.update(task, advance=1, description=f"{record['status']:>7} {p.id}")
+        progress.update(task, advance=1, description=f"{record.get('status', '?'):>7} {record.get('id') or p.id}")
 
     if server != "off":
         t0 = time.perf_counter()
@@ -250,7 +249,7 @@ def _run_suite(selected: list, progress, *, kernels: bool, use_cache: bool, jobs
             with progress:
                 records, suite_timing, meta = srv.request([p.id for p in selected], profile_kernels=kernels,
                                                           use_cache=use_cache,
-                                                          on_record=lambda r: on_done(by_id[r["id"]], r))
+                                                          on_record=lambda r: on_done(None, r))
             phases["server"] = time.perf_counter() - t0
             return records, meta, suite_timing
         except (srv.ServerUnavailable, srv.ServerError, ValueError) as exc:
