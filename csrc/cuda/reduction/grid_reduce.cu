@@ -25,6 +25,8 @@
 //   describes it: it is the control of the determinism check, never a fingerprint.
 #include <cstdint>
 
+#include "reduction/block_tree.cuh"
+
 extern "C" __global__ void hspi_reduce_f32_grid_partials(const float* __restrict__ x,
                                                          float* __restrict__ partials, long long n) {
   extern __shared__ float lane_sums[];
@@ -34,10 +36,7 @@ extern "C" __global__ void hspi_reduce_f32_grid_partials(const float* __restrict
   for (long long i = blockIdx.x * (long long)blockDim.x + t; i < n; i += lanes) acc = __fadd_rn(acc, x[i]);
   lane_sums[t] = acc;
   __syncthreads();
-  for (unsigned s = blockDim.x / 2; s > 0; s /= 2) {
-    if (t < s) lane_sums[t] = __fadd_rn(lane_sums[t], lane_sums[t + s]);
-    __syncthreads();
-  }
+  hspi::block_tree_sum(lane_sums, blockDim.x, t);
   if (t == 0) partials[blockIdx.x] = lane_sums[0];
 }
 

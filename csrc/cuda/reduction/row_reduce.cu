@@ -36,6 +36,8 @@
 //   value equals combine=WarpButterfly(W).
 #include <cstdint>
 
+#include "reduction/block_tree.cuh"
+
 extern "C" __global__ void hspi_reduce_rows_f32_sequential(const float* __restrict__ x,
                                                            float* __restrict__ out, long long rows,
                                                            long long n) {
@@ -60,10 +62,7 @@ extern "C" __global__ void hspi_reduce_rows_f32_block_tree(const float* __restri
     for (long long i = t; i < n; i += lanes) acc = __fadd_rn(acc, row[i]);
     lane_sums[t] = acc;
     __syncthreads();
-    for (unsigned s = lanes / 2; s > 0; s /= 2) {
-      if (t < s) lane_sums[t] = __fadd_rn(lane_sums[t], lane_sums[t + s]);
-      __syncthreads();
-    }
+    hspi::block_tree_sum(lane_sums, lanes, t);
     if (t == 0) out[r] = lane_sums[0];
     __syncthreads();  // lane_sums is reused by the next row
   }

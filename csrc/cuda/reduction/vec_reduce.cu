@@ -24,6 +24,8 @@
 //           combine=Strided(lanes=C, inner=Sequential("fp32", init="zero"), combine=BlockTree(C)))))
 #include <cstdint>
 
+#include "reduction/block_tree.cuh"
+
 template <int U>
 __device__ __forceinline__ void vec4_partials(const float* __restrict__ x, float* __restrict__ partials,
                                               long long n) {
@@ -59,10 +61,7 @@ __device__ __forceinline__ void vec4_partials(const float* __restrict__ x, float
   }
   thread_sums[t] = __fadd_rn(__fadd_rn(ax, ay), __fadd_rn(az, aw));
   __syncthreads();
-  for (unsigned s = blockDim.x / 2; s > 0; s /= 2) {
-    if (t < s) thread_sums[t] = __fadd_rn(thread_sums[t], thread_sums[t + s]);
-    __syncthreads();
-  }
+  hspi::block_tree_sum(thread_sums, blockDim.x, t);
   if (t == 0) partials[blockIdx.x] = thread_sums[0];
 }
 
@@ -89,9 +88,6 @@ extern "C" __global__ void hspi_reduce_f32_vec4_combine(const float* __restrict_
   for (int b = t; b < blocks; b += blockDim.x) acc = __fadd_rn(acc, partials[b]);
   lane_sums[t] = acc;
   __syncthreads();
-  for (unsigned s = blockDim.x / 2; s > 0; s /= 2) {
-    if (t < s) lane_sums[t] = __fadd_rn(lane_sums[t], lane_sums[t + s]);
-    __syncthreads();
-  }
+  hspi::block_tree_sum(lane_sums, blockDim.x, t);
   if (t == 0) out[0] = lane_sums[0];
 }
