@@ -1,8 +1,7 @@
 """The probe suite over several processes: what a warm ``hspi probe`` spends its time on is
-importing torch (2.4-3 s on an H100 host) and first-use set-up (CUDA context, cuBLAS handle,
-Triton launcher, cuDNN) before ~1 s of actual probe runs. Those costs are per process and
-CPU-bound, so independent probe groups run in worker processes started *before* the
-coordinator imports torch, and the imports overlap on a multi-core host.
+importing torch (3-5 s on the H100 hosts measured) and first-use set-up (CUDA context, cuBLAS
+handle, Triton launcher, cuDNN) before ~1 s of actual probe runs. The set-up is per process, so
+independent probe groups run in worker processes side by side.
 
 Workers are forked from the coordinator once it has imported torch (Linux, one thread, no CUDA
 context yet: :func:`fork_ready`), so no worker imports anything and each creates its own CUDA
@@ -36,7 +35,7 @@ from typing import Any, Callable
 
 from hspi_kernels.probes.registry import Probe
 
-__all__ = ["GROUPS", "group_of", "default_jobs", "partition", "Suite", "start", "fork_ready"]
+__all__ = ["GROUPS", "group_of", "default_jobs", "partition", "Suite", "start", "fork_ready", "run_job"]
 
 GROUPS = ("main", "library-gemm", "triton", "cpu")
 
@@ -103,7 +102,6 @@ class _Worker:
         self.ended: float | None = None  # perf_counter when the worker's last message arrived
         self.protocol_errors: list[str] = []
         self._on_record = on_record
-        self._rc: int | None = None
         self._stderr = tempfile.TemporaryFile(mode="w+b")
         job = {"ids": self.ids, "profile_kernels": profile_kernels, "use_cache": use_cache}
         if how == "spawn":
@@ -148,14 +146,10 @@ class _Worker:
             return self.proc.wait()
         return os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
 
-    @property
-    def returncode(self) -> int | None:
-        return self.proc.returncode if self.proc is not None else self._rc
-
     def finish(self) -> list[dict]:
         """Wait for the worker; its records in its probe order, a failed record for every probe
         it did not report (the worker's exit status and stderr tail say why)."""
-        rc = self._rc = self._wait()
+        rc = self._wait()
         self._reader.join()
         self._stream.close()
         self._stderr.seek(0)
@@ -248,29 +242,41 @@ def start(probes: list[Probe], jobs: int | None = None, profile_kernels: bool = 
     return Suite(list(probes), default_jobs() if jobs is None else jobs, profile_kernels, use_cache, on_done, how)
 
 
+def run_job(job: dict, emit: Callable[[dict], None]) -> dict:
+    """Run the probes a job names (the protocol's request: ``ids``, ``profile_kernels``,
+    ``use_cache``; from a worker or a probe server's client), ``emit({"record": r})`` as each
+    finishes; returns the suite timings (with cache counts). ValueError, before anything runs,
+    for ids this version does not have. The cache switch is restored afterwards."""
+    from hspi_kernels import probes
+    from hspi_kernels.probes import cache
+
+    selected = [probes.get(i) for i in job["ids"]]
+    unknown = [i for i, p in zip(job["ids"], selected) if p is None]
+    if unknown:
+        raise ValueError(f"this version has no probes {unknown[:5]}")
+    suite_timing: dict = {}
+    cache.set_enabled(None if job.get("use_cache", True) else False)
+    try:
+        probes.run_all(selected, lambda probe, record: emit({"record": record}),
+                       profile_kernels=bool(job.get("profile_kernels")), suite_timing=suite_timing)
+    finally:
+        cache.set_enabled(None)
+    return suite_timing
+
+
 def _run_job(job: dict, out) -> None:
-    """A worker's whole life after it has its job: run the probes, write the protocol lines to
-    ``out`` (anything printed goes to stderr), end the process without the interpreter's
-    teardown (everything is written; ~1 s with torch and a CUDA context loaded)."""
+    """A worker's whole life after it has its job: :func:`run_job`, its protocol lines written
+    to ``out`` (anything printed goes to stderr), then the end of the process without the
+    interpreter's teardown (everything is written; ~1 s with torch and a CUDA context loaded)."""
     status = 0
     try:
         os.dup2(2, 1)  # whatever a probe or a library prints goes to stderr, never into the protocol
         sys.stdout = sys.stderr
-        from hspi_kernels import probes
-        from hspi_kernels.probes import cache
 
-        cache.set_enabled(False if not job.get("use_cache", True) else None)
-        selected = [probes.get(i) for i in job["ids"]]
-        unknown = [i for i, p in zip(job["ids"], selected) if p is None]
-        if unknown:
-            raise ValueError(f"probe worker: this version has no probes {unknown}")
-        suite_timing: dict = {}
+        def write(message: dict) -> None:
+            out.write(json.dumps(message, default=str) + "\n")
 
-        def emit(probe, record):
-            out.write(json.dumps({"record": record}, default=str) + "\n")
-
-        probes.run_all(selected, emit, profile_kernels=bool(job.get("profile_kernels")), suite_timing=suite_timing)
-        out.write(json.dumps({"suite": suite_timing}, default=str) + "\n")
+        write({"suite": run_job(job, write)})
         out.flush()
     except BaseException:
         import traceback

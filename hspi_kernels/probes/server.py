@@ -106,8 +106,7 @@ def _read_request(conn: socket.socket, timeout: float = 10.0) -> dict:
 
 
 def _handle(conn: socket.socket, me: dict, meta: dict) -> None:
-    from hspi_kernels import probes
-    from hspi_kernels.probes import cache
+    from hspi_kernels.probes.parallel import run_job
 
     try:
         req = _read_request(conn)
@@ -121,20 +120,13 @@ def _handle(conn: socket.socket, me: dict, meta: dict) -> None:
     if req.get("ping"):
         _send(conn, {"pong": me, "pid": os.getpid()})
         return
-    selected = [probes.get(i) for i in req["ids"]]
-    unknown = [i for i, p in zip(req["ids"], selected) if p is None]
-    if unknown:
-        _send(conn, {"error": f"unknown probe ids: {unknown[:5]}"})
-        return
     conn.settimeout(None)
-    cache.set_enabled(None if req.get("use_cache", True) else False)
-    suite_timing: dict = {}
     t0 = time.perf_counter()
     try:
-        probes.run_all(selected, lambda p, r: _send(conn, {"record": r}),
-                       profile_kernels=bool(req.get("profile_kernels")), suite_timing=suite_timing)
-    finally:
-        cache.set_enabled(None)
+        suite_timing = run_job(req, lambda message: _send(conn, message))
+    except ValueError as exc:  # ids this version does not have: nothing ran
+        _send(conn, {"error": f"bad request: {exc}"})
+        return
     suite_timing["server_run"] = time.perf_counter() - t0
     _send(conn, {"suite": suite_timing, "platform": meta})
 
@@ -149,7 +141,7 @@ def serve(path: str | os.PathLike | None = None, idle_timeout: float = DEFAULT_I
     path = Path(path) if path is not None else socket_path()
     _check_path(path)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if path.exists() or path.is_socket():
+    if path.exists():
         try:
             ping(path)
         except ServerError:
@@ -203,7 +195,7 @@ def serve(path: str | os.PathLike | None = None, idle_timeout: float = DEFAULT_I
 
 # -- client ------------------------------------------------------------------------------------
 def _connect(path: Path, timeout: float) -> socket.socket:
-    if not (path.exists() or path.is_socket()):
+    if not path.exists():
         raise ServerUnavailable(f"no probe server socket at {path}")
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
