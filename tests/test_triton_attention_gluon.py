@@ -130,10 +130,16 @@ def test_import_pulls_in_neither_torch_nor_triton():
 def test_plan_and_config():
     from hspi_kernels.triton import attention_gluon as G
 
+    from hspi_kernels.triton import attention as A
+
     p = G.plan(causal=True)
     json.dumps(p)
     assert p["config"]["block_n"] == 128 and p["enable_fp_fusion"] is True
-    assert [s["step"] for s in p["per_block"]] == ["scores", "row_max", "p", "row_sum", "accumulate"]
+    # one definition of the order: the tl native plan's, at the same BLOCK_N and fusion
+    assert [s["step"] for s in p["per_block"]] == ["scores", "row_max", "p", "alpha", "row_sum", "acc"]
+    assert p["per_block"] == A.plan(A.default_config(128), causal=True)["per_block"]
+    assert p["qk_scale"] == A.plan(A.default_config(128), causal=True)["qk_scale"]
+    assert p["kind"] == "gluon_attention_fwd" and "num_warps" not in p and p["schedule"].startswith("pipelined")
     assert G.shared_memory_bytes(G.CONFIG[128], 128) <= G.SHARED_MEMORY_LIMIT_SM90
     with pytest.raises(ValueError):
         G.GluonAttentionConfig(block_n=96)

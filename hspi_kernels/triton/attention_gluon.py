@@ -60,9 +60,13 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
-__all__ = ["CONFIG", "GluonAttentionConfig", "attention", "default_config", "plan", "supported"]
+from .attention import _qk_scale as _tl_qk_scale
+from .gemm import SHARED_MEMORY_LIMIT_SM90
+
+__all__ = ["CONFIG", "GluonAttentionConfig", "SHARED_MEMORY_LIMIT_SM90", "attention", "default_config", "plan",
+           "supported"]
 
 _LOG2E = 1.4426950408889634
 
@@ -138,7 +142,6 @@ def shared_memory_bytes(config: GluonAttentionConfig, head_dim: int, elem_bytes:
     return (config.block_m * head_dim + 2 * config.num_stages * config.block_n * head_dim) * elem_bytes
 
 
-SHARED_MEMORY_LIMIT_SM90 = 232448
 
 
 @functools.cache
@@ -374,10 +377,8 @@ def _kernels():
 
 
 def _qk_scale(sm_scale: float) -> float:
-    """fp32(sm_scale * log2(e)) (the exp2 domain), rounded by numpy, as attention.py."""
-    import numpy as np
-
-    return float(np.float32(sm_scale * _LOG2E))
+    """fp32(sm_scale * log2(e)): the native mode's scale, from attention.py."""
+    return _tl_qk_scale(sm_scale, "native")
 
 
 def constexprs(config: GluonAttentionConfig, *, head_dim: int, causal: bool) -> dict:
@@ -426,33 +427,46 @@ def compile_sm90(config: GluonAttentionConfig | None = None, *, head_dim: int = 
                                    "enable_fp_fusion": config.enable_fp_fusion})
 
 
-def supported(q, k, v, causal: bool = False) -> tuple[bool, str]:
-    """(True, "") when :func:`attention` can run these inputs here, else (False, reason)."""
-    try:
-        import torch
-    except ImportError:
-        return False, "torch is not installed"
+def _refusal(q, k, v, causal: bool, config: GluonAttentionConfig | None = None) -> tuple[type, str] | None:
+    """Why :func:`attention` cannot run these inputs here, as (exception type, reason), or None:
+    ValueError for shapes, dtypes, layouts and devices, RuntimeError for a GPU that is not
+    sm_90, ImportError without Gluon. Shared by :func:`supported` and :func:`attention`."""
+    import torch
+
     if not (q.ndim == 4 and q.shape == k.shape == v.shape):
-        return False, f"q, k, v must be [B,H,S,D] of one shape: {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        return ValueError, f"q, k, v must be [B,H,S,D] of one shape: {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
     if not (q.dtype == k.dtype == v.dtype and q.dtype in (torch.bfloat16, torch.float16)):
-        return False, f"bf16/fp16 inputs of one dtype needed, got {q.dtype}, {k.dtype}, {v.dtype}"
+        return ValueError, f"bf16/fp16 inputs of one dtype needed, got {q.dtype}, {k.dtype}, {v.dtype}"
     if not (q.is_contiguous() and k.is_contiguous() and v.is_contiguous()):
-        return False, "q, k, v must be contiguous"
+        return ValueError, "q, k, v must be contiguous"
     B, H, S, D = q.shape
     if D not in CONFIG:
-        return False, f"head_dim must be one of {sorted(CONFIG)}, got {D}"
-    config = CONFIG[D]
+        return ValueError, f"head_dim must be one of {sorted(CONFIG)}, got {D}"
+    config = config or CONFIG[D]
     if S == 0 or S % config.block_m:
-        return False, f"S must be a positive multiple of BLOCK_M={config.block_m}, got {S}"
+        return ValueError, f"S must be a positive multiple of BLOCK_M={config.block_m}, got {S}"
+    if causal and config.block_n != config.block_m:
+        return ValueError, "causal needs block_n == block_m"
     if not q.is_cuda:
-        return False, "inputs must be CUDA tensors"
-    if torch.cuda.get_device_capability(q.device) != (9, 0):
-        return False, f"needs an sm_90 (Hopper) GPU, got sm_{''.join(map(str, torch.cuda.get_device_capability(q.device)))}"
+        return ValueError, "inputs must be CUDA tensors"
+    cap = torch.cuda.get_device_capability(q.device)
+    if cap != (9, 0):
+        return RuntimeError, f"needs an sm_90 (Hopper) GPU, got sm_{cap[0]}{cap[1]}"
     try:
         _kernels()
     except ImportError as exc:
-        return False, str(exc)
-    return True, ""
+        return ImportError, str(exc)
+    return None
+
+
+def supported(q, k, v, causal: bool = False) -> tuple[bool, str]:
+    """(True, "") when :func:`attention` can run these inputs here, else (False, reason)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False, "torch is not installed"
+    refusal = _refusal(q, k, v, causal)
+    return (True, "") if refusal is None else (False, refusal[1])
 
 
 def attention(q, k, v, *, causal: bool = False, sm_scale: float | None = None,
@@ -463,26 +477,11 @@ def attention(q, k, v, *, causal: bool = False, sm_scale: float | None = None,
     ImportError without Gluon, RuntimeError on a non-Hopper GPU."""
     import torch
 
-    if not (q.ndim == 4 and q.shape == k.shape == v.shape):
-        raise ValueError(f"attention_gluon: q, k, v must be [B,H,S,D] of one shape: {tuple(q.shape)}, "
-                         f"{tuple(k.shape)}, {tuple(v.shape)}")
-    if not (q.dtype == k.dtype == v.dtype and q.dtype in (torch.bfloat16, torch.float16)):
-        raise ValueError(f"attention_gluon: bf16/fp16 inputs of one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not (q.is_contiguous() and k.is_contiguous() and v.is_contiguous()):
-        raise ValueError("attention_gluon: q, k, v must be contiguous")
+    refusal = _refusal(q, k, v, causal, config)
+    if refusal is not None:
+        raise refusal[0](f"attention_gluon: {refusal[1]}")
     B, H, S, D = q.shape
     config = config or default_config(D)
-    if D not in CONFIG:
-        raise ValueError(f"attention_gluon: head_dim must be one of {sorted(CONFIG)}, got {D}")
-    if S == 0 or S % config.block_m:
-        raise ValueError(f"attention_gluon: S must be a positive multiple of {config.block_m}, got {S}")
-    if causal and config.block_n != config.block_m:
-        raise ValueError("attention_gluon: causal needs block_n == block_m")
-    if not q.is_cuda:
-        raise ValueError("attention_gluon: CUDA tensors needed")
-    cap = torch.cuda.get_device_capability(q.device)
-    if cap != (9, 0):
-        raise RuntimeError(f"attention_gluon: needs an sm_90 (Hopper) GPU, this one is sm_{cap[0]}{cap[1]}")
     kernels = _kernels()
     TensorDescriptor = kernels["TensorDescriptor"]
     sm_scale = 1.0 / math.sqrt(D) if sm_scale is None else sm_scale
@@ -504,39 +503,18 @@ def attention(q, k, v, *, causal: bool = False, sm_scale: float | None = None,
 
 def plan(config: GluonAttentionConfig | None = None, *, fmt: str = "bf16", head_dim: int = 128,
          causal: bool = False, sm_scale: float | None = None, arch: str = "sm_90") -> dict:
-    """The order of the forward pass as data (JSON-ready), in the shape of attention.py's native
-    plan, plus the pipeline schedule (which does not change any value)."""
-    from hspi_kernels.numerics.plans import Chain, TensorCore
+    """The order of the forward pass as data (JSON-ready): attention.py's native plan of the same
+    order (BLOCK_M x BLOCK_N, ``enable_fp_fusion``), its one definition, with this kernel's launch
+    configuration and pipeline schedule (which changes no value) in place of the tl kernel's."""
+    from .attention import AttentionConfig, plan as native_plan
 
     config = config or default_config(head_dim)
-    sm_scale = 1.0 / math.sqrt(head_dim) if sm_scale is None else sm_scale
-    dot = Chain(TensorCore(arch, fmt, "fp32", path="wgmma"), k=16)
-    fused = config.enable_fp_fusion
-    return {
-        "kind": "gluon_attention_fwd", "mode": "native", "fmt": fmt, "head_dim": head_dim, "causal": causal,
-        "config": asdict(config), "enable_fp_fusion": fused,
-        "qk_scale": {"value": _qk_scale(sm_scale), "formula": "fp32(sm_scale * log2(e))"},
-        "key_blocks": ("start_n = 0, BLOCK_N, ... < BLOCK_M*start_m unmasked, then the diagonal block "
-                       "start_m*BLOCK_M (BLOCK_N == BLOCK_M) masked (key > query -> -inf)") if causal
-        else "start_n = 0, BLOCK_N, ... < S, ascending (S % BLOCK_M == 0: no partial block)",
-        "per_block": [
-            {"step": "scores", "formula": "qk = fp32(dot(q, k^T))", "dot_plan": dot.to_json(),
-             "over": "head_dim, from +0"},
-            {"step": "row_max", "formula": "m_new = max(m_old, max_j(qk_j) * qk_scale) (off-diagonal); "
-                                           "s = qk * qk_scale masked, m_new = max(m_old, max_j s_j) (diagonal)",
-             "init": "-inf"},
-            {"step": "p", "formula": ("p = ex2.approx(fma(qk, qk_scale, -m_new))" if fused else
-                                      "p = ex2.approx(rn(rn(qk * qk_scale) - m_new))") +
-                                     " (off-diagonal); p = ex2.approx(s - m_new) (diagonal); "
-                                     "alpha = ex2.approx(m_old - m_new)"},
-            {"step": "row_sum", "formula": "l = l * alpha + rowsum(p)" + (" (fma)" if fused else ""),
-             "order": "gl.sum over the wgmma accumulator layout (per-thread then quad shuffles; unrevealed)",
-             "init": "+0"},
-            {"step": "accumulate", "formula": "acc = dot(P, v, c = acc * alpha), P = RNE(p) to fmt",
-             "dot_plan": Chain(TensorCore(arch, fmt, "fp32", path="wgmma"), k=16).to_json(),
-             "over": "the block's keys, from c", "init": "+0"},
-        ],
-        "schedule": ("pipelined: S_j issued before P_{j-1}.V_{j-1}, softmax(S_j) while P.V runs, acc*alpha_j "
-                     "after P.V completes (values unchanged)") if config.pipeline else "sequential",
-        "epilogue": "O = div_rn(acc, l) (IEEE division), RNE to fmt",
-    }
+    same_order = AttentionConfig(block_m=config.block_m, block_n=config.block_n,
+                                 enable_fp_fusion=config.enable_fp_fusion, impl="gluon")
+    out = native_plan(same_order, fmt=fmt, head_dim=head_dim, causal=causal, sm_scale=sm_scale, arch=arch)
+    for key in ("num_warps", "num_stages", "longest_first", "tma", "warp_specialize"):
+        del out[key]  # the tl kernel's launch, not this one's
+    out.update(kind="gluon_attention_fwd", config=asdict(config),
+               schedule=("pipelined: S_j issued before P_{j-1}.V_{j-1}, softmax(S_j) while P.V runs, acc*alpha_j "
+                         "after P.V completes (values unchanged)") if config.pipeline else "sequential")
+    return out
