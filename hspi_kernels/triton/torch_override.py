@@ -52,7 +52,7 @@ def fixed_order_matmul(configs: dict | None = None, *, dispatch_key: str = "CUDA
             raise ValueError(f"fixed_order_matmul: config for {fmt} is nondeterministic (atomic split-K)")
     formats = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
-    def config_for(dtype, m: int):
+    def config_for(dtype):
         # None: matmul's own shape rule (gemm.shape_config, with its persistent-TMA check)
         return configs.get(formats[dtype])
 
@@ -67,13 +67,13 @@ def fixed_order_matmul(configs: dict | None = None, *, dispatch_key: str = "CUDA
         if not supported(a, b):
             out = torch.empty((a.shape[0], b.shape[1]), dtype=torch.result_type(a, b), device=a.device)
             return torch.ops.aten.mm.out(a, b, out=out)
-        return gemm.matmul(as_gemm_operand(a), as_gemm_operand(b), config_for(a.dtype, a.shape[0]))
+        return gemm.matmul(as_gemm_operand(a), as_gemm_operand(b), config_for(a.dtype))
 
     def addmm(bias, a, b, *, beta=1, alpha=1):
         if not supported(bias, a, b):
             out = torch.empty((a.shape[0], b.shape[1]), dtype=torch.result_type(a, b), device=a.device)
             return torch.ops.aten.addmm.out(bias, a, b, beta=beta, alpha=alpha, out=out)
-        acc = gemm.matmul(as_gemm_operand(a), as_gemm_operand(b), config_for(a.dtype, a.shape[0]), out_dtype=torch.float32)
+        acc = gemm.matmul(as_gemm_operand(a), as_gemm_operand(b), config_for(a.dtype), out_dtype=torch.float32)
         if alpha != 1:
             acc = acc * alpha
         if beta != 0:
@@ -85,7 +85,7 @@ def fixed_order_matmul(configs: dict | None = None, *, dispatch_key: str = "CUDA
             out = torch.empty((a.shape[0], a.shape[1], b.shape[2]), dtype=torch.result_type(a, b), device=a.device)
             return torch.ops.aten.bmm.out(a, b, out=out)
         out = torch.empty((a.shape[0], a.shape[1], b.shape[2]), dtype=a.dtype, device=a.device)
-        config = config_for(a.dtype, a.shape[0])
+        config = config_for(a.dtype)
         for i in range(a.shape[0]):
             gemm.matmul(as_gemm_operand(a[i]), as_gemm_operand(b[i]), config, out=out[i])
         return out
