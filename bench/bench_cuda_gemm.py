@@ -1,4 +1,4 @@
-"""Fast Hopper wgmma GEMM (``hspi_kernels.cuda.gemm_tensor_core.wgmma_fast_gemm``) vs cuBLAS
+"""Fast Hopper wgmma GEMM (``hspi_kernels.kernels.cuda.gemm_tensor_core.wgmma_fast_gemm``) vs cuBLAS
 (GPU only; skipped without CUDA, CuPy or an sm_90 device).
 
     pytest bench/bench_cuda_gemm.py --benchmark-json docs/results/bench_cuda_gemm.json
@@ -7,7 +7,7 @@ The kernel runs on its native layout (A [M, K], B_nk [N, K], fp32 output, fixed 
 ``Chain(TensorCore("sm_90", "bf16", "fp32", path="wgmma"), k=16)``); the baseline is
 ``torch.matmul(a, b_nk.t())`` -- the same logical product, bf16 output, whatever algorithm cuBLAS
 picks -- timed in the same run. Timings alternate between the two (``ROUNDS`` rounds of
-``hspi_kernels.timing.gpu_time_ms``: L2 flushed, median) and each side reports the median of its
+``hspi_kernels.platform.timing.gpu_time_ms``: L2 flushed, median) and each side reports the median of its
 rounds, so clock drift hits both. extra_info: ms, TFLOP/s, ``speed_vs_cublas`` (cuBLAS time /
 ours: > 1 is faster) and the issue-#4 target (``target_speed_vs_cublas`` 0.9, ``meets_target``),
 recorded here rather than asserted in a unit test. Correctness is re-checked after timing
@@ -27,8 +27,8 @@ if not torch.cuda.is_available():
 if torch.cuda.get_device_capability(0) != (9, 0):
     pytest.skip("bench_cuda_gemm needs an sm_90 (Hopper) GPU: wgmma", allow_module_level=True)
 
-from hspi_kernels.cuda import gemm_tensor_core as tc  # noqa: E402
-from hspi_kernels.timing import gpu_time_ms  # noqa: E402
+from hspi_kernels.kernels.cuda import gemm_tensor_core as tc  # noqa: E402
+from hspi_kernels.platform.timing import gpu_time_ms  # noqa: E402
 
 TARGET = 0.9  # issue #4: wgmma bf16 GEMM 8192^3 at >= 0.9x cuBLAS
 ROUNDS = 3

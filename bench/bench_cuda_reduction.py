@@ -4,7 +4,7 @@
 
 Times ``reduction.reduce_vector_fast`` (the deterministic "vec4" kernel with the wrapper's fixed
 G x B x U) and ``torch.sum`` on the same 1 GiB tensor in the same run, with
-``hspi_kernels.timing.gpu_time_ms`` (L2 flushed, median) and with a back-to-back event loop
+``hspi_kernels.platform.timing.gpu_time_ms`` (L2 flushed, median) and with a back-to-back event loop
 (launch overhead hidden, as in a model). extra_info: GB/s of both, ``ratio_vs_torch``
 (torch time / our time: >= 1 is as fast), the old scalar two-pass kernel for reference, and a
 bits check after timing (our sum twice: identical; close to a float64 sum).
@@ -19,8 +19,8 @@ pytest.importorskip("cupy")
 if not torch.cuda.is_available():
     pytest.skip("bench_cuda_reduction needs a CUDA GPU", allow_module_level=True)
 
-from hspi_kernels.cuda import reduction as R  # noqa: E402
-from hspi_kernels.timing import gpu_time_ms  # noqa: E402
+from hspi_kernels.kernels.cuda import reduction as R  # noqa: E402
+from hspi_kernels.platform.timing import gpu_time_ms  # noqa: E402
 
 N = 1 << 28
 

@@ -21,7 +21,7 @@ import time
 import numpy as np
 import pytest
 
-from hspi_kernels import features as F
+from hspi_kernels.fingerprint import features as F
 
 N = 1 << 26
 NATIVE_ROUNDS = 5

@@ -3,7 +3,7 @@
     pytest bench/bench_triton.py --benchmark-json docs/results/bench_triton.json
 
 Each benchmark times the Triton kernel and its baseline in the same run with
-``hspi_kernels.timing.gpu_time_ms`` (do_bench: L2 flushed, median), in ROUNDS alternating rounds
+``hspi_kernels.platform.timing.gpu_time_ms`` (do_bench: L2 flushed, median), in ROUNDS alternating rounds
 (median per side), re-checks correctness after timing, and puts TFLOP/s and the speed ratio
 (baseline time / Triton time: > 1 is faster) in extra_info.
 """
@@ -21,9 +21,9 @@ pytest.importorskip("triton")
 if not torch.cuda.is_available():
     pytest.skip("bench_triton needs a CUDA GPU", allow_module_level=True)
 
-from hspi_kernels.timing import gpu_time_ms  # noqa: E402
-from hspi_kernels.triton import attention as A  # noqa: E402
-from hspi_kernels.triton import gemm as G  # noqa: E402
+from hspi_kernels.platform.timing import gpu_time_ms  # noqa: E402
+from hspi_kernels.kernels.triton import attention as A  # noqa: E402
+from hspi_kernels.kernels.triton import gemm as G  # noqa: E402
 
 GEMM_SHAPES = [(1, 4096, 4096), (16, 4096, 4096), (64, 4096, 4096), (256, 4096, 4096), (4096, 4096, 4096),
                (8192, 8192, 8192)]
@@ -71,7 +71,7 @@ def test_gemm_bf16_geomean(benchmark, platform_meta):
     speeds = [base / t for t, base, *_ in times]
     benchmark.extra_info.update(platform_meta)
     benchmark.extra_info.update({
-        "shapes": GEMM_SHAPES, "config_rule": "hspi_kernels.triton.gemm.shape_config (SHAPE_RULE, LARGE_M_TMA)",
+        "shapes": GEMM_SHAPES, "config_rule": "hspi_kernels.kernels.triton.gemm.shape_config (SHAPE_RULE, LARGE_M_TMA)",
         "per_shape": [{"shape": s, "config": repr(c), "triton_ms": t, "cublas_ms": b, "speed_vs_cublas": b / t,
                        "triton_ms_rounds": ro, "cublas_ms_rounds": rb}
                       for s, (t, b, c, ro, rb) in zip(GEMM_SHAPES, times)],

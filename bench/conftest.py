@@ -1,6 +1,6 @@
 """Benchmark conventions: pytest-benchmark JSON with platform metadata in ``extra_info``,
 ratios against a baseline measured in the same run, GPU timings via events with an L2 flush
-and medians (``hspi_kernels.timing.gpu_time_ms``)."""
+and medians (``hspi_kernels.platform.timing.gpu_time_ms``)."""
 
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ def _print_json(obj) -> None:
 def env(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
     """Report Python/torch/triton/cupy/nvcc/driver/CUDA/cuBLAS versions, GPUs and kernel availability."""
     from hspi_kernels import platform as plat
-    from hspi_kernels.capabilities import capabilities
+    from hspi_kernels.platform.capabilities import capabilities
 
     meta = plat.collect()
     meta["capabilities"] = capabilities()
@@ -639,8 +639,8 @@ def reveal(
     """Reveal the summation order of an op (FPRev masking), as a plan replayed bit for bit.
     torch.matmul.cuda (cuBLAS bf16): the split-K family confirmed by masking (K chunking, split-K
     factor, part bounds, combine) and the op's output digest on seeded inputs."""
-    from hspi_kernels.probes import reveal as R
-    from hspi_kernels.probes import targets as T
+    from hspi_kernels.reveal import order as R
+    from hspi_kernels.reveal import targets as T
 
     try:
         t = T.get_target(target, n, rows, cols)
@@ -672,7 +672,7 @@ def card(
 ) -> None:
     """Tensor-core numerics card: block-model parameters from feature tests, closed-loop verified."""
     from hspi_kernels.numerics import tensor_core as TC
-    from hspi_kernels.probes import card as C
+    from hspi_kernels.reveal import card as C
 
     if path.startswith("emulated:"):
         name = path.split(":", 1)[1]
@@ -726,7 +726,7 @@ def trace_run(
     attn: str = typer.Option("sdpa", "--attn", help="eager, sdpa, sdpa-math, sdpa-flash, ..."),
     gemm: str = typer.Option("torch", "--gemm", help="torch or fixed (Triton fixed-order override, CUDA)"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads"),
-    keep: str = typer.Option("auto", "--keep", help="auto, all, gemm (see hspi_kernels.models.trace)"),
+    keep: str = typer.Option("auto", "--keep", help="auto, all, gemm (see hspi_kernels.trace.tracer)"),
     keep_layers: int = typer.Option(2, "--keep-layers", help="keep=gemm: GEMM inputs of the first N layers"),
     keep_key: Optional[list[str]] = typer.Option(None, "--keep-key", help="also keep this op's arrays"),
     keep_diverging: Optional[Path] = typer.Option(None, "--keep-diverging",
@@ -738,7 +738,7 @@ def trace_run(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Record one forward pass op by op (digests, kept inputs, kernel names)."""
-    from hspi_kernels.models import trace as T
+    from hspi_kernels.trace import tracer as T
 
     keys = list(keep_key or [])
     try:
@@ -761,7 +761,7 @@ def trace_run(
 
 
 def _load_traces(a: Path, b: Path):
-    from hspi_kernels.models import trace as T
+    from hspi_kernels.trace import tracer as T
 
     try:
         return T.load(a), T.load(b)
@@ -780,7 +780,7 @@ def trace_diff(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """First op whose output differs while its inputs are equal; per-layer ULP propagation."""
-    from hspi_kernels.models import trace as T
+    from hspi_kernels.trace import tracer as T
 
     ta, tb = _load_traces(a, b)
     d = T.diff(ta, tb)
@@ -829,7 +829,7 @@ def trace_explain(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Replay the origin ops' inputs under candidate plans: which plan gives each platform's bits."""
-    from hspi_kernels.models import trace as T, trace_explain as E
+    from hspi_kernels.trace import tracer as T, explain as E
 
     ta, tb = _load_traces(a, b)
     d = T.diff(ta, tb)
@@ -866,7 +866,7 @@ def validate(
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """GPU validation: every kernel's bits against its plan through the evaluator (needs a GPU)."""
-    from hspi_kernels import validation
+    from hspi_kernels.kernels import validation
 
     try:
         results = validation.run(names, out, scale)

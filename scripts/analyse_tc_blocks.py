@@ -35,7 +35,7 @@ import numpy as np
 from hspi_kernels.numerics import evaluate as E
 from hspi_kernels.numerics import plans as P
 from hspi_kernels.numerics import tensor_core as T
-from hspi_kernels.validation.tensor_core import same_bits
+from hspi_kernels.kernels.validation.tensor_core import same_bits
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "gpu_blocks" / "h100_tc_blocks.npz"
 REVERTED = {  # each sm_90 rule, reverted on its own
@@ -100,7 +100,7 @@ def describe(model: T.BlockModel, s: dict, i: int, j: int, ours: np.ndarray) -> 
 
 
 def analyse(show: int = 0, which: str = "preset", only: str = "") -> dict[str, dict]:
-    from hspi_kernels.validation.tensor_core import fp8_mma_sync_emulated
+    from hspi_kernels.kernels.validation.tensor_core import fp8_mma_sync_emulated
 
     report = {}
     for name, s in load().items():

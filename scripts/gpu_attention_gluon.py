@@ -1,4 +1,4 @@
-"""GPU check and benchmark of the Gluon Hopper attention (hspi_kernels/triton/attention_gluon.py).
+"""GPU check and benchmark of the Gluon Hopper attention (hspi_kernels/kernels/triton/attention_gluon.py).
 
     PYTHONPATH=. python3 scripts/gpu_attention_gluon.py OUT_DIR [--variants] [--skip-check]
 
@@ -7,7 +7,7 @@
    error (bound 2e-2 for bf16, 5e-3 for fp16), the tl kernel's error on the same inputs for
    scale;
 2. determinism: two runs bit-equal;
-3. timing (hspi_kernels.timing.gpu_time_ms: do_bench median, L2 flushed) of ours vs the tl
+3. timing (hspi_kernels.platform.timing.gpu_time_ms: do_bench median, L2 flushed) of ours vs the tl
    kernel (attention.attention, default native config) vs SDPA cuDNN / flash / efficient on
    B4 H16 S4096 D128 bf16 causal and non-causal, 3 alternating rounds, median of the rounds;
    ``--variants`` adds a few fixed config variants of ours to the rounds.
@@ -77,9 +77,9 @@ def main():
 
     import torch
 
-    from hspi_kernels.timing import gpu_time_ms
-    from hspi_kernels.triton import attention as A
-    from hspi_kernels.triton import attention_gluon as AG
+    from hspi_kernels.platform.timing import gpu_time_ms
+    from hspi_kernels.kernels.triton import attention as A
+    from hspi_kernels.kernels.triton import attention_gluon as AG
 
     res = {"platform": _platform(), "config": {str(d): asdict(c) for d, c in AG.CONFIG.items()},
            "correctness": [], "determinism": [], "timing": {}, "errors": []}

@@ -60,7 +60,7 @@ def gpu_unit(path: str, fmt: str = "bf16", K: int | None = None, out_format: str
     cuBLAS and Triton paths compute ``A @ B^T`` and add ``diag(C)`` in fp32 afterwards."""
     import torch
 
-    from hspi_kernels.probes.card import Unit
+    from hspi_kernels.reveal.card import Unit
 
     tdt = getattr(torch, _TORCH_DTYPE[fmt])
     cap = torch.cuda.get_device_capability()
@@ -87,7 +87,7 @@ def gpu_unit(path: str, fmt: str = "bf16", K: int | None = None, out_format: str
         return mma
 
     if path in ("mma.sync", "wgmma"):
-        from hspi_kernels.cuda import gemm_tensor_core as tc
+        from hspi_kernels.kernels.cuda import gemm_tensor_core as tc
 
         f = tc.mma_sync_gemm if path == "mma.sync" else tc.wgmma_gemm
 
@@ -103,7 +103,7 @@ def gpu_unit(path: str, fmt: str = "bf16", K: int | None = None, out_format: str
                 D = torch.mm(A, B.t())
             return D + torch.diag_embed(C)
     elif path == "triton":
-        from hspi_kernels.triton import gemm as tg
+        from hspi_kernels.kernels.triton import gemm as tg
 
         def fn(A, B, C):
             return tg.matmul(A.to(tdt), B.to(tdt).t().contiguous(), out_dtype=torch.float32) + torch.diag_embed(C)
@@ -135,9 +135,9 @@ def main(out_dir: str, budget: float = 240.0) -> int:
 
     from hspi_kernels import platform as plat
     from hspi_kernels.numerics.tensor_core import get_preset
-    from hspi_kernels.probes import card as C
-    from hspi_kernels.probes import reveal as R
-    from hspi_kernels.probes import targets as T
+    from hspi_kernels.reveal import card as C
+    from hspi_kernels.reveal import order as R
+    from hspi_kernels.reveal import targets as T
 
     t_start = time.perf_counter()
     out = Path(out_dir)

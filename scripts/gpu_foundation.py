@@ -23,7 +23,7 @@ def platform_metadata() -> dict:
     import cupy
 
     from hspi_kernels import platform as hspi_platform
-    from hspi_kernels.cuda import loader
+    from hspi_kernels.kernels.cuda import loader
 
     def ver(v: int) -> str:
         return f"{v // 1000}.{(v % 1000) // 10}"
@@ -41,8 +41,8 @@ def bit_counts(n: int) -> list[dict]:
     import cupy
     import torch
 
-    from hspi_kernels.cuda import elementwise as ew
-    from hspi_kernels.cuda import loader
+    from hspi_kernels.kernels.cuda import elementwise as ew
+    from hspi_kernels.kernels.cuda import loader
 
     host = ew.sample_inputs(n, seed=0)
     refs = {fused: ew.reference(*host, fused=fused) for fused in (True, False)}
@@ -85,7 +85,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from hspi_kernels import platform as hspi_platform
-    from hspi_kernels.cuda import loader
+    from hspi_kernels.kernels.cuda import loader
 
     status = loader.status()
     meta = platform_metadata()

@@ -39,7 +39,7 @@ if has ident; then
 fi
 if has valid; then
   step "validations"
-  timeout "${VALID_TIMEOUT:-420}" python3 -m hspi_kernels.validation ${VALID:-cuda_core tensor_core attention_sfu triton} --out "$R/valid" --scale "${SCALE:-1}" > "$R/valid.log" 2>&1; echo "rc=$?"; tail -30 "$R/valid.log"
+  timeout "${VALID_TIMEOUT:-420}" python3 -m hspi_kernels.kernels.validation ${VALID:-cuda_core tensor_core attention_sfu triton} --out "$R/valid" --scale "${SCALE:-1}" > "$R/valid.log" 2>&1; echo "rc=$?"; tail -30 "$R/valid.log"
   grep -E "PASS|FAIL|all_pass|all_ok|passed" "$R/valid"/*/*.log 2>/dev/null | tail -5
   # SFU tables: keep the ex2 ones (native-mode replay); the rest are summarised by their digests
   if [ -d "$R/valid/attention_sfu" ]; then
@@ -50,7 +50,7 @@ if has valid; then
 fi
 if has attn; then
   step "triton attention validation"
-  timeout "${ATTN_TIMEOUT:-200}" python3 -c "from hspi_kernels.validation import triton_kernels as V; r = V.run('$R/attn', sections=['attention']); print('attention passed:', r['passed'])" > "$R/attn.log" 2>&1; echo "rc=$?"; tail -3 "$R/attn.log"
+  timeout "${ATTN_TIMEOUT:-200}" python3 -c "from hspi_kernels.kernels.validation import triton_kernels as V; r = V.run('$R/attn', sections=['attention']); print('attention passed:', r['passed'])" > "$R/attn.log" 2>&1; echo "rc=$?"; tail -3 "$R/attn.log"
 fi
 if has sanit; then
   step "compute-sanitizer"; SANITIZE_WORK=/tmp/hspi_sanwork timeout "${SANIT_TIMEOUT:-300}" bash scripts/gpu_sanitize.sh "$R/sanit" > "$R/sanit.log" 2>&1; echo "rc=$?"; tail -25 "$R/sanit.log"

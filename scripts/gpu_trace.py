@@ -51,7 +51,8 @@ def main() -> int:
     import torch
 
     from hspi_kernels import platform as plat
-    from hspi_kernels.models import trace as T, zoo
+    from hspi_kernels.trace import tracer as T
+    from hspi_kernels.models import zoo
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False

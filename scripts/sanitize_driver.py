@@ -70,7 +70,7 @@ def sources() -> list[str]:
 
 def discover() -> dict:
     """{source: {"kernels": [...]} or {"error": ...}} for every .cu of the package."""
-    from hspi_kernels.cuda.loader import load_module
+    from hspi_kernels.kernels.cuda.loader import load_module
 
     out = {}
     for src in sources():
@@ -111,12 +111,12 @@ def cases() -> list[tuple[str, list[str], object]]:
 
     out = []
     try:
-        A, E, G, T, R, S = (importlib.import_module(f"hspi_kernels.cuda.{m}") for m in
+        A, E, G, T, R, S = (importlib.import_module(f"hspi_kernels.kernels.cuda.{m}") for m in
                             ("attention", "elementwise", "gemm_cuda_core", "gemm_tensor_core", "reduction", "sfu"))
     except Exception as exc:  # noqa: BLE001 - a wrapper that does not import is one failed case
         def failed(exc=exc):
             raise exc
-        return [("import.hspi_kernels.cuda", [], failed)]
+        return [("import.hspi_kernels.kernels.cuda", [], failed)]
 
     def add(name, kernels, fn):
         out.append((name, list(kernels), fn))
@@ -242,8 +242,8 @@ extern "C" __global__ void planted_smem_race(float* out) {
 def control(kind: str) -> dict:
     """One negative control per process (an invalid access under memcheck ends the context)."""
     cp = _cupy()
-    from hspi_kernels.cuda import reduction as R
-    from hspi_kernels.cuda.loader import load_module
+    from hspi_kernels.kernels.cuda import reduction as R
+    from hspi_kernels.kernels.cuda.loader import load_module
 
     module = cp.RawModule(code=_PLANTED, options=("-fmad=false",))
     name = f"control.{kind}"

@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from hspi_kernels.validation import tensor_core as V
+from hspi_kernels.kernels.validation import tensor_core as V
 
 INSTR_K = {"fp16": 16, "bf16": 16, "tf32": 8, "e4m3": 32, "e5m2": 32}
 

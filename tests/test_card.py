@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from hspi_kernels.numerics import tensor_core as TC
-from hspi_kernels.probes import card as C
+from hspi_kernels.reveal import card as C
 
 ALL = sorted(TC.PRESETS)
 # A card takes 1-3 s on the CPU emulator (native evaluator), so the default run fits every preset

@@ -79,7 +79,7 @@ def test_probe_ids_unique_and_specs_seeded():
 
 
 def test_import_is_light():
-    code = ("import sys, hspi_kernels, hspi_kernels.cli, hspi_kernels.probes, hspi_kernels.features; "
+    code = ("import sys, hspi_kernels, hspi_kernels.cli, hspi_kernels.probes, hspi_kernels.fingerprint.features; "
             "heavy = [m for m in ('torch', 'triton', 'cupy') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hspi_kernels.cuda import attention as A
-from hspi_kernels.cuda import sfu
+from hspi_kernels.kernels.cuda import attention as A
+from hspi_kernels.kernels.cuda import sfu
 from hspi_kernels.numerics import attention_ref as R
 
 
 def _cubin(source: str, arch: str = "sm_90a"):
-    from hspi_kernels.cuda.loader import build_entries
+    from hspi_kernels.kernels.cuda.loader import build_entries
 
     entries = [e for e in build_entries(source) if e["arch"] == arch]
     if not entries:
@@ -23,7 +23,7 @@ def _cubin(source: str, arch: str = "sm_90a"):
 
 
 def _sass(source):
-    from hspi_kernels.cuda import sass as sass_mod
+    from hspi_kernels.kernels.cuda import sass as sass_mod
 
     try:
         return sass_mod, sass_mod.dump_sass(_cubin(source)["path"])
@@ -204,7 +204,7 @@ def test_table_roundtrip(tmp_path):
 @pytest.mark.parametrize("fmt,D,bn,splits,causal", [("bf16", 64, 32, 1, False), ("fp16", 32, 16, 2, True),
                                                     ("bf16", 128, 64, 4, True)])
 def test_gpu_exact_bit_exact(fmt, D, bn, splits, causal):
-    from hspi_kernels.validation.attention_sfu import gpu_attention, same_bits
+    from hspi_kernels.kernels.validation.attention_sfu import gpu_attention, same_bits
 
     Q, K, V = _qkv(fmt, 2, 40, 75, D, seed=7)
     gpu = gpu_attention(Q, K, V, fmt, "exact", bn, splits, causal)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import hspi_kernels
-from hspi_kernels.cuda import loader, sass
+from hspi_kernels.kernels.cuda import loader, sass
 
 SOURCE = "elementwise/fma_probe.cu"
 
@@ -146,7 +146,7 @@ def test_split_functions_and_opcodes():
 # ---------------------------------------------------------------------------------------------
 def test_import_is_lazy():
     code = (
-        "import sys, hspi_kernels, hspi_kernels.cuda, hspi_kernels.cuda.elementwise, hspi_kernels.cuda.sass; "
+        "import sys, hspi_kernels, hspi_kernels.kernels.cuda, hspi_kernels.kernels.cuda.elementwise, hspi_kernels.kernels.cuda.sass; "
         "bad = [m for m in ('cupy', 'torch', 'triton') if m in sys.modules]; "
         "assert not bad, bad"
     )

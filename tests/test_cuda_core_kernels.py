@@ -12,21 +12,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hspi_kernels.cuda import gemm_cuda_core as G
-from hspi_kernels.cuda import reduction as R
+from hspi_kernels.kernels.cuda import gemm_cuda_core as G
+from hspi_kernels.kernels.cuda import reduction as R
 
 P = pytest.importorskip("hspi_kernels.numerics.plans")
 E = pytest.importorskip("hspi_kernels.numerics.evaluate")
 
 
 def _entries(source: str) -> list[dict]:
-    from hspi_kernels.cuda import loader
+    from hspi_kernels.kernels.cuda import loader
 
     return loader.build_entries(source)
 
 
 def _sass(source: str) -> dict[str, str]:
-    from hspi_kernels.cuda import sass
+    from hspi_kernels.kernels.cuda import sass
 
     entries = [e for e in _entries(source) if e["built"] and e["on_disk"]]
     if not entries:
@@ -52,7 +52,7 @@ def test_cubins_in_build_info(source):
 
 
 def test_gemm_sass_arithmetic():
-    from hspi_kernels.cuda.sass import has_opcode
+    from hspi_kernels.kernels.cuda.sass import has_opcode
 
     funcs = _sass(G.SOURCE)
     assert set(G.all_kernel_names()) <= set(funcs), sorted(set(G.all_kernel_names()) - set(funcs))
@@ -71,7 +71,7 @@ def test_gemm_sass_arithmetic():
 
 
 def test_reduction_sass():
-    from hspi_kernels.cuda.sass import has_opcode, opcodes
+    from hspi_kernels.kernels.cuda.sass import has_opcode, opcodes
 
     rows = _sass(R.ROW_SOURCE)
     grid = _sass(R.GRID_SOURCE)
@@ -317,7 +317,7 @@ def test_grid_transcription_matches_plan(blocks, block):
 def test_gpu_gemm_bits(dtype, order, lanes, parts, fused):
     torch = pytest.importorskip("torch")
     pytest.importorskip("cupy")
-    from hspi_kernels.validation.cuda_core import count_equal, gemm_inputs
+    from hspi_kernels.kernels.validation.cuda_core import count_equal, gemm_inputs
 
     np_dtype = G.DTYPES[dtype][1]
     for kind, (M, N, K) in (("random", (67, 45, 77)), ("adversarial", (41, 37, 24))):
@@ -334,7 +334,7 @@ def test_gpu_gemm_bits(dtype, order, lanes, parts, fused):
                                             ("warp_down", {"width": 32}), ("warp_down", {"width": 2})])
 def test_gpu_row_bits(variant, params):
     cupy = pytest.importorskip("cupy")
-    from hspi_kernels.validation.cuda_core import count_equal, row_inputs
+    from hspi_kernels.kernels.validation.cuda_core import count_equal, row_inputs
 
     for kind, (rows, n) in (("random", (300, 301)), ("adversarial", (50, 200))):
         x = row_inputs(kind, rows, n, seed=rows)
@@ -347,7 +347,7 @@ def test_gpu_row_bits(variant, params):
 @pytest.mark.gpu
 def test_gpu_vector_bits_and_atomic_control():
     cupy = pytest.importorskip("cupy")
-    from hspi_kernels.validation.cuda_core import count_equal, row_inputs
+    from hspi_kernels.kernels.validation.cuda_core import count_equal, row_inputs
 
     x = row_inputs("random", 1, 100_003, seed=1).reshape(-1)
     got = cupy.asnumpy(R.reduce_vector(cupy.asarray(x), blocks=16, block=64))

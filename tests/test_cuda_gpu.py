@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hspi_kernels.cuda import elementwise as ew
-from hspi_kernels.cuda import loader
+from hspi_kernels.kernels.cuda import elementwise as ew
+from hspi_kernels.kernels.cuda import loader
 
 pytestmark = pytest.mark.gpu
 
@@ -105,7 +105,7 @@ def test_status_on_gpu():
 def test_nvrtc_cubin_sass_matches_contract():
     """NVRTC's cubin keeps the same contract as the AOT one: FFMA in fma, FMUL+FADD in mul_add."""
     pytest.importorskip("cupy")
-    from hspi_kernels.cuda import sass
+    from hspi_kernels.kernels.cuda import sass
 
     try:
         sass.find_tool("cuobjdump")

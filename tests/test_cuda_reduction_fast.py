@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hspi_kernels.cuda import reduction as R
+from hspi_kernels.kernels.cuda import reduction as R
 from hspi_kernels.numerics import plans as P
 from hspi_kernels.numerics.evaluate import evaluate
 from test_cuda_core_kernels import _kernel_tree as _tree  # the block tree, transcribed once
@@ -121,7 +121,7 @@ def test_vec4_bad_arguments():
 
 
 def test_vec4_sass():
-    from hspi_kernels.cuda import loader, sass
+    from hspi_kernels.kernels.cuda import loader, sass
 
     entries = [e for e in loader.build_entries(R.VEC_SOURCE) if e["built"] and e["on_disk"]]
     if not entries:
@@ -141,7 +141,7 @@ def test_vec4_sass():
 @pytest.mark.gpu
 def test_gpu_vec4_bits():
     cupy = pytest.importorskip("cupy")
-    from hspi_kernels.validation.cuda_core import count_equal, row_inputs
+    from hspi_kernels.kernels.validation.cuda_core import count_equal, row_inputs
 
     for n in (0, 5, 4 * 1024 * 3 + 3, 100_003):
         x = row_inputs("random", 1, n, seed=n).reshape(-1)
@@ -156,7 +156,7 @@ def test_gpu_vec4_bits():
 def test_vec4_validation_entries_and_control(monkeypatch):
     """The validation's vec4 section on the CPU: a stand-in "GPU" that runs the kernel
     transcription gives N/N, and the two-pass negative control is rejected."""
-    from hspi_kernels.validation import cuda_core as V
+    from hspi_kernels.kernels.validation import cuda_core as V
 
     monkeypatch.setattr(R, "FAST_BLOCKS", 2)
     monkeypatch.setattr(R, "FAST_BLOCK", 4)

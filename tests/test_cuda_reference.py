@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from hspi_kernels.cuda import elementwise as ew
+from hspi_kernels.kernels.cuda import elementwise as ew
 from hspi_kernels.numerics.exact import round_fraction
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import xxhash
 
-from hspi_kernels import features as F
+from hspi_kernels.fingerprint import features as F
 
 # name -> (dtype, width, exp bits, frac bits)
 FMT = {

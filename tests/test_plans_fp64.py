@@ -15,7 +15,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from hspi_kernels.cuda import gemm_cuda_core as G
+from hspi_kernels.kernels.cuda import gemm_cuda_core as G
 from hspi_kernels.numerics import plans as P
 from hspi_kernels.numerics.evaluate import evaluate, fma64, fma64_exact, gemm
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from hspi_kernels.numerics import plans as P
-from hspi_kernels.probes import reveal as R
-from hspi_kernels.probes import targets as T
+from hspi_kernels.reveal import order as R
+from hspi_kernels.reveal import targets as T
 
 TC = P.TensorCore("sm_90", "bf16", "fp32")
 
@@ -189,7 +189,7 @@ def test_to_format_fast_paths_equal_the_rounding_module(fmt):
 def test_compare_records_explicit_trees_by_their_printed_form():
     """Explicit trees have no plan JSON: the same printed tree with equal bits is explained, the
     same tree with different bits (or a different tree) is not."""
-    from hspi_kernels.probes.reveal import compare_records
+    from hspi_kernels.reveal.order import compare_records
 
     def rec(plan, sha):
         return {"reveals": [{"label": "sum", "n": 4, "revealed": True, "plan": plan, "plan_json": None,

@@ -95,8 +95,8 @@ def test_failed_case_is_not_clean(D, tmp_path):
 
 
 def test_cubin_discovery(D):
-    from hspi_kernels.cuda import loader
-    from hspi_kernels.cuda import reduction as R
+    from hspi_kernels.kernels.cuda import loader
+    from hspi_kernels.kernels.cuda import reduction as R
 
     entries = [e for e in loader.build_entries(R.VEC_SOURCE) if e["built"] and e["on_disk"]]
     if not entries:

@@ -23,7 +23,7 @@ import pytest
 from hspi_kernels.numerics import plans as P
 from hspi_kernels.numerics.evaluate import gemm
 from hspi_kernels.numerics.tensor_core import chain, get_preset
-from hspi_kernels.validation.tensor_core import same_bits
+from hspi_kernels.kernels.validation.tensor_core import same_bits
 
 DATA = Path(__file__).parent / "data" / "gpu_blocks" / "h100_tc_blocks.npz"
 OUTPUTS = 128 * 64
@@ -83,7 +83,7 @@ def test_preset_reproduces_gpu_blocks_native(name):
 
 @pytest.mark.parametrize("name", FP8_MMA_SYNC_SETS)
 def test_mma_sync_fp8_is_the_ptxas_emulation(name):
-    from hspi_kernels.validation.tensor_core import fp8_mma_sync_emulated
+    from hspi_kernels.kernels.validation.tensor_core import fp8_mma_sync_emulated
 
     s = SETS[name]
     got = fp8_mma_sync_emulated(s["A"], s["B"], s["C"] if name.endswith("|c") else None, "mod4")

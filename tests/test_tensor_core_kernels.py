@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from hspi_kernels.cuda import gemm_tensor_core as tc
+from hspi_kernels.kernels.cuda import gemm_tensor_core as tc
 
 MMA_KERNELS = {
     "hspi_mma_sync_f16_f32": "HMMA.16816.F32",
@@ -30,7 +30,7 @@ WGMMA_KERNELS = {
 
 
 def _cubin(source: str, arch: str = "sm_90a"):
-    from hspi_kernels.cuda.loader import build_entries
+    from hspi_kernels.kernels.cuda.loader import build_entries
 
     entries = [e for e in build_entries(source) if e["arch"] == arch]
     if not entries:
@@ -49,7 +49,7 @@ def test_cubins_exist(source):
 
 
 def _sass(source):
-    sass_mod = pytest.importorskip("hspi_kernels.cuda.sass")
+    sass_mod = pytest.importorskip("hspi_kernels.kernels.cuda.sass")
     try:
         return sass_mod, sass_mod.dump_sass(_cubin(source)["path"])
     except sass_mod.SassToolsMissing as exc:
@@ -84,7 +84,7 @@ def test_wgmma_sass():
 
 
 def test_kernel_sources_state_their_plan():
-    from hspi_kernels.cuda.loader import source_path
+    from hspi_kernels.kernels.cuda.loader import source_path
 
     for source in tc.SOURCES.values():
         text = source_path(source).read_text()
@@ -199,7 +199,7 @@ def test_wrapper_rejects_host_arrays():
 # -- validation helpers on the CPU --------------------------------------------------------------
 def test_validation_inputs_are_representable():
     from hspi_kernels.numerics.formats import is_representable
-    from hspi_kernels.validation import tensor_core as V
+    from hspi_kernels.kernels.validation import tensor_core as V
 
     rng = np.random.default_rng(1)
     for fmt in ("fp16", "bf16", "tf32", "e4m3", "e5m2"):
@@ -213,7 +213,7 @@ def test_validation_hypotheses_discriminate():
     """On gdisc data the emulated fp8 mma.sync and the fp8 preset disagree, and a wrong G is
     told apart from the bf16 preset (the negative control has something to reject)."""
     from hspi_kernels.numerics.tensor_core import get_preset
-    from hspi_kernels.validation import tensor_core as V
+    from hspi_kernels.kernels.validation import tensor_core as V
 
     rng = np.random.default_rng(2)
     A, B = V.make_inputs("gdisc", "e4m3", 64, 32, 128, rng)
@@ -229,7 +229,7 @@ def test_validation_hypotheses_discriminate():
 def test_model_gemm_matches_evaluate_on_presets():
     from hspi_kernels.numerics.evaluate import gemm
     from hspi_kernels.numerics.tensor_core import get_preset
-    from hspi_kernels.validation import tensor_core as V
+    from hspi_kernels.kernels.validation import tensor_core as V
 
     rng = np.random.default_rng(3)
     A, B = V.make_inputs("spread", "tf32", 32, 16, 64, rng)
@@ -247,7 +247,7 @@ def test_model_gemm_matches_evaluate_on_presets():
 @pytest.mark.parametrize("with_c", [False, True])
 def test_gpu_matches_plan(path, in_format, out_format, with_c):
     from hspi_kernels.numerics.evaluate import gemm
-    from hspi_kernels.validation import tensor_core as V
+    from hspi_kernels.kernels.validation import tensor_core as V
 
     if path == "mma.sync" and in_format == "e4m3":
         pytest.xfail("Hopper mma.sync fp8 is emulated by ptxas (fp16 HMMA); see fp8_mma_sync_emulated")
@@ -265,7 +265,7 @@ def test_gpu_matches_plan(path, in_format, out_format, with_c):
 @pytest.mark.parametrize("path", ["mma.sync", "wgmma"])
 def test_gpu_split_k_matches_plan(path):
     from hspi_kernels.numerics.evaluate import gemm
-    from hspi_kernels.validation import tensor_core as V
+    from hspi_kernels.kernels.validation import tensor_core as V
 
     rng = np.random.default_rng(5)
     A, B = V.make_inputs("random", "bf16", 64, 32, 128, rng)
@@ -277,7 +277,7 @@ def test_gpu_split_k_matches_plan(path):
 @pytest.mark.gpu
 @pytest.mark.sm90
 def test_gpu_fp8_mma_sync_emulation_hypothesis():
-    from hspi_kernels.validation import tensor_core as V
+    from hspi_kernels.kernels.validation import tensor_core as V
 
     rng = np.random.default_rng(6)
     A, B = V.make_inputs("gdisc", "e4m3", 64, 32, 128, rng)

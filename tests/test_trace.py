@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from hspi_kernels.models import trace as T, trace_explain as E
+from hspi_kernels.trace import tracer as T, explain as E
 from hspi_kernels.numerics import plans as P
 
 KEY = "model.layers.0.mlp.down_proj:mm#0"

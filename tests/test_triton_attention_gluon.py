@@ -1,4 +1,4 @@
-"""Compile-only checks (no GPU) of the Gluon Hopper attention, hspi_kernels/triton/attention_gluon.py.
+"""Compile-only checks (no GPU) of the Gluon Hopper attention, hspi_kernels/kernels/triton/attention_gluon.py.
 
 The kernel is compiled for sm_90 in a subprocess (TRITON_INTERPRET, set by other test modules,
 removed) and its PTX / cubin read: wgmma, the pipelined ``wgmma.wait_group 1`` (S_j waited for
@@ -22,7 +22,7 @@ _FACTS_SCRIPT = r"""
 import inspect, json, os, re, subprocess, tempfile
 from dataclasses import replace
 import triton
-from hspi_kernels.triton import attention_gluon as G
+from hspi_kernels.kernels.triton import attention_gluon as G
 
 def cubin_regs(cubin):
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
@@ -55,7 +55,7 @@ out["no_pipeline"] = facts(c.asm["ptx"], None, c.metadata.shared)
 # negative control: the tl kernel of attention.py (default native config)
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from hspi_kernels.triton import attention as A
+from hspi_kernels.kernels.triton import attention as A
 kernel = A._kernels()["fwd"]
 params = list(inspect.signature(kernel.fn).parameters)
 config = A.default_config(128)
@@ -92,7 +92,7 @@ def sm90_facts() -> dict:
 
 @pytest.mark.parametrize("case", CASES)
 def test_sm90_compiles_warp_specialized_pipelined_tma(sm90_facts, case):
-    from hspi_kernels.triton import attention_gluon as G
+    from hspi_kernels.kernels.triton import attention_gluon as G
 
     f = sm90_facts[case]
     assert f["wgmma"] > 0
@@ -120,7 +120,7 @@ def test_sm90_tl_kernel_is_neither_specialized_nor_pipelined(sm90_facts):
 
 
 def test_import_pulls_in_neither_torch_nor_triton():
-    script = ("import sys; import hspi_kernels.triton.attention_gluon as G; "
+    script = ("import sys; import hspi_kernels.kernels.triton.attention_gluon as G; "
               "print(int('torch' in sys.modules), int('triton' in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_env(), timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -128,9 +128,9 @@ def test_import_pulls_in_neither_torch_nor_triton():
 
 
 def test_plan_and_config():
-    from hspi_kernels.triton import attention_gluon as G
+    from hspi_kernels.kernels.triton import attention_gluon as G
 
-    from hspi_kernels.triton import attention as A
+    from hspi_kernels.kernels.triton import attention as A
 
     p = G.plan(causal=True)
     json.dumps(p)
@@ -149,7 +149,7 @@ def test_plan_and_config():
 
 def test_unsupported_inputs_are_refused():
     torch = pytest.importorskip("torch")
-    from hspi_kernels.triton import attention_gluon as G
+    from hspi_kernels.kernels.triton import attention_gluon as G
 
     q = torch.zeros(1, 1, 100, 128, dtype=torch.bfloat16)
     ok, why = G.supported(q, q, q, True)

@@ -70,9 +70,9 @@ def interpreter():
 
 
 from hspi_kernels.numerics.evaluate import evaluate, gemm as plan_gemm  # noqa: E402
-from hspi_kernels.triton import attention as A  # noqa: E402
-from hspi_kernels.triton import gemm as G  # noqa: E402
-from hspi_kernels.triton import reduction as R  # noqa: E402
+from hspi_kernels.kernels.triton import attention as A  # noqa: E402
+from hspi_kernels.kernels.triton import gemm as G  # noqa: E402
+from hspi_kernels.kernels.triton import reduction as R  # noqa: E402
 
 SMALL = G.GemmConfig(block_m=16, block_n=32, block_k=16, group_m=2, num_warps=4, num_stages=2)
 U32 = 2.0**-24
@@ -96,8 +96,8 @@ def test_import_is_lazy():
     import subprocess
     import sys
 
-    code = ("import sys, hspi_kernels.triton as t, hspi_kernels.triton.gemm, hspi_kernels.triton.reduction, "
-            "hspi_kernels.triton.attention, hspi_kernels.triton.torch_override; "
+    code = ("import sys, hspi_kernels.kernels.triton as t, hspi_kernels.kernels.triton.gemm, hspi_kernels.kernels.triton.reduction, "
+            "hspi_kernels.kernels.triton.attention, hspi_kernels.kernels.triton.torch_override; "
             "assert 'triton' not in sys.modules and 'torch' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -375,7 +375,7 @@ def test_attention_rejects_fused_exact_mode():
 
 
 def test_torch_override_routes_mm_addmm_bmm():
-    from hspi_kernels.triton import torch_override as T
+    from hspi_kernels.kernels.triton import torch_override as T
 
     config = SMALL.replace(input_precision="ieee")
     torch.manual_seed(10)
@@ -397,7 +397,7 @@ import json, sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from hspi_kernels.triton import gemm as G
+from hspi_kernels.kernels.triton import gemm as G
 
 kernel = G._kernels()["gemm"]
 ints = ("M", "N", "K", "stride_am", "stride_ak", "stride_bk", "stride_bn", "stride_cp", "stride_cm", "stride_cn",
@@ -457,7 +457,7 @@ def test_sm90_ieee_fp32_dot_is_fma_whatever_fusion(sm90_ptx, fusion):
 
 _SMEM_SCRIPT = r"""
 import json
-from hspi_kernels.triton import gemm as G
+from hspi_kernels.kernels.triton import gemm as G
 
 out = {}
 for fmt, extra in [("bf16", {}), ("fp16", {}), ("fp32", {}), ("fp32", {"input_precision": "ieee"}), ("e4m3", {}),
@@ -490,7 +490,7 @@ def test_sm90_default_configs_fit_shared_memory():
     sizes = json.loads(proc.stdout.strip().splitlines()[-1])
     assert sizes and all(0 < s <= G.SHARED_MEMORY_LIMIT_SM90 for s in sizes.values()), sizes
     # the old persistent configuration is over the limit: the check can fail
-    script = ("from hspi_kernels.triton import gemm as G; "
+    script = ("from hspi_kernels.kernels.triton import gemm as G; "
               "print(G.shared_memory_bytes(G.GemmConfig(persistent=True), 'bf16', 'fp32'))")
     old = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert int(old.stdout.strip().splitlines()[-1]) > G.SHARED_MEMORY_LIMIT_SM90
@@ -501,7 +501,7 @@ import inspect, json, re, sys, tempfile
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from hspi_kernels.triton import attention as A
+from hspi_kernels.kernels.triton import attention as A
 
 kernel = A._kernels()["fwd"]
 params = list(inspect.signature(kernel.fn).parameters)
@@ -520,7 +520,7 @@ for name, config, fusion in [("exact", A.default_config(128, "exact"), False), (
     facts = {"ex2_approx": "ex2.approx" in ptx, "wgmma": "wgmma.mma_async" in ptx, "fma": len(fmas),
              "fma_without_immediate": sum("0f" not in f for f in fmas), "sass_mufu": None}
     try:
-        from hspi_kernels.cuda import sass
+        from hspi_kernels.kernels.cuda import sass
         with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
             f.write(c.asm["cubin"]); f.flush()
             ops = [o for fn in sass.dump_sass(f.name).values() for o in sass.opcodes(fn)]
@@ -564,7 +564,7 @@ def test_sm90_attention_exact_mode_has_no_sfu_and_no_contraction(sm90_attention)
 
 
 def test_validation_verdict_judges_only_the_sections_that_ran():
-    from hspi_kernels.validation.triton_kernels import _passed
+    from hspi_kernels.kernels.validation.triton_kernels import _passed
 
     good_att = [{"passed": True}, {"passed": True}]
     assert _passed({"attention": good_att})
@@ -585,7 +585,7 @@ def test_attention_impl_dispatch_falls_back_with_a_reason():
     for its order before anything else."""
     from dataclasses import replace
 
-    from hspi_kernels.triton import attention as A
+    from hspi_kernels.kernels.triton import attention as A
 
     q = k = v = torch.randn(1, 1, 128, 64).to(torch.bfloat16)
     native = A.default_config(64, "native")

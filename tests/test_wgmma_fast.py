@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from test_tensor_core_kernels import _Fake, _cubin, _mnemonics, _sass
 
-from hspi_kernels.cuda import gemm_tensor_core as tc
+from hspi_kernels.kernels.cuda import gemm_tensor_core as tc
 
 FAST_KERNELS = {  # kernel -> (HGMMA of its format, multicast TMA expected)
     "hspi_wgmma_fast_bf16_f32": ("HGMMA.64x256x16.F32.BF16", False),
@@ -54,7 +54,7 @@ def test_fast_sass():
 
 
 def test_fast_no_spills():
-    from hspi_kernels.cuda import sass
+    from hspi_kernels.kernels.cuda import sass
 
     try:
         tool = sass.find_tool("cuobjdump")
@@ -69,7 +69,7 @@ def test_fast_no_spills():
 
 
 def test_fast_source_states_its_order():
-    from hspi_kernels.cuda.loader import build_flags, source_path
+    from hspi_kernels.kernels.cuda.loader import build_flags, source_path
 
     text = source_path(tc.FAST_SOURCE).read_text()
     assert "Accumulation order" in text and "// hspi-build-archs: 90a" in text
@@ -87,7 +87,7 @@ def test_fast_plan_is_the_slow_wgmma_plan():
 
 # -- the split-K order has one definition ----------------------------------------------------------
 def test_split_k_combine_in_one_header():
-    from hspi_kernels.cuda.loader import local_headers, source_path
+    from hspi_kernels.kernels.cuda.loader import local_headers, source_path
 
     header = source_path("gemm/splitk_combine.cuh").read_text()
     assert "__fadd_rn(out[i], acc[i])" in header
@@ -100,7 +100,7 @@ def test_split_k_combine_in_one_header():
 
 
 def test_local_headers_follow_includes(tmp_path):
-    from hspi_kernels.cuda.loader import local_headers
+    from hspi_kernels.kernels.cuda.loader import local_headers
 
     (tmp_path / "f").mkdir()
     (tmp_path / "f" / "a.cuh").write_text('#include "f/b.cuh"\n')
@@ -170,7 +170,7 @@ def test_tensor_map_box_rule():
 @pytest.mark.parametrize("with_c", [False, True])
 def test_gpu_fast_matches_plan_and_slow_kernel(in_format, cluster, grid, with_c):
     from hspi_kernels.numerics.evaluate import gemm
-    from hspi_kernels.validation import tensor_core as V
+    from hspi_kernels.kernels.validation import tensor_core as V
 
     rng = np.random.default_rng(7)
     A, B = V.make_inputs("gdisc", in_format, 256, 512, 320, rng)

@@ -1,5 +1,5 @@
 // Native feature extractor v1: bit fields, ULP distances and their histogram, fraction-bit
-// frequencies, rounding directions. Called only through hspi_kernels/features.py, which
+// frequencies, rounding directions. Called only through hspi_kernels/fingerprint/features.py, which
 // validates inputs and hands over C-contiguous unsigned-integer views of the raw bit patterns
 // (never values converted through float64). Every function here re-checks what it relies on
 // (itemsize, contiguity, equal sizes) and raises ValueError instead of reading out of bounds.
@@ -643,7 +643,7 @@ py::tuple rounding_direction(const py::array& low, const py::array& ref, int wid
 }  // namespace
 
 void register_features(py::module_& m) {
-  // Private entry points: the typed API and its documentation live in hspi_kernels/features.py.
+  // Private entry points: the typed API and its documentation live in hspi_kernels/fingerprint/features.py.
   m.def("features_fields", &fields, py::arg("x"), py::arg("width"), py::arg("exp_bits"),
         py::arg("frac_bits"), py::arg("has_inf"), py::arg("out") = py::none(),
         "(sign u8, biased exponent u8|u16, fraction uW) of raw bit patterns");

@@ -56,7 +56,7 @@ def hardware_name(device: str, meta: dict[str, Any] | None = None) -> str:
 
 
 def _row_digests(bits: np.ndarray, fmt: str) -> np.ndarray:
-    from hspi_kernels import features
+    from hspi_kernels.fingerprint import features
 
     return np.array([int(features.digest(row, fmt), 16) for row in bits], dtype=np.uint64)
 
@@ -202,7 +202,7 @@ def collect(runner: Runner, eqcs: Iterable[EQC | str], inputs: dict[str, np.ndar
             if runner.kind == "vision":
                 # seeded images regenerate exactly (prompts.py); tens of MB each would not travel
                 # back from a GPU machine, so only their digest is kept
-                from hspi_kernels import features
+                from hspi_kernels.fingerprint import features
 
                 coll.meta["models"][mname].setdefault("input_digests", {})[s] = features.digest(arr)
             else:

@@ -46,7 +46,7 @@ def split(n: int, seed: int = 0, test_fraction: float = 0.5) -> tuple[np.ndarray
 def check_same_inputs(collections) -> dict[str, str]:
     """Per model, the digest of its prompt arrays; raises when two collections disagree (the
     platforms must have run the very same prompts for any comparison to mean anything)."""
-    from hspi_kernels import features
+    from hspi_kernels.fingerprint import features
 
     seen: dict[str, str] = {}
     for coll in collections:

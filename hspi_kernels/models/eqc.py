@@ -165,7 +165,7 @@ def applied(eqc: EQC, model, device: str, kind: str = "llm") -> Iterator[None]:
                            "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION}[eqc.attn]
                 stack.enter_context(sdpa_kernel([backend]))
         if eqc.gemm == "fixed":
-            from hspi_kernels.triton.torch_override import fixed_order_matmul
+            from hspi_kernels.kernels.triton.torch_override import fixed_order_matmul
 
             stack.enter_context(fixed_order_matmul())
         with stack:

@@ -4,7 +4,7 @@ Representations
 - ``paper``:  the HSPI-LD representation: the 32 bits (sign, 8 exponent, 23 fraction) of each of
   the first ``d`` fp32 log-probs, as a {0,1} vector of 32·d features (LinearSVC, no scaling);
 - ``paper-logits``: the same on the raw logits (widened exactly to fp32) instead of log-probs;
-- ``native``: our bit features from :mod:`hspi_kernels.features`: the log2 ULP-distance histogram
+- ``native``: our bit features from :mod:`hspi_kernels.fingerprint.features`: the log2 ULP-distance histogram
   of the log-probs against a reference run (fp64 if collected), the fraction-bit frequencies of
   the log-probs and of the raw logits in their own format, and the rounding-direction counts
   against the reference (standardised, LinearSVC).
@@ -127,7 +127,7 @@ def features_native(v: RunView, ref: RunView, d: int = 256) -> np.ndarray:
 
 
 def _features_native(v: RunView, ref: RunView, d: int) -> np.ndarray:
-    from hspi_kernels import features as fx
+    from hspi_kernels.fingerprint import features as fx
 
     lp = np.ascontiguousarray(v.get("logprobs_slice")[:, :d])
     ref_lp = np.ascontiguousarray(ref.get("logprobs_slice")[:, :d])

@@ -1,5 +1,5 @@
 """CPU replay, bit for bit, of the attention forward kernel ``csrc/cuda/attention/flash_fwd.cu``
-and of the Triton kernel's exact mode (``hspi_kernels.triton.attention``, the same order with
+and of the Triton kernel's exact mode (``hspi_kernels.kernels.triton.attention``, the same order with
 wgmma dots, BLOCK_M-row causal tiles and a ``Pairwise()`` row sum: :func:`replay`'s arguments).
 
 The kernel's header states the order; this module is that order in numpy:
@@ -179,7 +179,7 @@ def round_to_input(x: np.ndarray, fmt: str) -> np.ndarray:
 
 
 def _mma_plan(fmt: str, path: str = "mma.sync"):
-    from hspi_kernels.cuda.gemm_tensor_core import plan
+    from hspi_kernels.kernels.cuda.gemm_tensor_core import plan
 
     return plan(in_format=fmt, out_format="fp32", path=path, arch="sm_90")
 
@@ -192,7 +192,7 @@ def replay(Q, K, V, *, fmt: str, mode: str = "exact", block_n: int = 32, splits:
     float32 holding ``fmt`` values. ``round_p=False`` (a negative control) skips the RNE of P.
     ``stats`` (a dict) receives ``ex2_misses`` in native mode.
 
-    The defaults are the CUDA kernel's; the Triton exact mode (``hspi_kernels.triton.attention``)
+    The defaults are the CUDA kernel's; the Triton exact mode (``hspi_kernels.kernels.triton.attention``)
     is the same order with ``dot_path="wgmma"`` (both dots), ``tile=BLOCK_M`` (the query rows that
     share one causal loop end) and ``rowsum`` = the plan of its row sum (``Pairwise()``; None:
     :func:`rowsum_order`, the CUDA quad order). ``backend``: the evaluator's ("native" C++ or

@@ -7,7 +7,7 @@ tests/test_evaluator_equivalence.py:
   over the batch; fp32 additions and products are numpy float32 operations (IEEE, RNE),
   the exact fp32 fma is :func:`fma32`, tensor-core blocks are :mod:`tensor_core`.
 - ``backend="native"``: the plan lowered to a register program (:func:`plans.lower`) and run by
-  the C++ evaluator (csrc/features/evaluator.cpp): ``std::fmaf``, its own integer block
+  the C++ evaluator (csrc/numerics/evaluator.cpp): ``std::fmaf``, its own integer block
   arithmetic, OpenMP over outputs, GIL released.
 
 Entry points: :func:`evaluate` (reductions ``x[..., n]`` and dot products ``(a, b)[..., K]``)

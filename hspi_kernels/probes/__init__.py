@@ -31,7 +31,7 @@ MAX_KERNEL_NAMES = 32    # distinct kernel names kept per probe
 
 
 def _features(probe: Probe, output: np.ndarray) -> dict[str, Any]:
-    from hspi_kernels import features
+    from hspi_kernels.fingerprint import features
     from hspi_kernels.probes import cache
 
     result: dict[str, Any] = {
@@ -62,7 +62,7 @@ def _features(probe: Probe, output: np.ndarray) -> dict[str, Any]:
 def output_sample(output: np.ndarray, n: int = SAMPLE_SIZE) -> dict[str, Any]:
     """The bits of ``n`` evenly spaced output elements (C order) as big-endian hex: enough to
     measure ULP distances between two platforms' outputs without storing the outputs."""
-    from hspi_kernels import features
+    from hspi_kernels.fingerprint import features
 
     fmt = features.resolve_format(output)
     flat = np.ascontiguousarray(output).reshape(-1)
@@ -73,7 +73,7 @@ def output_sample(output: np.ndarray, n: int = SAMPLE_SIZE) -> dict[str, Any]:
 
 def sample_array(sample: dict[str, Any]) -> np.ndarray:
     """The raw bits of a recorded sample as an unsigned integer array (native byte order)."""
-    from hspi_kernels import features
+    from hspi_kernels.fingerprint import features
 
     fmt = features.FORMATS[sample["format"]]
     big = np.dtype(fmt.bits_dtype).newbyteorder(">")
@@ -81,7 +81,7 @@ def sample_array(sample: dict[str, Any]) -> np.ndarray:
 
 
 def _same_bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    from hspi_kernels import features
+    from hspi_kernels.fingerprint import features
 
     fmt = features.resolve_format(a)
     return np.ascontiguousarray(a).view(fmt.bits_dtype) == np.ascontiguousarray(b, dtype=a.dtype).view(fmt.bits_dtype)
@@ -244,7 +244,7 @@ def run_probe(probe: Probe, profile_kernels: bool = True, recorder: KernelRecord
     ``record["timing"]`` holds the seconds spent per phase (inputs, runs, profiled run, digests,
     features incl. the fp64 reference, plan evaluation)."""
     t_start = time.perf_counter()
-    from hspi_kernels import features
+    from hspi_kernels.fingerprint import features
 
     record: dict[str, Any] = {
         "id": probe.id,

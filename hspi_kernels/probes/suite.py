@@ -370,7 +370,7 @@ def _gemm_plan_eval(a_spec, b_spec, plan_json, out_dtype=np.float32):
 
 
 def _run_cuda_core_gemm(a_spec, b_spec, order: str, fused: bool):
-    from hspi_kernels.cuda import gemm_cuda_core
+    from hspi_kernels.kernels.cuda import gemm_cuda_core
 
     out = gemm_cuda_core.gemm(device_operand(a_spec, "cuda"), device_operand(b_spec, "cuda"), order, fused)
     _sync("cuda")
@@ -378,7 +378,7 @@ def _run_cuda_core_gemm(a_spec, b_spec, order: str, fused: bool):
 
 
 def _run_tc_gemm(a_spec, b_spec, fmt: str, path: str, split_k: int):
-    from hspi_kernels.cuda import gemm_tensor_core as tc
+    from hspi_kernels.kernels.cuda import gemm_tensor_core as tc
 
     fn = tc.wgmma_gemm if path == "wgmma" else tc.mma_sync_gemm
     out = fn(device_operand(a_spec, "cuda"), device_operand(b_spec, "cuda"), in_format=fmt, split_k=split_k)
@@ -387,13 +387,13 @@ def _run_tc_gemm(a_spec, b_spec, fmt: str, path: str, split_k: int):
 
 
 def _tc_plans(fmt: str, path: str, split_k: int):
-    from hspi_kernels.cuda import gemm_tensor_core as tc
+    from hspi_kernels.kernels.cuda import gemm_tensor_core as tc
 
     return (tc.plan(in_format=fmt, split_k=split_k, path=path, arch=_device_arch()).to_json(),)
 
 
 def _run_rows(x_spec, variant: str):
-    from hspi_kernels.cuda import reduction
+    from hspi_kernels.kernels.cuda import reduction
 
     out = reduction.reduce_rows(device_operand(x_spec, "cuda"), variant)
     _sync("cuda")
@@ -401,7 +401,7 @@ def _run_rows(x_spec, variant: str):
 
 
 def _run_vector(x_spec, atomic: bool):
-    from hspi_kernels.cuda import reduction
+    from hspi_kernels.kernels.cuda import reduction
 
     fn = reduction.reduce_vector_atomic if atomic else reduction.reduce_vector
     out = fn(device_operand(x_spec, "cuda"))
@@ -417,7 +417,7 @@ def _reduce_plan_eval(x_spec, plan_json):
 
 
 def _fma_inputs(seed: int):
-    from hspi_kernels.cuda.elementwise import sample_inputs
+    from hspi_kernels.kernels.cuda.elementwise import sample_inputs
 
     return sample_inputs(1 << 16, seed)
 
@@ -425,7 +425,7 @@ def _fma_inputs(seed: int):
 def _run_fma(seed: int, fused: bool):
     import torch
 
-    from hspi_kernels.cuda import elementwise
+    from hspi_kernels.kernels.cuda import elementwise
 
     a, b, c = (torch.from_numpy(x).cuda() for x in _fma_inputs(seed))
     out = elementwise.fma(a, b, c, fused)
@@ -434,7 +434,7 @@ def _run_fma(seed: int, fused: bool):
 
 
 def _fma_plan_eval(seed: int, fused: bool, plan_json):
-    from hspi_kernels.cuda import elementwise
+    from hspi_kernels.kernels.cuda import elementwise
 
     return elementwise.reference(*_fma_inputs(seed), fused=fused)  # the plan, NaNs canonical
 
@@ -446,8 +446,8 @@ def _kernel_probe(pid: str, measures: str, inputs: dict, run, plans, plan_eval, 
 
 
 def _register_hspi_cuda() -> None:
-    from hspi_kernels.cuda import gemm_cuda_core, reduction
-    from hspi_kernels.cuda.elementwise import plan as fma_plan
+    from hspi_kernels.kernels.cuda import gemm_cuda_core, reduction
+    from hspi_kernels.kernels.cuda.elementwise import plan as fma_plan
 
     a_spec, b_spec = spec(3000, (64, 1024), "fp32"), spec(3001, (1024, 64), "fp32")
     for order, fused, extra in (("sequential", True, {}), ("sequential", False, {}),
@@ -501,13 +501,13 @@ def _register_hspi_cuda() -> None:
 # Triton kernels
 # ---------------------------------------------------------------------------------------------
 def _triton_gemm_config(fmt: str):
-    from hspi_kernels.triton.gemm import default_config
+    from hspi_kernels.kernels.triton.gemm import default_config
 
     return default_config(fmt, input_precision="ieee") if fmt == "fp32" else default_config(fmt)
 
 
 def _run_triton_gemm(a_spec, b_spec, fmt: str):
-    from hspi_kernels.triton import gemm
+    from hspi_kernels.kernels.triton import gemm
 
     import torch
 
@@ -518,14 +518,14 @@ def _run_triton_gemm(a_spec, b_spec, fmt: str):
 
 
 def _triton_gemm_plans(fmt: str, k: int):
-    from hspi_kernels.triton import gemm
+    from hspi_kernels.kernels.triton import gemm
 
     p = gemm.plan(_triton_gemm_config(fmt), fmt, k, arch=_device_arch())
     return () if p is None else (p.to_json(),)
 
 
 def _run_triton_row_sum(x_spec, block: int):
-    from hspi_kernels.triton import reduction
+    from hspi_kernels.kernels.triton import reduction
 
     out = reduction.row_sum(device_operand(x_spec, "cuda"), block=block, order="explicit")
     _sync("cuda")
@@ -533,7 +533,7 @@ def _run_triton_row_sum(x_spec, block: int):
 
 
 def _triton_row_sum_plans(n: int, block: int):
-    from hspi_kernels.triton import reduction
+    from hspi_kernels.kernels.triton import reduction
 
     return (reduction.plan(n, block=block).to_json(),)
 

@@ -2,7 +2,7 @@
 //
 // Bandwidth-bound deterministic fp32 sum of one long vector x[n] (16-byte aligned). Every
 // addition is __fadd_rn (IEEE RNE, subnormals kept); no atomics. G blocks of B threads and the
-// unroll U are launch choices the wrapper fixes (hspi_kernels/cuda/reduction.py), never derived
+// unroll U are launch choices the wrapper fixes (hspi_kernels/kernels/cuda/reduction.py), never derived
 // from the device; U changes only speed, never the bits.
 //
 //   pass 1  hspi_reduce_f32_vec4_u{U}_partials(x, partials, n)
@@ -17,7 +17,7 @@
 //   pass 2  hspi_reduce_f32_vec4_combine(partials, out, G)   (one block of C threads, C a power
 //     of two, dynamic shared memory of C floats): thread t sums partials t, t+C, ... from +0 in
 //     order, then the stride-halving tree over the C threads; out[0] = its root.
-//   plan (hspi_kernels.cuda.reduction.plan("vec4", blocks=G, block=B)):
+//   plan (hspi_kernels.kernels.cuda.reduction.plan("vec4", blocks=G, block=B)):
 //     Strided(lanes=4*G*B, inner=Sequential("fp32", init="zero"),
 //       combine=SplitK(parts=G*B, inner=Pairwise(),
 //         combine=SplitK(parts=G, inner=BlockTree(B),

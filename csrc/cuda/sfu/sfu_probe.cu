@@ -2,7 +2,7 @@
 //
 // Special-function-unit probes: one PTX approximate instruction applied to every fp32 bit pattern
 // of whole binades (or to a list of inputs). The output table is a fingerprint of the SFU
-// (MUFU) of the GPU it ran on; hspi_kernels/cuda/sfu.py records and compresses it.
+// (MUFU) of the GPU it ran on; hspi_kernels/kernels/cuda/sfu.py records and compresses it.
 //
 // Kernels (extern "C"), for op in {ex2, ex2_ftz, lg2, rcp, rsqrt, sin, cos, tanh}:
 //   hspi_sfu_<op>_binades(const unsigned* bases, unsigned* out, int n_binades)

@@ -1,0 +1,498 @@
+"""Tensor-core numerics card: the block-model parameters of an unknown MMA path, from feature tests
+(Fasi et al. 2021; Khattak & Mikaitis 2025) closed by a fit-and-verify loop.
+
+The black box is a :class:`Unit`: ``mma(a[B, K], b[B, K], c[B]) -> d[B]`` (fp32 bits; K a few
+blocks long, the blocks chained in k order). Feature tests (each one batched call):
+
+- product exactness, block size G (FPRev row: +M at 0, -M at j, ones elsewhere: the count drops
+  in steps of G), alignment bits F (1 - 1 + 2^-k survives iff k <= F), term rounding
+  (±1.5·2^-F: truncation toward zero / floor / nearest), carries (G terms of 1.75²), output
+  fraction bits and rounding (a carried sum plus 0.75 ulp: RZ vs RNE), monotonicity (c = 1-ulp vs
+  c = 1 with G terms 2^(-1-F)), subnormal inputs/outputs and their alignment exponent, zero sign,
+  low operand bits ignored (tf32);
+- closed loop: the proposed :class:`BlockModel` is checked on random and adversarial blocks
+  (wide exponent spreads, cancellation, tiny/subnormal values); on a mismatch the parameters the
+  tests left uncertain (output rounding, subnormal alignment, zero sign, e_max floor, F±1) are
+  searched and the best model kept; the final model is verified on >= 10^5 blocks. Floors that
+  no block tells apart are reported as a set.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import numpy as np
+
+from hspi_kernels.numerics import tensor_core as TC
+from hspi_kernels.numerics.formats import get_format
+
+__all__ = ["Unit", "emulated_unit", "numerics_card", "card_table", "model_params"]
+
+_F32 = np.float32
+PARAMS = ("G", "F", "out_format", "out_rounding", "emax_floor", "input_low_bits_ignored",
+          "subnormal_exponent", "zero_sign")
+
+
+@dataclass
+class Unit:
+    name: str
+    in_format: str
+    K: int
+    mma: Callable  # a[B,K], b[B,K], c[B] float32 -> d[B] float32
+    arch: str = "unknown"
+    path: str = "unknown"
+
+
+def emulated_unit(model: TC.BlockModel, blocks: int = 4) -> Unit:
+    """The emulator as a simulated GPU: ``chain(model)`` over ``blocks`` blocks."""
+    return Unit(f"emulated:{model.name}", model.in_format, model.G * blocks,
+                lambda a, b, c: TC.chain(model, a, b, c), model.arch, model.path)
+
+
+def model_params(model: TC.BlockModel) -> dict:
+    return {k: getattr(model, k) for k in PARAMS}
+
+
+def _chain(model: TC.BlockModel, a, b, c, checked: bool = False) -> np.ndarray:
+    """``TC.chain(model, a, b, c)`` through the C++ evaluator (one OP_CHAIN register program: the
+    same block arithmetic, property-tested equal to the numpy one), numpy when it is not built.
+    ``checked``: the operands were already validated for this model's input format."""
+    from hspi_kernels.numerics import evaluate as E
+    from hspi_kernels.numerics import plans as P
+
+    K = a.shape[-1]
+    try:
+        E._native()
+    except Exception:  # no compiled evaluator: the numpy reference
+        return TC.chain(model, a, b, c)
+    if K % model.G:
+        raise ValueError(f"{model.name}: K={K} is not a multiple of G={model.G}")
+    if not checked:
+        a = E._check_block_operands(model, np.ascontiguousarray(a, _F32), "a")
+        b = E._check_block_operands(model, np.ascontiguousarray(b, _F32), "b")
+    prog = P.Program(K, K + 3, K + 2, np.array([[P.OP_CHAIN, K + 2, K + 1, 0, K, 0]], np.int64),
+                     np.arange(K, dtype=np.int32), model)
+    return E._run_native(prog, np.ascontiguousarray(a, _F32), np.ascontiguousarray(b, _F32),
+                         np.ascontiguousarray(c, _F32), False)
+
+
+# -- operand construction ---------------------------------------------------------------------------
+class _Ops:
+    def __init__(self, unit: Unit):
+        self.u = unit
+        f = get_format(unit.in_format if unit.in_format != "tf32" else "tf32")
+        self.emin, self.emax = f.emin, f.emax
+        self.frac = f.frac_bits
+        # index of the first term: the tests put their terms in the *last* block once G is known,
+        # so no later block re-aligns (and cuts) the result as its c
+        self.offset = 0
+
+    def split(self, e: int):
+        """(ea, eb) with ea + eb = e, both normal exponents of the input format, or None."""
+        ea = max(self.emin, min(self.emax, e - max(self.emin, min(self.emax, e // 2))))
+        ea = max(self.emin, min(self.emax, e // 2 + (e % 2)))
+        eb = e - ea
+        if not self.emin <= eb <= self.emax:
+            ea = max(self.emin, min(self.emax, e - self.emin if e - self.emin <= self.emax else self.emax))
+            eb = e - ea
+        return (ea, eb) if self.emin <= eb <= self.emax and self.emin <= ea <= self.emax else None
+
+    def blocks(self, rows: list[list[tuple]], cs=None):
+        """rows: per block a list of (index, sig_a, exponent) terms a*b = sig_a * 2^exponent;
+        returns a, b, c float32 and a mask of the blocks that could be built (a term whose
+        exponent is no sum of two normal exponents of the input format leaves its block unbuilt;
+        that block is all zeros)."""
+        B, K = len(rows), self.u.K
+        a = np.zeros((B, K), _F32)
+        b = np.zeros((B, K), _F32)
+        ok = np.ones(B, bool)
+        for r, terms in enumerate(rows):
+            for idx, sig, e in terms:
+                s = self.split(e)
+                if s is None:
+                    ok[r] = False
+                    a[r] = 0
+                    break
+                a[r, self.offset + idx] = sig * 2.0 ** s[0]
+                b[r, self.offset + idx] = 2.0 ** s[1]
+        c = np.zeros(B, _F32) if cs is None else np.asarray(cs, _F32)
+        return a, b, c, ok
+
+    def run(self, rows, cs=None):
+        """Outputs (float64) of the blocks; NaN where a block could not be built."""
+        a, b, c, ok = self.blocks(rows, cs)
+        if not ok.any():
+            return None
+        try:
+            d = np.asarray(self.u.mma(a, b, c), dtype=_F32).astype(np.float64)
+        except ValueError:
+            return None
+        return np.where(ok, d, np.nan)
+
+
+# Tests that probe the block with large terms sit at 2^E0: every input format builds products
+# 2^(E0 +- 26) from normal operands (e4m3: 2^7 * 2^7 = 2^14 ... 2^-6 * 2^-6), and every output
+# (fp16 included: 2^14 * 3.0625 < 65504, 2^(E0-28) = 2^-14 normal) holds the results.
+E0 = 14
+
+
+def _features(unit: Unit) -> dict:
+    o = _Ops(unit)
+    K = unit.K
+    ev: dict = {}
+    # product exactness: (1+2^-m)^2 = 1 + 2^(1-m) + 2^-2m with 2m <= 10 (fits every output)
+    m = max(1, min(o.frac, 5))
+    pa = np.zeros((1, K), _F32); pb = np.zeros((1, K), _F32)
+    pa[0, 0] = pb[0, 0] = 1 + 2.0 ** -m
+    exact = (1 + 2.0 ** -m) ** 2
+    try:
+        d = float(unit.mma(pa, pb, np.zeros(1, _F32))[0])
+        ev["product_exact"] = {"value": d == exact, "evidence": f"(1+2^-{m})^2 -> {d!r} (exact {exact!r})"}
+    except ValueError as exc:
+        ev["product_exact"] = {"value": None, "evidence": str(exc)}
+    # block size G: FPRev row with +M at 0 and -M at j, ones elsewhere. M = 2^15 fits an fp16
+    # output (the block holding +M hands M on as c); the ones at 2^small stay exact counts in
+    # every output (fp16: multiples of its smallest subnormal 2^-24) and fall below M's grid.
+    big = min(15, 2 * o.emax - 1)
+    small = max(-24, 2 * o.emin)
+    rows = []
+    for j in range(1, K):
+        rows.append([(0, 1.0, big), (j, -1.0, big)] + [(i, 1.0, small) for i in range(1, K) if i != j])
+    d = o.run(rows)
+    G = None
+    if d is not None and np.all(np.isfinite(d)):
+        counts = np.round(d / 2.0 ** small).astype(np.int64)
+        change = np.flatnonzero(counts != counts[0])
+        G = int(change[0] + 1) if change.size else K
+        ev["G"] = {"value": G, "evidence": f"ones kept vs j: {counts[:min(len(counts), 2 * G + 2)].tolist()}"}
+    # alignment bits F: 2^E0 - 2^E0 + 2^(E0-k) keeps the last term iff k <= F
+    ks = list(range(1, 40))
+    d = o.run([[(0, 1.0, E0), (1, -1.0, E0), (2, 1.0, E0 - k)] for k in ks])
+    F = None
+    if d is not None:
+        kept = [k for k, v in zip(ks, d) if v == 2.0 ** (E0 - k)]
+        tested = [k for k, v in zip(ks, d) if np.isfinite(v)]
+        F = max(kept) if kept else 0
+        bound = "" if F < max(tested) else f" (lower bound: 2^(E0-k) buildable for k <= {max(tested)} only)"
+        ev["F"] = {"value": F, "evidence": f"2^{E0}-2^{E0}+2^({E0}-k) keeps the last term for k <= {F}{bound}"}
+    if F:
+        d = o.run([[(0, 1.0, E0), (1, -1.0, E0), (2, 1.5, E0 - F - 1)],
+                   [(0, 1.0, E0), (1, -1.0, E0), (2, -1.5, E0 - F - 1)]])
+        if d is not None and np.all(np.isfinite(d)):
+            pos, neg = float(d[0]) / 2.0 ** (E0 - F), float(d[1]) / 2.0 ** (E0 - F)
+            mode = {(1.0, -1.0): "truncate toward zero", (1.0, -2.0): "floor", (2.0, -2.0): "nearest"}.get((pos, neg), f"other ({pos}, {neg})")
+            ev["term_rounding"] = {"value": mode, "evidence": f"±1.5·2^(E0-F-1) after 2^E0-2^E0 -> ({pos}, {neg}) ulps of 2^(E0-F)"}
+    g = G or 4
+    o.offset = K - g if K % g == 0 else 0
+    pa = np.zeros((1, K), _F32); pb = np.zeros((1, K), _F32)
+    pa[0, o.offset:o.offset + g] = 1.75; pb[0, o.offset:o.offset + g] = 1.75
+    try:
+        d = float(unit.mma(pa, pb, np.zeros(1, _F32))[0])
+        ev["carries"] = {"value": d == g * 3.0625, "evidence": f"{g} x 1.75^2 -> {d!r} (exact {g * 3.0625})"}
+    except ValueError as exc:
+        ev["carries"] = {"value": None, "evidence": str(exc)}
+
+    def with_square(extra_rows, cs=None):
+        """blocks whose term 0 is (1.75 * 2^(E0/2))^2 = 3.0625 * 2^E0, plus the given terms."""
+        a, b, c, ok = o.blocks(extra_rows, cs)
+        a[:, o.offset] = 1.75 * 2.0 ** (E0 // 2); b[:, o.offset] = 1.75 * 2.0 ** (E0 - E0 // 2)
+        return np.where(ok, np.asarray(unit.mma(a, b, c), np.float64), np.nan)
+
+    # output fraction bits: S = 3.0625 * 2^E0 plus 2^(E0-m) is kept iff m < out_frac (and m <= F)
+    out_frac = None
+    S = 3.0625 * 2.0 ** E0
+    if F:
+        ms = list(range(1, min(F, 30) + 1))
+        d = with_square([[(1, 1.0, E0 - mm)] for mm in ms])
+        kept = [mm for mm, v in zip(ms, d) if v == S + 2.0 ** (E0 - mm)]
+        top = max(kept) if kept else 0
+        out_frac = top + 1
+        limited = top == F  # every bit above the alignment grid survived: the output is wider than F
+        ev["out_fraction_bits"] = {"value": out_frac, "evidence": f"3.0625·2^{E0} + 2^({E0}-m) kept for m <= {top} (F={F})"
+                                   + (": output holds at least F+1 bits" if limited else "")}
+    # output rounding of S (exponent E0+1, ulp u = 2^(E0+1-out_frac)): with bits below u above
+    # the grid, S + 0.75u (RZ -> S, RNE -> S + u); with exactly one bit there, the tie S + 1.5u
+    # (S + u is odd: RZ -> S + u, RNE -> S + 2u); with none, rounding never shows in one block.
+    if F and out_frac:
+        u = 2.0 ** (E0 + 1 - out_frac)
+        lowest = E0 - F  # grid exponent
+        if E0 - out_frac - 1 >= lowest:
+            d = float(with_square([[(1, 1.0, E0 - out_frac), (2, 1.0, E0 - out_frac - 1)]])[0])
+            mode = "RZ" if d == S else ("RNE" if d == S + u else f"other ({(d - S) / u} ulp)")
+            ev["out_rounding"] = {"value": mode, "evidence": f"S + 0.75 ulp -> S + {(d - S) / u} ulp"}
+        elif E0 - out_frac >= lowest:
+            d = float(with_square([[(1, 1.0, E0 + 1 - out_frac), (2, 1.0, E0 - out_frac)]])[0])
+            mode = "RZ" if d == S + u else ("RNE" if d == S + 2 * u else f"other ({(d - S) / u} ulp)")
+            ev["out_rounding"] = {"value": mode, "evidence": f"tie S + 1.5 ulp (odd) -> S + {(d - S) / u} ulp"}
+        else:
+            ev["out_rounding"] = {"value": None, "evidence": f"unobservable: the output keeps every bit above the "
+                                                            f"alignment grid (out_frac {out_frac} > F {F})"}
+    # monotonicity: c = 2^E0 (1 - 2^-(p+1)) vs c = 2^E0 with G terms t = 2^(E0-1-F): a unit that
+    # aligns to e_max keeps the terms only under the smaller c and can return more for it.
+    # That shows only when G*t exceeds the output's step below 2^E0; otherwise (fp16 output, or
+    # F so large that nothing is cut) t = that step: no violation can then be seen, and the
+    # evidence says so.
+    if F and out_frac:
+        cfrac = 10 if out_frac == 10 else 23  # c arrives in fp16 for fp16-output units
+        visible = g * 2.0 ** (-1 - F) > 2.0 ** -(out_frac + 1)
+        t_exp = E0 - 1 - F if visible else E0 - out_frac - 1
+        o.offset = 0  # c enters the first block
+        a, b, c, ok = o.blocks([[(i, 1.0, t_exp) for i in range(g)]] * 2,
+                               [2.0 ** E0 * (1 - 2.0 ** -(cfrac + 1)), 2.0 ** E0])
+        if ok.all():
+            d = unit.mma(a, b, c)
+            note = "" if visible else " (the grid effect is below the output step here: a pass only means none seen)"
+            ev["monotonic"] = {"value": not bool(d[0] > d[1]),
+                               "evidence": f"{g} x 2^{t_exp - E0}·2^{E0} with c=2^{E0}(1-2^-{cfrac + 1}) -> {float(d[0])!r}, "
+                                           f"c=2^{E0} -> {float(d[1])!r}{note}"}
+    # subnormal input: smallest subnormal of the format times 2^k
+    f = get_format(unit.in_format)
+    sub = 2.0 ** (f.emin - f.frac_bits)
+    kbig = min(f.emax, 100)
+    shift = max(1, min(f.frac_bits, 4))  # the subnormal probe sits `shift` binades below emin
+    pa = np.zeros((3, K), _F32); pb = np.zeros((3, K), _F32)
+    q = K - g if K % g == 0 else 0  # the last block
+    pa[0, q] = sub; pb[0, q] = 2.0 ** kbig
+    # alignment of a subnormal: product 2^(emin-shift+kbig) (aligned there, "actual", or at
+    # emin+kbig, "emin") plus 2^(emin+kbig-F-1), which only the finer grid of "actual" keeps
+    sub_probe = False
+    if F:
+        pa[1, q] = 2.0 ** (f.emin - shift); pb[1, q] = 2.0 ** kbig
+        s = o.split(f.emin + kbig - F - 1)
+        if s is not None:
+            pa[1, q + 1] = 2.0 ** s[0]; pb[1, q + 1] = 2.0 ** s[1]
+            sub_probe = True
+    pa[2, q] = 2.0 ** max(-70, f.emin); pb[2, q] = 2.0 ** max(-70, f.emin)
+    try:
+        d = unit.mma(pa, pb, np.zeros(3, _F32)).astype(np.float64)
+        ev["subnormal_inputs"] = {"value": "kept" if d[0] == sub * 2.0 ** kbig else "flushed", "evidence": f"{sub}*2^{kbig} -> {d[0]!r}"}
+        if sub_probe:
+            want_actual = 2.0 ** (f.emin - shift + kbig) + 2.0 ** (f.emin + kbig - F - 1)
+            want_emin = 2.0 ** (f.emin - shift + kbig)
+            if out_frac is not None and F + 1 - shift > out_frac:
+                ev["subnormal_exponent"] = {"value": None, "evidence": f"unobservable at {out_frac} output bits"}
+            else:
+                value = "actual" if d[1] == want_actual else ("emin" if d[1] == want_emin else None)
+                ev["subnormal_exponent"] = {"value": value, "evidence": f"-> {d[1]!r} (actual {want_actual!r}, emin {want_emin!r})"}
+        tiny = 2.0 ** (2 * max(-70, f.emin))
+        ev["subnormal_output"] = {"value": "kept" if d[2] == np.float32(tiny) and tiny < 2.0 ** -126 else ("n/a" if tiny >= 2.0 ** -126 else "flushed"),
+                                  "evidence": f"{tiny!r} -> {d[2]!r}"}
+    except ValueError as exc:
+        ev["subnormal_inputs"] = {"value": None, "evidence": str(exc)}
+    # zero sign: all -0
+    a = np.full((1, K), -0.0, _F32); b = np.ones((1, K), _F32)
+    d = unit.mma(a, b, np.full(1, -0.0, _F32))
+    ev["zero_sign"] = {"value": "ieee" if np.signbit(d[0]) else "positive", "evidence": f"all -0 -> {float(d[0])!r}"}
+    # low operand bits (tf32 in fp32 words)
+    if unit.in_format == "tf32":
+        a = np.zeros((1, K), _F32); b = np.zeros((1, K), _F32)
+        a[0, 0] = 1 + 2.0 ** -20; b[0, 0] = 1.0
+        try:
+            d = float(unit.mma(a, b, np.zeros(1, _F32))[0])
+            ev["input_low_bits_ignored"] = {"value": 13 if d == 1.0 else 0, "evidence": f"1+2^-20 -> {d!r}"}
+        except ValueError:
+            ev["input_low_bits_ignored"] = {"value": 0, "evidence": "non-tf32 operand rejected"}
+    return ev
+
+
+# -- random and adversarial blocks -------------------------------------------------------------------
+def _blocks(unit: Unit, count: int, seed: int):
+    from hspi_kernels.reveal.targets import to_format
+
+    rng = np.random.default_rng(seed)
+    f = get_format(unit.in_format)
+    K = unit.K
+    out = []
+    per = count // 5
+    lo, hi = f.emin - f.frac_bits, f.emax
+
+    def mk(exps, n):
+        x = rng.standard_normal(n) * np.exp2(exps)
+        x = np.clip(x, -f.max_finite, f.max_finite).astype(np.float32)
+        return to_format(x, unit.in_format)
+
+    for kind in range(5):
+        shape = (per, K)
+        if kind == 0:  # moderate spread
+            ea, eb = rng.integers(-8, 8, shape), rng.integers(-8, 8, shape)
+            c = (rng.standard_normal(per) * np.exp2(rng.integers(-10, 10, per))).astype(_F32)
+        elif kind == 1:  # wide spread
+            ea, eb = rng.integers(max(lo, -60), min(hi, 60), shape), rng.integers(max(lo, -60), min(hi, 60), shape)
+            c = (rng.standard_normal(per) * np.exp2(rng.integers(-100, 100, per))).astype(_F32)
+        elif kind == 2:  # cancellation
+            ea, eb = rng.integers(-4, 4, shape), rng.integers(-4, 4, shape)
+            c = np.zeros(per, _F32)
+        elif kind == 3:  # tiny: products near and below fp32 subnormals, subnormal c
+            ea = rng.integers(max(lo, -80), max(lo, -80) + 12, shape)
+            eb = rng.integers(max(lo, -80), max(lo, -80) + 12, shape)
+            c = (rng.standard_normal(per) * np.exp2(rng.integers(-149, -120, per))).astype(_F32)
+        else:  # subnormal operands of the input format
+            ea = rng.integers(lo, lo + f.frac_bits + 3, shape)
+            eb = rng.integers(0, min(hi, 100), shape)
+            c = np.where(rng.random(per) < 0.5, 0, rng.standard_normal(per) * 2.0 ** -100).astype(_F32)
+        a, b = mk(ea, shape), mk(eb, shape)
+        if kind == 2:
+            half = K // 2
+            a[:, half:2 * half] = -a[:, :half]
+            b[:, half:2 * half] = b[:, :half]
+        zero = rng.random(shape) < 0.1
+        a = np.where(zero, 0, a).astype(_F32)
+        if unit.in_format == "tf32":
+            pass
+        out.append((a, b, c))
+    a = np.concatenate([x[0] for x in out]); b = np.concatenate([x[1] for x in out]); c = np.concatenate([x[2] for x in out])
+    return a, b, c
+
+
+EPILOGUES = ("fused", "fp32_add")
+
+
+def _predict(model: TC.BlockModel, epilogue: str, a, b, c) -> np.ndarray:
+    """The unit's output under (model, epilogue): ``fused``: c enters the first block as its
+    accumulator (the tensor core adds C); ``fp32_add``: the core runs from c = 0 and C is added
+    after it in one fp32 RNE addition (a library epilogue: cuBLAS/Triton ``A @ B`` then ``+ C``)."""
+    if epilogue == "fused":
+        return _chain(model, a, b, c, checked=True)
+    core = _chain(model, a, b, np.zeros_like(c), checked=True)
+    return (core + c).astype(_F32)
+
+
+def _matches(model: TC.BlockModel, a, b, c, want_bits, epilogue: str = "fused") -> int:
+    try:
+        got = _predict(model, epilogue, a, b, c).view(np.uint32)
+    except ValueError:
+        return -1
+    return int(np.sum(got == want_bits))
+
+
+def _propose(unit: Unit, ev: dict) -> TC.BlockModel:
+    get = lambda k, default: ev.get(k, {}).get("value") if ev.get(k, {}).get("value") is not None else default
+    out_frac = get("out_fraction_bits", 23)
+    F = int(get("F", 24))
+    # an output that kept every bit above the grid is at least F+1 bits wide: fp32 unless F+1 <= 13
+    if out_frac == F + 1 and out_frac > 13:
+        out_frac = 23
+    out_format = {10: "fp16", 13: "e8m13"}.get(out_frac, "fp32")
+    rounding = get("out_rounding", "RNE" if out_format == "fp16" else "RZ")
+    rounding = rounding if rounding in ("RZ", "RNE") else "RZ"
+    path = unit.path if unit.path in ("mma.sync", "wgmma", "tcgen05") else "mma.sync"
+    return TC.BlockModel(f"card:{unit.name}", unit.arch, path, unit.in_format, out_format, int(get("G", 16)), F,
+                         rounding, None, int(get("input_low_bits_ignored", 0)), "hspi card",
+                         get("subnormal_exponent", "actual"), get("zero_sign", "ieee"))
+
+
+FLOOR_CANDIDATES = (None, -126, -127, -133, -134, -149, -150, -160)
+# the parameters the closed loop searches (the feature tests fix G, F, the output format and the
+# ignored operand bits); for each, the card lists every value that fits the data equally well
+SEARCHED = {"out_rounding": ("RZ", "RNE"), "subnormal_exponent": ("actual", "emin"),
+            "zero_sign": ("ieee", "positive"), "emax_floor": FLOOR_CANDIDATES}
+
+
+def _validated(model: TC.BlockModel, a, b):
+    from hspi_kernels.numerics import evaluate as E
+
+    return (E._check_block_operands(model, np.ascontiguousarray(a, _F32), "a"),
+            E._check_block_operands(model, np.ascontiguousarray(b, _F32), "b"))
+
+
+def numerics_card(unit: Unit, n_verify: int = 100_000, seed: int = 0, fit_blocks: int = 20_000,
+                  epilogue: str = "auto") -> dict:
+    """The card of ``unit``: parameters, per-feature evidence, fit and verification counts.
+
+    The core parameters are fitted on the blocks with c = 0 and on the same blocks with their c;
+    ``epilogue`` (``auto``: both tried, ``fused`` preferred on a tie) says how c joins: inside
+    the first block, or added in fp32 after the core (library GEMMs computing ``A @ B + C``).
+    Verification counts are reported for all blocks and separately for those with c = 0."""
+    t0 = time.perf_counter()
+    ev = _features(unit)
+    proposal = _propose(unit, ev)
+    a, b, c = _blocks(unit, fit_blocks, seed)
+    a, b = _validated(proposal, a, b)
+    zero = np.zeros_like(c)
+    want_c = np.asarray(unit.mma(a, b, c), dtype=_F32).view(np.uint32)
+    want_0 = np.asarray(unit.mma(a, b, zero), dtype=_F32).view(np.uint32)
+    epilogues = EPILOGUES if epilogue == "auto" else (epilogue,)
+    history: list = []
+
+    def score(m, ep):
+        m0 = _matches(m, a, b, zero, want_0)
+        return -1 if m0 < 0 else m0 + _matches(m, a, b, c, want_c, ep)
+
+    def fit(model):
+        total = 2 * len(c)
+        best, ep = max(((score(model, e), e) for e in epilogues), key=lambda t: t[0])
+        history.append({"model": model_params(model), "epilogue": ep, "matches": best, "of": total})
+        if best < total:
+            proposed = model_params(proposal)
+            alts = [replace(model, out_rounding=rnd, subnormal_exponent=sub, zero_sign=zs, emax_floor=fl,
+                            F=proposal.F + dF)
+                    for rnd, sub, zs, fl, dF in itertools.product(*SEARCHED.values(), (0, -1, 1))]
+            # ties go to the model that keeps most of what the feature tests measured, then "fused"
+            cands = [(score(m, e), sum(model_params(m)[k] == v for k, v in proposed.items()), e == "fused", m, e)
+                     for m in alts for e in epilogues]
+            best, _, _, model, ep = max(cands, key=lambda t: t[:3])
+            history.append({"model": model_params(model), "epilogue": ep, "matches": best, "of": total,
+                            "searched": len(cands)})
+        return model, ep, best
+
+    # closed loop: fit, verify on fresh blocks; on a mismatch the mismatching blocks join the fit
+    # data and the search runs again (at most `rounds` times), then a fresh set verifies
+    model, ep, best = fit(proposal)
+    rounds = 3
+    for r in range(rounds + 1):
+        va, vb, vc = _blocks(unit, max(n_verify, 100), seed + 1 + r)
+        va, vb = _validated(model, va, vb)
+        vwant = np.asarray(unit.mma(va, vb, vc), dtype=_F32).view(np.uint32)
+        ok = _predict(model, ep, va, vb, vc).view(np.uint32) == vwant
+        if ok.all() or r == rounds:
+            break
+        bad = ~ok
+        a, b, c = np.concatenate([a, va[bad]]), np.concatenate([b, vb[bad]]), np.concatenate([c, vc[bad]])
+        zero = np.zeros_like(c)
+        want_c = np.concatenate([want_c, vwant[bad]])
+        want_0 = np.concatenate([want_0, np.asarray(unit.mma(va[bad], vb[bad], np.zeros(int(bad.sum()), _F32)),
+                                                    dtype=_F32).view(np.uint32)])
+        model, ep, best = fit(model)
+    # values the data cannot tell apart
+    same: dict = {}
+    for key, values in SEARCHED.items():
+        same[key] = [v for v in values if v == getattr(model, key) or score(replace(model, **{key: v}), ep) == best]
+    same["epilogue"] = [e for e in epilogues if e == ep or score(model, e) == best]
+    c0 = vc == 0
+    params = model_params(model)
+    params["epilogue"] = ep
+    return {
+        "unit": unit.name, "in_format": unit.in_format, "K": unit.K, "params": params,
+        "features": ev, "fit": history, "indistinguishable": same,
+        "emax_floor_indistinguishable": same["emax_floor"],
+        "verify": {"matches": int(ok.sum()), "total": int(ok.size)},
+        "verify_c0": {"matches": int(ok[c0].sum()), "total": int(c0.sum())},
+        "verify_c": {"matches": int(ok[~c0].sum()), "total": int((~c0).sum())},
+        "exact": bool(ok.all()), "verify_rounds": r + 1,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+def card_table(card: dict):
+    from rich.table import Table
+
+    t = Table(title=f"numerics card — {card['unit']} ({card['in_format']}), verify "
+                    f"{card['verify']['matches']}/{card['verify']['total']}")
+    t.add_column("feature / parameter")
+    t.add_column("value")
+    t.add_column("evidence", overflow="fold")
+    for k, v in card["params"].items():
+        e = card["features"].get(k, {})
+        t.add_row(k, str(v), str(e.get("evidence", "closed-loop fit")))
+    for k, e in card["features"].items():
+        if k not in card["params"]:
+            t.add_row(k, str(e.get("value")), str(e.get("evidence")))
+    for k, values in card.get("indistinguishable", {}).items():
+        if len(values) > 1:
+            t.add_row(f"{k}: equal on the data", str(values), "")
+    t.add_row("verify c = 0 / c != 0", f"{card['verify_c0']['matches']}/{card['verify_c0']['total']} / "
+                                       f"{card['verify_c']['matches']}/{card['verify_c']['total']}", "")
+    return t
