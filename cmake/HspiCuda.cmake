@@ -63,6 +63,17 @@ endfunction()
 
 set(HSPI_COMMON_NVCC_FLAGS -O3 -std=c++17 -lineinfo)
 set(HSPI_ALL_CUBINS "")
+# cubins to build, for the progress lines ("hspi: cubin 3/14 ...")
+set(HSPI_CUBIN_TOTAL 0)
+foreach(rel IN LISTS HSPI_CU_SOURCES)
+  hspi_read_cu_flags(${rel} flags archs)
+  list(LENGTH archs n)
+  math(EXPR HSPI_CUBIN_TOTAL "${HSPI_CUBIN_TOTAL} + ${n}")
+endforeach()
+set(HSPI_CUBIN_INDEX 0)
+if(HSPI_NVCC)
+  message(STATUS "hspi: ${HSPI_CUBIN_TOTAL} CUDA cubins will be built with ${HSPI_NVCC} (about a minute; HSPI_CUDA=OFF skips them)")
+endif()
 foreach(rel IN LISTS HSPI_CU_SOURCES)
   hspi_read_cu_flags(${rel} flags archs)
   get_filename_component(family ${rel} DIRECTORY)
@@ -73,8 +84,11 @@ foreach(rel IN LISTS HSPI_CU_SOURCES)
     set(built "False")
     if(HSPI_NVCC)
       set(out ${CMAKE_CURRENT_BINARY_DIR}/cubins/${cubin_rel})
+      math(EXPR HSPI_CUBIN_INDEX "${HSPI_CUBIN_INDEX} + 1")
       add_custom_command(
         OUTPUT ${out}
+        COMMAND ${CMAKE_COMMAND} "-DMSG=hspi: CUDA ${family} ${HSPI_CUBIN_INDEX}/${HSPI_CUBIN_TOTAL}: nvcc sm_${arch} ${rel}"
+                -P ${CMAKE_CURRENT_SOURCE_DIR}/cmake/HspiProgress.cmake
         COMMAND ${CMAKE_COMMAND} -E make_directory ${CMAKE_CURRENT_BINARY_DIR}/cubins/${family}
         COMMAND ${HSPI_NVCC} -cubin -arch=sm_${arch} ${HSPI_COMMON_NVCC_FLAGS} ${flags}
                 -I${CMAKE_CURRENT_SOURCE_DIR}/csrc/cuda -o ${out}
