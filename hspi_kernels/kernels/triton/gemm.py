@@ -433,15 +433,85 @@ def _set_tma_allocator() -> None:
     _triton.set_allocator(alloc)
 
 
+# -- launch cache --------------------------------------------------------------------------------
+# A decode GEMM ([1..256, 4096] x [4096, 4096]) runs for 10-20 us on an H200; the checks, the
+# config rule and Triton's generic launcher (argument binding, specialisation key, cache lookup)
+# cost about as much host time. ``matmul`` therefore remembers, per launch key -- everything the
+# launch depends on except the data pointers -- the compiled kernel, its grid and its argument
+# list, and later calls with the same key launch that kernel directly with the new tensors.
+# The same compiled kernel with the same arguments: the bits are those of the generic path.
+_LAUNCHES: dict[tuple, "_Launch"] = {}
+_LAUNCH_CACHE_MAX = 4096
+
+
+def _launch_key(a, b, config, out_dtype) -> tuple:
+    # pointer alignment is part of Triton's specialisation (16-byte divisibility)
+    return (a.shape, a.stride(), b.shape, b.stride(), a.dtype, a.device, a.data_ptr() % 16 == 0,
+            b.data_ptr() % 16 == 0, config, out_dtype)
+
+
+class _Launch:
+    """One recorded single-kernel launch: ``kernel`` with ``args`` where the operand and output
+    slots take the tensors of each call."""
+
+    __slots__ = ("kernel", "grid", "args", "slots", "out_shape", "out_dtype", "device_index", "empty", "hooks",
+                 "stream")
+
+    def __init__(self, jit_fn, compiled, grid, args: tuple, kwargs: dict, a, b, out):
+        import inspect
+
+        import torch
+        from triton import knobs
+        from triton.runtime.driver import driver
+
+        self.empty, self.hooks, self.stream = torch.empty, knobs.runtime, driver.active.get_current_stream
+        bound = inspect.signature(jit_fn.fn).bind(*args, **{k: v for k, v in kwargs.items()
+                                                            if k in jit_fn.arg_names})
+        bound.apply_defaults()
+        values = list(bound.arguments.values())
+        self.slots = tuple(next(i for i, v in enumerate(values) if v is t) for t in (a, b, out))
+        self.kernel, self.grid, self.args = compiled, tuple(grid) + (1,) * (3 - len(grid)), values
+        self.out_shape, self.out_dtype, self.device_index = tuple(out.shape), out.dtype, out.device.index or 0
+
+    def __call__(self, a, b):
+        if self.hooks.launch_enter_hook is not None or self.hooks.launch_exit_hook is not None:
+            return None  # a profiler's hooks expect the generic launcher's metadata
+        out = self.empty(self.out_shape, device=a.device, dtype=self.out_dtype)
+        args = list(self.args)
+        ia, ib, io = self.slots
+        args[ia], args[ib], args[io] = a, b, out
+        k = self.kernel
+        k.run(*self.grid, self.stream(self.device_index), k.function, k.packed_metadata, None, None, None, *args)
+        return out
+
+
+def _record_launch(key, jit_fn, grid, args: tuple, kwargs: dict, a, b, out) -> None:
+    """Launch through Triton's generic path and, where the launch can be replayed, remember it."""
+    compiled = jit_fn[grid](*args, **kwargs)
+    if key is None or not hasattr(compiled, "packed_metadata") or len(_LAUNCHES) >= _LAUNCH_CACHE_MAX:
+        return  # interpreter mode (TRITON_INTERPRET) or a full cache: the generic path every time
+    _LAUNCHES[key] = _Launch(jit_fn, compiled, grid, args, kwargs, a, b, out)
+
+
 def matmul(a, b, config: GemmConfig | None = None, out_dtype=None, out=None):
     """``a @ b`` with the fixed accumulation order of ``config`` (see the module docstring and
     :func:`plan`). a: [M, K], b: [K, N], same dtype (fp32, bf16, fp16, float8_e4m3fn,
     float8_e5m2), each with a unit stride in one dimension (row- or column-major);
     ``persistent`` needs both row-major contiguous. Without ``config``: :func:`shape_config`
     (the M-dependent table, its persistent TMA entry where :func:`tma_ready`; same plan for every M). The fp32 accumulator is rounded (RNE) once to
-    ``out_dtype`` (default: the input dtype; fp32 for fp8 inputs)."""
+    ``out_dtype`` (default: the input dtype; fp32 for fp8 inputs). A repeated call with the same
+    shapes, strides, dtypes, device, config and alignment launches the recorded kernel directly
+    (``_LAUNCHES``: same kernel, same arguments, same bits)."""
     import torch
 
+    key = None
+    if out is None and getattr(a, "is_cuda", False):
+        key = _launch_key(a, b, config, out_dtype)
+        launch = _LAUNCHES.get(key)
+        if launch is not None:
+            result = launch(a, b)
+            if result is not None:
+                return result
     kernels = _kernels()
     assert a.ndim == 2 and b.ndim == 2, f"matmul: 2-D operands expected, got {tuple(a.shape)} and {tuple(b.shape)}"
     assert a.shape[1] == b.shape[0], f"matmul: inner dimensions differ: {tuple(a.shape)} @ {tuple(b.shape)}"
@@ -478,16 +548,18 @@ def matmul(a, b, config: GemmConfig | None = None, out_dtype=None, out=None):
         _set_tma_allocator()
         num_sms = _num_sms(a.device.index or 0) if a.is_cuda else 4
         grid = (min(num_sms, tiles),)
-        kernels["persistent"][grid](a, b, out, M, N, K, **blocks, NUM_SMS=grid[0], INPUT_PRECISION=precision,
-                                    MAX_IMPRECISE=config.max_num_imprecise_acc, **launch)
+        _record_launch(key, kernels["persistent"], grid, (a, b, out, M, N, K),
+                       dict(**blocks, NUM_SMS=grid[0], INPUT_PRECISION=precision,
+                            MAX_IMPRECISE=config.max_num_imprecise_acc, **launch), a, b, out)
         return out
 
     _, per_part, parts = _k_tile_split(K, config)
     common = dict(**blocks, INPUT_PRECISION=precision, MAX_IMPRECISE=config.max_num_imprecise_acc,
                   MASK_M=(M % config.block_m) != 0, **launch)
     if parts == 1:
-        kernels["gemm"][(tiles, 1)](a, b, out, M, N, K, a.stride(0), a.stride(1), b.stride(0), b.stride(1),
-                                    0, out.stride(0), out.stride(1), per_part, ATOMIC=False, **common)
+        _record_launch(key, kernels["gemm"], (tiles, 1),
+                       (a, b, out, M, N, K, a.stride(0), a.stride(1), b.stride(0), b.stride(1), 0, out.stride(0),
+                        out.stride(1), per_part), dict(ATOMIC=False, **common), a, b, out)
         return out
     if config.split_k_combine == "atomic":
         acc = torch.zeros((M, N), device=a.device, dtype=torch.float32)
