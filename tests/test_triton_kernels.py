@@ -619,7 +619,7 @@ def test_launch_cache_replays_the_generic_launch_bitwise():
         fast = G.matmul(a2, b2)
         generic = G.matmul(a2, b2, G.shape_config("bf16", M, N, K, tma=G.tma_ready(a2, b2, a2.dtype)))
         assert torch.equal(fast.view(torch.int16), generic.view(torch.int16)), f"{M}x{N}x{K}: fast path bits differ"
-    # negative control: a recorded launch given operands of another shape computes something else
+    # negative control: the comparison tells apart what the recorded launch computes on other operands
     wrong = G._LAUNCHES[G._launch_key(a, b, None, None)]
     small = torch.ones(4096, 4096, device="cuda", dtype=torch.bfloat16)
     assert not torch.equal(wrong(small, small).view(torch.int16), generic.view(torch.int16))
