@@ -198,7 +198,27 @@ def _build_presets() -> dict[str, BlockModel]:
     models += _family("sm_100", blackwell, 16, 25, _MMASIM)
     models += [_model("sm_100", p, "tf32", 8, 25, _MMASIM) for p in blackwell]
     models += _fp8("sm_100", ("tcgen05",), 32, 25, _MMASIM)
+    models += _fp8_issue19()
     return {m.name: m for m in models}
+
+
+# -- issue 19: fp8 presets re-derived from MMA-Sim / Khattak & Mikaitis and their vectors -------
+_KM_VECTORS = ("Khattak & Mikaitis' published vectors (github.com/north-numerical-computing/"
+               "MATLAB-tensor-core, model_validation/)")
+
+
+def _fp8_issue19():
+    """fp8 presets added for issue 19 (see the module doc, "fp8 presets of issue 19")."""
+    ada = f"{_MMASIM} (mma, Ada: F=13, split k32 = 2 x k16, f32_e8m13 / f16 output); {_KM} (AdaTC.m: fma=16, neab=-10)"
+    return [
+        *_fp8("sm_89", ("mma.sync",), 16, 13, f"{ada}; {_KM_VECTORS} Ada/L40S", out_format="e8m13"),
+        *_fp8("sm_89", ("mma.sync",), 16, 13, f"{ada}; {_KM_VECTORS} Ada", out_format="fp16"),
+        # Hypothesis (no public vectors: K&M's H100/H200 fp16 files are mma.sync, see the doc)
+        *_fp8("sm_90", ("wgmma",), 32, 13, f"{_MMASIM} (wgmma fp8: F=13, f16 output RNE); hypothesis",
+              out_format="fp16"),
+        *_fp8("sm_100", ("tcgen05",), 32, 25, f"{_MMASIM} (tcgen05mma: F=25, f16 output RNE); literature only",
+              out_format="fp16"),
+    ]
 
 
 PRESETS: dict[str, BlockModel] = _build_presets()
