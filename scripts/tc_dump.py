@@ -80,6 +80,17 @@ def main(out: str) -> None:
                     arrays[key + "|B"] = B.astype(np.float32)
                     arrays[key + "|C"] = (np.zeros((M, N), np.float32) if C is None else C.astype(np.float32))
                     arrays[key + "|D"] = D.astype(np.float32)
+    # issue 19: wgmma fp8 with an fp16 accumulator (no mma.sync kernel: ptxas emulates that path)
+    for fmt in ("e4m3", "e5m2"):
+        for gen in ("random", "spread", "cancel", "subnormal", "gdisc"):
+            for with_c in (False, True):
+                A, B = V.make_inputs(gen, fmt, M, N, INSTR_K[fmt], rng)
+                C = V.make_c(A, B, "fp16", rng) if with_c else None
+                D = V.gpu_gemm("wgmma", A, B, C, fmt, "fp16")
+                key = f"wgmma|{fmt}|fp16|{gen}|{'c' if with_c else 'z'}"
+                C = np.zeros((M, N), np.float32) if C is None else C
+                for part, arr in zip("ABCD", (A, B, C, D)):
+                    arrays[f"{key}|{part}"] = np.asarray(arr, np.float32)
     for path in ("mma.sync", "wgmma"):
         for name, fmt, out_fmt, A, B, C in _settling_sets(rng):
             D = V.gpu_gemm(path, A, B, C, fmt, out_fmt)

@@ -15,6 +15,8 @@
 //   hspi_wgmma_tf32_f32  m64n8k8  .f32.tf32.tf32  A, B fp32 words (unmodified)
 //   hspi_wgmma_e4m3_f32  m64n8k32 .f32.e4m3.e4m3  A, B uint8; C, D fp32
 //   hspi_wgmma_e5m2_f32  m64n8k32 .f32.e5m2.e5m2  A, B uint8; C, D fp32
+//   hspi_wgmma_e4m3_f16  m64n8k32 .f16.e4m3.e4m3  A, B uint8; C, D uint16 (fp16 bits)
+//   hspi_wgmma_e5m2_f16  m64n8k32 .f16.e5m2.e5m2  A, B uint8; C, D uint16 (fp16 bits)
 //
 // Accumulation order (the plan), per output element: identical to mma_sync_gemm.cu --
 //   split_k == 1: acc = C (or +0); one wgmma per k_inst slice, k = 0, k_inst, 2·k_inst, ...,
@@ -73,7 +75,7 @@ __device__ __forceinline__ void copy_elem(unsigned char* dst, const unsigned cha
   }
 }
 
-enum class Kind { F16_F32, BF16_F32, F16_F16, TF32_F32, E4M3_F32, E5M2_F32 };
+enum class Kind { F16_F32, BF16_F32, F16_F16, TF32_F32, E4M3_F32, E5M2_F32, E4M3_F16, E5M2_F16 };
 
 // One wgmma per kind. fp32 accumulators: 4 registers (m64n8: row 16·warp + g + 8·(i >> 1),
 // column 2·t + (i & 1)); fp16 accumulator: 2 registers of f16x2 (rows g and g + 8).
@@ -115,6 +117,27 @@ struct Op<Kind::F16_F16> {
         : "l"(da), "l"(db), "r"(1));
   }
 };
+
+// fp8 inputs with an fp16 accumulator (issue 19): m64n8k32, two f16x2 registers as for F16_F16.
+// fp8 wgmma takes no transpose immediates (K-major only), like the fp32-accumulator fp8 kinds.
+#define HSPI_WGMMA_FP8_F16(KIND_, PTX_TYPES)                                                    \
+  template <>                                                                                   \
+  struct Op<KIND_> {                                                                            \
+    static constexpr int ESIZE = 1, K_INST = 32, NACC = 2;                                      \
+    using Acc = unsigned;                                                                       \
+    static __device__ __forceinline__ void mma(unsigned (&d)[2], unsigned long long da,        \
+                                               unsigned long long db) {                         \
+      asm volatile(                                                                             \
+          "{\n.reg .pred p;\nsetp.ne.b32 p, %4, 0;\n"                                          \
+          "wgmma.mma_async.sync.aligned.m64n8k32.f16." PTX_TYPES " {%0,%1}, %2, %3, p, 1, 1;\n}\n" \
+          : "+r"(d[0]), "+r"(d[1])                                                              \
+          : "l"(da), "l"(db), "r"(1));                                                          \
+    }                                                                                           \
+  };
+
+HSPI_WGMMA_FP8_F16(Kind::E4M3_F16, "e4m3.e4m3")
+HSPI_WGMMA_FP8_F16(Kind::E5M2_F16, "e5m2.e5m2")
+#undef HSPI_WGMMA_FP8_F16
 
 // Runs the chain over k in [k_begin, k_end) into acc (which holds the chain's initial value).
 template <Kind KIND>
@@ -162,7 +185,7 @@ __device__ __forceinline__ void gemm(const void* A_, const void* B_, const void*
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const long long base = (long long)(row0 + 16 * warp + g) * N + col0 + 2 * t;
 
-  if constexpr (KIND == Kind::F16_F16) {
+  if constexpr (KIND == Kind::F16_F16 || KIND == Kind::E4M3_F16 || KIND == Kind::E5M2_F16) {
     const auto* C = static_cast<const unsigned short*>(C_);
     auto* D = static_cast<unsigned short*>(D_);
     unsigned acc[2];
@@ -205,3 +228,5 @@ HSPI_WGMMA_KERNEL(hspi_wgmma_f16_f16, Kind::F16_F16)
 HSPI_WGMMA_KERNEL(hspi_wgmma_tf32_f32, Kind::TF32_F32)
 HSPI_WGMMA_KERNEL(hspi_wgmma_e4m3_f32, Kind::E4M3_F32)
 HSPI_WGMMA_KERNEL(hspi_wgmma_e5m2_f32, Kind::E5M2_F32)
+HSPI_WGMMA_KERNEL(hspi_wgmma_e4m3_f16, Kind::E4M3_F16)
+HSPI_WGMMA_KERNEL(hspi_wgmma_e5m2_f16, Kind::E5M2_F16)

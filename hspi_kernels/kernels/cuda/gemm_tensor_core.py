@@ -23,6 +23,9 @@ e5m2      32          float8_e5m2, uint8                              uint8, int
 
 ``out_format``: ``"fp32"`` (C and D float32) or ``"fp16"`` (fp16 inputs only, C and D float16,
 fp16 accumulator registers; no split-K).
+wgmma also takes fp8 (e4m3/e5m2) inputs with ``out_format="fp16"`` (``QGMMA.64x8x32.F16.E4M3.E4M3``
+in the SASS; plan ``Chain(TensorCore("sm_90", "e4m3", "fp16", path="wgmma"), k=32)``, a preset
+that is a hypothesis until the H200 run of ``scripts/fp8_f16_decide.py`` measures it).
 
 Shapes: mma.sync M % 16, wgmma M % 64; N % 8; K % (split_k · k_inst). Anything else is a
 ValueError naming the rule (the validation pads instead).
@@ -59,7 +62,11 @@ TILE_M = {"mma.sync": 16, "wgmma": 64}
 TILE_N = 8
 THREADS = 128
 _KERNEL_TAG = {("fp16", "fp32"): "f16_f32", ("bf16", "fp32"): "bf16_f32", ("fp16", "fp16"): "f16_f16",
-               ("tf32", "fp32"): "tf32_f32", ("e4m3", "fp32"): "e4m3_f32", ("e5m2", "fp32"): "e5m2_f32"}
+               ("tf32", "fp32"): "tf32_f32", ("e4m3", "fp32"): "e4m3_f32", ("e5m2", "fp32"): "e5m2_f32",
+               ("e4m3", "fp16"): "e4m3_f16", ("e5m2", "fp16"): "e5m2_f16"}
+# fp8 inputs with an fp16 accumulator exist as wgmma kernels only (issue 19): mma.sync fp8 on
+# sm_90 is ptxas' fp16-HMMA emulation (numerics.fp8_emulation), not a kernel of this rung.
+_WGMMA_ONLY = {("e4m3", "fp16"), ("e5m2", "fp16")}
 _KERNEL_PREFIX = {"mma.sync": "hspi_mma_sync_", "wgmma": "hspi_wgmma_"}
 
 # Operand dtypes per format (dtype names as str(torch dtype) without "torch." / numpy names).
@@ -94,6 +101,9 @@ def _check_config(path: str, in_format: str, out_format: str, split_k: int) -> N
     if (in_format, out_format) not in _KERNEL_TAG:
         raise ValueError(f"no {path} kernel for {in_format} -> {out_format}; fp16 output needs fp16 input, "
                          f"every other input accumulates in fp32")
+    if (in_format, out_format) in _WGMMA_ONLY and path != "wgmma":
+        raise ValueError(f"no {path} kernel for {in_format} -> {out_format}; fp16 output with fp8 input: "
+                         f"path='wgmma' only")
     if not isinstance(split_k, (int, np.integer)) or isinstance(split_k, bool) or split_k < 1:
         raise ValueError(f"split_k must be a positive int, got {split_k!r}")
     if split_k > 1 and out_format != "fp32":
