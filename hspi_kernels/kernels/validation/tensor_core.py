@@ -57,6 +57,7 @@ from typing import Callable
 import ml_dtypes
 import numpy as np
 
+from hspi_kernels.kernels.validation import record_verdict
 from hspi_kernels.numerics import formats
 from hspi_kernels.numerics.tensor_core import BlockModel, get_preset
 
@@ -502,14 +503,22 @@ def run(out_dir: str | os.PathLike, scale: float = 1.0, *, paths=("mma.sync", "w
         "what": "tensor-core GEMM rungs (mma.sync, wgmma) vs the block-model presets; GPU bits are the truth",
         "platform": _platform(), "arch": arch, "scale": scale, "seed": seed, "subset": subset,
         "variants": variants, "negative_control": negative, "wgmma_fast": fast, "summary": summary,
-        "all_pass": (all(v["pass"] for v in variants) and negative.get("pass", True)
-                     and (fast is None or fast["pass"])),
         "seconds": round(time.perf_counter() - t0, 1),
     }
+    record_verdict(doc, verdict_checks(doc))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / RESULT_FILE).write_text(json.dumps(doc, indent=1))
     return doc
+
+
+def verdict_checks(doc: dict) -> dict[str, bool | None]:
+    """The named checks of a record's verdict (``hspi_kernels.kernels.validation.verdict``); the
+    negative control runs on sm_90 only and the fast kernel only when asked for (None otherwise)."""
+    negative, fast = doc["negative_control"], doc["wgmma_fast"]
+    return {"variants": all(v["pass"] for v in doc["variants"]),
+            "negative_control": negative["pass"] if "pass" in negative else None,
+            "wgmma_fast": None if fast is None else bool(fast["pass"])}
 
 
 def _summarise(variants: list[dict]) -> dict:
@@ -551,8 +560,8 @@ def main(argv=None) -> int:
         f = doc["wgmma_fast"]
         print(f"wgmma_fast: plan {f['plan_matches']}/{f['plan_outputs']}, slow kernel {f['slow_matches']}/"
               f"{f['slow_outputs']}, negative control {f['negative_control']}")
-    print("all_pass:", doc["all_pass"], f"({doc['seconds']} s)")
-    return 0 if doc["all_pass"] else 1
+    print("passed:", doc["passed"], doc["verdict"], f"({doc['seconds']} s)")
+    return 0 if doc["passed"] else 1
 
 
 if __name__ == "__main__":
