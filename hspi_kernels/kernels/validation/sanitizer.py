@@ -1,11 +1,12 @@
-"""compute-sanitizer driver: every CUDA kernel family of hspi_kernels on tiny shapes.
+"""The compute-sanitizer check of the CUDA kernels: every kernel family of hspi_kernels on tiny
+shapes (the cases), the negative controls, the log parser and the summary record.
 
-Used by scripts/gpu_sanitize.sh, which runs ``run`` once per tool under
+Driven by scripts/gpu_sanitize.sh, which runs ``run`` once per tool under
 ``compute-sanitizer --tool {memcheck,racecheck,synccheck,initcheck}`` and then ``summarize``:
 
-    python scripts/sanitize_driver.py list                       # cases and discovered kernels
-    python scripts/sanitize_driver.py run CASES.json [--only SUBSTR] [--control oob_ours|oob_planted|race]
-    python scripts/sanitize_driver.py summarize DIR OUT.json     # DIR: <tool>.log, <tool>.rc, <tool>.cases.json
+    python -m hspi_kernels.kernels.validation.sanitizer list     # cases and discovered kernels
+    python -m hspi_kernels.kernels.validation.sanitizer run CASES.json [--only SUBSTR] [--control oob_ours|oob_planted|race]
+    python -m hspi_kernels.kernels.validation.sanitizer summarize DIR OUT.json   # DIR: <tool>.log, <tool>.rc, <tool>.cases.json
 
 Kernels are *discovered*: every ``csrc/cuda/**/*.cu`` is loaded through the package loader
 (cubin or NVRTC, as the package would) and its entry points are read from the ELF symbol table of
@@ -22,6 +23,7 @@ memcheck must flag), ``oob_planted`` a planted kernel writing one element past i
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import re
 import struct
@@ -32,12 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from hspi_kernels import platform
+from hspi_kernels.kernels.cuda import loader
+
 MARK = "@@HSPI-CASE"
-try:  # an installed package, else the checkout this script lives in
-    import hspi_kernels  # noqa: F401
-except ImportError:
-    sys.path.insert(0, str(ROOT))
+CHECKOUT_SOURCES = Path(__file__).resolve().parents[3] / "csrc" / "cuda"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,18 +65,17 @@ def cubin_kernels(path: str) -> list[str]:
 
 
 def sources() -> list[str]:
-    base = ROOT / "csrc" / "cuda"
+    """Every .cu of the package: the checkout's csrc/cuda, else the installed cuda_src/."""
+    base = CHECKOUT_SOURCES if CHECKOUT_SOURCES.is_dir() else loader.package_root() / "cuda_src"
     return sorted(str(p.relative_to(base)) for p in base.rglob("*.cu"))
 
 
 def discover() -> dict:
     """{source: {"kernels": [...]} or {"error": ...}} for every .cu of the package."""
-    from hspi_kernels.kernels.cuda.loader import load_module
-
     out = {}
     for src in sources():
         try:
-            module = load_module(src)
+            module = loader.load_module(src)
             out[src] = {"kernels": cubin_kernels(module.cubin_file), "path_taken": module.path_taken}
         except Exception as exc:  # noqa: BLE001 - a source that cannot load is a finding
             out[src] = {"error": f"{type(exc).__name__}: {exc}"}
@@ -107,8 +107,8 @@ def _bits(cupy, shape, dtype, seed=0, mask=None):
 
 
 def cases() -> list[tuple[str, list[str], object]]:
-    import importlib
-
+    """(name, kernels it launches, function) per case; the wrappers are imported here, so that a
+    wrapper that fails to import is one failed case, not a failed run."""
     out = []
     try:
         A, E, G, T, R, S = (importlib.import_module(f"hspi_kernels.kernels.cuda.{m}") for m in
@@ -242,8 +242,7 @@ extern "C" __global__ void planted_smem_race(float* out) {
 def control(kind: str) -> dict:
     """One negative control per process (an invalid access under memcheck ends the context)."""
     cp = _cupy()
-    from hspi_kernels.kernels.cuda import reduction as R
-    from hspi_kernels.kernels.cuda.loader import load_module
+    from hspi_kernels.kernels.cuda import reduction as R  # here, as in cases(): a broken wrapper fails only its case
 
     module = cp.RawModule(code=_PLANTED, options=("-fmad=false",))
     name = f"control.{kind}"
@@ -253,7 +252,7 @@ def control(kind: str) -> dict:
         if kind == "oob_ours":
             # our row kernel told the row is one element longer than it is: reads x[100] (OOB)
             x, out = cp.zeros((1, 100), cp.float32), cp.empty(1, cp.float32)
-            load_module(R.ROW_SOURCE).function(R.KERNELS["sequential"][0])(
+            loader.load_module(R.ROW_SOURCE).function(R.KERNELS["sequential"][0])(
                 (1,), (32,), (x, out, np.int64(1), np.int64(101)))
         elif kind == "oob_planted":
             module.get_function("planted_oob_write")((1,), (128,), (cp.zeros(100, cp.float32), np.int32(100)))
@@ -354,8 +353,6 @@ def summarize(folder: str, out_json: str) -> int:
     folder_p = Path(folder)
     result: dict = {"format": "hspi-sanitize/1", "tools": {}, "controls": {}}
     try:
-        from hspi_kernels import platform
-
         result["platform"] = platform.collect(import_torch=False)
     except Exception as exc:  # noqa: BLE001
         result["platform"] = {"error": str(exc)}
