@@ -77,7 +77,7 @@ def test_summarize_verdicts(D, tmp_path, tool_log, tool_rc, control_log, control
     out = tmp_path / "gpu_sanitize.json"
     rc = D.summarize(str(tmp_path), str(out))
     result = json.loads(out.read_text())
-    assert result["all_ok"] is ok and (rc == 0) is ok
+    assert result["passed"] is ok and (rc == 0) is ok
     assert result["coverage"]["not_launched"] == ["hspi_reduce_rows_f32_block_tree"]
     assert "platform" in result
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from hspi_kernels.kernels import validation as V
-from hspi_kernels.kernels.validation import attention_sfu, cuda_core, tensor_core, triton_kernels
+from hspi_kernels.kernels.validation import (attention_sfu, cuda_core, foundation, sanitizer, tensor_core,
+                                             triton_kernels)
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 FAMILIES = {
@@ -18,8 +19,10 @@ FAMILIES = {
     "tensor_core_validation.json": tensor_core.verdict_checks,
     "attention_sfu_validation.json": attention_sfu.verdict_checks,
     "triton_kernels_validation.json": triton_kernels.verdict_checks,
+    "gpu_sanitize.json": sanitizer.verdict_checks,
+    "foundation.json": foundation.verdict_checks,
 }
-OLD_KEYS = ("all_ok", "all_pass")
+OLD_KEYS = ("all_ok", "all_pass", "ok")
 
 
 def test_verdict_counts_the_checks_that_applied():
@@ -53,4 +56,4 @@ def test_stored_records_carry_the_one_verdict(path):
 
 
 def test_there_are_records():
-    assert len(_records()) == 8
+    assert len(_records()) == 11

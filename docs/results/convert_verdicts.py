@@ -16,7 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from hspi_kernels.kernels.validation import attention_sfu, cuda_core, record_verdict, tensor_core, triton_kernels
+from hspi_kernels.kernels.validation import (attention_sfu, cuda_core, foundation, record_verdict, sanitizer,
+                                             tensor_core, triton_kernels)
 
 # record file name -> (the family's verdict_checks, where the old verdict lived: (holder, key))
 FAMILIES = {
@@ -24,6 +25,8 @@ FAMILIES = {
     "tensor_core_validation.json": (tensor_core.verdict_checks, (None, "all_pass")),
     "attention_sfu_validation.json": (attention_sfu.verdict_checks, (None, "all_ok")),
     "triton_kernels_validation.json": (triton_kernels.verdict_checks, (None, "passed")),
+    "gpu_sanitize.json": (sanitizer.verdict_checks, (None, "all_ok")),
+    "foundation.json": (foundation.verdict_checks, (None, "ok")),
 }
 
 

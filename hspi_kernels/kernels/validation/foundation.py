@@ -23,6 +23,7 @@ import numpy as np
 from hspi_kernels import platform as hspi_platform
 from hspi_kernels.kernels.cuda import elementwise as ew
 from hspi_kernels.kernels.cuda import loader
+from hspi_kernels.kernels.validation import record_verdict
 
 
 def platform_metadata() -> dict:
@@ -87,7 +88,6 @@ def run(out_dir: str | Path, n: int = 1 << 20, pytest_rc: int | None = None) -> 
     t0 = time.perf_counter()
     rows = bit_counts(n)
     elapsed = time.perf_counter() - t0
-    ok = all(r["equal"] == r["n"] for r in rows) and pytest_rc in (0, None)
 
     g = gpu_of(meta)
     gpu_tag = re.sub(r"[^a-z0-9]+", "-", g["name"].lower()).strip("-")
@@ -100,12 +100,20 @@ def run(out_dir: str | Path, n: int = 1 << 20, pytest_rc: int | None = None) -> 
         "pytest_rc": pytest_rc,
         "bit_exact": rows,
         "bit_exact_seconds": round(elapsed, 2),
-        "ok": ok,
     }
+    record_verdict(record, verdict_checks(record))
     path = Path(out_dir) / f"foundation_{gpu_tag}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1, default=str) + "\n")
     return record, path
+
+
+def verdict_checks(record: dict) -> dict[str, bool | None]:
+    """The named checks of the record's verdict (``hspi_kernels.kernels.validation.verdict``):
+    every count N/N, and the GPU pytest run clean (None when it was not given)."""
+    rc = record["pytest_rc"]
+    return {"bit_exact": all(r["equal"] == r["n"] for r in record["bit_exact"]),
+            "pytest": None if rc is None else rc == 0}
 
 
 def gpu_of(meta: dict) -> dict:
@@ -121,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     record, path = run(args.out, args.n, args.pytest_rc)
-    meta, rows, ok, g = record["platform"], record["bit_exact"], record["ok"], gpu_of(record["platform"])
+    meta, rows, ok, g = record["platform"], record["bit_exact"], record["passed"], gpu_of(record["platform"])
     load = meta["cuda_load_path"]
     print(f"\n{hspi_platform.platform_label(meta)}  {g['sm_count']} SMs  L2 {(g['l2_bytes'] or 0) >> 20} MiB  "
           f"driver {meta['driver']}  CUDA rt {meta['torch']['cuda_runtime']}  nvrtc {load['nvrtc']}  "

@@ -36,6 +36,7 @@ import numpy as np
 
 from hspi_kernels import platform
 from hspi_kernels.kernels.cuda import loader
+from hspi_kernels.kernels.validation import record_verdict
 
 MARK = "@@HSPI-CASE"
 CHECKOUT_SOURCES = Path(__file__).resolve().parents[3] / "csrc" / "cuda"
@@ -349,6 +350,15 @@ def parse_log(text: str) -> dict:
             "racecheck_summary": races, "errors_total": total}
 
 
+def verdict_checks(result: dict) -> dict[str, bool | None]:
+    """The named checks of the summary's verdict (``hspi_kernels.kernels.validation.verdict``):
+    every tool clean, every negative control flagged, and at least one of each ran."""
+    checks: dict[str, bool | None] = {f"tool:{k}": bool(v["clean"]) for k, v in result["tools"].items()}
+    checks.update({f"control:{k}": bool(v["flagged"]) for k, v in result["controls"].items()})
+    checks.update(tools_ran=bool(result["tools"]), controls_ran=bool(result["controls"]))
+    return checks
+
+
 def summarize(folder: str, out_json: str) -> int:
     folder_p = Path(folder)
     result: dict = {"format": "hspi-sanitize/1", "tools": {}, "controls": {}}
@@ -357,7 +367,6 @@ def summarize(folder: str, out_json: str) -> int:
     except Exception as exc:  # noqa: BLE001
         result["platform"] = {"error": str(exc)}
     discovered: dict = {}
-    all_ok = True
     for log in sorted(folder_p.glob("*.log")):
         label = log.stem  # <tool> or control-<kind>-<tool>
         rc_file, cases_file = log.with_suffix(".rc"), log.with_suffix(".cases.json")
@@ -378,13 +387,11 @@ def summarize(folder: str, out_json: str) -> int:
             flagged = bool(parsed["errors_total"]) and rc not in (0, None)
             entry["flagged"] = flagged  # a control must be reported as an error
             result["controls"][label] = entry
-            all_ok &= flagged
         else:
             clean = (parsed["errors_total"] == 0 and rc == 0 and bool(per_kernel)
                      and all(c["case_ok"] and c["errors"] == 0 for c in per_kernel.values()))
             entry["clean"] = clean
             result["tools"][label] = entry
-            all_ok &= clean
     launched = {k for t in result["tools"].values() for c in t["cases"].values() if c["case_ok"] for k in c["kernels"]}
     found = {k: src for src, info in discovered.items() for k in info.get("kernels", [])}
     result["discovered"] = discovered
@@ -392,16 +399,16 @@ def summarize(folder: str, out_json: str) -> int:
                           "not_launched": sorted(set(found) - launched),
                           "declared_but_not_discovered": sorted(launched - set(found)),
                           "sources_not_loaded": sorted(s for s, i in discovered.items() if "error" in i)}
-    result["all_ok"] = bool(all_ok and result["tools"] and result["controls"])
+    record_verdict(result, verdict_checks(result))
     Path(out_json).write_text(json.dumps(result, indent=1, default=str))
-    print(json.dumps({"all_ok": result["all_ok"],
+    print(json.dumps({"passed": result["passed"],
                       "tools": {k: {"clean": v["clean"], "errors": v["errors_total"], "rc": v["exit_code"]}
                                 for k, v in result["tools"].items()},
                       "controls": {k: {"flagged": v["flagged"], "errors": v["errors_total"]}
                                    for k, v in result["controls"].items()},
                       "coverage": {k: v for k, v in result["coverage"].items() if k != "not_launched"},
                       "not_launched": result["coverage"]["not_launched"][:20]}, indent=1))
-    return 0 if result["all_ok"] else 1
+    return 0 if result["passed"] else 1
 
 
 def main(argv=None) -> int:
