@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from hspi_kernels.kernels.validation import record_verdict
-from hspi_kernels.kernels.validation.tensor_core import same_bits  # noqa: F401  (tests import it from here)
+from hspi_kernels.kernels.validation.tensor_core import same_bits
 
 RESULT_FILE = "attention_sfu_validation.json"
 MAX_FILE_BYTES = 16 << 20

@@ -197,8 +197,8 @@ def _vector_input(kind: str, n: int, seed: int) -> np.ndarray:
     return row_inputs(kind, 1, n, seed).reshape(-1)
 
 
-def _validate_vec4(result: dict, timed_gpu: Callable, n_big: int, seed: int, backend: str,
-                   log: Callable, to_device: Callable | None = None) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def validate_vec4(result: dict, timed_gpu: Callable, n_big: int, seed: int, backend: str,
+                  log: Callable, to_device: Callable | None = None) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """The bandwidth-bound "vec4" sum: GPU bits == evaluate(plan) for the wrapper's fixed G x B
     (every unroll U: the bits must not depend on U) and a small G x B (long tails). Returns the
     negative control: the same GPU bits against the scalar two-pass plan of the same G x B."""
@@ -384,7 +384,7 @@ def run(out_dir: str | Path, scale: float = 1.0, *, backend: str = "auto", seed:
                 "ok": error is None and equal == 1 and digest(got) == digest(again), "cpu_s": round(cpu_s, 3)})
             log(f"vector grid_two_pass G={blocks} B={block} {kind:<11} n={n}: {equal}/1")
 
-    vec4_controls = _validate_vec4(result, timed_gpu, n_big, case_seed, backend, log)
+    vec4_controls = validate_vec4(result, timed_gpu, n_big, case_seed, backend, log)
     case_seed += 100
 
     n_atomic = max(1 << 20, int(round(10_000_000 * scale)))

@@ -72,7 +72,7 @@ _ML = {"fp16": np.float16, "bf16": ml_dtypes.bfloat16, "e4m3": ml_dtypes.float8_
 # exponent range used by the generators: (lowest normal, highest safe) per format
 _EXP = {"fp16": (-14, 6), "bf16": (-60, 60), "tf32": (-60, 60), "e4m3": (-6, 7), "e5m2": (-14, 7)}
 _SUB = {"fp16": (-24, -15), "bf16": (-75, -60), "tf32": (-75, -60), "e4m3": (-9, -7), "e5m2": (-16, -15)}
-_K = {"fp16": 64, "bf16": 64, "tf32": 64, "e4m3": 128, "e5m2": 128}
+BLOCK_K = {"fp16": 64, "bf16": 64, "tf32": 64, "e4m3": 128, "e5m2": 128}
 RESULT_FILE = "tensor_core_validation.json"
 
 
@@ -471,11 +471,11 @@ def run(out_dir: str | os.PathLike, scale: float = 1.0, *, paths=("mma.sync", "w
             for gen in generators + (("rawfp32",) if in_format == "tf32" else ()):
                 for with_c in (False, True):
                     variants.append(_variant(path, in_format, out_format, gen, with_c, 1, side, side,
-                                             _K[in_format], rng, arch, subset, in_format in hypotheses_for))
+                                             BLOCK_K[in_format], rng, arch, subset, in_format in hypotheses_for))
             if out_format == "fp32":  # split-K with the fixed fp32 combine
                 for parts in (2, 4):
                     variants.append(_variant(path, in_format, out_format, "random", True, parts, side // 2,
-                                             side // 2, _K[in_format] * parts, rng, arch, subset, False))
+                                             side // 2, BLOCK_K[in_format] * parts, rng, arch, subset, False))
 
     # Negative control: Ampere's G=8, F=24 block on Hopper bf16 gdisc data must be rejected.
     negative = {}
