@@ -689,16 +689,11 @@ def card(
             has_gpu = False
         if not has_gpu:
             err_console.print(f"[red]--path {path} needs a CUDA GPU (none visible); use --path emulated:<preset> here, "
-                              f"or scripts/gpu_card_reveal.py OUT_DIR on the GPU[/red]")
+                              f"or python -m hspi_kernels.reveal.gpu OUT_DIR on the GPU[/red]")
             raise typer.Exit(2)
-        import importlib.util
-        import pathlib
+        from hspi_kernels.reveal import gpu as reveal_gpu
 
-        spec = importlib.util.spec_from_file_location(
-            "gpu_card_reveal", pathlib.Path(__file__).resolve().parents[1] / "scripts" / "gpu_card_reveal.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        unit = mod.gpu_unit(path, fmt, out_format=out_format)
+        unit = reveal_gpu.gpu_unit(path, fmt, out_format=out_format)
     result = C.numerics_card(unit, n_verify=n_verify)
     if as_json:
         _print_json(result)

@@ -32,4 +32,4 @@ PYTEST_RC=${PIPESTATUS[0]}
 set -e
 
 echo "== bit-exactness counts and platform record"
-"$PY" scripts/gpu_foundation.py --out "$OUT" --pytest-rc "$PYTEST_RC"
+"$PY" -m hspi_kernels.kernels.validation.foundation --out "$OUT" --pytest-rc "$PYTEST_RC"

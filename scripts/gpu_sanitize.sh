@@ -5,7 +5,7 @@
 #   SANITIZE_TOOLS="memcheck racecheck"        tools to run (default: memcheck racecheck synccheck initcheck)
 #   SANITIZE_WORK=DIR                          logs and per-tool records (default: OUT_DIR/work)
 #
-# Per tool, one python process runs every case of scripts/sanitize_driver.py under
+# Per tool, one python process runs every case of hspi_kernels.kernels.validation.sanitizer under
 # `compute-sanitizer --tool T`; each tool's log, exit code and case record go to OUT_DIR/work/.
 # Negative controls (must be flagged): memcheck on our row kernel launched with n past the end
 # of its array and on a planted out-of-bounds write; racecheck on a planted shared-memory race.
@@ -24,20 +24,20 @@ if [ ! -x "$SAN" ]; then
   exit 2
 fi
 PY="${PYTHON:-python3}"
-DRIVER=scripts/sanitize_driver.py
+DRIVER="-m hspi_kernels.kernels.validation.sanitizer"
 export PYTORCH_NO_CUDA_MEMORY_CACHING=1 PYTHONUNBUFFERED=1
 
 run_one() {  # label tool [driver args...]
   local label=$1 tool=$2; shift 2
   local t0=$SECONDS
   "$SAN" --tool "$tool" --error-exitcode 86 --print-limit 50 --target-processes all \
-    "$PY" "$DRIVER" run "$WORK/$label.cases.json" "$@" >"$WORK/$label.log" 2>&1
+    "$PY" $DRIVER run "$WORK/$label.cases.json" "$@" >"$WORK/$label.log" 2>&1
   echo $? >"$WORK/$label.rc"
   echo "gpu_sanitize: $label: rc $(cat "$WORK/$label.rc"), $((SECONDS - t0)) s, $(grep -o 'ERROR SUMMARY: [0-9]* error' "$WORK/$label.log" | tail -1)"
 }
 
 # warm the NVRTC cache outside the sanitizer (the sanitized runs then only load cubins)
-"$PY" "$DRIVER" list >"$WORK/discover.txt" 2>&1 || echo "gpu_sanitize: discovery failed, see $WORK/discover.txt"
+"$PY" $DRIVER list >"$WORK/discover.txt" 2>&1 || echo "gpu_sanitize: discovery failed, see $WORK/discover.txt"
 for tool in $TOOLS; do
   run_one "$tool" "$tool"
 done
@@ -45,4 +45,4 @@ run_one control-oob_ours-memcheck memcheck --control oob_ours
 run_one control-oob_planted-memcheck memcheck --control oob_planted
 run_one control-race-racecheck racecheck --control race
 
-"$PY" "$DRIVER" summarize "$WORK" "$OUT_DIR/gpu_sanitize.json"
+"$PY" $DRIVER summarize "$WORK" "$OUT_DIR/gpu_sanitize.json"

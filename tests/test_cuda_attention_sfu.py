@@ -204,7 +204,8 @@ def test_table_roundtrip(tmp_path):
 @pytest.mark.parametrize("fmt,D,bn,splits,causal", [("bf16", 64, 32, 1, False), ("fp16", 32, 16, 2, True),
                                                     ("bf16", 128, 64, 4, True)])
 def test_gpu_exact_bit_exact(fmt, D, bn, splits, causal):
-    from hspi_kernels.kernels.validation.attention_sfu import gpu_attention, same_bits
+    from hspi_kernels.kernels.validation.attention_sfu import gpu_attention
+    from hspi_kernels.kernels.validation.tensor_core import same_bits
 
     Q, K, V = _qkv(fmt, 2, 40, 75, D, seed=7)
     gpu = gpu_attention(Q, K, V, fmt, "exact", bn, splits, causal)

@@ -15,6 +15,7 @@ import pytest
 from hspi_kernels.kernels.cuda import reduction as R
 from hspi_kernels.numerics import plans as P
 from hspi_kernels.numerics.evaluate import evaluate
+from hspi_kernels.numerics.formats import same_bits
 from test_cuda_core_kernels import _kernel_tree as _tree  # the block tree, transcribed once
 
 F32 = np.float32
@@ -141,14 +142,14 @@ def test_vec4_sass():
 @pytest.mark.gpu
 def test_gpu_vec4_bits():
     cupy = pytest.importorskip("cupy")
-    from hspi_kernels.kernels.validation.cuda_core import count_equal, row_inputs
+    from hspi_kernels.kernels.validation.cuda_core import row_inputs
 
     for n in (0, 5, 4 * 1024 * 3 + 3, 100_003):
         x = row_inputs("random", 1, n, seed=n).reshape(-1)
         ref = R.reference(x, "vec4", blocks=8, block=64, backend="native")
         for u in R.FAST_UNROLLS:
             got = cupy.asnumpy(R.reduce_vector_fast(cupy.asarray(x), blocks=8, block=64, unroll=u))
-            assert count_equal(got, ref) == 1, (n, u)
+            assert int(same_bits(got, ref).sum()) == 1, (n, u)
     with pytest.raises(ValueError, match="aligned"):
         R.reduce_vector_fast(cupy.zeros(9, np.float32)[1:])
 
@@ -168,9 +169,9 @@ def test_vec4_validation_entries_and_control(monkeypatch):
 
     monkeypatch.setattr(V, "VEC4_SMALL_CONFIG", (2, 2))
     result = {"reduction": []}
-    controls = V._validate_vec4(result, fake_gpu, 3001, 0, "native", lambda *_: None, to_device=lambda x: x)
+    controls = V.validate_vec4(result, fake_gpu, 3001, 0, "native", lambda *_: None, to_device=lambda x: x)
     entries = result["reduction"]
     assert entries and all(e["ok"] for e in entries), [e for e in entries if not e["ok"]][:2]
     assert {e["unroll"] for e in entries} == set(R.FAST_UNROLLS)
     (name, got, ref), = controls
-    assert got.size >= 3 and V.count_equal(got, ref) < got.size, name
+    assert got.size >= 3 and int(same_bits(got, ref).sum()) < got.size, name

@@ -151,7 +151,7 @@ def test_cli_classify_and_identify(collection, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------
-# cross-platform tables (scripts/analyse_models.py) on two synthetic CPU "platforms":
+# cross-platform tables (models.crossplatform.analyse_files, which scripts/analyse_models.py drives) on two synthetic CPU "platforms":
 # platform B runs every bf16 linear layer as a split-K GEMM (two half-K products rounded to
 # bf16, then added: a different accumulation order, as another GPU's cuBLAS kernel choice would
 # give); fp32 is left alone on B, so the fp32 runs are bit-identical across the two platforms
@@ -201,16 +201,14 @@ def test_collection_size_budget_fails_before_writing(runner, tmp_path):
 
 
 def test_cross_platform_tables(two_platforms, tmp_path):
-    import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location(
-        "analyse_models", Path(__file__).resolve().parents[1] / "scripts" / "analyse_models.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    from hspi_kernels.models import crossplatform as cp
+
     out = tmp_path / "xplat"
-    assert script.main([str(p) for p in two_platforms] + ["-o", str(out), "--dtypes", "fp32,bf16",
-                                                          "--trials", "40", "--queries", "16", "--all-runs"]) == 0
+    # what scripts/analyse_models.py A B -o OUT --dtypes fp32,bf16 --trials 40 --queries 16 --all-runs runs
+    cp.analyse_files([str(p) for p in two_platforms], out, dtypes=("fp32", "bf16"), queries=16, k=20, d=64,
+                     trials=40, all_runs=True)
     rep = json.loads(Path(f"{out}.json").read_text())["models"]["tiny-llama"]
     md = Path(f"{out}.md").read_text()
     assert "White-box" in md and "Hardware x dtype" in md and "6-class" in md

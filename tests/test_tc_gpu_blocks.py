@@ -23,7 +23,7 @@ import pytest
 from hspi_kernels.numerics import plans as P
 from hspi_kernels.numerics.evaluate import gemm
 from hspi_kernels.numerics.tensor_core import chain, get_preset
-from hspi_kernels.kernels.validation.tensor_core import same_bits
+from hspi_kernels.numerics.formats import same_bits
 
 DATA = Path(__file__).parent / "data" / "gpu_blocks" / "h100_tc_blocks.npz"
 OUTPUTS = 128 * 64

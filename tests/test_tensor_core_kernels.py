@@ -204,7 +204,7 @@ def test_validation_inputs_are_representable():
     rng = np.random.default_rng(1)
     for fmt in ("fp16", "bf16", "tf32", "e4m3", "e5m2"):
         for gen in V.GENERATORS:
-            A, B = V.make_inputs(gen, fmt, 16, 8, V._K[fmt], rng)
+            A, B = V.make_inputs(gen, fmt, 16, 8, V.BLOCK_K[fmt], rng)
             assert is_representable(A, fmt).all() and is_representable(B, fmt).all(), (fmt, gen)
             assert np.isfinite(A).all() and np.isfinite(B).all()
 

@@ -17,11 +17,12 @@ Declarative fields beyond the run function:
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+
+from hspi_kernels.platform import capabilities
 
 RunFn = Callable[[], np.ndarray]
 ROLES = ("fingerprint", "control")
@@ -80,49 +81,13 @@ def all_probes() -> list[Probe]:
 
 
 def capability(name: str) -> tuple[bool, str]:
-    """(available, reason) for a probe requirement, checked without side effects where possible."""
-    if name == "torch":
-        ok = importlib.util.find_spec("torch") is not None
-        return ok, "" if ok else "torch is not installed"
-    if name == "cuda":
-        ok, reason = capability("torch")
-        if not ok:
-            return ok, reason
-        import torch
-
-        if not torch.cuda.is_available():
-            return False, "no usable CUDA device"
-        return True, ""
-    if name == "cupy":
-        ok = importlib.util.find_spec("cupy") is not None
-        return ok, "" if ok else "CuPy is not installed"
-    if name == "triton":
-        ok = importlib.util.find_spec("triton") is not None
-        return ok, "" if ok else "triton is not installed"
-    if name.startswith("sm_"):
-        # a compute capability floor of device 0, e.g. "sm_90" (wgmma needs Hopper)
-        ok, reason = capability("cuda")
-        if not ok:
-            return ok, reason
-        import torch
-
-        major, minor = torch.cuda.get_device_capability(0)
-        want = int(name[3:])
-        have = 10 * major + minor
-        if want >= 90 and have != want:  # arch-specific (sm_90a) instructions: exactly that arch
-            return False, f"needs {name} exactly, device is sm_{have}"
-        return (have >= want), ("" if have >= want else f"needs {name}, device is sm_{have}")
-    raise ValueError(f"unknown probe requirement {name!r}")
+    """(available, reason) for a probe requirement (see :func:`hspi_kernels.platform.capabilities.requirement`)."""
+    return capabilities.requirement(name)
 
 
 def missing_capabilities(probe: Probe) -> list[tuple[str, str]]:
     """[(requirement, reason)] of the requirements this machine lacks, in declaration order."""
-    out = []
-    for name in probe.requires:
-        ok, reason = capability(name)
-        if not ok:
-            out.append((name, reason))
-    return out
+    return capabilities.missing(probe.requires)
 
 
 def missing_requirements(probe: Probe) -> str:

@@ -3,6 +3,17 @@
 ``REGISTRY`` maps a name to the module whose ``run(out_dir, scale=1.0) -> dict`` runs on a GPU
 machine and writes its JSON record into ``out_dir``; ``GROUPS`` names the sets `hspi validate`
 and ``python -m hspi_kernels.kernels.validation`` accept. Importing this package imports none of them.
+
+Every validation record carries one verdict, made by :func:`verdict` from the family's named
+checks (each family module's public ``checks(record) -> {name: bool | None}``, a pure function
+of the record, so the verdict can be recomputed from a stored record):
+
+    "passed":  true | false                        (the one key every reader reads)
+    "verdict": {"checks": {name: true | false | null}, "matched": k, "total": n}
+
+``null`` is a check that did not apply on this machine (e.g. an sm_90-only section elsewhere);
+``total`` counts the checks that applied, ``matched`` those that passed; ``passed`` is
+``total > 0 and matched == total``. :func:`passed` reads it back.
 """
 
 from __future__ import annotations
@@ -36,13 +47,26 @@ def resolve(names: list[str]) -> list[str]:
     return out
 
 
-def _passed(result: dict[str, Any]) -> bool:
-    """The families report their verdict under slightly different keys."""
-    for holder in (result, result.get("summary", {})):
-        for key in ("all_ok", "all_pass", "passed"):
-            if key in holder:
-                return bool(holder[key])
-    return False
+def verdict(checks: dict[str, bool | None]) -> dict[str, Any]:
+    """``{"passed", "verdict"}`` of a record from its named checks (see the module doc)."""
+    applied = {name: bool(ok) for name, ok in checks.items() if ok is not None}
+    matched = sum(applied.values())
+    return {"passed": bool(applied) and matched == len(applied),
+            "verdict": {"checks": {name: (None if ok is None else bool(ok)) for name, ok in checks.items()},
+                        "matched": matched, "total": len(applied)}}
+
+
+def record_verdict(record: dict[str, Any], checks: dict[str, bool | None]) -> dict[str, Any]:
+    """Write the verdict of ``checks`` into ``record`` (last keys, replacing any earlier one); returns it."""
+    record.pop("passed", None)
+    record.pop("verdict", None)
+    record.update(verdict(checks))
+    return record
+
+
+def passed(record: dict[str, Any]) -> bool:
+    """The verdict of a validation record: its ``"passed"`` key (False when it has none)."""
+    return record.get("passed") is True
 
 
 def run(names: list[str], out_dir: str | Path, scale: float = 1.0) -> dict[str, Any]:
@@ -53,7 +77,7 @@ def run(names: list[str], out_dir: str | Path, scale: float = 1.0) -> dict[str, 
         target.mkdir(parents=True, exist_ok=True)
         try:
             result = importlib.import_module(REGISTRY[name]).run(str(target), scale=scale)
-            results[name] = {"ok": _passed(result), "out": str(target)}
+            results[name] = {"ok": passed(result), "out": str(target)}
         except Exception as exc:  # recorded, and the other families still run
             results[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     return results

@@ -31,12 +31,21 @@ from typing import Any, Callable
 import numpy as np
 
 from hspi_kernels.kernels.cuda import gemm_cuda_core as G
-from hspi_kernels.numerics.formats import same_bits
 from hspi_kernels.kernels.cuda import reduction as R
+from hspi_kernels.kernels.validation import record_verdict
+from hspi_kernels.numerics.formats import same_bits
 
 RESULT_FILE = "cuda_core_validation.json"
 _CHUNK_ELEMENTS = 1 << 24  # rows of A per CPU evaluation call: M_chunk * N * K <= this
 VEC4_SMALL_CONFIG = (8, 64)  # G x B of the second vec4 configuration (many super-iterations, long tails)
+
+
+def verdict_checks(result: dict[str, Any]) -> dict[str, bool | None]:
+    """The named checks of a record's verdict (``hspi_kernels.kernels.validation.verdict``)."""
+    summary = result["summary"]
+    return {"bit_exact_entries": summary["bit_exact_entries"] == summary["entries"],
+            "negative_controls_rejected": bool(summary["negative_controls_rejected"]),
+            "grid_two_pass_deterministic": bool(result["determinism"]["grid_two_pass"]["deterministic"])}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,8 +197,8 @@ def _vector_input(kind: str, n: int, seed: int) -> np.ndarray:
     return row_inputs(kind, 1, n, seed).reshape(-1)
 
 
-def _validate_vec4(result: dict, timed_gpu: Callable, n_big: int, seed: int, backend: str,
-                   log: Callable, to_device: Callable | None = None) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def validate_vec4(result: dict, timed_gpu: Callable, n_big: int, seed: int, backend: str,
+                  log: Callable, to_device: Callable | None = None) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """The bandwidth-bound "vec4" sum: GPU bits == evaluate(plan) for the wrapper's fixed G x B
     (every unroll U: the bits must not depend on U) and a small G x B (long tails). Returns the
     negative control: the same GPU bits against the scalar two-pass plan of the same G x B."""
@@ -375,7 +384,7 @@ def run(out_dir: str | Path, scale: float = 1.0, *, backend: str = "auto", seed:
                 "ok": error is None and equal == 1 and digest(got) == digest(again), "cpu_s": round(cpu_s, 3)})
             log(f"vector grid_two_pass G={blocks} B={block} {kind:<11} n={n}: {equal}/1")
 
-    vec4_controls = _validate_vec4(result, timed_gpu, n_big, case_seed, backend, log)
+    vec4_controls = validate_vec4(result, timed_gpu, n_big, case_seed, backend, log)
     case_seed += 100
 
     n_atomic = max(1 << 20, int(round(10_000_000 * scale)))
@@ -434,9 +443,7 @@ def run(out_dir: str | Path, scale: float = 1.0, *, backend: str = "auto", seed:
         "gpu_s": round(gpu_s, 2),
         "elapsed_s": round(time.perf_counter() - t_start, 1),
     }
-    result["summary"]["all_ok"] = (result["summary"]["bit_exact_entries"] == len(checks)
-                                   and result["summary"]["negative_controls_rejected"]
-                                   and result["determinism"]["grid_two_pass"]["deterministic"])
+    record_verdict(result, verdict_checks(result))
     (out_dir / RESULT_FILE).write_text(json.dumps(result, indent=2, default=str))
     log(json.dumps(result["summary"], indent=2))
     return result

@@ -57,6 +57,7 @@ from typing import Callable
 import ml_dtypes
 import numpy as np
 
+from hspi_kernels.kernels.validation import record_verdict
 from hspi_kernels.numerics import formats
 from hspi_kernels.numerics.tensor_core import BlockModel, get_preset
 
@@ -71,7 +72,7 @@ _ML = {"fp16": np.float16, "bf16": ml_dtypes.bfloat16, "e4m3": ml_dtypes.float8_
 # exponent range used by the generators: (lowest normal, highest safe) per format
 _EXP = {"fp16": (-14, 6), "bf16": (-60, 60), "tf32": (-60, 60), "e4m3": (-6, 7), "e5m2": (-14, 7)}
 _SUB = {"fp16": (-24, -15), "bf16": (-75, -60), "tf32": (-75, -60), "e4m3": (-9, -7), "e5m2": (-16, -15)}
-_K = {"fp16": 64, "bf16": 64, "tf32": 64, "e4m3": 128, "e5m2": 128}
+BLOCK_K = {"fp16": 64, "bf16": 64, "tf32": 64, "e4m3": 128, "e5m2": 128}
 RESULT_FILE = "tensor_core_validation.json"
 
 
@@ -470,11 +471,11 @@ def run(out_dir: str | os.PathLike, scale: float = 1.0, *, paths=("mma.sync", "w
             for gen in generators + (("rawfp32",) if in_format == "tf32" else ()):
                 for with_c in (False, True):
                     variants.append(_variant(path, in_format, out_format, gen, with_c, 1, side, side,
-                                             _K[in_format], rng, arch, subset, in_format in hypotheses_for))
+                                             BLOCK_K[in_format], rng, arch, subset, in_format in hypotheses_for))
             if out_format == "fp32":  # split-K with the fixed fp32 combine
                 for parts in (2, 4):
                     variants.append(_variant(path, in_format, out_format, "random", True, parts, side // 2,
-                                             side // 2, _K[in_format] * parts, rng, arch, subset, False))
+                                             side // 2, BLOCK_K[in_format] * parts, rng, arch, subset, False))
 
     # Negative control: Ampere's G=8, F=24 block on Hopper bf16 gdisc data must be rejected.
     negative = {}
@@ -502,14 +503,22 @@ def run(out_dir: str | os.PathLike, scale: float = 1.0, *, paths=("mma.sync", "w
         "what": "tensor-core GEMM rungs (mma.sync, wgmma) vs the block-model presets; GPU bits are the truth",
         "platform": _platform(), "arch": arch, "scale": scale, "seed": seed, "subset": subset,
         "variants": variants, "negative_control": negative, "wgmma_fast": fast, "summary": summary,
-        "all_pass": (all(v["pass"] for v in variants) and negative.get("pass", True)
-                     and (fast is None or fast["pass"])),
         "seconds": round(time.perf_counter() - t0, 1),
     }
+    record_verdict(doc, verdict_checks(doc))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / RESULT_FILE).write_text(json.dumps(doc, indent=1))
     return doc
+
+
+def verdict_checks(doc: dict) -> dict[str, bool | None]:
+    """The named checks of a record's verdict (``hspi_kernels.kernels.validation.verdict``); the
+    negative control runs on sm_90 only and the fast kernel only when asked for (None otherwise)."""
+    negative, fast = doc["negative_control"], doc["wgmma_fast"]
+    return {"variants": all(v["pass"] for v in doc["variants"]),
+            "negative_control": negative["pass"] if "pass" in negative else None,
+            "wgmma_fast": None if fast is None else bool(fast["pass"])}
 
 
 def _summarise(variants: list[dict]) -> dict:
@@ -551,8 +560,8 @@ def main(argv=None) -> int:
         f = doc["wgmma_fast"]
         print(f"wgmma_fast: plan {f['plan_matches']}/{f['plan_outputs']}, slow kernel {f['slow_matches']}/"
               f"{f['slow_outputs']}, negative control {f['negative_control']}")
-    print("all_pass:", doc["all_pass"], f"({doc['seconds']} s)")
-    return 0 if doc["all_pass"] else 1
+    print("passed:", doc["passed"], doc["verdict"], f"({doc['seconds']} s)")
+    return 0 if doc["passed"] else 1
 
 
 if __name__ == "__main__":

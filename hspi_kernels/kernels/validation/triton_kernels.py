@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hspi_kernels.kernels.validation import record_verdict
 from hspi_kernels.numerics.formats import same_bits
 
 RESULT_FILE = "triton_kernels_validation.json"
@@ -432,29 +433,28 @@ def validate_attention_gluon(seed: int = 0, shapes=None) -> list[dict]:
     return out
 
 
-def _passed(result: dict) -> bool:
-    """Every section that ran passed, and at least one ran."""
-    ran = [k for k in ("gemm", "reductions", "batch_invariance", "attention") if k in result]
-    if not ran:
-        return False
-    for key in ran:
+def verdict_checks(result: dict) -> dict[str, bool | None]:
+    """The named checks of a record's verdict (``hspi_kernels.kernels.validation.verdict``): one
+    per section that ran (a section that raised is a failed check; no section, no pass)."""
+    checks: dict[str, bool | None] = {}
+    for key in ("gemm", "reductions", "batch_invariance", "attention"):
+        if key not in result:
+            continue
         value = result[key]
         if isinstance(value, dict) and "error" in value:
-            return False
-    ok = True
-    if "gemm" in result:
-        ok &= isinstance(result["gemm"], list) and all(e["passed"] is not False for e in result["gemm"])
-    if "reductions" in result:
-        red = result["reductions"]
-        ok &= all(v["equal"] == v["outputs"] for k, v in red.items() if k != "tl_sum") and all(
-            t["equal"] == t["outputs"] for t in red["tl_sum"])
-    if "batch_invariance" in result:
-        ok &= bool(result["batch_invariance"]["fixed_order_all_invariant"])
-    if "attention" in result:
-        # passed None: an entry that did not apply here (the Gluon kernel off sm_90), not a failure
-        ok &= isinstance(result["attention"], list) and all(a["passed"] is not False for a in result["attention"]) \
-            and any(a["passed"] for a in result["attention"])
-    return bool(ok)
+            checks[key] = False
+        elif key == "gemm":
+            checks[key] = isinstance(value, list) and all(e["passed"] is not False for e in value)
+        elif key == "reductions":
+            checks[key] = all(v["equal"] == v["outputs"] for k, v in value.items() if k != "tl_sum") and all(
+                t["equal"] == t["outputs"] for t in value["tl_sum"])
+        elif key == "batch_invariance":
+            checks[key] = bool(value["fixed_order_all_invariant"])
+        else:
+            # passed None: an entry that did not apply here (the Gluon kernel off sm_90), not a failure
+            checks[key] = isinstance(value, list) and all(a["passed"] is not False for a in value) \
+                and any(a["passed"] for a in value)
+    return checks
 
 
 def run(out_dir, scale: float = 1.0, *, seed: int = 0, backend: str = "auto", sections=None) -> dict:
@@ -492,7 +492,7 @@ def run(out_dir, scale: float = 1.0, *, seed: int = 0, backend: str = "auto", se
             result[key] = {"error": _error(exc), "passed": False}
         print(f"[triton validation] {key} done ({time.time() - t1:.1f}s)", flush=True)
     result["seconds"] = round(time.time() - t0, 1)
-    result["passed"] = _passed(result)
+    record_verdict(result, verdict_checks(result))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / RESULT_FILE).write_text(json.dumps(result, indent=1, default=str))

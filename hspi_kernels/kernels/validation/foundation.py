@@ -1,7 +1,11 @@
-"""Bit-exactness counts of the fma probe (both kernels x both load paths x torch/CuPy inputs)
-and a JSON record with platform metadata: ``<out>/foundation_<gpu>.json``. Prints a table last.
+"""The foundation check of the CUDA side: bit-exactness counts of the fma probe (both kernels x
+both load paths x torch/CuPy inputs) and a JSON record with platform metadata:
+``<out>/foundation_<gpu>.json``. Prints a table last.
 
-Run by ``scripts/gpu_foundation.sh`` after the package is installed; usable alone too.
+    python -m hspi_kernels.kernels.validation.foundation --out DIR [--n N] [--pytest-rc RC]
+
+Run by ``scripts/gpu_foundation.sh`` after the package is installed (with the rc of its GPU
+pytest run); usable alone too. Needs torch, CuPy and a GPU.
 """
 
 from __future__ import annotations
@@ -16,14 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
+from hspi_kernels import platform as hspi_platform
+from hspi_kernels.kernels.cuda import elementwise as ew
+from hspi_kernels.kernels.cuda import loader
+from hspi_kernels.kernels.validation import record_verdict
+
 
 def platform_metadata() -> dict:
     """The project's one platform record (hspi_kernels.platform.collect) plus the load-path facts
     this record is about: the CUDA driver API and NVRTC versions CuPy sees."""
     import cupy
-
-    from hspi_kernels import platform as hspi_platform
-    from hspi_kernels.kernels.cuda import loader
 
     def ver(v: int) -> str:
         return f"{v // 1000}.{(v % 1000) // 10}"
@@ -38,11 +44,9 @@ def platform_metadata() -> dict:
 
 
 def bit_counts(n: int) -> list[dict]:
+    """One row per (load path, input framework, kernel): outputs equal to the plan's, of n."""
     import cupy
     import torch
-
-    from hspi_kernels.kernels.cuda import elementwise as ew
-    from hspi_kernels.kernels.cuda import loader
 
     host = ew.sample_inputs(n, seed=0)
     refs = {fused: ew.reference(*host, fused=fused) for fused in (True, False)}
@@ -77,25 +81,15 @@ def bit_counts(n: int) -> list[dict]:
     return rows
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", default="docs/results")
-    ap.add_argument("--n", type=int, default=1 << 20)
-    ap.add_argument("--pytest-rc", type=int, default=None)
-    args = ap.parse_args()
-
-    from hspi_kernels import platform as hspi_platform
-    from hspi_kernels.kernels.cuda import loader
-
+def run(out_dir: str | Path, n: int = 1 << 20, pytest_rc: int | None = None) -> tuple[dict, Path]:
+    """Count, write ``out_dir/foundation_<gpu>.json`` and return (record, its path)."""
     status = loader.status()
     meta = platform_metadata()
     t0 = time.perf_counter()
-    rows = bit_counts(args.n)
+    rows = bit_counts(n)
     elapsed = time.perf_counter() - t0
-    ok = all(r["equal"] == r["n"] for r in rows) and args.pytest_rc in (0, None)
 
-    gpus = meta["torch"].get("gpus") or [{"name": "no-gpu", "compute_capability": "?", "sm_count": 0, "l2_bytes": 0}]
-    g = gpus[0]
+    g = gpu_of(meta)
     gpu_tag = re.sub(r"[^a-z0-9]+", "-", g["name"].lower()).strip("-")
     record = {
         "record": "foundation",
@@ -103,15 +97,39 @@ def main() -> int:
         "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "platform": meta,
         "cuda_status": status,
-        "pytest_rc": args.pytest_rc,
+        "pytest_rc": pytest_rc,
         "bit_exact": rows,
         "bit_exact_seconds": round(elapsed, 2),
-        "ok": ok,
     }
-    path = Path(args.out) / f"foundation_{gpu_tag}.json"
+    record_verdict(record, verdict_checks(record))
+    path = Path(out_dir) / f"foundation_{gpu_tag}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1, default=str) + "\n")
+    return record, path
 
+
+def verdict_checks(record: dict) -> dict[str, bool | None]:
+    """The named checks of the record's verdict (``hspi_kernels.kernels.validation.verdict``):
+    every count N/N, and the GPU pytest run clean (None when it was not given)."""
+    rc = record["pytest_rc"]
+    return {"bit_exact": all(r["equal"] == r["n"] for r in record["bit_exact"]),
+            "pytest": None if rc is None else rc == 0}
+
+
+def gpu_of(meta: dict) -> dict:
+    gpus = meta["torch"].get("gpus") or [{"name": "no-gpu", "compute_capability": "?", "sm_count": 0, "l2_bytes": 0}]
+    return gpus[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", default="docs/results")
+    ap.add_argument("--n", type=int, default=1 << 20)
+    ap.add_argument("--pytest-rc", type=int, default=None)
+    args = ap.parse_args(argv)
+
+    record, path = run(args.out, args.n, args.pytest_rc)
+    meta, rows, ok, g = record["platform"], record["bit_exact"], record["passed"], gpu_of(record["platform"])
     load = meta["cuda_load_path"]
     print(f"\n{hspi_platform.platform_label(meta)}  {g['sm_count']} SMs  L2 {(g['l2_bytes'] or 0) >> 20} MiB  "
           f"driver {meta['driver']}  CUDA rt {meta['torch']['cuda_runtime']}  nvrtc {load['nvrtc']}  "

@@ -1,11 +1,12 @@
-"""compute-sanitizer driver: every CUDA kernel family of hspi_kernels on tiny shapes.
+"""The compute-sanitizer check of the CUDA kernels: every kernel family of hspi_kernels on tiny
+shapes (the cases), the negative controls, the log parser and the summary record.
 
-Used by scripts/gpu_sanitize.sh, which runs ``run`` once per tool under
+Driven by scripts/gpu_sanitize.sh, which runs ``run`` once per tool under
 ``compute-sanitizer --tool {memcheck,racecheck,synccheck,initcheck}`` and then ``summarize``:
 
-    python scripts/sanitize_driver.py list                       # cases and discovered kernels
-    python scripts/sanitize_driver.py run CASES.json [--only SUBSTR] [--control oob_ours|oob_planted|race]
-    python scripts/sanitize_driver.py summarize DIR OUT.json     # DIR: <tool>.log, <tool>.rc, <tool>.cases.json
+    python -m hspi_kernels.kernels.validation.sanitizer list     # cases and discovered kernels
+    python -m hspi_kernels.kernels.validation.sanitizer run CASES.json [--only SUBSTR] [--control oob_ours|oob_planted|race]
+    python -m hspi_kernels.kernels.validation.sanitizer summarize DIR OUT.json   # DIR: <tool>.log, <tool>.rc, <tool>.cases.json
 
 Kernels are *discovered*: every ``csrc/cuda/**/*.cu`` is loaded through the package loader
 (cubin or NVRTC, as the package would) and its entry points are read from the ELF symbol table of
@@ -22,6 +23,7 @@ memcheck must flag), ``oob_planted`` a planted kernel writing one element past i
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import re
 import struct
@@ -32,12 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from hspi_kernels import platform
+from hspi_kernels.kernels.cuda import loader
+from hspi_kernels.kernels.validation import record_verdict
+
 MARK = "@@HSPI-CASE"
-try:  # an installed package, else the checkout this script lives in
-    import hspi_kernels  # noqa: F401
-except ImportError:
-    sys.path.insert(0, str(ROOT))
+CHECKOUT_SOURCES = Path(__file__).resolve().parents[3] / "csrc" / "cuda"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,18 +66,17 @@ def cubin_kernels(path: str) -> list[str]:
 
 
 def sources() -> list[str]:
-    base = ROOT / "csrc" / "cuda"
+    """Every .cu of the package: the checkout's csrc/cuda, else the installed cuda_src/."""
+    base = CHECKOUT_SOURCES if CHECKOUT_SOURCES.is_dir() else loader.package_root() / "cuda_src"
     return sorted(str(p.relative_to(base)) for p in base.rglob("*.cu"))
 
 
 def discover() -> dict:
     """{source: {"kernels": [...]} or {"error": ...}} for every .cu of the package."""
-    from hspi_kernels.kernels.cuda.loader import load_module
-
     out = {}
     for src in sources():
         try:
-            module = load_module(src)
+            module = loader.load_module(src)
             out[src] = {"kernels": cubin_kernels(module.cubin_file), "path_taken": module.path_taken}
         except Exception as exc:  # noqa: BLE001 - a source that cannot load is a finding
             out[src] = {"error": f"{type(exc).__name__}: {exc}"}
@@ -107,8 +108,8 @@ def _bits(cupy, shape, dtype, seed=0, mask=None):
 
 
 def cases() -> list[tuple[str, list[str], object]]:
-    import importlib
-
+    """(name, kernels it launches, function) per case; the wrappers are imported here, so that a
+    wrapper that fails to import is one failed case, not a failed run."""
     out = []
     try:
         A, E, G, T, R, S = (importlib.import_module(f"hspi_kernels.kernels.cuda.{m}") for m in
@@ -242,8 +243,7 @@ extern "C" __global__ void planted_smem_race(float* out) {
 def control(kind: str) -> dict:
     """One negative control per process (an invalid access under memcheck ends the context)."""
     cp = _cupy()
-    from hspi_kernels.kernels.cuda import reduction as R
-    from hspi_kernels.kernels.cuda.loader import load_module
+    from hspi_kernels.kernels.cuda import reduction as R  # here, as in cases(): a broken wrapper fails only its case
 
     module = cp.RawModule(code=_PLANTED, options=("-fmad=false",))
     name = f"control.{kind}"
@@ -253,7 +253,7 @@ def control(kind: str) -> dict:
         if kind == "oob_ours":
             # our row kernel told the row is one element longer than it is: reads x[100] (OOB)
             x, out = cp.zeros((1, 100), cp.float32), cp.empty(1, cp.float32)
-            load_module(R.ROW_SOURCE).function(R.KERNELS["sequential"][0])(
+            loader.load_module(R.ROW_SOURCE).function(R.KERNELS["sequential"][0])(
                 (1,), (32,), (x, out, np.int64(1), np.int64(101)))
         elif kind == "oob_planted":
             module.get_function("planted_oob_write")((1,), (128,), (cp.zeros(100, cp.float32), np.int32(100)))
@@ -350,17 +350,23 @@ def parse_log(text: str) -> dict:
             "racecheck_summary": races, "errors_total": total}
 
 
+def verdict_checks(result: dict) -> dict[str, bool | None]:
+    """The named checks of the summary's verdict (``hspi_kernels.kernels.validation.verdict``):
+    every tool clean, every negative control flagged, and at least one of each ran."""
+    checks: dict[str, bool | None] = {f"tool:{k}": bool(v["clean"]) for k, v in result["tools"].items()}
+    checks.update({f"control:{k}": bool(v["flagged"]) for k, v in result["controls"].items()})
+    checks.update(tools_ran=bool(result["tools"]), controls_ran=bool(result["controls"]))
+    return checks
+
+
 def summarize(folder: str, out_json: str) -> int:
     folder_p = Path(folder)
     result: dict = {"format": "hspi-sanitize/1", "tools": {}, "controls": {}}
     try:
-        from hspi_kernels import platform
-
         result["platform"] = platform.collect(import_torch=False)
     except Exception as exc:  # noqa: BLE001
         result["platform"] = {"error": str(exc)}
     discovered: dict = {}
-    all_ok = True
     for log in sorted(folder_p.glob("*.log")):
         label = log.stem  # <tool> or control-<kind>-<tool>
         rc_file, cases_file = log.with_suffix(".rc"), log.with_suffix(".cases.json")
@@ -381,13 +387,11 @@ def summarize(folder: str, out_json: str) -> int:
             flagged = bool(parsed["errors_total"]) and rc not in (0, None)
             entry["flagged"] = flagged  # a control must be reported as an error
             result["controls"][label] = entry
-            all_ok &= flagged
         else:
             clean = (parsed["errors_total"] == 0 and rc == 0 and bool(per_kernel)
                      and all(c["case_ok"] and c["errors"] == 0 for c in per_kernel.values()))
             entry["clean"] = clean
             result["tools"][label] = entry
-            all_ok &= clean
     launched = {k for t in result["tools"].values() for c in t["cases"].values() if c["case_ok"] for k in c["kernels"]}
     found = {k: src for src, info in discovered.items() for k in info.get("kernels", [])}
     result["discovered"] = discovered
@@ -395,16 +399,16 @@ def summarize(folder: str, out_json: str) -> int:
                           "not_launched": sorted(set(found) - launched),
                           "declared_but_not_discovered": sorted(launched - set(found)),
                           "sources_not_loaded": sorted(s for s, i in discovered.items() if "error" in i)}
-    result["all_ok"] = bool(all_ok and result["tools"] and result["controls"])
+    record_verdict(result, verdict_checks(result))
     Path(out_json).write_text(json.dumps(result, indent=1, default=str))
-    print(json.dumps({"all_ok": result["all_ok"],
+    print(json.dumps({"passed": result["passed"],
                       "tools": {k: {"clean": v["clean"], "errors": v["errors_total"], "rc": v["exit_code"]}
                                 for k, v in result["tools"].items()},
                       "controls": {k: {"flagged": v["flagged"], "errors": v["errors_total"]}
                                    for k, v in result["controls"].items()},
                       "coverage": {k: v for k, v in result["coverage"].items() if k != "not_launched"},
                       "not_launched": result["coverage"]["not_launched"][:20]}, indent=1))
-    return 0 if result["all_ok"] else 1
+    return 0 if result["passed"] else 1
 
 
 def main(argv=None) -> int:
