@@ -1,16 +1,11 @@
-"""scripts/fp8_f16_decide.py on the CPU: the candidate set tells its members apart on the
+"""kernels.validation.fp8_f16 on the CPU: the candidate set tells its members apart on the
 adversarial generators, and the built-in negative control rejects the preset on wrong data."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
-_SPEC = importlib.util.spec_from_file_location("fp8_f16_decide", Path(__file__).parents[1] / "scripts" / "fp8_f16_decide.py")
-D = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(D)
+from hspi_kernels.kernels.validation import fp8_f16 as D
 
 
 def test_negative_control_rejects_the_preset():

@@ -97,7 +97,7 @@ fp8 presets of issue 19 (``tests/test_fp8_presets.py``; vectors: Khattak & Mikai
 - ``sm_90.wgmma/{e4m3,e5m2}->fp16``: G=32, F=13, fp16 RNE (c aligned at fp16's emin, sm_90 rules)
   -- MMA-Sim's wgmma model. A hypothesis: no public vectors (KM's H100/H200 fp8 fp16 files come
   from mma.sync, which ptxas emulates: ``fp8_emulation``, 5000/5000 there); the H200 run of
-  ``scripts/fp8_f16_decide.py`` decides it.
+  ``python -m hspi_kernels.kernels.validation.fp8_f16`` decides it.
 - ``sm_100.tcgen05/{e4m3,e5m2}->fp16``: G=32, F=25, fp16 RNE -- MMA-Sim (tcgen05mma). Literature
   only. (KM's B200 fp8 vectors are mma.sync, the ptxas emulation again: 5000/5000 there.)
 Other arches: ``emax_floor`` unset; their published vectors (smallest e_max -4, no zeros, no
