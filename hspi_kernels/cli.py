@@ -86,13 +86,13 @@ def probe(
     start = time.perf_counter()
     from rich.progress import Progress
 
-    from hspi_kernels import fingerprint, platform as plat, probes
-    from hspi_kernels.probes import cache
+    from hspi_kernels import fingerprint, platform as plat
+    from hspi_kernels.probes import cache, catalog
 
     cache.set_enabled(False if not use_cache else None)
     if clear_cache:
         cache.clear()
-    selected = probes.select(only)
+    selected = catalog.select(only)
     if not selected:
         err_console.print(f"[red]no probe id contains {only!r}[/red]")
         raise typer.Exit(2)
@@ -208,10 +208,11 @@ def _probe_now(only: Optional[str], progress_console: Console, kernels: bool = T
     """Probe this machine (progress bar on ``progress_console``) and return the fingerprint."""
     from rich.progress import Progress
 
-    from hspi_kernels import fingerprint, platform as plat, probes
+    from hspi_kernels import fingerprint, platform as plat
+    from hspi_kernels.probes import catalog
 
     _check_server_mode(server)
-    selected = probes.select(only)
+    selected = catalog.select(only)
     if not selected:
         err_console.print(f"[red]no probe id contains {only!r}[/red]")
         raise typer.Exit(2)
@@ -235,8 +236,8 @@ def _run_suite(selected: list, progress, *, kernels: bool, use_cache: bool, jobs
     ``platform_wait`` (seconds)."""
     import threading
 
-    from hspi_kernels import platform as plat, probes
-    from hspi_kernels.probes import parallel, server as srv
+    from hspi_kernels import platform as plat
+    from hspi_kernels.probes import parallel, runner, server as srv
 
     task = progress.add_task("probing", total=len(selected))
 
@@ -264,7 +265,7 @@ def _run_suite(selected: list, progress, *, kernels: bool, use_cache: bool, jobs
     suite = None if parallel.fork_ready()[0] else parallel.start(
         selected, jobs or None, profile_kernels=kernels, use_cache=use_cache, on_done=on_done, how="spawn")
     t0 = time.perf_counter()
-    probes.import_shared_modules()
+    runner.import_shared_modules()
     phases["shared_imports"] = time.perf_counter() - t0
     if suite is None:
         suite = parallel.start(selected, jobs or None, profile_kernels=kernels, use_cache=use_cache, on_done=on_done,
@@ -283,7 +284,7 @@ def _run_suite(selected: list, progress, *, kernels: bool, use_cache: bool, jobs
     collector.start()
     suite_timing: dict = {}
     with progress:
-        own = probes.run_all(suite.own, suite.report_own, profile_kernels=kernels, suite_timing=suite_timing)
+        own = runner.run_all(suite.own, suite.report_own, profile_kernels=kernels, suite_timing=suite_timing)
         records = suite.finish(own, suite_timing)
     t0 = time.perf_counter()
     collector.join()

@@ -2,6 +2,7 @@
 
 - :mod:`.schema`    the file (``hspi-fingerprint/1``): build, validate, load, save, digest diffs;
 - :mod:`.features`  the native (C++) extractor's bit fields, ULP distances, histograms and digests;
+- :mod:`.sample`    the sampled output bits a record keeps (write: ``output_sample``, read: ``sample_array``);
 
 The schema's public names are re-exported here (``fingerprint.load(path)``). Nothing here imports
 torch, triton or cupy.
