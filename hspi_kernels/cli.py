@@ -592,33 +592,10 @@ def model_identify(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Name the EQC behind each run of OBSERVED: white-box bit matching or black-box top-k test."""
-    import numpy as np
+    from hspi_kernels.models import collect as mc, matching
 
-    from hspi_kernels.models import collect as mc, identify as mid
-
-    obs_coll = mc.load(observed)
-    refs = mc.load_many(ref)
-    results = []
-    for v in obs_coll.runs():
-        cands = [r for r in refs if r.model == v.model]
-        if not cands:
-            results.append({"observed": v.label, "error": "no reference runs of this model"})
-            continue
-        ref_inputs = mc.load(cands[0].source).inputs(v.model)
-        obs_inputs = obs_coll.inputs(v.model)
-        if set(ref_inputs) != set(obs_inputs) or any(not np.array_equal(ref_inputs[s], obs_inputs[s]) for s in obs_inputs):
-            results.append({"observed": v.label, "error": "observed prompts differ from the references'"})
-            continue
-        prompts = np.arange(min(queries, v.get("digest_logits").shape[0]))
-        if blackbox:
-            ids, vals = mid.api_view(v.get("topk_ids")[prompts], v.get("topk_logprobs")[prompts], k, decimals)
-            res = mid.blackbox(ids, vals, cands, prompts, k, decimals)
-            res["identified"] = [res["prediction"]]
-        else:
-            res = mid.whitebox(v.get("digest_logits")[prompts], cands, prompts)
-            res["identified"] = res["survivors"]
-        res["observed"] = v.label
-        results.append(res)
+    results = matching.identify_runs(mc.load(observed), mc.load_many(ref), blackbox_view=blackbox, k=k,
+                                     decimals=decimals, queries=queries)
     if as_json:
         _print_json(results)
     else:
