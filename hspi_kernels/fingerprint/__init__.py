@@ -6,10 +6,10 @@
 - :mod:`.take`      taking a fingerprint of this machine (``take``: probes, server or workers, timing);
 
 The schema's public names and ``take`` are re-exported here (``fingerprint.load(path)``,
-``fingerprint.take()``). ``features`` and ``sample`` are used by the probe runner, which ``take``
-imports: a submodule of this package imported first (``probes.runner`` does) runs this file, whose
-``take`` import finds the runner module half-initialised; ``take`` therefore imports the probe
-modules as modules and looks their functions up only when it runs. Nothing here imports
+``fingerprint.take()``). Import order: ``probes.runner`` imports ``features`` and ``sample`` from
+here and ``take`` imports the runner, so when the runner is imported first this file runs while the
+runner is half-initialised: ``take`` imports the probe modules as modules (never names from them)
+and looks their functions up when it runs (tests/test_fingerprint.py imports both ways round). Nothing here imports
 torch, triton or cupy.
 """
 
