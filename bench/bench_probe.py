@@ -8,7 +8,7 @@ the CPU suite (any machine). Target (issue 7): <= 30 s cold, <= 5 s warm on an H
   probe caches filled (operands, references and plan evaluations read back, checksummed); every
   probe still runs twice on the device and is digested. Also measured: warm with ``--kernels``
   (one torch.profiler session, ~5 s of CUPTI start-up on an H100) and the suite run a second
-  time inside one process (``probes.run_all``: libraries, CUDA context, handles already loaded);
+  time inside one process (``runner.run_all``: libraries, CUDA context, handles already loaded);
 - warm with the resident server (``test_full_suite_warm_server``): a fresh ``hspi probe`` client
   with ``hspi serve`` running (torch, CUDA context, handles, Triton and cubins loaded; every probe
   still runs twice per request), next to a fresh-process warm run of the same caches;
@@ -80,13 +80,13 @@ def test_full_suite_cold_warm(benchmark, platform_meta, tmp_path, monkeypatch):
     same = _digests(tmp_path / "cold.json") == _digests(tmp_path / "warm.json")
     warm_median = sorted(warm_runs)[len(warm_runs) // 2]
     with_kernels = _hspi_probe(str(tmp_path / "kernels.json"), env, "--kernels")
-    from hspi_kernels import probes
+    from hspi_kernels.probes import catalog, runner
 
     monkeypatch.setenv("HSPI_CACHE_DIR", env["HSPI_CACHE_DIR"])
     monkeypatch.setenv("TRITON_CACHE_DIR", env["TRITON_CACHE_DIR"])
-    probes.run_all(probes.all_probes(), profile_kernels=False)  # in-process: the second run is timed
+    runner.run_all(catalog.all_probes(), profile_kernels=False)  # in-process: the second run is timed
     start = time.perf_counter()
-    in_process = probes.run_all(probes.all_probes(), profile_kernels=False)
+    in_process = runner.run_all(catalog.all_probes(), profile_kernels=False)
     in_process_s = time.perf_counter() - start
     same_in_process = _digests(in_process) == _digests(tmp_path / "warm.json")
     benchmark.extra_info.update(platform=platform_meta, cold_s=cold, warm_median_s=warm_median,
@@ -154,20 +154,19 @@ def test_full_suite_warm_server(benchmark, platform_meta, tmp_path):
 
 def test_cpu_suite(benchmark, platform_meta, tmp_path, monkeypatch):
     """The CPU probes in-process, warm cache vs no cache (same records either way)."""
-    from hspi_kernels import probes
-    from hspi_kernels.probes import cache
+    from hspi_kernels.probes import cache, catalog, runner
 
     monkeypatch.setenv("HSPI_CACHE_DIR", str(tmp_path / "cache"))
-    cpu = [p for p in probes.all_probes() if p.backend in ("numpy", "torch-cpu")]
+    cpu = [p for p in catalog.all_probes() if p.backend in ("numpy", "torch-cpu")]
     cache.set_enabled(False)
     try:
         start = time.perf_counter()
-        uncached = probes.run_all(cpu)
+        uncached = runner.run_all(cpu)
         uncached_s = time.perf_counter() - start
     finally:
         cache.set_enabled(None)
-    probes.run_all(cpu)  # fills the cache
-    records = benchmark.pedantic(lambda: probes.run_all(cpu), rounds=3, iterations=1)
+    runner.run_all(cpu)  # fills the cache
+    records = benchmark.pedantic(lambda: runner.run_all(cpu), rounds=3, iterations=1)
     probe_time = sum(r.get("time_s", 0.0) for r in records)
     wall = benchmark.stats.stats.median
     benchmark.extra_info.update(platform=platform_meta, probes=len(cpu), probe_time_s=probe_time,

@@ -1,9 +1,13 @@
-"""`hspi` command line (typer + rich): a human table on a terminal, `--json` for machines,
-non-zero exit on failure. Heavy imports happen inside the commands, never at import."""
+"""`hspi` command line (typer + rich): it parses arguments, calls the library and formats the
+result (a human table on a terminal, `--json` for machines, non-zero exit on failure). Every job
+is a library call (``fingerprint.take``, ``identify``, ``reveal``, ``trace``, ``models``); torch,
+triton, cupy, transformers, scikit-learn and matplotlib are imported only by the jobs that use them."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -11,12 +15,33 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
+
+_IMPORTS_START = time.perf_counter()
+from hspi_kernels import fingerprint, identify as ident, platform as plat, report as html_report  # noqa: E402
+from hspi_kernels.fingerprint import NoProbesSelected, ServerFailed  # noqa: E402
+from hspi_kernels.identify import Reference  # noqa: E402
+from hspi_kernels.kernels import validation  # noqa: E402
+from hspi_kernels.models import analysis, collect as mc, crossplatform as cp, eqc as meqc  # noqa: E402
+from hspi_kernels.models import hspi_bi, hspi_ld, matching  # noqa: E402
+from hspi_kernels.numerics import tensor_core as TC  # noqa: E402
+from hspi_kernels.platform.capabilities import capabilities  # noqa: E402
+from hspi_kernels.probes import server as srv  # noqa: E402
+from hspi_kernels.reveal import card as C, order as R, targets as reveal_targets  # noqa: E402
+from hspi_kernels.trace import explain as E, tracer as T  # noqa: E402
+
+IMPORTS_S = time.perf_counter() - _IMPORTS_START  # the package's imports: `hspi probe`'s "imports" phase
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="hspi_kernels: hardware/software platform inference from output bits.")
 console = Console()
 err_console = Console(stderr=True)
+
+
+def _error(message: str) -> None:
+    """An error line on stderr, never hard-wrapped (a long path stays one piece)."""
+    err_console.print(message, soft_wrap=True)
 
 
 def _print_json(obj) -> None:
@@ -26,9 +51,6 @@ def _print_json(obj) -> None:
 @app.command()
 def env(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
     """Report Python/torch/triton/cupy/nvcc/driver/CUDA/cuBLAS versions, GPUs and kernel availability."""
-    from hspi_kernels import platform as plat
-    from hspi_kernels.platform.capabilities import capabilities
-
     meta = plat.collect()
     meta["capabilities"] = capabilities()
     if as_json:
@@ -83,35 +105,10 @@ def probe(
     cache (checksummed, keyed by the code that made them); the probes themselves always run.
     Probe groups run in parallel worker processes (``--jobs``; records do not depend on it), or
     in a resident ``hspi serve`` process when one runs (``--server``)."""
-    start = time.perf_counter()
-    from rich.progress import Progress
-
-    from hspi_kernels import fingerprint, platform as plat, probes
-    from hspi_kernels.probes import cache
-
-    cache.set_enabled(False if not use_cache else None)
-    if clear_cache:
-        cache.clear()
-    selected = probes.select(only)
-    if not selected:
-        err_console.print(f"[red]no probe id contains {only!r}[/red]")
-        raise typer.Exit(2)
-    _check_server_mode(server)
     progress_console = err_console if as_json else console
-    phases: dict = {"imports": time.perf_counter() - start}
-    t0 = time.perf_counter()
-    records, meta, suite_timing = _run_suite(selected, Progress(console=progress_console, transient=False),
-                                             kernels=kernels, use_cache=use_cache, jobs=jobs, server=server,
-                                             phases=phases)
-    phases["probes"] = time.perf_counter() - t0 - phases.get("shared_imports", 0.0)
-    cache_counts = suite_timing.pop("cache", {})
-    phases.update(suite_timing)
-    for phase in ("inputs", "runs", "profiled_run", "digests", "plans", "features"):
-        phases[f"probes.{phase}"] = sum(r.get("timing", {}).get(phase, 0.0) for r in records)
-    elapsed = time.perf_counter() - start  # the command's wall up to here (the interpreter start-up aside)
-    fp = fingerprint.build(meta, plat.platform_label(meta), records,
-                           suite={"wall_s": round(elapsed, 4), "phases": {k: round(v, 4) for k, v in phases.items()},
-                                  "cache": cache_counts})
+    fp = _take(progress_console, transient=False, only=only, kernels=kernels, use_cache=use_cache,
+               clear_cache=clear_cache, jobs=jobs, server=server, imports_s=IMPORTS_S)
+    records, elapsed = fp["probes"], fp["suite"]["wall_s"]
     fingerprint.save(fp, out)
     failed = [r for r in records if r["status"] == "failed"]
     if as_json:
@@ -159,22 +156,18 @@ def _print_timings(fp: dict, where: Console, top: int = 12) -> None:
 
 
 def _load_fingerprint(path: Path) -> dict:
-    from hspi_kernels import fingerprint
-
     try:
         return fingerprint.load(path)
     except ValueError as exc:
-        err_console.print(f"[red]invalid fingerprint:[/red] {exc}")
+        _error(f"[red]invalid fingerprint:[/red] {exc}")
         raise typer.Exit(1) from None
 
 
 def _load_database(db: Optional[list[Path]]):
-    from hspi_kernels import identify as ident
-
     try:
         return ident.load_database(db or None)
     except ValueError as exc:
-        err_console.print(f"[red]invalid reference database:[/red] {exc}")
+        _error(f"[red]invalid reference database:[/red] {exc}")
         raise typer.Exit(1) from None
 
 
@@ -189,108 +182,41 @@ def serve(
     their probes in it (a Unix socket in the cache dir, this user only), without importing torch
     or setting up CUDA, cuBLAS and Triton again. It refuses clients of other code and ends after
     --idle-timeout seconds without a request, on Ctrl-C or SIGTERM."""
-    import signal
-
-    from hspi_kernels.probes import server as srv
-
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # the socket is removed on the way out
     try:
         srv.serve(idle_timeout=idle_timeout, warm=warm, log=lambda msg: console.print(msg))
     except (RuntimeError, ValueError) as exc:
-        err_console.print(f"[red]{exc}[/red]")
+        _error(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         console.print("stopped")
 
 
-def _probe_now(only: Optional[str], progress_console: Console, kernels: bool = True, jobs: int = 0,
-               server: str = "auto") -> dict:
-    """Probe this machine (progress bar on ``progress_console``) and return the fingerprint."""
-    from rich.progress import Progress
-
-    from hspi_kernels import fingerprint, platform as plat, probes
-
-    _check_server_mode(server)
-    selected = probes.select(only)
-    if not selected:
-        err_console.print(f"[red]no probe id contains {only!r}[/red]")
-        raise typer.Exit(2)
-    records, meta, _ = _run_suite(selected, Progress(console=progress_console, transient=True), kernels=kernels,
-                                  use_cache=True, jobs=jobs, server=server, phases={})
-    return fingerprint.validate(fingerprint.build(meta, plat.platform_label(meta), records), "<this machine>")
-
-
-def _check_server_mode(server: str) -> None:
+def _take(progress_console: Console, transient: bool, *, server: str, **options) -> dict:
+    """``fingerprint.take`` with a progress bar on ``progress_console``; its errors as exit codes."""
     if server not in ("auto", "on", "off"):
-        err_console.print(f"[red]--server must be auto, on or off, got {server!r}[/red]")
+        _error(f"[red]--server must be auto, on or off, got {server!r}[/red]")
         raise typer.Exit(2)
+    bar = Progress(console=progress_console, transient=transient)
+    task = bar.add_task("probing", total=None)
 
+    def progress(done: int, total: int, record: dict | None) -> None:
+        if not bar.live.is_started:
+            bar.start()
+        description = "probing" if record is None else f"{record.get('status', '?'):>7} {record.get('id')}"
+        bar.update(task, completed=done, total=total, description=description)
 
-def _run_suite(selected: list, progress, *, kernels: bool, use_cache: bool, jobs: int, server: str,
-               phases: dict) -> tuple[list[dict], dict, dict]:
-    """(records in selection order, platform metadata, suite timings incl. ``cache`` counts) of
-    the probes ``selected``: in a running probe server (``server`` "auto"/"on"), else here, the
-    groups in worker processes (``jobs``, probes.parallel) and the platform metadata collected
-    in a thread meanwhile. ``phases`` receives ``server`` or ``shared_imports`` and
-    ``platform_wait`` (seconds)."""
-    import threading
-
-    from hspi_kernels import platform as plat, probes
-    from hspi_kernels.probes import parallel, server as srv
-
-    task = progress.add_task("probing", total=len(selected))
-
-    def on_done(p, record):
-        progress.update(task, advance=1, description=f"{record.get('status', '?'):>7} {record.get('id') or p.id}")
-
-    if server != "off":
-        t0 = time.perf_counter()
-        try:
-            with progress:
-                records, suite_timing, meta = srv.request([p.id for p in selected], profile_kernels=kernels,
-                                                          use_cache=use_cache,
-                                                          on_record=lambda r: on_done(None, r))
-            phases["server"] = time.perf_counter() - t0
-            return records, meta, suite_timing
-        except (srv.ServerUnavailable, srv.ServerError, ValueError) as exc:
-            if server == "on":
-                err_console.print(f"[red]probe server: {exc}[/red]")
-                raise typer.Exit(1) from None
-            if not isinstance(exc, srv.ServerUnavailable):
-                err_console.print(f"[yellow]probe server not used ({exc}); probing here[/yellow]")
-            progress.reset(task, total=len(selected))
-    # workers: forked once torch is imported (no import in them), or spawned now so that their
-    # imports overlap ours where forking is not possible
-    suite = None if parallel.fork_ready()[0] else parallel.start(
-        selected, jobs or None, profile_kernels=kernels, use_cache=use_cache, on_done=on_done, how="spawn")
-    t0 = time.perf_counter()
-    probes.import_shared_modules()
-    phases["shared_imports"] = time.perf_counter() - t0
-    if suite is None:
-        suite = parallel.start(selected, jobs or None, profile_kernels=kernels, use_cache=use_cache, on_done=on_done,
-                               how="fork")
-    # platform metadata (nvidia-smi, nvcc --version, library versions) is collected in a thread
-    # while the probes run: its subprocesses wait outside the GIL; it reads the device, never uses it
-    platform_result: dict = {}
-
-    def collect_platform():
-        try:
-            platform_result["meta"] = plat.collect()
-        except BaseException as exc:  # re-raised in the main thread
-            platform_result["error"] = exc
-
-    collector = threading.Thread(target=collect_platform, name="hspi-platform", daemon=True)
-    collector.start()
-    suite_timing: dict = {}
-    with progress:
-        own = probes.run_all(suite.own, suite.report_own, profile_kernels=kernels, suite_timing=suite_timing)
-        records = suite.finish(own, suite_timing)
-    t0 = time.perf_counter()
-    collector.join()
-    phases["platform_wait"] = time.perf_counter() - t0
-    if "error" in platform_result:
-        raise platform_result["error"]
-    return records, platform_result["meta"], suite_timing
+    try:
+        return fingerprint.take(server=server, progress=progress,
+                                note=lambda message: _error(f"[yellow]{message}[/yellow]"), **options)
+    except NoProbesSelected as exc:
+        _error(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    except ServerFailed as exc:
+        _error(f"[red]probe server: {exc}[/red]")
+        raise typer.Exit(1) from None
+    finally:
+        bar.stop()
 
 
 _VERDICT_STYLE = {"agrees": "green", "differs": "red", "nondeterministic": "yellow", "missing": "dim",
@@ -326,19 +252,18 @@ def identify(
 ) -> None:
     """Name the platform that produced a fingerprint: ranked candidates from the reference database,
     confidence, and per-probe evidence (agrees / differs / nondeterministic / missing, and why)."""
-    from hspi_kernels import fingerprint, identify as ident
-
     database = _load_database(db)
     if fingerprint_path is not None:
         query = _load_fingerprint(fingerprint_path)
     else:
-        query = _probe_now(only, err_console if as_json else console, jobs=jobs, server=server)
+        query = _take(err_console if as_json else console, transient=True, only=only, kernels=True, jobs=jobs,
+                      server=server, timing=False)
         if save is not None:
             fingerprint.save(query, save)
     try:
         result = ident.identify(query, database)
     except ValueError as exc:
-        err_console.print(f"[red]{exc}[/red]")
+        _error(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
     expected_ok = expect is None or (result["status"] == "identified" and any(
         expect.lower() in (result[k] or "").lower() for k in ("platform", "reference")))
@@ -361,7 +286,7 @@ def identify(
         console.print(_evidence_table(f"evidence against {best['id']}", best["evidence"], 60, show_all))
         console.print(f"rule: {result['rule']}")
     if not expected_ok:
-        err_console.print(f"[red]expected a platform matching {expect!r}, got {result['status']}: "
+        _error(f"[red]expected a platform matching {expect!r}, got {result['status']}: "
                           f"{result['summary']}[/red]")
         raise typer.Exit(1)
 
@@ -374,8 +299,6 @@ def compare(
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Per-probe diff of two fingerprints: digests, sampled ULP distances, kernel names, and why."""
-    from hspi_kernels import identify as ident
-
     result = ident.compare(_load_fingerprint(a), _load_fingerprint(b))
     if as_json:
         _print_json(result)
@@ -404,18 +327,15 @@ def report(
     as_json: bool = typer.Option(False, "--json", help="print a JSON summary of the report"),
 ) -> None:
     """One self-contained HTML report: agreement matrices, ULP histograms, fraction-bit frequencies."""
-    from hspi_kernels import report as rep
-    from hspi_kernels.identify import Reference
-
     if fingerprints:
         refs = [Reference(id=p.stem, label=fp["label"], fingerprint=fp, path=str(p))
                 for p, fp in ((p, _load_fingerprint(p)) for p in fingerprints)]
     else:
         refs = _load_database(None)
     try:
-        summary = rep.write_report(refs, out, console=err_console if as_json else console)
+        summary = html_report.write_report(refs, out, console=err_console if as_json else console)
     except (ValueError, OSError) as exc:
-        err_console.print(f"[red]report failed:[/red] {exc}")
+        _error(f"[red]report failed:[/red] {exc}")
         raise typer.Exit(1) from None
     if as_json:
         _print_json(summary)
@@ -445,10 +365,6 @@ def model_collect(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Run a model under EQCs on fixed prompt sets and write a compressed collection (.npz)."""
-    from rich.progress import Progress
-
-    from hspi_kernels.models import collect as mc, eqc as meqc
-
     runner = mc.Runner(model, seed=seed, device=device)
     eqcs = [meqc.parse(e) for e in eqc] if eqc else meqc.preset(preset, runner.kind)
     inputs = mc.make_inputs(runner, n_random, n_text, length, seed)
@@ -488,12 +404,10 @@ def model_classify(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """EQC lattice, HSPI-LD per axis (+ shuffled control), white-box and black-box identification."""
-    from hspi_kernels.models import analysis, collect as mc, hspi_ld
-
     try:
         hspi_ld.require_sklearn()
     except RuntimeError as exc:
-        err_console.print(f"[red]{exc}[/red]")
+        _error(f"[red]{exc}[/red]")
         raise typer.Exit(2)
     runs = mc.load_many(collections)
     with (err_console if as_json else console).status("classifying") as status:
@@ -538,12 +452,10 @@ def model_tables(
 ) -> None:
     """Cross-platform tables: white-box per pair, black-box per EQC across hardware, hardware x dtype,
     HSPI-LD / HSPI-BI on the same data, 6-class SVM fit time, shuffled-label controls."""
-    from hspi_kernels.models import crossplatform as cp, hspi_ld
-
     try:
         hspi_ld.require_sklearn()
     except RuntimeError as exc:
-        err_console.print(f"[red]{exc}[/red]")
+        _error(f"[red]{exc}[/red]")
         raise typer.Exit(2)
     with err_console.status("analysing") as status:
         rep = cp.analyse_files(collections, out, dtypes=tuple(dtypes.split(",")), queries=queries, k=k, trials=trials,
@@ -565,8 +477,6 @@ def model_border(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """HSPI-BI: search border inputs whose top-1 differs between two EQCs."""
-    from hspi_kernels.models import collect as mc, eqc as meqc, hspi_bi
-
     runner = mc.Runner(model, seed=seed, device=device)
     with (err_console if as_json else console).status("searching border inputs"):
         res = hspi_bi.border_search(runner, meqc.parse(a), meqc.parse(b), budget=budget, length=length, seed=seed)
@@ -591,33 +501,8 @@ def model_identify(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Name the EQC behind each run of OBSERVED: white-box bit matching or black-box top-k test."""
-    import numpy as np
-
-    from hspi_kernels.models import collect as mc, identify as mid
-
-    obs_coll = mc.load(observed)
-    refs = mc.load_many(ref)
-    results = []
-    for v in obs_coll.runs():
-        cands = [r for r in refs if r.model == v.model]
-        if not cands:
-            results.append({"observed": v.label, "error": "no reference runs of this model"})
-            continue
-        ref_inputs = mc.load(cands[0].source).inputs(v.model)
-        obs_inputs = obs_coll.inputs(v.model)
-        if set(ref_inputs) != set(obs_inputs) or any(not np.array_equal(ref_inputs[s], obs_inputs[s]) for s in obs_inputs):
-            results.append({"observed": v.label, "error": "observed prompts differ from the references'"})
-            continue
-        prompts = np.arange(min(queries, v.get("digest_logits").shape[0]))
-        if blackbox:
-            ids, vals = mid.api_view(v.get("topk_ids")[prompts], v.get("topk_logprobs")[prompts], k, decimals)
-            res = mid.blackbox(ids, vals, cands, prompts, k, decimals)
-            res["identified"] = [res["prediction"]]
-        else:
-            res = mid.whitebox(v.get("digest_logits")[prompts], cands, prompts)
-            res["identified"] = res["survivors"]
-        res["observed"] = v.label
-        results.append(res)
+    results = matching.identify_runs(mc.load(observed), mc.load_many(ref), blackbox_view=blackbox, k=k,
+                                     decimals=decimals, queries=queries)
     if as_json:
         _print_json(results)
     else:
@@ -639,13 +524,10 @@ def reveal(
     """Reveal the summation order of an op (FPRev masking), as a plan replayed bit for bit.
     torch.matmul.cuda (cuBLAS bf16): the split-K family confirmed by masking (K chunking, split-K
     factor, part bounds, combine) and the op's output digest on seeded inputs."""
-    from hspi_kernels.reveal import order as R
-    from hspi_kernels.reveal import targets as T
-
     try:
-        t = T.get_target(target, n, rows, cols)
+        t = reveal_targets.get_target(target, n, rows, cols)
     except (RuntimeError, ValueError) as exc:
-        err_console.print(f"[red]{exc}[/red]")
+        _error(f"[red]{exc}[/red]")
         raise typer.Exit(2)
     result = R.reveal(t, replay_count=replay_count)
     out = result.to_json()
@@ -671,13 +553,10 @@ def card(
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Tensor-core numerics card: block-model parameters from feature tests, closed-loop verified."""
-    from hspi_kernels.numerics import tensor_core as TC
-    from hspi_kernels.reveal import card as C
-
     if path.startswith("emulated:"):
         name = path.split(":", 1)[1]
         if name not in TC.PRESETS:
-            err_console.print(f"[red]unknown preset {name!r}; known: {sorted(TC.PRESETS)}[/red]")
+            _error(f"[red]unknown preset {name!r}; known: {sorted(TC.PRESETS)}[/red]")
             raise typer.Exit(2)
         unit = C.emulated_unit(TC.PRESETS[name])
     else:
@@ -688,8 +567,8 @@ def card(
         except ImportError:
             has_gpu = False
         if not has_gpu:
-            err_console.print(f"[red]--path {path} needs a CUDA GPU (none visible); use --path emulated:<preset> here, "
-                              f"or python -m hspi_kernels.reveal.gpu OUT_DIR on the GPU[/red]")
+            _error(f"[red]--path {path} needs a CUDA GPU (none visible); use --path emulated:<preset> here, "
+                   f"or python -m hspi_kernels.reveal.gpu OUT_DIR on the GPU[/red]")
             raise typer.Exit(2)
         from hspi_kernels.reveal import gpu as reveal_gpu
 
@@ -733,8 +612,6 @@ def trace_run(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Record one forward pass op by op (digests, kept inputs, kernel names)."""
-    from hspi_kernels.trace import tracer as T
-
     keys = list(keep_key or [])
     try:
         reference = T.load(keep_diverging) if keep_diverging is not None else None
@@ -743,7 +620,7 @@ def trace_run(
                          max_bytes=None if max_mb is None else int(max_mb * (1 << 20)),
                          inject=T.parse_inject(inject or []), profile=profile, reference=reference)
     except (ValueError, OSError) as exc:
-        err_console.print(f"[red]{exc}[/red]")
+        _error(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     tr.save(out)
     summary = {"out": str(out), "label": tr.meta["label"], "ops": len(tr.ops), "stored_bytes": tr.meta["stored_bytes"],
@@ -756,12 +633,10 @@ def trace_run(
 
 
 def _load_traces(a: Path, b: Path):
-    from hspi_kernels.trace import tracer as T
-
     try:
         return T.load(a), T.load(b)
     except (OSError, ValueError) as exc:
-        err_console.print(f"[red]{exc}[/red]")
+        _error(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
 
 
@@ -775,8 +650,6 @@ def trace_diff(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """First op whose output differs while its inputs are equal; per-layer ULP propagation."""
-    from hspi_kernels.trace import tracer as T
-
     ta, tb = _load_traces(a, b)
     d = T.diff(ta, tb)
     if plot is not None:
@@ -824,8 +697,6 @@ def trace_explain(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Replay the origin ops' inputs under candidate plans: which plan gives each platform's bits."""
-    from hspi_kernels.trace import tracer as T, explain as E
-
     ta, tb = _load_traces(a, b)
     d = T.diff(ta, tb)
     x = E.explain(ta, tb, d, revealed_paths=reveal or [], max_ops=max_ops, max_outputs=max_outputs, keys=key or [])
@@ -861,12 +732,10 @@ def validate(
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """GPU validation: every kernel's bits against its plan through the evaluator (needs a GPU)."""
-    from hspi_kernels.kernels import validation
-
     try:
         results = validation.run(names, out, scale)
     except ValueError as exc:
-        err_console.print(f"[red]{exc}[/red]")
+        _error(f"[red]{exc}[/red]")
         raise typer.Exit(2)
     if as_json:
         _print_json(results)
@@ -886,8 +755,6 @@ def main() -> None:
     the interpreter down with torch (and a CUDA context, cuBLAS, Triton) imported takes ~1 s;
     every output is written and flushed by then, so the process ends at once with the command's
     status. (Tests drive ``app`` directly and never reach this.)"""
-    import os
-
     try:
         app()
         code = 0

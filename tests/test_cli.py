@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from hspi_kernels import fingerprint, probes
+from hspi_kernels import fingerprint
 from hspi_kernels.cli import app
+from hspi_kernels.probes import catalog
 from hspi_kernels.probes.registry import Probe
+from hspi_kernels.probes.runner import run_all, run_probe
 
 runner = CliRunner()
 
@@ -54,9 +56,9 @@ def test_failing_probe_recorded_and_rest_run():
     def boom():
         raise RuntimeError("deliberate failure")
 
-    good = probes.select("numpy/sum")[0]
+    good = catalog.select("numpy/sum")[0]
     bad = Probe(id="test/boom", family="test", backend="numpy", inputs={}, measures="", run=boom)
-    records = probes.run_all([bad, good])
+    records = run_all([bad, good])
     assert records[0]["status"] == "failed" and "deliberate failure" in records[0]["error"]
     assert records[1]["status"] == "ok"
 
@@ -65,21 +67,22 @@ def test_nondeterministic_probe_is_flagged():
     rng = np.random.default_rng()
     flaky = Probe(id="test/flaky", family="test", backend="numpy", inputs={}, measures="",
                   run=lambda: rng.standard_normal(8).astype(np.float32))
-    record = probes.run_probe(flaky)
+    record = run_probe(flaky)
     assert record["status"] == "ok" and record["deterministic"] is False and record["digest"] is None
 
 
 def test_probe_ids_unique_and_specs_seeded():
-    all_ids = [p.id for p in probes.all_probes()]
+    all_ids = [p.id for p in catalog.all_probes()]
     assert len(all_ids) == len(set(all_ids))
-    for p in probes.all_probes():
+    for p in catalog.all_probes():
         for spec in p.inputs.values():
             if isinstance(spec, dict):
                 assert "seed" in spec
 
 
 def test_import_is_light():
-    code = ("import sys, hspi_kernels, hspi_kernels.cli, hspi_kernels.probes, hspi_kernels.fingerprint.features; "
+    code = ("import sys, hspi_kernels, hspi_kernels.cli, hspi_kernels.probes.catalog, hspi_kernels.probes.runner, "
+            "hspi_kernels.fingerprint.features; "
             "heavy = [m for m in ('torch', 'triton', 'cupy') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -109,3 +109,15 @@ def test_timing_and_suite_sections():
         mutate(bad)
         with pytest.raises(ValueError, match=message):
             fingerprint.validate(bad)
+
+
+@pytest.mark.parametrize("first", ["hspi_kernels.probes.runner", "hspi_kernels.fingerprint", "hspi_kernels.identify",
+                                   "hspi_kernels.probes.parallel", "hspi_kernels.probes.server"])
+def test_take_is_exported_whatever_is_imported_first(first):
+    """fingerprint.take imports the probe runner, which imports fingerprint.features: either order works."""
+    import subprocess
+    import sys
+
+    code = (f"import {first}; from hspi_kernels import fingerprint; "
+            "assert fingerprint.take.__module__ == 'hspi_kernels.fingerprint.take', fingerprint.take")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -14,7 +14,7 @@ pytest.importorskip("sklearn")
 
 from hspi_kernels.models import collect as mc  # noqa: E402
 from hspi_kernels.models import eqc as meqc  # noqa: E402
-from hspi_kernels.models import hspi_bi, hspi_ld, identify  # noqa: E402
+from hspi_kernels.models import hspi_bi, hspi_ld, matching  # noqa: E402
 
 EQCS = ["fp32.eager.b1", "fp32.sdpa.b1", "fp32.sdpa.b8", "bf16.eager.b1", "bf16.sdpa.b1", "bf16.sdpa.b8"]
 
@@ -95,20 +95,20 @@ def test_whitebox_identifies_fresh_run(runner, collection):
     inputs = mc.make_inputs(runner, n_random=24, n_text=24, length=12)
     fresh = mc.collect(runner, ["bf16.eager.b1"], inputs, repeat=False).runs()[0]
     prompts = np.arange(8)
-    res = identify.whitebox(fresh.get("digest_logits")[prompts], refs, prompts)
+    res = matching.whitebox(fresh.get("digest_logits")[prompts], refs, prompts)
     assert "CPU/bf16.eager.torch.b1" in res["survivors"]
     assert all("bf16.eager" in s for s in res["survivors"])
     lat = [g for g in hspi_ld.lattice(refs) if "CPU/bf16.eager.torch.b1" in g][0]
     assert set(res["survivors"]) == set(lat)
-    acc = identify.whitebox_accuracy(refs, queries=4, trials=20)
+    acc = matching.whitebox_accuracy(refs, queries=4, trials=20)
     assert acc["accuracy"] == 1.0
 
 
 def test_blackbox_topk_identification(collection):
     runs = mc.load(collection).runs()
-    res = identify.blackbox_accuracy(runs, queries=16, k=20, decimals=None, trials=20)
+    res = matching.blackbox_accuracy(runs, queries=16, k=20, decimals=None, trials=20)
     assert res["accuracy"] >= 0.95
-    rounded = identify.blackbox_accuracy([v for v in runs if v.eqc.batch == 1], queries=16, k=5, decimals=4,
+    rounded = matching.blackbox_accuracy([v for v in runs if v.eqc.batch == 1], queries=16, k=5, decimals=4,
                                          trials=10)
     assert 0.0 <= rounded["accuracy"] <= 1.0
 

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from hspi_kernels import probes
+from hspi_kernels.probes import catalog, runner
 from hspi_kernels.probes import parallel
 from hspi_kernels.probes.registry import Probe
 
@@ -48,14 +48,14 @@ def test_worker_records_equal_the_serial_suite(tmp_path, monkeypatch):
     """CPU probes run in a worker process give the records (status, digest, determinism) of the
     same probes run in this process; the merged list keeps the selection order."""
     monkeypatch.setenv("HSPI_CACHE_DIR", str(tmp_path / "cache"))
-    selected = [p for p in probes.all_probes() if p.backend in ("numpy", "torch-cpu")][:6]
-    selected += [p for p in probes.all_probes() if p.backend == "torch-cuda"][:2]  # main group (skipped without CUDA)
-    serial = probes.run_all(selected, profile_kernels=False)
+    selected = [p for p in catalog.all_probes() if p.backend in ("numpy", "torch-cpu")][:6]
+    selected += [p for p in catalog.all_probes() if p.backend == "torch-cuda"][:2]  # main group (skipped without CUDA)
+    serial = runner.run_all(selected, profile_kernels=False)
     seen = []
     suite = parallel.start(selected, 2, on_done=lambda p, r: seen.append(p.id))
     assert len(suite.workers) == 1 and [p.id for p in suite.own] == [p.id for p in selected[6:]]
     timing: dict = {}
-    own = probes.run_all(suite.own, suite.report_own, profile_kernels=False, suite_timing=timing)
+    own = runner.run_all(suite.own, suite.report_own, profile_kernels=False, suite_timing=timing)
     merged = suite.finish(own, timing)
     assert [r["id"] for r in merged] == [p.id for p in selected]
     assert sorted(seen) == sorted(p.id for p in selected)  # every record reported once
@@ -128,10 +128,10 @@ def test_main_fast_exit_keeps_the_status(monkeypatch, capsys, code, status, mess
 
 _NOISY_WORKER = """
 import dataclasses, runpy, sys
-from hspi_kernels.probes import registry
+from hspi_kernels.probes import catalog, registry
 
 probe_id = sys.argv[1]
-probe = registry.get(probe_id)
+probe = catalog.get(probe_id)
 
 
 def noisy():
@@ -146,7 +146,7 @@ runpy.run_module("hspi_kernels.probes.parallel", run_name="__main__")
 
 def test_worker_protocol_keeps_stdout_clean(tmp_path):
     """What a probe prints in a worker goes to its stderr: stdout carries protocol lines only."""
-    ids = [p.id for p in probes.all_probes() if p.backend == "numpy"][:2]
+    ids = [p.id for p in catalog.all_probes() if p.backend == "numpy"][:2]
     script = tmp_path / "noisy_worker.py"
     script.write_text(_NOISY_WORKER)
     proc = subprocess.run([sys.executable, str(script), ids[0]], input=json.dumps({"ids": ids, "use_cache": False}),
@@ -162,18 +162,18 @@ def test_worker_protocol_keeps_stdout_clean(tmp_path):
 _FORK_SCRIPT = """
 import json, sys
 import torch  # as the CLI: torch imported, no CUDA context, one thread
-from hspi_kernels import probes
+from hspi_kernels.probes import catalog, runner
 from hspi_kernels.probes import parallel
 from hspi_kernels.probes.registry import Probe
 
 ready, why = parallel.fork_ready()
-selected = [p for p in probes.all_probes() if p.backend in ("numpy", "torch-cpu")][:4]
-selected += [p for p in probes.all_probes() if p.backend == "torch-cuda"][:1]
+selected = [p for p in catalog.all_probes() if p.backend in ("numpy", "torch-cpu")][:4]
+selected += [p for p in catalog.all_probes() if p.backend == "torch-cuda"][:1]
 ghost = Probe(id="triton/no-such-probe", family="kernel", backend="triton", inputs={}, measures="-", run=lambda: None)
 suite = parallel.start(selected + [ghost], 4, how="fork")
-own = probes.run_all(suite.own, profile_kernels=False)
+own = runner.run_all(suite.own, profile_kernels=False)
 merged = suite.finish(own)
-serial = probes.run_all(selected, profile_kernels=False)
+serial = runner.run_all(selected, profile_kernels=False)
 print(json.dumps({"ready": ready, "how": suite.how, "workers": len(suite.workers),
                   "merged": [[r["id"], r["status"], r.get("digest"), r.get("error", ""), r.get("traceback", "")[-300:]]
                              for r in merged],
@@ -207,8 +207,8 @@ def test_spawned_worker_imports_this_package_not_the_working_directory(tmp_path,
     (shadow / "__init__.py").write_text("raise ImportError('the shadowing package was imported')\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HSPI_CACHE_DIR", str(tmp_path / "cache"))
-    selected = [p for p in probes.all_probes() if p.backend == "numpy"][:2]
-    selected += [p for p in probes.all_probes() if p.backend == "torch-cuda"][:1]
+    selected = [p for p in catalog.all_probes() if p.backend == "numpy"][:2]
+    selected += [p for p in catalog.all_probes() if p.backend == "torch-cuda"][:1]
     suite = parallel.start(selected, 2, how="spawn")
-    merged = suite.finish(probes.run_all(suite.own, profile_kernels=False))
+    merged = suite.finish(runner.run_all(suite.own, profile_kernels=False))
     assert [r["status"] for r in merged[:2]] == ["ok", "ok"], [r.get("traceback", "")[-300:] for r in merged]

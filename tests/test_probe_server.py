@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from hspi_kernels import probes
+from hspi_kernels.probes import catalog, runner
 from hspi_kernels.probes import server as srv
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="the probe server needs Unix sockets")
@@ -68,18 +68,18 @@ def served(tmp_path_factory):
 def test_server_records_equal_a_local_run(served, monkeypatch):
     tmp_path, sock, _ = served
     monkeypatch.setenv("HSPI_CACHE_DIR", str(tmp_path / "c"))
-    selected = [p for p in probes.all_probes() if p.backend in ("numpy", "torch-cpu")][:8]
+    selected = [p for p in catalog.all_probes() if p.backend in ("numpy", "torch-cpu")][:8]
     seen = []
     records, suite, meta = srv.request([p.id for p in selected], path=sock, on_record=lambda r: seen.append(r["id"]))
     assert [r["id"] for r in records] == [p.id for p in selected] and sorted(seen) == sorted(r["id"] for r in records)
-    assert _digests(records) == _digests(probes.run_all(selected, profile_kernels=False))
+    assert _digests(records) == _digests(runner.run_all(selected, profile_kernels=False))
     assert sum(r["status"] == "ok" for r in records) >= 6 and suite["server_run"] > 0
     assert meta["hspi_kernels"] and srv.ping(sock)["pong"] == srv.identity()
 
 
 def test_server_refuses_stale_and_hostile_requests_and_keeps_serving(served, monkeypatch):
     _, sock, _ = served
-    good = {"hello": srv.identity(), "ids": [probes.all_probes()[0].id]}
+    good = {"hello": srv.identity(), "ids": [catalog.all_probes()[0].id]}
     hostile = [b"not json\n", b"[1, 2]\n", json.dumps({"hello": {"version": 1}}).encode() + b"\n",
                json.dumps({**good, "ids": [123]}).encode() + b"\n", json.dumps({**good, "ids": []}).encode() + b"\n",
                json.dumps({**good, "ids": ["no/such/probe"]}).encode() + b"\n",

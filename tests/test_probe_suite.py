@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from hspi_kernels import probes
+from hspi_kernels.fingerprint import sample
+from hspi_kernels.probes import catalog, runner
 from hspi_kernels.numerics.plans import Sequential
 from hspi_kernels.probes import cache
 from hspi_kernels.probes.registry import Probe, ProbeUnsupported
@@ -30,7 +31,7 @@ def _private_cache(tmp_path_factory):
 
 
 def test_registry_is_declarative():
-    all_probes = probes.all_probes()
+    all_probes = catalog.all_probes()
     assert len(all_probes) >= 60
     families = {p.family for p in all_probes}
     assert {"library-gemm", "reduction", "attention", "kernel", "elementwise"} <= families
@@ -51,19 +52,19 @@ def test_registry_is_declarative():
 
 
 def test_cpu_probes_explained_by_plans():
-    record = probes.run_probe(probes.select("numpy/sum/fp32/64x4097")[0])
+    record = runner.run_probe(catalog.select("numpy/sum/fp32/64x4097")[0])
     (entry,) = record["explained_by"]
     assert entry["matches"] == entry["total"] == 64 and "Pairwise" in entry["repr"]
-    record = probes.run_probe(probes.select("numpy/colsum")[0])
+    record = runner.run_probe(catalog.select("numpy/colsum")[0])
     assert record["explained_by"][0]["matches"] == record["explained_by"][0]["total"]
 
 
 def test_wrong_plan_is_rejected():
     """Negative control: numpy's pairwise sum is not a left-to-right sum."""
-    real = probes.select("numpy/sum/fp32/64x4097")[0]
+    real = catalog.select("numpy/sum/fp32/64x4097")[0]
     wrong = Probe(id="test/wrong-plan", family="test", backend="numpy", inputs=real.inputs, measures="",
                   run=real.run, plans=(Sequential("fp32").to_json(),), plan_eval=real.plan_eval)
-    entry = probes.run_probe(wrong)["explained_by"][0]
+    entry = runner.run_probe(wrong)["explained_by"][0]
     assert entry["matches"] < entry["total"]
 
 
@@ -71,7 +72,7 @@ def test_unsupported_probe_is_skipped_not_failed():
     def unsupported():
         raise ProbeUnsupported("no kernel for this GPU")
 
-    record = probes.run_probe(Probe(id="test/unsupported", family="test", backend="numpy", inputs={},
+    record = runner.run_probe(Probe(id="test/unsupported", family="test", backend="numpy", inputs={},
                                     measures="", run=unsupported))
     assert record["status"] == "skipped" and record["missing"] == ["backend"]
 
@@ -81,24 +82,24 @@ def test_gpu_probes_skip_without_cuda():
 
     if torch.cuda.is_available():
         pytest.skip("CUDA available")
-    record = probes.run_probe(probes.select("torch-cuda/matmul/bf16/8x4096x4096")[0])
+    record = runner.run_probe(catalog.select("torch-cuda/matmul/bf16/8x4096x4096")[0])
     assert record["status"] == "skipped" and "cuda" in record["missing"]
 
 
 def test_output_sample_round_trip():
     x = np.arange(1000, dtype=np.float32) * np.float32(0.1)
-    s = probes.output_sample(x)
-    assert s["n"] == probes.SAMPLE_SIZE and s["format"] == "fp32" and len(s["bits"]) == 8 * s["n"]
-    bits = probes.sample_array(s)
+    s = sample.output_sample(x)
+    assert s["n"] == sample.SAMPLE_SIZE and s["format"] == "fp32" and len(s["bits"]) == 8 * s["n"]
+    bits = sample.sample_array(s)
     assert bits[0] == x.view(np.uint32)[0] and bits[-1] == x.view(np.uint32)[-1]
 
 
 def test_cpu_suite_is_fast_and_deterministic():
     import time
 
-    cpu = [p for p in probes.all_probes() if p.backend in ("numpy", "torch-cpu")]
+    cpu = [p for p in catalog.all_probes() if p.backend in ("numpy", "torch-cpu")]
     start = time.perf_counter()
-    records = probes.run_all(cpu)
+    records = runner.run_all(cpu)
     assert time.perf_counter() - start < 60
     assert all(r["status"] == "ok" and r["deterministic"] for r in records), \
         [(r["id"], r.get("error")) for r in records if r["status"] != "ok" or not r["deterministic"]]
@@ -107,8 +108,8 @@ def test_cpu_suite_is_fast_and_deterministic():
 @pytest.mark.gpu
 def test_gpu_suite_kernels_and_plans():
     """On a GPU: library GEMMs record kernel names; our kernels match their plans N/N."""
-    records = {r["id"]: r for r in probes.run_all(probes.select("torch-cuda/matmul/bf16/8x")
-                                                  + probes.select("hspi-cuda/") + probes.select("triton/"))}
+    records = {r["id"]: r for r in runner.run_all(catalog.select("torch-cuda/matmul/bf16/8x")
+                                                  + catalog.select("hspi-cuda/") + catalog.select("triton/"))}
     gemm = records["torch-cuda/matmul/bf16/8x4096x4096"]
     assert gemm["status"] == "ok" and gemm.get("kernels"), gemm
     for pid, r in records.items():
@@ -126,7 +127,7 @@ _FAST_CPU = ("numpy/sum/fp32/64x4097", "numpy/colsum", "numpy/dot", "torch-cpu/m
 
 
 def _fast_cpu_probes():
-    return [p for pid in _FAST_CPU for p in probes.select(pid)]
+    return [p for pid in _FAST_CPU for p in catalog.select(pid)]
 
 
 def _comparable(record: dict) -> dict:
@@ -138,13 +139,13 @@ def test_cache_changes_no_record():
     selected = _fast_cpu_probes()
     cache.set_enabled(False)
     try:
-        uncached = [_comparable(r) for r in probes.run_all(selected)]
+        uncached = [_comparable(r) for r in runner.run_all(selected)]
     finally:
         cache.set_enabled(None)
     suite_timing = {}
-    cold = [_comparable(r) for r in probes.run_all(selected, suite_timing=suite_timing)]
+    cold = [_comparable(r) for r in runner.run_all(selected, suite_timing=suite_timing)]
     warm_timing = {}
-    warm = [_comparable(r) for r in probes.run_all(selected, suite_timing=warm_timing)]
+    warm = [_comparable(r) for r in runner.run_all(selected, suite_timing=warm_timing)]
     assert uncached == cold == warm
     assert all(r["status"] == "ok" for r in warm) and warm[0]["explained_by"]
     assert warm_timing["cache"]["hits"] > 0 and warm_timing["cache"]["misses"] == 0
@@ -153,7 +154,7 @@ def test_cache_changes_no_record():
 def test_corrupt_cache_changes_no_record():
     """Negative control for the cache: every entry damaged -> recomputed, same records."""
     selected = _fast_cpu_probes()
-    reference = [_comparable(r) for r in probes.run_all(selected)]
+    reference = [_comparable(r) for r in runner.run_all(selected)]
     root = cache.cache_dir()
     damaged = 0
     for path in root.rglob("*.arr"):
@@ -163,27 +164,27 @@ def test_corrupt_cache_changes_no_record():
         damaged += 1
     assert damaged
     timing = {}
-    again = [_comparable(r) for r in probes.run_all(selected, suite_timing=timing)]
+    again = [_comparable(r) for r in runner.run_all(selected, suite_timing=timing)]
     assert again == reference and timing["cache"]["rejected"] > 0
 
 
 def test_records_carry_timing():
-    record = probes.run_probe(probes.select("numpy/sum/fp32/64x4097")[0])
+    record = runner.run_probe(catalog.select("numpy/sum/fp32/64x4097")[0])
     timing = record["timing"]
     assert {"inputs", "runs", "digests", "plans", "features", "total"} <= timing.keys()
     assert all(v >= 0 for v in timing.values())
     assert timing["total"] >= timing["runs"] + timing["features"]
-    assert len(record["digests"]) == probes.RUNS_PER_PROBE
+    assert len(record["digests"]) == runner.RUNS_PER_PROBE
 
 
 def test_attribute_kernels():
     markers = [(100.0, 200.0, "a"), (300.0, 400.0, "b")]
     kernels = [(150.0, "k1"), (120.0, "k0"), (160.0, "k1"), (310.0, "k2"), (250.0, "stray"),
                (205.0, "late_a"), (295.0, "early_b"), (130.0, "Memcpy HtoD"), (330.0, "hspi-probe::b")]
-    got = probes.attribute_kernels(markers, kernels, slack_us=10.0)
+    got = runner.attribute_kernels(markers, kernels, slack_us=10.0)
     assert got == {"a": ["k0", "k1", "late_a"], "b": ["early_b", "k2"]}
     # negative control: no slack -> the kernels just outside the markers are dropped, not moved
-    assert probes.attribute_kernels(markers, kernels, slack_us=0.0) == {"a": ["k0", "k1"], "b": ["k2"]}
+    assert runner.attribute_kernels(markers, kernels, slack_us=0.0) == {"a": ["k0", "k1"], "b": ["k2"]}
 
 
 def test_kernel_recorder_one_session_attributes_per_probe():
@@ -194,7 +195,7 @@ def test_kernel_recorder_one_session_attributes_per_probe():
     import torch
 
     a = torch.ones(32, 32)
-    recorder = probes.KernelRecorder("cpu")
+    recorder = runner.KernelRecorder("cpu")
     try:
         recorder.run("p/mm", lambda: (a @ a).numpy())
         time.sleep(0.002)
@@ -215,21 +216,21 @@ def test_profiled_run_joins_the_determinism_check(monkeypatch):
     runs, and a difference between them still flags it nondeterministic."""
     import torch
 
-    class CpuRecorder(probes.KernelRecorder):
+    class CpuRecorder(runner.KernelRecorder):
         def __init__(self, device="cuda"):
             super().__init__("cpu")
 
-    monkeypatch.setattr(probes, "KernelRecorder", CpuRecorder)
+    monkeypatch.setattr(runner, "KernelRecorder", CpuRecorder)
     calls = []
     stable = Probe(id="test/profiled", family="test", backend="torch-cpu", inputs={}, measures="",
                    run=lambda: calls.append(1) or torch.arange(4.0).cumsum(0).numpy(), profile_kernels=True)
-    (record,) = probes.run_all([stable])
+    (record,) = runner.run_all([stable])
     assert len(calls) == 2 and record["deterministic"] and len(record["digests"]) == 2
     assert any("cumsum" in k for k in record["kernels"]) and "profiled_run" in record["timing"]
     rng = np.random.default_rng()
     flaky = Probe(id="test/profiled-flaky", family="test", backend="torch-cpu", inputs={}, measures="",
                   run=lambda: rng.standard_normal(4).astype(np.float32), profile_kernels=True)
-    (record,) = probes.run_all([flaky])
+    (record,) = runner.run_all([flaky])
     assert record["deterministic"] is False and record["digest"] is None
 
 

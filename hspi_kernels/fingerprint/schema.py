@@ -25,7 +25,7 @@ Layout::
          "kernels_error": str,                      # optional: why the kernel names are missing
          "explained_by": [{"plan": {...}, "repr": str, "matches": int, "total": int} | {"error": str}],
          "timing": {phase: seconds},                # optional: inputs, runs, profiled_run, digests,
-                                                    # plans, features, total (probes.run_probe)
+                                                    # plans, features, total (probes.runner.run_probe)
          # status failed: "error", "traceback"; status skipped: "reason", "missing": [capability]
         }
       ],

@@ -46,6 +46,9 @@ from typing import Any, Iterable
 import numpy as np
 
 from hspi_kernels import fingerprint
+from hspi_kernels.fingerprint import features
+from hspi_kernels.fingerprint.sample import sample_array
+from hspi_kernels.probes import catalog
 
 __all__ = ["MIN_AGREE", "Reference", "load_database", "compare", "compare_records", "identify", "record_role"]
 
@@ -87,9 +90,7 @@ def record_role(rec: dict[str, Any]) -> str:
     """A record's role; older files lack the field, so the registry of this version decides."""
     if rec.get("role"):
         return rec["role"]
-    from hspi_kernels.probes.registry import get
-
-    probe = get(rec["id"])
+    probe = catalog.get(rec["id"])
     return probe.role if probe is not None else "fingerprint"
 
 
@@ -99,9 +100,6 @@ def _no_cuda(rec: dict[str, Any]) -> bool:
 
 def _sample_ulp(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any] | None:
     """ULP distance of A's sampled output bits from B's (same positions), where both kept one."""
-    from hspi_kernels.fingerprint import features
-    from hspi_kernels.probes import sample_array
-
     sa = (a.get("features") or {}).get("sample")
     sb = (b.get("features") or {}).get("sample")
     if not sa or not sb or sa["format"] != sb["format"] or sa["n"] != sb["n"] or sa.get("size") != sb.get("size"):

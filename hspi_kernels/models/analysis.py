@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from hspi_kernels.models import hspi_ld, identify
+from hspi_kernels.models import hspi_ld, matching
 from hspi_kernels.models.collect import RunView
 
 __all__ = ["analyse"]
@@ -44,8 +44,8 @@ def analyse(runs: Sequence[RunView], *, representations: Sequence[str] = ("paper
                                "lattice": hspi_ld.lattice(mruns),
                                "nondeterministic": [v.label for v in mruns if v.record.get("deterministic") is False],
                                "pairs": hspi_ld.pair_distinguishability(mruns),
-                               "whitebox_1query": identify.whitebox_accuracy(mruns, queries=1, trials=trials),
-                               "whitebox_all": identify.whitebox_accuracy(mruns, queries=len(mruns[0].get("digest_logits")), trials=3),
+                               "whitebox_1query": matching.whitebox_accuracy(mruns, queries=1, trials=trials),
+                               "whitebox_all": matching.whitebox_accuracy(mruns, queries=len(mruns[0].get("digest_logits")), trials=3),
                                "classify": {}, "blackbox": {}}
         groups = hspi_ld.axis_groups(mruns)
         for name, group in groups.items():
@@ -71,7 +71,7 @@ def analyse(runs: Sequence[RunView], *, representations: Sequence[str] = ("paper
         for name, cands in _blackbox_sets(mruns).items():
             if progress:
                 progress(f"{model}: black-box {name}")
-            rep["blackbox"][name] = {q: identify.blackbox_accuracy(cands, queries=q, k=k, decimals=decimals,
+            rep["blackbox"][name] = {q: matching.blackbox_accuracy(cands, queries=q, k=k, decimals=decimals,
                                                                    trials=trials)
                                      for q in sorted({1, 4, 8, queries})}
         report["models"][model] = rep

@@ -31,7 +31,7 @@ import numpy as np
 
 from hspi_kernels.models import hspi_ld
 from hspi_kernels.models.collect import RunView
-from hspi_kernels.models.identify import api_view, observed
+from hspi_kernels.models.matching import api_view, observed
 
 __all__ = ["split", "check_same_inputs", "report", "to_markdown", "analyse_files"]
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from hspi_kernels.numerics.evaluate import evaluate
+from hspi_kernels.numerics.plans import numpy_sum_plan, plan_from_json
 from hspi_kernels.probes.inputs import from_torch, generate_cached, spec, to_torch
 from hspi_kernels.probes.registry import Probe, register
 
@@ -105,9 +107,6 @@ def _softmax_reference(x_spec):
 
 
 def _numpy_sum_plan_eval(x_spec, plan_json):
-    from hspi_kernels.numerics.evaluate import evaluate
-    from hspi_kernels.numerics.plans import plan_from_json
-
     return evaluate(plan_from_json(plan_json), np.ascontiguousarray(operand(x_spec), dtype=np.float32))
 
 
@@ -142,8 +141,6 @@ def _reduction_probe(backend: str, op: str, rows: int, n: int, dtype: str, seed:
     device = {"torch-cpu": "cpu", "torch-cuda": "cuda"}.get(backend)
     plans, plan_eval = (), None
     if backend == "numpy":
-        from hspi_kernels.numerics.plans import numpy_sum_plan
-
         run, requires = partial(_row_sum_numpy, x_spec), ()
         plans, plan_eval = (numpy_sum_plan().to_json(),), partial(_numpy_sum_plan_eval, x_spec)
     else:

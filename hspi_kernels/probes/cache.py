@@ -29,13 +29,18 @@ import hashlib
 import json
 import marshal
 import os
+import shutil
 import struct
 import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Callable
 
+import ml_dtypes
 import numpy as np
+import xxhash
+
+import hspi_kernels
 
 MAGIC = b"HSPIARR1"
 FORMAT_VERSION = 1
@@ -71,15 +76,11 @@ def _numpy_dtype(name: str) -> np.dtype:
     if name not in _DTYPES:
         raise ValueError(f"dtype {name!r} is not cacheable")
     if name == "bfloat16":
-        import ml_dtypes
-
         return np.dtype(ml_dtypes.bfloat16)
     return np.dtype(name)
 
 
 def _checksum(data: bytes | memoryview) -> str:
-    import xxhash
-
     return xxhash.xxh3_128_hexdigest(data)
 
 
@@ -172,8 +173,6 @@ def code_digest(fn: Callable) -> str:
 def package_digest() -> str:
     """sha256 over every source file of hspi_kernels and its native module: the code version
     that derived arrays (references, plan evaluations) are keyed by."""
-    import hspi_kernels
-
     root = Path(hspi_kernels.__file__).parent
     h = hashlib.sha256()
     files = sorted(p for p in root.rglob("*") if p.is_file() and (
@@ -232,8 +231,6 @@ def _prune_once(kind: str, keep: str) -> None:
     if kind in _pruned or not enabled():
         return
     _pruned.add(kind)
-    import shutil
-
     root = cache_dir() / f"v{FORMAT_VERSION}"
     try:
         stale = [p for p in root.iterdir() if p.name.startswith(f"{kind}-") and p.name != keep]
@@ -245,7 +242,5 @@ def _prune_once(kind: str, keep: str) -> None:
 
 def clear() -> None:
     """Remove every cached entry of this format version (``hspi probe --clear-cache``)."""
-    import shutil
-
     with _lock:
         shutil.rmtree(cache_dir() / f"v{FORMAT_VERSION}", ignore_errors=True)

@@ -9,6 +9,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from hspi_kernels.probes import cache
+
 NUMPY_DTYPES = {
     "fp64": np.float64,
     "fp32": np.float32,
@@ -36,8 +38,6 @@ def generate_cached(s: dict[str, Any]) -> np.ndarray:
     """generate(s) through the on-disk cache (``probes.cache``): the same bits, read back on a
     warm run. Keyed by this generator's code, the spec and the numpy / ml_dtypes versions (the
     PCG64 normal stream and the RNE conversion belong to them). Read-only result."""
-    from hspi_kernels.probes import cache
-
     key = {"generator": f"{__name__}.generate", "code": cache.code_digest(generate), "spec": s,
            "numpy": np.__version__, "ml_dtypes": ml_dtypes.__version__}
     return cache.cached("operand", key, lambda: generate(s))

@@ -10,7 +10,7 @@ then overlap (on an H100 host four concurrent torch imports took 4.0-4.6 s each 
 
 Groups (:func:`group_of`): ``main`` (torch-cuda non-GEMM and our CUDA kernels, in the
 coordinating process), ``library-gemm`` (cuBLAS through torch), ``triton``, ``cpu`` (numpy and
-torch CPU). Each worker runs ``probes.run_all`` on its probes exactly as the serial suite does
+torch CPU). Each worker runs ``runner.run_all`` on its probes exactly as the serial suite does
 (every probe twice, digests, features, plans, its own profiler session with ``--kernels``):
 a record does not depend on the process it came from (bit-identity with the serial suite is
 checked on the GPU, docs/results). ``jobs=1`` is the serial suite in one process.
@@ -31,8 +31,11 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from typing import Any, Callable
 
+import hspi_kernels
+from hspi_kernels.probes import cache, catalog, runner
 from hspi_kernels.probes.registry import Probe
 
 __all__ = ["GROUPS", "group_of", "default_jobs", "partition", "Suite", "start", "fork_ready", "run_job"]
@@ -80,8 +83,6 @@ def _same_package_env() -> dict:
     source tree in the working directory would shadow an installed package under ``-m``; the
     worker runs with ``-P``, no working directory on sys.path, and this package's root first on
     PYTHONPATH)."""
-    import hspi_kernels
-
     root = os.path.dirname(os.path.dirname(os.path.abspath(hspi_kernels.__file__)))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
@@ -170,7 +171,7 @@ class _Worker:
 
 class Suite:
     """A suite started over several processes (:func:`start`): ``own`` are the coordinator's
-    probes, to be run with ``probes.run_all``; ``finish`` merges everything in selection order."""
+    probes, to be run with ``runner.run_all``; ``finish`` merges everything in selection order."""
 
     def __init__(self, probes: list[Probe], jobs: int, profile_kernels: bool, use_cache: bool,
                  on_done: Callable[[Probe, dict], None] | None, how: str = "spawn"):
@@ -247,17 +248,14 @@ def run_job(job: dict, emit: Callable[[dict], None]) -> dict:
     ``use_cache``; from a worker or a probe server's client), ``emit({"record": r})`` as each
     finishes; returns the suite timings (with cache counts). ValueError, before anything runs,
     for ids this version does not have. The cache switch is restored afterwards."""
-    from hspi_kernels import probes
-    from hspi_kernels.probes import cache
-
-    selected = [probes.get(i) for i in job["ids"]]
+    selected = [catalog.get(i) for i in job["ids"]]
     unknown = [i for i, p in zip(job["ids"], selected) if p is None]
     if unknown:
         raise ValueError(f"this version has no probes {unknown[:5]}")
     suite_timing: dict = {}
     cache.set_enabled(None if job.get("use_cache", True) else False)
     try:
-        probes.run_all(selected, lambda probe, record: emit({"record": record}),
+        runner.run_all(selected, lambda probe, record: emit({"record": record}),
                        profile_kernels=bool(job.get("profile_kernels")), suite_timing=suite_timing)
     finally:
         cache.set_enabled(None)
@@ -279,8 +277,6 @@ def _run_job(job: dict, out) -> None:
         write({"suite": run_job(job, write)})
         out.flush()
     except BaseException:
-        import traceback
-
         traceback.print_exc()
         status = 1
     finally:

@@ -1,8 +1,12 @@
 """The probe registry: each probe is data (id, family, backend, seeded input spec, what it
 measures) plus a function that runs it and returns its output as a host numpy array.
 
-A probe never decides whether it is a fingerprint: the runner (``hspi_kernels.probes.run_all``)
-runs it twice, digests both outputs and records it as nondeterministic when they differ.
+This module owns the ``Probe`` type and the registry itself (``register``, ``registered``); it
+imports no probe family. The built-in probes are registered by importing their families, which
+``hspi_kernels.probes.catalog`` does: look probes up there (``catalog.all_probes``, ``get``,
+``select``). A probe never decides whether it is a fingerprint: the runner
+(``hspi_kernels.probes.runner.run_all``) runs it twice, digests both outputs and records it as
+nondeterministic when they differ.
 
 Declarative fields beyond the run function:
 
@@ -18,7 +22,8 @@ Declarative fields beyond the run function:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -68,16 +73,10 @@ def register(probe: Probe) -> Probe:
     return probe
 
 
-def get(probe_id: str) -> Probe | None:
-    """The registered probe of that id (None when this version has no such probe)."""
-    all_probes()
-    return _REGISTRY.get(probe_id)
-
-
-def all_probes() -> list[Probe]:
-    from hspi_kernels.probes import basic, suite  # noqa: F401  (register the built-in probes)
-
-    return list(_REGISTRY.values())
+def registered() -> Mapping[str, Probe]:
+    """{id: probe} of every probe registered so far, in registration order (a read-only view).
+    Only the families imported so far are in it: ``catalog`` imports the built-in ones."""
+    return MappingProxyType(_REGISTRY)
 
 
 def capability(name: str) -> tuple[bool, str]:

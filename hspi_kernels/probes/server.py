@@ -31,6 +31,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import hspi_kernels
+from hspi_kernels import platform as plat
+from hspi_kernels.probes import cache, catalog, parallel, runner
+
 __all__ = ["SOCKET_NAME", "DEFAULT_IDLE_S", "ServerError", "ServerUnavailable", "socket_path", "identity", "serve",
            "request", "ping"]
 
@@ -50,17 +54,12 @@ class ServerError(RuntimeError):
 
 
 def socket_path() -> Path:
-    from hspi_kernels.probes.cache import cache_dir
-
-    return cache_dir() / SOCKET_NAME
+    return cache.cache_dir() / SOCKET_NAME
 
 
 def identity() -> dict[str, str]:
     """What a client and a server must share: package version and source digest."""
-    import hspi_kernels
-    from hspi_kernels.probes.cache import package_digest
-
-    return {"version": hspi_kernels.__version__, "code": package_digest()}
+    return {"version": hspi_kernels.__version__, "code": cache.package_digest()}
 
 
 def _check_path(path: Path) -> None:
@@ -106,8 +105,6 @@ def _read_request(conn: socket.socket, timeout: float = 10.0) -> dict:
 
 
 def _handle(conn: socket.socket, me: dict, meta: dict) -> None:
-    from hspi_kernels.probes.parallel import run_job
-
     try:
         req = _read_request(conn)
     except (ValueError, OSError) as exc:
@@ -123,7 +120,7 @@ def _handle(conn: socket.socket, me: dict, meta: dict) -> None:
     conn.settimeout(None)
     t0 = time.perf_counter()
     try:
-        suite_timing = run_job(req, lambda message: _send(conn, message))
+        suite_timing = parallel.run_job(req, lambda message: _send(conn, message))
     except ValueError as exc:  # ids this version does not have: nothing ran
         _send(conn, {"error": f"bad request: {exc}"})
         return
@@ -135,8 +132,6 @@ def serve(path: str | os.PathLike | None = None, idle_timeout: float = DEFAULT_I
           log: Callable[[str], None] | None = None) -> None:
     """Serve probe requests until ``idle_timeout`` seconds pass without one (module docstring).
     RuntimeError when a server already answers at the socket."""
-    from hspi_kernels import platform as plat, probes
-
     log = log or (lambda msg: None)
     path = Path(path) if path is not None else socket_path()
     _check_path(path)
@@ -150,12 +145,12 @@ def serve(path: str | os.PathLike | None = None, idle_timeout: float = DEFAULT_I
             path.unlink()  # a socket left by a server that died
         else:
             raise RuntimeError(f"a probe server already runs at {path}")
-    probes.import_shared_modules()
+    runner.import_shared_modules()
     meta = plat.collect()
     me = identity()
     if warm:  # the cold run: Triton JIT / cache loads, cubins, cuBLAS and cuDNN handles, CUDA context
         t0 = time.perf_counter()
-        probes.run_all(probes.all_probes(), profile_kernels=False)
+        runner.run_all(catalog.all_probes(), profile_kernels=False)
         log(f"warm-up suite ran in {time.perf_counter() - t0:.1f} s")
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)  # the socket file: rw for this user only

@@ -24,10 +24,19 @@ on a GPU; operand generation is shared through ``basic.operand`` / ``basic.devic
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import numpy as np
 
+from hspi_kernels.kernels.cuda import elementwise, gemm_cuda_core
+from hspi_kernels.kernels.cuda import gemm_tensor_core as tc
+from hspi_kernels.kernels.cuda import reduction as cuda_reduction
+from hspi_kernels.kernels.triton import gemm as triton_gemm
+from hspi_kernels.kernels.triton import reduction as triton_reduction
+from hspi_kernels.numerics.evaluate import evaluate
+from hspi_kernels.numerics.evaluate import gemm as evaluate_gemm
+from hspi_kernels.numerics.plans import Sequential, plan_from_json
 from hspi_kernels.probes.basic import device_operand, operand
 from hspi_kernels.probes.inputs import from_torch, spec
 from hspi_kernels.probes.registry import Probe, ProbeUnsupported, register
@@ -179,9 +188,6 @@ def _reduce_reference(op: str, x_spec):
 
 
 def _colsum_plan_eval(x_spec, plan_json):
-    from hspi_kernels.numerics.evaluate import evaluate
-    from hspi_kernels.numerics.plans import plan_from_json
-
     return evaluate(plan_from_json(plan_json), np.ascontiguousarray(operand(x_spec).T, dtype=np.float32))
 
 
@@ -211,8 +217,6 @@ def _reduction(backend: str, op: str, shape: tuple[int, ...], dtype: str, seed: 
 
 
 def _register_reductions() -> None:
-    from hspi_kernels.numerics.plans import Sequential
-
     col_spec_seed = 2300
     register(_reduction("numpy", "colsum", (1000, 64), "fp32", col_spec_seed,
                         "numpy sum over a strided axis: row-by-row accumulation (no pairwise blocks)",
@@ -254,8 +258,6 @@ def _elementwise(op: str, x_spec, backend: str):
 
 
 def _elementwise_reference(op: str, x_spec):
-    import math
-
     x = operand(x_spec).astype(np.float64)
     if op == "gelu":
         erf = np.frompyfunc(math.erf, 1, 1)
@@ -363,23 +365,16 @@ def _as_f32(s) -> np.ndarray:
 
 
 def _gemm_plan_eval(a_spec, b_spec, plan_json, out_dtype=np.float32):
-    from hspi_kernels.numerics.evaluate import gemm
-    from hspi_kernels.numerics.plans import plan_from_json
-
-    return gemm(plan_from_json(plan_json), _as_f32(a_spec), _as_f32(b_spec)).astype(out_dtype)
+    return evaluate_gemm(plan_from_json(plan_json), _as_f32(a_spec), _as_f32(b_spec)).astype(out_dtype)
 
 
 def _run_cuda_core_gemm(a_spec, b_spec, order: str, fused: bool):
-    from hspi_kernels.kernels.cuda import gemm_cuda_core
-
     out = gemm_cuda_core.gemm(device_operand(a_spec, "cuda"), device_operand(b_spec, "cuda"), order, fused)
     _sync("cuda")
     return from_torch(out)
 
 
 def _run_tc_gemm(a_spec, b_spec, fmt: str, path: str, split_k: int):
-    from hspi_kernels.kernels.cuda import gemm_tensor_core as tc
-
     fn = tc.wgmma_gemm if path == "wgmma" else tc.mma_sync_gemm
     out = fn(device_operand(a_spec, "cuda"), device_operand(b_spec, "cuda"), in_format=fmt, split_k=split_k)
     _sync("cuda")
@@ -387,45 +382,32 @@ def _run_tc_gemm(a_spec, b_spec, fmt: str, path: str, split_k: int):
 
 
 def _tc_plans(fmt: str, path: str, split_k: int):
-    from hspi_kernels.kernels.cuda import gemm_tensor_core as tc
-
     return (tc.plan(in_format=fmt, split_k=split_k, path=path, arch=_device_arch()).to_json(),)
 
 
 def _run_rows(x_spec, variant: str):
-    from hspi_kernels.kernels.cuda import reduction
-
-    out = reduction.reduce_rows(device_operand(x_spec, "cuda"), variant)
+    out = cuda_reduction.reduce_rows(device_operand(x_spec, "cuda"), variant)
     _sync("cuda")
     return from_torch(out)
 
 
 def _run_vector(x_spec, atomic: bool):
-    from hspi_kernels.kernels.cuda import reduction
-
-    fn = reduction.reduce_vector_atomic if atomic else reduction.reduce_vector
+    fn = cuda_reduction.reduce_vector_atomic if atomic else cuda_reduction.reduce_vector
     out = fn(device_operand(x_spec, "cuda"))
     _sync("cuda")
     return from_torch(out)
 
 
 def _reduce_plan_eval(x_spec, plan_json):
-    from hspi_kernels.numerics.evaluate import evaluate
-    from hspi_kernels.numerics.plans import plan_from_json
-
     return evaluate(plan_from_json(plan_json), _as_f32(x_spec))
 
 
 def _fma_inputs(seed: int):
-    from hspi_kernels.kernels.cuda.elementwise import sample_inputs
-
-    return sample_inputs(1 << 16, seed)
+    return elementwise.sample_inputs(1 << 16, seed)
 
 
 def _run_fma(seed: int, fused: bool):
     import torch
-
-    from hspi_kernels.kernels.cuda import elementwise
 
     a, b, c = (torch.from_numpy(x).cuda() for x in _fma_inputs(seed))
     out = elementwise.fma(a, b, c, fused)
@@ -434,8 +416,6 @@ def _run_fma(seed: int, fused: bool):
 
 
 def _fma_plan_eval(seed: int, fused: bool, plan_json):
-    from hspi_kernels.kernels.cuda import elementwise
-
     return elementwise.reference(*_fma_inputs(seed), fused=fused)  # the plan, NaNs canonical
 
 
@@ -446,9 +426,6 @@ def _kernel_probe(pid: str, measures: str, inputs: dict, run, plans, plan_eval, 
 
 
 def _register_hspi_cuda() -> None:
-    from hspi_kernels.kernels.cuda import gemm_cuda_core, reduction
-    from hspi_kernels.kernels.cuda.elementwise import plan as fma_plan
-
     a_spec, b_spec = spec(3000, (64, 1024), "fp32"), spec(3001, (1024, 64), "fp32")
     for order, fused, extra in (("sequential", True, {}), ("sequential", False, {}),
                                 ("strided", True, {"lanes": 8}), ("splitk", True, {"parts": 4})):
@@ -473,18 +450,18 @@ def _register_hspi_cuda() -> None:
             partial(_run_tc_gemm, ta, tb, fmt, path, split_k), partial(_tc_plans, fmt, path, split_k),
             partial(_gemm_plan_eval, ta, tb), requires=requires))
     x_spec = spec(3200, (64, 4097), "fp32")
-    for variant in reduction.ROW_VARIANTS:
+    for variant in cuda_reduction.ROW_VARIANTS:
         register(_kernel_probe(
             f"hspi-cuda/reduce-rows/fp32/64x4097/{variant}",
             f"our row reduction, {variant} order (shuffles, shared-memory tree) on this GPU",
             {"x": x_spec, "variant": variant}, partial(_run_rows, x_spec, variant),
-            (reduction.plan(variant).to_json(),), partial(_reduce_plan_eval, x_spec)))
+            (cuda_reduction.plan(variant).to_json(),), partial(_reduce_plan_eval, x_spec)))
     v_spec = spec(3210, (1 << 20,), "fp32")
     register(_kernel_probe(
         "hspi-cuda/reduce-vector/fp32/1048576/grid_two_pass",
         "our deterministic two-pass grid reduction (fixed grid, not the SM count)",
         {"x": v_spec, "variant": "grid_two_pass"}, partial(_run_vector, v_spec, False),
-        (reduction.plan("grid_two_pass").to_json(),), partial(_reduce_plan_eval, v_spec)))
+        (cuda_reduction.plan("grid_two_pass").to_json(),), partial(_reduce_plan_eval, v_spec)))
     register(_kernel_probe(
         "hspi-cuda/reduce-vector/fp32/1048576/atomic",
         "control: atomicAdd in arrival order must be flagged nondeterministic",
@@ -494,48 +471,40 @@ def _register_hspi_cuda() -> None:
             f"hspi-cuda/fma/fp32/65536/{'fused' if fused else 'mul-add'}",
             "exactly specified fp32 fma / mul+add incl. specials: must be identical on every GPU",
             {"seed": 3300, "generator": "cuda.elementwise.sample_inputs", "n": 1 << 16, "fused": fused},
-            partial(_run_fma, 3300, fused), (fma_plan(fused).to_json(),), partial(_fma_plan_eval, 3300, fused)))
+            partial(_run_fma, 3300, fused), (elementwise.plan(fused).to_json(),), partial(_fma_plan_eval, 3300, fused)))
 
 
 # ---------------------------------------------------------------------------------------------
 # Triton kernels
 # ---------------------------------------------------------------------------------------------
 def _triton_gemm_config(fmt: str):
-    from hspi_kernels.kernels.triton.gemm import default_config
-
-    return default_config(fmt, input_precision="ieee") if fmt == "fp32" else default_config(fmt)
+    if fmt == "fp32":
+        return triton_gemm.default_config(fmt, input_precision="ieee")
+    return triton_gemm.default_config(fmt)
 
 
 def _run_triton_gemm(a_spec, b_spec, fmt: str):
-    from hspi_kernels.kernels.triton import gemm
-
     import torch
 
-    out = gemm.matmul(device_operand(a_spec, "cuda"), device_operand(b_spec, "cuda"), _triton_gemm_config(fmt),
+    out = triton_gemm.matmul(device_operand(a_spec, "cuda"), device_operand(b_spec, "cuda"), _triton_gemm_config(fmt),
                       out_dtype=torch.float32)
     _sync("cuda")
     return from_torch(out)
 
 
 def _triton_gemm_plans(fmt: str, k: int):
-    from hspi_kernels.kernels.triton import gemm
-
-    p = gemm.plan(_triton_gemm_config(fmt), fmt, k, arch=_device_arch())
+    p = triton_gemm.plan(_triton_gemm_config(fmt), fmt, k, arch=_device_arch())
     return () if p is None else (p.to_json(),)
 
 
 def _run_triton_row_sum(x_spec, block: int):
-    from hspi_kernels.kernels.triton import reduction
-
-    out = reduction.row_sum(device_operand(x_spec, "cuda"), block=block, order="explicit")
+    out = triton_reduction.row_sum(device_operand(x_spec, "cuda"), block=block, order="explicit")
     _sync("cuda")
     return from_torch(out)
 
 
 def _triton_row_sum_plans(n: int, block: int):
-    from hspi_kernels.kernels.triton import reduction
-
-    return (reduction.plan(n, block=block).to_json(),)
+    return (triton_reduction.plan(n, block=block).to_json(),)
 
 
 def _register_triton() -> None:

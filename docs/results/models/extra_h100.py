@@ -4,7 +4,7 @@ prompts, pairwise black-box top-k, 6-class HSPI-LD fit time). Usage:
 """
 import itertools, json, sys, time
 import numpy as np
-from hspi_kernels.models import collect as mc, hspi_ld, identify
+from hspi_kernels.models import collect as mc, hspi_ld, matching
 
 path, out = sys.argv[1], sys.argv[2]
 runs = mc.load(path).runs()
@@ -65,14 +65,14 @@ for a, b in bb_pairs:
         continue
     bb[f"{a} vs {b}"] = {str(q): {k: r[k] for k in ("accuracy", "per_candidate")}
                          for q in (1, 4, 32)
-                         for r in [identify.blackbox_accuracy([by[a], by[b]], queries=q, k=20, trials=100)]}
+                         for r in [matching.blackbox_accuracy([by[a], by[b]], queries=q, k=20, trials=100)]}
 rep["blackbox_pairs_top20"] = bb
 # the same pairs when the API rounds log-probs to a few decimals (OpenAI-style clients often see 4-6)
 bbr = {}
 for dec in (6, 4, 2):
     for a, b in bb_pairs:
         if a in by and b in by:
-            r = identify.blackbox_accuracy([by[a], by[b]], queries=32, k=20, decimals=dec, trials=100)
+            r = matching.blackbox_accuracy([by[a], by[b]], queries=32, k=20, decimals=dec, trials=100)
             bbr.setdefault(f"decimals={dec}", {})[f"{a} vs {b}"] = r["accuracy"]
 rep["blackbox_pairs_top20_rounded_q32"] = bbr
 

@@ -1,4 +1,5 @@
-"""Exact platform identification with the model known.
+"""Exact platform identification with the model known (bit matching; the fingerprint-level
+identification is ``hspi_kernels.identify``).
 
 White-box: the verifier regenerates each candidate EQC's outputs (a reference collection per
 candidate platform) and matches bits: a candidate survives a query only if its output digest on
@@ -11,18 +12,22 @@ integer: rounded to that many decimals). Per query a candidate matches when the 
 values agree exactly; the prediction is the candidate with most matches (ties broken by the mean
 absolute log-prob difference), with a binomial p-value for "the runner-up produced these outputs
 and only run-to-run noise (rate ``eps``) made them differ".
+
+:func:`identify_runs` names the candidate behind every run of an observed collection (`hspi model
+identify`); the ``*_accuracy`` functions measure how often each method is right.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from hspi_kernels.models.collect import RunView
+from hspi_kernels.models import collect
+from hspi_kernels.models.collect import Collection, RunView
 
-__all__ = ["api_view", "whitebox", "blackbox", "blackbox_accuracy", "whitebox_accuracy"]
+__all__ = ["api_view", "whitebox", "blackbox", "identify_runs", "blackbox_accuracy", "whitebox_accuracy"]
 
 
 def api_view(ids: np.ndarray, logprobs: np.ndarray, k: int = 20, decimals: int | None = None):
@@ -66,6 +71,44 @@ def blackbox(obs_ids: np.ndarray, obs_values: np.ndarray, candidates: Sequence[R
     return {"prediction": best[2], "matches": {s[2]: s[0] for s in scores}, "queries": q,
             "tie": runner is not None and runner[:2] == best[:2],
             "p_value_runner_up": p_value, "runner_up": runner[2] if runner else None}
+
+
+def identify_runs(observed_runs: Collection, references: Sequence[RunView], *, blackbox_view: bool = False,
+                  k: int = 20, decimals: int | None = None, queries: int = 32,
+                  progress: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """One result per run of ``observed_runs``: the reference runs of the same model that explain
+    its first ``queries`` prompts, as ``identified`` (white-box: every surviving candidate;
+    ``blackbox_view``: the API-view prediction, :func:`blackbox`), or an ``error`` (no reference
+    run of that model; prompts that differ from the references'). ``progress(result)`` after
+    each run."""
+    results = []
+    for v in observed_runs.runs():
+        res = _identify_run(v, observed_runs, references, blackbox_view, k, decimals, queries)
+        results.append(res)
+        if progress is not None:
+            progress(res)
+    return results
+
+
+def _identify_run(v: RunView, observed_runs: Collection, references: Sequence[RunView], blackbox_view: bool,
+                  k: int, decimals: int | None, queries: int) -> dict[str, Any]:
+    cands = [r for r in references if r.model == v.model]
+    if not cands:
+        return {"observed": v.label, "error": "no reference runs of this model"}
+    ref_inputs = collect.load(cands[0].source).inputs(v.model)
+    obs_inputs = observed_runs.inputs(v.model)
+    if set(ref_inputs) != set(obs_inputs) or any(not np.array_equal(ref_inputs[s], obs_inputs[s]) for s in obs_inputs):
+        return {"observed": v.label, "error": "observed prompts differ from the references'"}
+    prompts = np.arange(min(queries, v.get("digest_logits").shape[0]))
+    if blackbox_view:
+        ids, vals = api_view(v.get("topk_ids")[prompts], v.get("topk_logprobs")[prompts], k, decimals)
+        res = blackbox(ids, vals, cands, prompts, k, decimals)
+        res["identified"] = [res["prediction"]]
+    else:
+        res = whitebox(v.get("digest_logits")[prompts], cands, prompts)
+        res["identified"] = res["survivors"]
+    res["observed"] = v.label
+    return res
 
 
 def observed(v: RunView, field: str, prefix: str = "rep_") -> np.ndarray:
