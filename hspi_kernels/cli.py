@@ -20,7 +20,8 @@ from rich.table import Table
 
 _IMPORTS_START = time.perf_counter()
 from hspi_kernels import fingerprint, identify as ident, platform as plat, report as html_report  # noqa: E402
-from hspi_kernels.fingerprint import NoProbesSelected, ServerFailed  # noqa: E402
+from hspi_kernels.fingerprint import take as fp_take  # noqa: E402
+from hspi_kernels.fingerprint.take import NoProbesSelected, ServerFailed  # noqa: E402
 from hspi_kernels.identify import Reference  # noqa: E402
 from hspi_kernels.kernels import validation  # noqa: E402
 from hspi_kernels.models import analysis, collect as mc, crossplatform as cp, eqc as meqc  # noqa: E402
@@ -207,7 +208,7 @@ def _take(progress_console: Console, transient: bool, *, server: str, **options)
         bar.update(task, completed=done, total=total, description=description)
 
     try:
-        return fingerprint.take(server=server, progress=progress,
+        return fp_take.take(server=server, progress=progress,
                                 note=lambda message: _error(f"[yellow]{message}[/yellow]"), **options)
     except NoProbesSelected as exc:
         _error(f"[red]{exc}[/red]")
