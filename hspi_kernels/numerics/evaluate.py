@@ -320,7 +320,7 @@ def _as_format(x, what: str, fmt: str) -> np.ndarray:
 
 
 def _check_block_operands(model, arr: np.ndarray, what: str) -> np.ndarray:
-    from .formats import is_representable
+    from .rounding import is_representable
 
     if model.input_low_bits_ignored:  # the hardware drops these bits: part of the model
         mask = np.uint32((0xFFFFFFFF << model.input_low_bits_ignored) & 0xFFFFFFFF)
