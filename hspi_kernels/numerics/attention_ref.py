@@ -5,9 +5,9 @@ wgmma dots, BLOCK_M-row causal tiles and a ``Pairwise()`` row sum: :func:`replay
 The kernel's header states the order; this module is that order in numpy:
 
 - ``Q·Kᵀ`` and ``P·V``: the tensor-core plan of the mma.sync rung
-  (``gemm_tensor_core.plan(in_format=fmt)`` = ``Chain(TensorCore("sm_90", fmt, "fp32",
-  path="mma.sync"), k=16)``) through :func:`hspi_kernels.numerics.evaluate.gemm`; P·V starts
-  from ``c = rn(acc · alpha)``;
+  (:func:`hspi_kernels.numerics.plans.tensor_core_gemm` ``(fmt)`` = ``Chain(TensorCore("sm_90",
+  fmt, "fp32", path="mma.sync"), k=16)``, the order ``gemm_tensor_core.plan`` declares) through
+  :func:`hspi_kernels.numerics.evaluate.gemm`; P·V starts from ``c = rn(acc · alpha)``;
 - every other operation: numpy float32 arithmetic (IEEE RNE, subnormals kept) and the exact
   fma :func:`hspi_kernels.numerics.evaluate.fma32`;
 - ``EXP``: :func:`exp_exact` ("exact" mode: the kernel's fixed IEEE sequence) or the recorded
@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 
 from .evaluate import fma32
+from .plans import tensor_core_gemm
 
 F32 = np.float32
 L2E = np.float32(float.fromhex("0x1.715476p+0"))  # rn32(log2 e)
@@ -179,9 +180,8 @@ def round_to_input(x: np.ndarray, fmt: str) -> np.ndarray:
 
 
 def _mma_plan(fmt: str, path: str = "mma.sync"):
-    from hspi_kernels.kernels.cuda.gemm_tensor_core import plan
-
-    return plan(in_format=fmt, out_format="fp32", path=path, arch="sm_90")
+    """The plan of the kernel's two tensor-core dots (the sm_90 GEMM rungs' order)."""
+    return tensor_core_gemm(fmt, "fp32", path=path, arch="sm_90")
 
 
 def replay(Q, K, V, *, fmt: str, mode: str = "exact", block_n: int = 32, splits: int = 1, causal: bool = False,
