@@ -21,10 +21,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+import ml_dtypes
 import numpy as np
 
-from .evaluate import fma32
-from .plans import tensor_core_gemm
+from .evaluate import evaluate, fma32, gemm
+from .plans import Sequential, tensor_core_gemm
 
 F32 = np.float32
 L2E = np.float32(float.fromhex("0x1.715476p+0"))  # rn32(log2 e)
@@ -173,8 +174,6 @@ def rowsum_order(p: np.ndarray) -> np.ndarray:
 
 def round_to_input(x: np.ndarray, fmt: str) -> np.ndarray:
     """RNE of float32 values to bf16/fp16, as float32 (cvt.rn.bf16x2.f32 / cvt.rn.f16x2.f32)."""
-    import ml_dtypes
-
     dt = ml_dtypes.bfloat16 if fmt == "bf16" else np.float16
     return np.asarray(x, dtype=F32).astype(dt).astype(F32)
 
@@ -197,8 +196,6 @@ def replay(Q, K, V, *, fmt: str, mode: str = "exact", block_n: int = 32, splits:
     share one causal loop end) and ``rowsum`` = the plan of its row sum (``Pairwise()``; None:
     :func:`rowsum_order`, the CUDA quad order). ``backend``: the evaluator's ("native" C++ or
     "numpy"; same bits)."""
-    from .evaluate import gemm
-
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
     Q, K, V = (np.asarray(x, dtype=F32) for x in (Q, K, V))
@@ -211,13 +208,9 @@ def replay(Q, K, V, *, fmt: str, mode: str = "exact", block_n: int = 32, splits:
     if rowsum is None:
         row_sum = rowsum_order
     else:
-        from .evaluate import evaluate
-
         def row_sum(p):
             return evaluate(rowsum, np.ascontiguousarray(p, dtype=F32), backend=backend)
     if not round_p:  # un-rounded P cannot enter the tensor-core model: use a plain fp32 dot
-        from .plans import Sequential
-
         pv_plan = Sequential("fp32", fma=True)
     else:
         pv_plan = plan

@@ -45,8 +45,13 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, replace
 
+import numpy as np
+
+from hspi_kernels.numerics import attention_ref as R
+
 from . import attention_gluon as AG
 from .attention_order import order_plan, qk_scale, rowsum_plan, sm_scale_for
+from .gemm import _set_tma_allocator, require_triton
 
 __all__ = ["AttentionConfig", "CONFIG_BY_HEAD_DIM", "MODES", "attention", "constexprs", "default_config", "plan", "replay"]
 
@@ -127,13 +132,9 @@ def default_config(head_dim: int, mode: str = "native") -> AttentionConfig:
 def _kernels():
     global triton, tl, _exp_exact, _pairwise_rowsum, _load_k, _load_v, _softmax_block, _attn_fwd_inner, _attn_fwd_kernel
     global _L2E, _LN2_HI, _LN2_LO, _C7, _C6, _C5, _C4, _C3, _C2, _C1, _C0, _RINT_MAGIC
-    from .gemm import require_triton
-
     require_triton()
     import triton
     import triton.language as tl
-
-    from hspi_kernels.numerics import attention_ref as R
 
     # the exact exp's constants, from their single definition (fp32 values, exact as Python floats)
     _L2E, _LN2_HI, _LN2_LO = (tl.constexpr(float(c)) for c in (R.L2E, R.LN2_HI, R.LN2_LO))
@@ -359,8 +360,6 @@ def attention(q, k, v, *, causal: bool = False, sm_scale: float | None = None, c
     mask_n = (S % config.block_n) != 0 or (S % config.block_m) != 0  # a partial key or query block
     use_tma = bool(config.tma and not mask_n and q.is_contiguous() and k.is_contiguous() and v.is_contiguous())
     if use_tma:
-        from .gemm import _set_tma_allocator
-
         _set_tma_allocator()
     grid = (B * H, m_blocks) if config.longest_first else (m_blocks, B * H)
     kernels["fwd"][grid](
@@ -407,10 +406,6 @@ def replay(q, k, v, *, causal: bool = False, sm_scale: float | None = None, conf
     q, k, v: torch tensors [B, H, S, D] (fmt from their dtype) or float32 numpy arrays holding
     ``fmt`` values. ``rowsum`` (a Plan) / ``block_n`` override the plan's (negative controls);
     ``backend``: the evaluator's ("native" C++ or "numpy", same bits)."""
-    import numpy as np
-
-    from hspi_kernels.numerics import attention_ref as R
-
     def f32(x):
         return np.asarray(x.float().cpu().numpy() if hasattr(x, "float") else x, dtype=np.float32)
 
