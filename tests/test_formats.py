@@ -16,11 +16,10 @@ from hspi_kernels.numerics.formats import (
     FP64,
     TF32,
     decode,
-    encode,
     get_format,
-    is_representable,
     make_format,
 )
+from hspi_kernels.numerics.rounding import encode, is_representable
 
 # Formats small enough to enumerate, with the numpy dtype that independently interprets them.
 EXHAUSTIVE = [

@@ -198,7 +198,7 @@ def test_wrapper_rejects_host_arrays():
 
 # -- validation helpers on the CPU --------------------------------------------------------------
 def test_validation_inputs_are_representable():
-    from hspi_kernels.numerics.formats import is_representable
+    from hspi_kernels.numerics.rounding import is_representable
     from hspi_kernels.kernels.validation import tensor_core as V
 
     rng = np.random.default_rng(1)

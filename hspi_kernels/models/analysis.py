@@ -11,6 +11,7 @@ import numpy as np
 
 from hspi_kernels.models import hspi_ld, matching
 from hspi_kernels.models.collect import RunView
+from hspi_kernels.models.plots import confusion_png
 
 __all__ = ["analyse"]
 
@@ -63,8 +64,6 @@ def analyse(runs: Sequence[RunView], *, representations: Sequence[str] = ("paper
                         continue
                     rep["classify"][key] = res.to_json()
                     if plot_dir is not None:
-                        from hspi_kernels.models.plots import confusion_png
-
                         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{model}_{key}")
                         confusion_png(res.confusion, res.classes, f"{model} {key} acc={res.accuracy:.3f}",
                                       Path(plot_dir) / f"cm_{safe}.png")

@@ -32,6 +32,9 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from hspi_kernels import platform as plat
+from hspi_kernels.fingerprint import features
+from hspi_kernels.models import prompts, zoo
 from hspi_kernels.models.eqc import EQC, applied, parse, quantize_linears, unsupported_reason
 
 __all__ = ["Runner", "Collection", "CollectionTooLarge", "RunView", "collect", "load", "load_many",
@@ -56,8 +59,6 @@ def hardware_name(device: str, meta: dict[str, Any] | None = None) -> str:
 
 
 def _row_digests(bits: np.ndarray, fmt: str) -> np.ndarray:
-    from hspi_kernels.fingerprint import features
-
     return np.array([int(features.digest(row, fmt), 16) for row in bits], dtype=np.uint64)
 
 
@@ -67,8 +68,6 @@ class Runner:
     def __init__(self, model_name: str, seed: int = 0, device: str = "cpu", slice_size: int = 256,
                  topk: int = 20, vision_impl: str = "auto"):
         import torch
-
-        from hspi_kernels.models import zoo
 
         self.spec = zoo.get_spec(model_name)
         self.kind = self.spec.kind
@@ -164,8 +163,6 @@ class Runner:
 
 
 def make_inputs(runner: Runner, n_random: int, n_text: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:
-    from hspi_kernels.models import prompts
-
     if runner.kind == "llm":
         tokenizer = None
         if runner.spec.arch == "local":
@@ -188,8 +185,6 @@ def collect(runner: Runner, eqcs: Iterable[EQC | str], inputs: dict[str, np.ndar
     ``hardware`` overrides the hardware label (default: :func:`hardware_name` of the device; tests
     use it for synthetic platforms). ``deadline`` (a ``time.perf_counter()`` value): EQCs that would
     start after it are recorded as ``status="skipped"`` instead of run (time-boxed GPU jobs)."""
-    from hspi_kernels import platform as plat
-
     coll = collection or Collection.new(plat.collect())
     mname = runner.spec.name
     keys = [f"{s}:{i}" for s, arr in inputs.items() for i in range(len(arr))]
@@ -202,8 +197,6 @@ def collect(runner: Runner, eqcs: Iterable[EQC | str], inputs: dict[str, np.ndar
             if runner.kind == "vision":
                 # seeded images regenerate exactly (prompts.py); tens of MB each would not travel
                 # back from a GPU machine, so only their digest is kept
-                from hspi_kernels.fingerprint import features
-
                 coll.meta["models"][mname].setdefault("input_digests", {})[s] = features.digest(arr)
             else:
                 coll.arrays[f"{mname}/inputs/{s}"] = arr
@@ -297,8 +290,6 @@ class Collection:
 
     @classmethod
     def new(cls, platform_meta: dict[str, Any]) -> "Collection":
-        from hspi_kernels import platform as plat
-
         return cls({"schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "platform": platform_meta, "platform_label": plat.platform_label(platform_meta),
                     "models": {}, "runs": [], "extra": {}}, {})

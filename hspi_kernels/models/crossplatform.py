@@ -29,6 +29,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from hspi_kernels.fingerprint import features
+from hspi_kernels.models import collect as mc
 from hspi_kernels.models import hspi_ld
 from hspi_kernels.models.collect import RunView
 from hspi_kernels.models.matching import api_view, observed
@@ -46,8 +48,6 @@ def split(n: int, seed: int = 0, test_fraction: float = 0.5) -> tuple[np.ndarray
 def check_same_inputs(collections) -> dict[str, str]:
     """Per model, the digest of its prompt arrays; raises when two collections disagree (the
     platforms must have run the very same prompts for any comparison to mean anything)."""
-    from hspi_kernels.fingerprint import features
-
     seen: dict[str, str] = {}
     for coll in collections:
         for model, meta in coll.meta["models"].items():
@@ -359,8 +359,6 @@ def analyse_files(specs: Sequence[str], out, *, models: Sequence[str] | None = N
     :func:`report` and write ``<out>.json`` and ``<out>.md``."""
     import json
     from pathlib import Path
-
-    from hspi_kernels.models import collect as mc
 
     t0 = time.perf_counter()
     paths, tags = [], []

@@ -26,6 +26,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+from hspi_kernels.kernels.triton.torch_override import fixed_order_matmul
+
 __all__ = ["EQC", "BASELINE", "AXES", "parse", "unsupported_reason", "applied", "quantize_linears"]
 
 DTYPES = ("fp64", "fp32", "tf32", "bf16", "fp16")
@@ -165,8 +167,6 @@ def applied(eqc: EQC, model, device: str, kind: str = "llm") -> Iterator[None]:
                            "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION}[eqc.attn]
                 stack.enter_context(sdpa_kernel([backend]))
         if eqc.gemm == "fixed":
-            from hspi_kernels.kernels.triton.torch_override import fixed_order_matmul
-
             stack.enter_context(fixed_order_matmul())
         with stack:
             yield

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from hspi_kernels.models import prompts
 from hspi_kernels.models.eqc import EQC
 
 __all__ = ["surrogate_margins", "llm_candidates", "vision_candidates", "query_border", "border_search"]
@@ -55,8 +56,6 @@ def vision_candidates(runner, surrogate: EQC, n: int = 16, steps: int = 40, eps:
                       step_size: float = 0.02, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """PGD (L∞, sign steps) on the surrogate towards equal top-2 logits; sorted by margin."""
     import torch
-
-    from hspi_kernels.models import prompts
 
     model = runner.model_for(surrogate)
     dtype = getattr(torch, surrogate.torch_dtype_name)

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from hspi_kernels.fingerprint import features as fx
 from hspi_kernels.models.collect import RunView
 from hspi_kernels.models.eqc import AXES, BASELINE
 
@@ -127,8 +128,6 @@ def features_native(v: RunView, ref: RunView, d: int = 256) -> np.ndarray:
 
 
 def _features_native(v: RunView, ref: RunView, d: int) -> np.ndarray:
-    from hspi_kernels.fingerprint import features as fx
-
     lp = np.ascontiguousarray(v.get("logprobs_slice")[:, :d])
     ref_lp = np.ascontiguousarray(ref.get("logprobs_slice")[:, :d])
     logits = v.logits_slice()[:, :d]

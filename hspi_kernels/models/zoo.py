@@ -17,6 +17,8 @@ from typing import Any
 
 import xxhash
 
+from hspi_kernels.models import vision
+
 __all__ = ["ModelSpec", "SPECS", "get_spec", "build", "seed_parameters", "vision_source"]
 
 
@@ -157,8 +159,6 @@ def build(spec: ModelSpec | str, seed: int = 0, *, vision_impl: str = "auto"):
         meta["vocab_size"] = int(model.config.vocab_size)
     else:
         impl = vision_source() if vision_impl == "auto" else vision_impl
-        from hspi_kernels.models import vision
-
         model = vision.build(spec.arch, impl=impl, **spec.config)
         seed_parameters(model, seed, spec.std)
         meta["vision_impl"] = impl

@@ -5,9 +5,9 @@ wgmma dots, BLOCK_M-row causal tiles and a ``Pairwise()`` row sum: :func:`replay
 The kernel's header states the order; this module is that order in numpy:
 
 - ``Q·Kᵀ`` and ``P·V``: the tensor-core plan of the mma.sync rung
-  (``gemm_tensor_core.plan(in_format=fmt)`` = ``Chain(TensorCore("sm_90", fmt, "fp32",
-  path="mma.sync"), k=16)``) through :func:`hspi_kernels.numerics.evaluate.gemm`; P·V starts
-  from ``c = rn(acc · alpha)``;
+  (:func:`hspi_kernels.numerics.plans.tensor_core_gemm` ``(fmt)`` = ``Chain(TensorCore("sm_90",
+  fmt, "fp32", path="mma.sync"), k=16)``, the order ``gemm_tensor_core.plan`` declares) through
+  :func:`hspi_kernels.numerics.evaluate.gemm`; P·V starts from ``c = rn(acc · alpha)``;
 - every other operation: numpy float32 arithmetic (IEEE RNE, subnormals kept) and the exact
   fma :func:`hspi_kernels.numerics.evaluate.fma32`;
 - ``EXP``: :func:`exp_exact` ("exact" mode: the kernel's fixed IEEE sequence) or the recorded
@@ -21,9 +21,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+import ml_dtypes
 import numpy as np
 
-from .evaluate import fma32
+from .evaluate import evaluate, fma32, gemm
+from .plans import Sequential, tensor_core_gemm
 
 F32 = np.float32
 L2E = np.float32(float.fromhex("0x1.715476p+0"))  # rn32(log2 e)
@@ -172,16 +174,13 @@ def rowsum_order(p: np.ndarray) -> np.ndarray:
 
 def round_to_input(x: np.ndarray, fmt: str) -> np.ndarray:
     """RNE of float32 values to bf16/fp16, as float32 (cvt.rn.bf16x2.f32 / cvt.rn.f16x2.f32)."""
-    import ml_dtypes
-
     dt = ml_dtypes.bfloat16 if fmt == "bf16" else np.float16
     return np.asarray(x, dtype=F32).astype(dt).astype(F32)
 
 
 def _mma_plan(fmt: str, path: str = "mma.sync"):
-    from hspi_kernels.kernels.cuda.gemm_tensor_core import plan
-
-    return plan(in_format=fmt, out_format="fp32", path=path, arch="sm_90")
+    """The plan of the kernel's two tensor-core dots (the sm_90 GEMM rungs' order)."""
+    return tensor_core_gemm(fmt, "fp32", path=path, arch="sm_90")
 
 
 def replay(Q, K, V, *, fmt: str, mode: str = "exact", block_n: int = 32, splits: int = 1, causal: bool = False,
@@ -197,8 +196,6 @@ def replay(Q, K, V, *, fmt: str, mode: str = "exact", block_n: int = 32, splits:
     share one causal loop end) and ``rowsum`` = the plan of its row sum (``Pairwise()``; None:
     :func:`rowsum_order`, the CUDA quad order). ``backend``: the evaluator's ("native" C++ or
     "numpy"; same bits)."""
-    from .evaluate import gemm
-
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
     Q, K, V = (np.asarray(x, dtype=F32) for x in (Q, K, V))
@@ -211,13 +208,9 @@ def replay(Q, K, V, *, fmt: str, mode: str = "exact", block_n: int = 32, splits:
     if rowsum is None:
         row_sum = rowsum_order
     else:
-        from .evaluate import evaluate
-
         def row_sum(p):
             return evaluate(rowsum, np.ascontiguousarray(p, dtype=F32), backend=backend)
     if not round_p:  # un-rounded P cannot enter the tensor-core model: use a plain fp32 dot
-        from .plans import Sequential
-
         pv_plan = Sequential("fp32", fma=True)
     else:
         pv_plan = plan

@@ -24,6 +24,9 @@ from __future__ import annotations
 import numpy as np
 
 from . import plans as P
+from . import tensor_core
+from .formats import get_format
+from .rounding import is_representable
 
 __all__ = ["evaluate", "gemm", "fma32", "fma64", "fma64_exact"]
 
@@ -192,8 +195,6 @@ def _reduce(plan: P.Plan, t: _Terms, c):
             acc = acc + v[:, i]  # RNE in the plan's format, strictly left to right
         return acc
     if isinstance(plan, (P.Chain, P.TensorCore)):
-        from . import tensor_core
-
         if not t.dot:
             raise ValueError(f"{type(plan).__name__} reduces operand products a_i*b_i, not values or partial sums")
         block = plan.block if isinstance(plan, P.Chain) else plan
@@ -320,8 +321,6 @@ def _as_format(x, what: str, fmt: str) -> np.ndarray:
 
 
 def _check_block_operands(model, arr: np.ndarray, what: str) -> np.ndarray:
-    from .formats import is_representable
-
     if model.input_low_bits_ignored:  # the hardware drops these bits: part of the model
         mask = np.uint32((0xFFFFFFFF << model.input_low_bits_ignored) & 0xFFFFFFFF)
         arr = (arr.view(np.uint32) & mask).view(_F32)
@@ -348,8 +347,6 @@ def _run_native(prog: P.Program, A, B, C, outer: bool) -> np.ndarray:
     if model is not None:
         out_code = {"fp32": 0, "fp16": 1, "e8m13": 2}[model.out_format]
         floor = model.emax_floor
-        from .formats import get_format
-
         c_format = "fp16" if model.out_format == "fp16" else "fp32"
         mp = np.array([model.G, model.F, out_code, int(model.out_rounding == "RNE"), int(floor is not None),
                        0 if floor is None else floor, model.input_low_bits_ignored,

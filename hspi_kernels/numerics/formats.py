@@ -1,4 +1,4 @@
-"""Binary floating-point formats: parameters, bit-pattern encode/decode, representability.
+"""Binary floating-point formats: parameters, bit patterns and their exact decoding.
 
 A bit pattern is the format's own compact layout, ``sign | exponent field | fraction field``
 (``1 + exp_bits + frac_bits`` bits), held in the smallest unsigned numpy integer that fits
@@ -6,8 +6,8 @@ A bit pattern is the format's own compact layout, ``sign | exponent field | frac
 therefore a 19-bit pattern, not an fp32 word with 13 zero bits.
 
 Decoding gives exact float64 values (every format here except fp64 itself is a subset of
-float64; fp64 passes through). Encoding an exact value uses the integer rounding of
-:mod:`hspi_kernels.numerics.rounding` and refuses values the format cannot hold.
+float64; fp64 passes through). Encoding (``encode``, ``is_representable``) is rounding and lives
+in :mod:`hspi_kernels.numerics.rounding`, which builds on this module.
 
 NaN policies:
 - ``"ieee"``: exponent field all ones with a non-zero fraction is NaN, zero fraction is ±inf;
@@ -36,8 +36,6 @@ __all__ = [
     "E5M2",
     "E8M13",
     "decode",
-    "encode",
-    "is_representable",
 ]
 
 _NAN_POLICIES = ("ieee", "fn")
@@ -236,42 +234,6 @@ def decode(bits, fmt: str | Format) -> np.ndarray:
     else:
         values = np.where(top & (frac == frac_mask), np.nan, values)
     return np.where(negative, -values, values)
-
-
-def encode(values, fmt: str | Format) -> np.ndarray:
-    """Bit patterns of values that ``fmt`` represents exactly; ValueError otherwise.
-
-    NaN maps to the canonical NaN pattern (sign kept). Use ``rounding.round_to_format``
-    to convert values that need rounding.
-    """
-    from .rounding import round_to_format
-
-    fmt = get_format(fmt)
-    values = np.asarray(values, dtype=np.float64)
-    ok = is_representable(values, fmt)
-    if not np.all(ok):
-        bad = values[~ok]
-        raise ValueError(
-            f"{bad.size} value(s) not representable in {fmt.name}, e.g. {bad.flat[0]!r}; "
-            f"round them with round_to_format(x, fmt, mode)"
-        )
-    return round_to_format(values, fmt, "RZ")
-
-
-def is_representable(values, fmt: str | Format) -> np.ndarray:
-    """Elementwise: is the (float64/float32) value exactly a value of ``fmt``?
-
-    NaN is representable in every format here; ±inf only where the format has infinities.
-    """
-    from .rounding import round_to_format
-
-    fmt = get_format(fmt)
-    values = np.asarray(values)
-    if values.dtype not in (np.float32, np.float64):
-        values = values.astype(np.float64)
-    back = decode(round_to_format(values, fmt, "RZ"), fmt)
-    same = back == values.astype(np.float64)
-    return same | (np.isnan(values) & np.isnan(back))
 
 
 def same_bits(x, y) -> np.ndarray:

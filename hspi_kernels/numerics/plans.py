@@ -39,10 +39,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .tensor_core import get_preset
+
 __all__ = [
     "FORMATS", "plan_format", "Plan", "Sequential", "Pairwise", "Tree", "Strided", "Remainder", "SplitK", "WarpButterfly",
     "BlockTree", "TensorCore", "Chain", "ExplicitTree", "plan_from_json", "numpy_sum_plan",
-    "Program", "lower",
+    "K_INST", "preset_out_format", "tensor_core_gemm", "Program", "lower",
 ]
 
 
@@ -270,8 +272,6 @@ class TensorCore(Plan):
         self.model()  # unknown preset -> ValueError now, not at evaluation
 
     def model(self):
-        from .tensor_core import get_preset
-
         return get_preset(self.arch, self.in_format, self.out_format, self.path)
 
 
@@ -401,6 +401,41 @@ def numpy_sum_plan() -> Plan:
     block = Remainder(8, main=Strided(8, inner=Sequential(), combine=Pairwise()), tail=Sequential())
     pairwise = Pairwise(leaf_size=128, align=8, leaf=block)
     return SplitK(1, inner=pairwise, combine=Sequential(init="zero"))
+
+
+# K of one MMA instruction per input format (mma.sync m16n8kK, wgmma m64nNkK): the step of a
+# tensor-core GEMM's K chain.
+K_INST = {"fp16": 16, "bf16": 16, "tf32": 8, "e4m3": 32, "e5m2": 32}
+
+
+def preset_out_format(arch: str, in_format: str, out_format: str, path: str) -> str:
+    """The preset's output format for a kernel writing ``out_format`` registers: Hopper fp8 blocks
+    are modelled as writing e8m13 (fp32 with 13 fraction bits) into the fp32 accumulator."""
+    if out_format == "fp32" and in_format in ("e4m3", "e5m2"):
+        try:
+            get_preset(arch, in_format, "fp32", path)
+        except ValueError:
+            return "e8m13"
+    return out_format
+
+
+def tensor_core_gemm(in_format: str, out_format: str = "fp32", *, path: str = "mma.sync", arch: str = "sm_90",
+                     split_k: int = 1) -> Plan:
+    """The order of a tensor-core GEMM that walks K in instruction order k = 0, k_inst, ... with
+    the accumulator fed back: ``Chain(TensorCore(arch, in_format, <preset output>, path), k=k_inst)``;
+    ``split_k=P``: ``SplitK(P, "contiguous", inner=<that chain>, combine=Sequential("fp32"),
+    tile=k_inst)`` (each part from +0, then ``((C + part_0) + part_1) + ...`` in fp32 RNE).
+    ``arch`` names the preset (an ``"sm_90a"`` device is ``"sm_90"``). The CUDA tensor-core rungs
+    (:mod:`hspi_kernels.kernels.cuda.gemm_tensor_core`) implement it."""
+    if in_format not in K_INST:
+        raise ValueError(f"in_format must be one of {sorted(K_INST)}, got {in_format!r}")
+    arch = arch[:-1] if arch.endswith("a") else arch
+    k = K_INST[in_format]
+    inner = Chain(block=TensorCore(arch, in_format, preset_out_format(arch, in_format, out_format, path),
+                                   path=path), k=k)
+    if split_k == 1:
+        return inner
+    return SplitK(int(split_k), "contiguous", inner=inner, combine=Sequential("fp32"), tile=k)
 
 
 # -- lowering to a register program (the C++ evaluator's input) --------------------------------

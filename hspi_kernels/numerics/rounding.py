@@ -3,7 +3,9 @@
 Every conversion goes through :func:`round_scaled`, which rounds the exact value
 ``(-1)^sign · mag · 2^exp`` (``mag`` a non-negative integer) to the format in one step, so no
 result is ever double rounded through float64. ``mag`` is an int64/uint64 array for the fast
-path or an object array of Python ints when wider integers are needed.
+path or an object array of Python ints when wider integers are needed. Exact encoding is the
+same rounding: :func:`encode` gives the bit patterns of values a format holds (ValueError for any
+other) and :func:`is_representable` says which values those are.
 
 Modes: ``RNE`` (nearest, ties to even), ``RNA`` (nearest, ties away from zero), ``RZ`` (toward
 zero), ``RU`` (toward +inf), ``RD`` (toward -inf).
@@ -22,9 +24,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from .formats import Format, get_format
+from .formats import Format, decode, get_format
 
-__all__ = ["MODES", "check_mode", "round_scaled", "round_to_format", "decompose"]
+__all__ = [
+    "MODES",
+    "check_mode",
+    "round_scaled",
+    "round_to_format",
+    "decompose",
+    "encode",
+    "is_representable",
+]
 
 MODES = ("RNE", "RZ", "RU", "RD", "RNA")
 
@@ -218,3 +228,35 @@ def _round_fp32_bits(x: np.ndarray, fmt: Format, drop: int, mode: str) -> np.nda
         sign_bits = (x.view(np.uint32) >> 31).astype(np.int64) << (fmt.total_bits - 1)
         bits = np.where(is_nan, fmt.nan_bits | sign_bits, bits)
     return bits.astype(fmt.bits_dtype)
+
+
+def encode(values, fmt: str | Format) -> np.ndarray:
+    """Bit patterns of values that ``fmt`` represents exactly; ValueError otherwise.
+
+    NaN maps to the canonical NaN pattern (sign kept). Use :func:`round_to_format`
+    to convert values that need rounding.
+    """
+    fmt = get_format(fmt)
+    values = np.asarray(values, dtype=np.float64)
+    ok = is_representable(values, fmt)
+    if not np.all(ok):
+        bad = values[~ok]
+        raise ValueError(
+            f"{bad.size} value(s) not representable in {fmt.name}, e.g. {bad.flat[0]!r}; "
+            f"round them with round_to_format(x, fmt, mode)"
+        )
+    return round_to_format(values, fmt, "RZ")
+
+
+def is_representable(values, fmt: str | Format) -> np.ndarray:
+    """Elementwise: is the (float64/float32) value exactly a value of ``fmt``?
+
+    NaN is representable in every format here; ±inf only where the format has infinities.
+    """
+    fmt = get_format(fmt)
+    values = np.asarray(values)
+    if values.dtype not in (np.float32, np.float64):
+        values = values.astype(np.float64)
+    back = decode(round_to_format(values, fmt, "RZ"), fmt)
+    same = back == values.astype(np.float64)
+    return same | (np.isnan(values) & np.isnan(back))

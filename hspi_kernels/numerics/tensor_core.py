@@ -110,8 +110,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .formats import FP16, FP32, Format, decode, get_format, is_representable
-from .rounding import decompose, round_scaled, round_to_format
+from .formats import FP16, FP32, Format, decode, get_format
+from .rounding import decompose, is_representable, round_scaled, round_to_format
 
 __all__ = ["BlockModel", "PRESETS", "get_preset", "block_fma", "chain"]
 

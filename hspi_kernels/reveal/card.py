@@ -26,8 +26,11 @@ from typing import Callable
 
 import numpy as np
 
+from hspi_kernels.numerics import evaluate as E
+from hspi_kernels.numerics import plans as P
 from hspi_kernels.numerics import tensor_core as TC
 from hspi_kernels.numerics.formats import get_format
+from hspi_kernels.reveal.targets import to_format
 
 __all__ = ["Unit", "emulated_unit", "numerics_card", "card_table", "model_params"]
 
@@ -60,9 +63,6 @@ def _chain(model: TC.BlockModel, a, b, c, checked: bool = False) -> np.ndarray:
     """``TC.chain(model, a, b, c)`` through the C++ evaluator (one OP_CHAIN register program: the
     same block arithmetic, property-tested equal to the numpy one), numpy when it is not built.
     ``checked``: the operands were already validated for this model's input format."""
-    from hspi_kernels.numerics import evaluate as E
-    from hspi_kernels.numerics import plans as P
-
     K = a.shape[-1]
     try:
         E._native()
@@ -300,8 +300,6 @@ def _features(unit: Unit) -> dict:
 
 # -- random and adversarial blocks -------------------------------------------------------------------
 def _blocks(unit: Unit, count: int, seed: int):
-    from hspi_kernels.reveal.targets import to_format
-
     rng = np.random.default_rng(seed)
     f = get_format(unit.in_format)
     K = unit.K
@@ -392,8 +390,6 @@ SEARCHED = {"out_rounding": ("RZ", "RNE"), "subnormal_exponent": ("actual", "emi
 
 
 def _validated(model: TC.BlockModel, a, b):
-    from hspi_kernels.numerics import evaluate as E
-
     return (E._check_block_operands(model, np.ascontiguousarray(a, _F32), "a"),
             E._check_block_operands(model, np.ascontiguousarray(b, _F32), "b"))
 

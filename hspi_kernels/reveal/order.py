@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hspi_kernels.numerics import plans as P
+from hspi_kernels.numerics.evaluate import gemm
+from hspi_kernels.reveal.targets import Target, to_format
 
 __all__ = ["RevealError", "QueryEngine", "reveal_tree", "canonical_tree", "plan_tree", "match_plan",
            "replay", "reveal", "RevealResult", "basic_fprev_calls", "describe",
@@ -730,9 +732,6 @@ def plan_row0_sha(rec: dict, plan: P.Plan) -> str:
     """sha256 of the plan's output for row 0 of the record's seeded inputs (the op's row 0 digest
     is ``rec["digest"]["row0_sha256"]``)."""
     import hashlib
-
-    from hspi_kernels.numerics.evaluate import gemm
-    from hspi_kernels.reveal.targets import Target, to_format
 
     d = rec["digest"]
     M, N, K = d["gemm_shape"]

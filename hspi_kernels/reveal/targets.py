@@ -19,7 +19,12 @@ from typing import Callable
 
 import numpy as np
 
+from hspi_kernels.kernels.cuda import gemm_cuda_core, reduction
+from hspi_kernels.kernels.cuda import gemm_tensor_core as tc
 from hspi_kernels.numerics import plans as P
+from hspi_kernels.numerics.evaluate import evaluate, gemm
+from hspi_kernels.numerics.formats import decode
+from hspi_kernels.numerics.rounding import round_to_format
 
 __all__ = ["Target", "numpy_sum", "torch_sum_cpu", "torch_matmul_cpu", "emulated_sum", "emulated_gemm",
            "emulated_unfixed_gemm", "torch_sum_cuda", "torch_matmul_cuda", "hspi_reduce_rows", "hspi_cuda_core_gemm",
@@ -30,9 +35,6 @@ _MAX_EXP = {"fp32": 127, "tf32": 127, "bf16": 127, "fp16": 15, "e4m3": 8, "e5m2"
 
 def to_format(x: np.ndarray, fmt: str) -> np.ndarray:
     """float32 values rounded (RNE) to ``fmt`` and widened back exactly."""
-    from hspi_kernels.numerics.formats import decode
-    from hspi_kernels.numerics.rounding import round_to_format
-
     x = np.asarray(x, dtype=np.float32)
     if fmt == "fp32":
         return x
@@ -96,8 +98,6 @@ class Target:
         return out
 
     def replay(self, plan: P.Plan, count: int = 10_000, seed: int = 1) -> tuple[int, int]:
-        from hspi_kernels.numerics.evaluate import evaluate, gemm
-
         rng = np.random.default_rng(seed)
         matches = total = 0
         if self.kind == "sum":
@@ -192,8 +192,6 @@ def torch_matmul_cpu(K: int, M: int = 4, N: int = 64) -> Target:
 
 # -- emulated (a plan as the op) --------------------------------------------------------------------
 def emulated_sum(plan: P.Plan, n: int) -> Target:
-    from hspi_kernels.numerics.evaluate import evaluate
-
     return Target(f"emulated:{plan!r} (n={n})", n, "sum", sum_rows=lambda x: evaluate(plan, x),
                   extra={"truth": plan})
 
@@ -202,8 +200,6 @@ def emulated_gemm(plan: P.Plan, K: int, M: int = 2, N: int = 256, in_format: str
                   block: P.TensorCore | None = None, out_format: str = "fp32") -> Target:
     """A plan as a black-box GEMM (a simulated library); ``out_format`` bf16/fp16: the fp32 result
     rounded RNE to it, as cuBLAS writes a bf16 C."""
-    from hspi_kernels.numerics.evaluate import gemm
-
     out_bits = {"fp32": 24, "bf16": 8, "fp16": 11}[out_format]
     return Target(f"emulated:{plan!r} (K={K}, out {out_format})", K, "gemm", in_format=in_format, block=block,
                   out_bits=out_bits, gemm=lambda A, B: to_format(gemm(plan, A, B), out_format), shape=(M, N, K),
@@ -213,8 +209,6 @@ def emulated_gemm(plan: P.Plan, K: int, M: int = 2, N: int = 256, in_format: str
 def emulated_unfixed_gemm(plans: list, K: int, M: int = 2, N: int = 256, in_format: str = "fp32",
                           block: P.TensorCore | None = None, seed: int = 0) -> Target:
     """Negative control: each call picks one of ``plans`` at random (no fixed order per call)."""
-    from hspi_kernels.numerics.evaluate import gemm
-
     rng = np.random.default_rng(seed)
     return Target(f"emulated random-per-call of {len(plans)} plans (K={K})", K, "gemm", in_format=in_format,
                   block=block, gemm=lambda A, B: gemm(plans[int(rng.integers(len(plans)))], A, B), shape=(M, N, K))
@@ -263,8 +257,6 @@ def torch_matmul_cuda(M: int, K: int, N: int, dtype: str = "bf16", out_fp32: boo
 def hspi_reduce_rows(n: int, variant: str = "block_tree", **kw) -> Target:
     import torch
 
-    from hspi_kernels.kernels.cuda import reduction
-
     def rows(x):
         return reduction.reduce_rows(torch.from_numpy(x).cuda(), variant, **kw).cpu().numpy()
 
@@ -274,8 +266,6 @@ def hspi_reduce_rows(n: int, variant: str = "block_tree", **kw) -> Target:
 
 def hspi_cuda_core_gemm(K: int, order: str = "splitk", M: int = 8, N: int = 256, **kw) -> Target:
     import torch
-
-    from hspi_kernels.kernels.cuda import gemm_cuda_core
 
     def mm(A, B):
         return gemm_cuda_core.gemm(torch.from_numpy(A).cuda(), torch.from_numpy(B).cuda(), order, **kw).cpu().numpy()
@@ -287,8 +277,6 @@ def hspi_cuda_core_gemm(K: int, order: str = "splitk", M: int = 8, N: int = 256,
 def hspi_tensor_core_gemm(K: int, path: str = "mma.sync", in_format: str = "bf16", split_k: int = 1,
                           M: int = 64, N: int = 256, arch: str = "sm_90") -> Target:
     import torch
-
-    from hspi_kernels.kernels.cuda import gemm_tensor_core as tc
 
     tdt = {"bf16": torch.bfloat16, "fp16": torch.float16}[in_format]
     fn = tc.mma_sync_gemm if path == "mma.sync" else tc.wgmma_gemm

@@ -32,8 +32,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from hspi_kernels.trace import tracer as T
+from hspi_kernels.numerics import evaluate, rounding
 from hspi_kernels.numerics import plans as P
+from hspi_kernels.trace import tracer as T
 
 __all__ = ["gemm_candidates", "reduction_candidates", "load_revealed", "explain_op", "explain", "classify"]
 
@@ -175,8 +176,6 @@ def _output_bits(trace: T.Trace, info: dict) -> tuple[np.ndarray, str, int | Non
 
 
 def _round_bits(d32: np.ndarray, fmt: str) -> np.ndarray:
-    from hspi_kernels.numerics import rounding
-
     if fmt == "fp32":
         return d32.astype(np.float32).view(np.uint32)
     return rounding.round_to_format(d32.astype(np.float32), fmt, "RNE")
@@ -239,8 +238,6 @@ def _dot_terms(a, b, c, pos, out_shape, batched: bool):
 
 
 def _eval_plan(plan, av, bv, cv, epilogue: str, fmt: str) -> np.ndarray:
-    from hspi_kernels.numerics import evaluate
-
     if cv is not None and epilogue == "bias-as-c":
         d = evaluate.evaluate(plan, (av, bv), c=cv)
     else:
@@ -405,8 +402,6 @@ def _explain_reduction(ta, tb, oa, ob, max_outputs, seed) -> dict:
     ta_, tb_ = bits_a[:rows].reshape(-1), bits_b[:rows].reshape(-1)
     pos = _positions((xs.shape[0],), max_outputs, seed, np.flatnonzero(ta_ != tb_))
     xs, ta_, tb_ = xs[pos], ta_[pos], tb_[pos]
-    from hspi_kernels.numerics import evaluate
-
     out = {"a": {"exact": []}, "b": {"exact": []}, "evaluated_outputs": int(len(pos))}
     for plan in reduction_candidates(n):
         try:

@@ -44,6 +44,13 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from hspi_kernels import platform as plat
+from hspi_kernels.fingerprint import features
+from hspi_kernels.models import eqc as meqc
+from hspi_kernels.models import prompts, zoo
+from hspi_kernels.numerics import evaluate
+from hspi_kernels.numerics import plans as P
+
 __all__ = ["SCHEMA", "Trace", "record", "run_model", "load", "diff", "plot_propagation", "html_view",
            "regenerate_param", "array_of", "GEMM_OPS", "REDUCTION_OPS", "TRANSCENDENTAL_OPS"]
 
@@ -98,8 +105,6 @@ def _to_numpy(t) -> tuple[np.ndarray, str | None]:
 
 
 def _digest(arr: np.ndarray, fmt: str | None) -> str:
-    from hspi_kernels.fingerprint import features
-
     return features.digest(arr, fmt)
 
 
@@ -310,8 +315,6 @@ class _Recorder:
         """Compute a GEMM by an accumulation plan (fp32 evaluator) instead of the backend."""
         import torch
 
-        from hspi_kernels.numerics import evaluate
-
         plan = self.inject[key]
         if op == "mm":
             a, b = args[0], args[1]
@@ -480,8 +483,6 @@ def record(model, call, *, keep: str = "all", keep_layers: int = 2, keep_keys: I
 
 def parse_inject(items: Iterable[str]) -> dict[str, Any]:
     """``KEY=PLAN`` strings (PLAN as its repr, e.g. ``SplitK(4)``) to {key: plan}."""
-    from hspi_kernels.numerics import plans as P
-
     out = {}
     for item in items:
         key, _, text = item.rpartition("=")
@@ -498,9 +499,6 @@ def run_model(model_name: str = "tiny-llama", *, dtype: str = "bf16", batch: int
               profile: bool = True, model=None, reference: Trace | None = None) -> Trace:
     """Build (or take) a zoo model, run one forward on seeded prompts under an EQC, trace it."""
     import torch
-
-    from hspi_kernels import platform as plat
-    from hspi_kernels.models import eqc as meqc, prompts, zoo
 
     spec = zoo.get_spec(model_name)
     cfg = meqc.EQC(dtype=dtype, attn=attn, gemm=gemm, batch=batch)
@@ -554,8 +552,6 @@ def regenerate_param(meta: dict, name: str):
     (bit-identical to zoo.build + cast: same per-name generator, same RNE cast)."""
     import torch
 
-    from hspi_kernels.models import zoo
-
     model = meta["model"]
     p = model["params"][name]
     shape = tuple(p["shape"])
@@ -575,8 +571,6 @@ def regenerate_param(meta: dict, name: str):
 def _sample_ulps(a: np.ndarray | None, b: np.ndarray | None, fmt: str | None) -> dict | None:
     if a is None or b is None or a.shape != b.shape or fmt is None:
         return None
-    from hspi_kernels.fingerprint import features
-
     u = features.ulp_distance(a, b, fmt)
     d = np.abs(u.distance[u.finite]).astype(np.float64)
     return {"n": int(a.size), "n_diff": int(np.count_nonzero(a != b)), "max_ulp": float(d.max()) if d.size else 0.0,

@@ -240,13 +240,14 @@ __device__ __forceinline__ void unit_coords(int unit, int units_m, int tiles_n, 
   tn = in_group / rows;
 }
 
-// Producer (one thread): for every work unit, every 64-wide K block in ascending order, wait
-// for the stage to be free in every CTA of the cluster, then load A (own 128 rows) and B.
-// CLUSTER == 1: both 128-row halves of B; CLUSTER == 2: half `rank`, multicast to both CTAs.
-template <int CLUSTER>
-__device__ __forceinline__ void produce(const TmaDesc* tmA, const TmaDesc* tmB, unsigned base, unsigned bar_full,
-                                        unsigned bar_empty, int units_m, int tiles_n, int group_m, int nk,
-                                        unsigned rank) {
+// The walk both roles share: this CTA's work units in order (its cluster's units, blockIdx.x /
+// CLUSTER stepping by the number of clusters), per unit the nk 64-wide K blocks in ascending
+// order, each on the next ring stage (stage, mbarrier phase parity; the phase flips when the
+// stage index wraps). begin(tm, tn) runs before a unit's first K block, block(tm, tn, kb, stage,
+// phase) per K block, end(tm, tn) after the last; tm is this CTA's tile row (um * CLUSTER + rank).
+template <int CLUSTER, class Begin, class Block, class End>
+__device__ __forceinline__ void walk_units(int units_m, int tiles_n, int group_m, int nk, unsigned rank, Begin begin,
+                                           Block block, End end) {
   const int units = units_m * tiles_n;
   int stage = 0;
   unsigned phase = 0;
@@ -254,24 +255,41 @@ __device__ __forceinline__ void produce(const TmaDesc* tmA, const TmaDesc* tmB, 
     int um, tn;
     unit_coords(unit, units_m, tiles_n, group_m, um, tn);
     const int tm = um * CLUSTER + rank;
+    begin(tm, tn);
     for (int kb = 0; kb < nk; ++kb) {
-      mbar_wait(bar_empty + 8 * stage, phase ^ 1u);  // first pass: fresh barrier, returns at once
-      const unsigned sa = base + stage * STAGE_BYTES, sb = sa + A_BYTES, full = bar_full + 8 * stage;
-      mbar_arrive_expect_tx(full, STAGE_BYTES);  // A + the whole of B land in every CTA
-      tma_load_2d(sa, tmA, full, kb * BK, tm * BM);
-      if constexpr (CLUSTER == 1) {
-        tma_load_2d(sb, tmB, full, kb * BK, tn * BN);
-        tma_load_2d(sb + BOX_BYTES, tmB, full, kb * BK, tn * BN + BOX_ROWS);
-      } else {
-        tma_load_2d_multicast(sb + rank * BOX_BYTES, tmB, full, kb * BK, tn * BN + rank * BOX_ROWS,
-                              (unsigned short)((1u << CLUSTER) - 1));
-      }
+      block(tm, tn, kb, stage, phase);
       if (++stage == STAGES) {
         stage = 0;
         phase ^= 1u;
       }
     }
+    end(tm, tn);
   }
+}
+
+// Producer (one thread): for every work unit, every 64-wide K block in ascending order, wait
+// for the stage to be free in every CTA of the cluster, then load A (own 128 rows) and B.
+// CLUSTER == 1: both 128-row halves of B; CLUSTER == 2: half `rank`, multicast to both CTAs.
+template <int CLUSTER>
+__device__ __forceinline__ void produce(const TmaDesc* tmA, const TmaDesc* tmB, unsigned base, unsigned bar_full,
+                                        unsigned bar_empty, int units_m, int tiles_n, int group_m, int nk,
+                                        unsigned rank) {
+  walk_units<CLUSTER>(
+      units_m, tiles_n, group_m, nk, rank, [](int, int) {},
+      [&](int tm, int tn, int kb, int stage, unsigned phase) {
+        mbar_wait(bar_empty + 8 * stage, phase ^ 1u);  // first pass: fresh barrier, returns at once
+        const unsigned sa = base + stage * STAGE_BYTES, sb = sa + A_BYTES, full = bar_full + 8 * stage;
+        mbar_arrive_expect_tx(full, STAGE_BYTES);  // A + the whole of B land in every CTA
+        tma_load_2d(sa, tmA, full, kb * BK, tm * BM);
+        if constexpr (CLUSTER == 1) {
+          tma_load_2d(sb, tmB, full, kb * BK, tn * BN);
+          tma_load_2d(sb + BOX_BYTES, tmB, full, kb * BK, tn * BN + BOX_ROWS);
+        } else {
+          tma_load_2d_multicast(sb + rank * BOX_BYTES, tmB, full, kb * BK, tn * BN + rank * BOX_ROWS,
+                                (unsigned short)((1u << CLUSTER) - 1));
+        }
+      },
+      [](int, int) {});
 }
 
 // Consumer warpgroup c (rows [64·c, 64·c + 64) of every tile). HAS_C is a template parameter so
@@ -283,60 +301,56 @@ __device__ __forceinline__ void consume(unsigned base, unsigned bar_full, unsign
                                         int tiles_n, int group_m, int nk, unsigned rank) {
   const int tid = threadIdx.x % 128;
   const int warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
-  const int units = units_m * tiles_n;
-  int stage = 0;
-  unsigned phase = 0;
-  for (int unit = blockIdx.x / CLUSTER; unit < units; unit += gridDim.x / CLUSTER) {
-    int um, tn;
-    unit_coords(unit, units_m, tiles_n, group_m, um, tn);
-    const int tm = um * CLUSTER + rank;
-    const long long row = (long long)tm * BM + 64 * c + 16 * warp + g;
-    const int col0 = tn * BN + 2 * t;
-    float d[128];
-    // the chain's initial value: C (bit copy) or +0
+  long long row;
+  int col0, prev_stage;
+  float d[128];
+  walk_units<CLUSTER>(
+      units_m, tiles_n, group_m, nk, rank,
+      [&](int tm, int tn) {
+        row = (long long)tm * BM + 64 * c + 16 * warp + g;
+        col0 = tn * BN + 2 * t;
+        // the chain's initial value: C (bit copy) or +0
 #pragma unroll
-    for (int j = 0; j < 32; ++j) {
-      if constexpr (HAS_C) {
-        const float2 lo = *reinterpret_cast<const float2*>(C + row * N + col0 + 8 * j);
-        const float2 hi = *reinterpret_cast<const float2*>(C + (row + 8) * N + col0 + 8 * j);
-        d[4 * j + 0] = lo.x;
-        d[4 * j + 1] = lo.y;
-        d[4 * j + 2] = hi.x;
-        d[4 * j + 3] = hi.y;
-      } else {
-        d[4 * j + 0] = d[4 * j + 1] = d[4 * j + 2] = d[4 * j + 3] = 0.0f;
-      }
-    }
-    fence_acc(d);
-    int prev_stage = 0;
-    for (int kb = 0; kb < nk; ++kb) {
-      mbar_wait(bar_full + 8 * stage, phase);
-      const unsigned sa = base + stage * STAGE_BYTES + c * (64 * 128);  // 64 rows × 128 B
-      const unsigned sb = base + stage * STAGE_BYTES + A_BYTES;
-      wgmma_fence();
+        for (int j = 0; j < 32; ++j) {
+          if constexpr (HAS_C) {
+            const float2 lo = *reinterpret_cast<const float2*>(C + row * N + col0 + 8 * j);
+            const float2 hi = *reinterpret_cast<const float2*>(C + (row + 8) * N + col0 + 8 * j);
+            d[4 * j + 0] = lo.x;
+            d[4 * j + 1] = lo.y;
+            d[4 * j + 2] = hi.x;
+            d[4 * j + 3] = hi.y;
+          } else {
+            d[4 * j + 0] = d[4 * j + 1] = d[4 * j + 2] = d[4 * j + 3] = 0.0f;
+          }
+        }
+        fence_acc(d);
+        prev_stage = 0;
+      },
+      [&](int, int, int kb, int stage, unsigned phase) {
+        mbar_wait(bar_full + 8 * stage, phase);
+        const unsigned sa = base + stage * STAGE_BYTES + c * (64 * 128);  // 64 rows × 128 B
+        const unsigned sb = base + stage * STAGE_BYTES + A_BYTES;
+        wgmma_fence();
 #pragma unroll
-      for (int k = 0; k < BK / K_INST; ++k) {  // ascending k16 slices: 32 bytes each
-        wgmma_m64n256k16<KIND>(d, desc_sw128(sa + 32 * k), desc_sw128(sb + 32 * k));
-      }
-      wgmma_commit();
-      // at most one group (this stage's) still in flight: the previous stage can be refilled
-      wgmma_wait<1>();
-      if (kb > 0 && lane == 0) release_stage<CLUSTER>(bar_empty + 8 * prev_stage);
-      prev_stage = stage;
-      if (++stage == STAGES) {
-        stage = 0;
-        phase ^= 1u;
-      }
-    }
-    wgmma_wait<0>();
-    fence_acc(d);
-    if (lane == 0) release_stage<CLUSTER>(bar_empty + 8 * prev_stage);
+        for (int k = 0; k < BK / K_INST; ++k) {  // ascending k16 slices: 32 bytes each
+          wgmma_m64n256k16<KIND>(d, desc_sw128(sa + 32 * k), desc_sw128(sb + 32 * k));
+        }
+        wgmma_commit();
+        // at most one group (this stage's) still in flight: the previous stage can be refilled
+        wgmma_wait<1>();
+        if (kb > 0 && lane == 0) release_stage<CLUSTER>(bar_empty + 8 * prev_stage);
+        prev_stage = stage;
+      },
+      [&](int, int) {
+        wgmma_wait<0>();
+        fence_acc(d);
+        if (lane == 0) release_stage<CLUSTER>(bar_empty + 8 * prev_stage);
 #pragma unroll
-    for (int j = 0; j < 32; ++j) {
-      *reinterpret_cast<float2*>(D + row * N + col0 + 8 * j) = make_float2(d[4 * j + 0], d[4 * j + 1]);
-      *reinterpret_cast<float2*>(D + (row + 8) * N + col0 + 8 * j) = make_float2(d[4 * j + 2], d[4 * j + 3]);
-    }
-  }
+        for (int j = 0; j < 32; ++j) {
+          *reinterpret_cast<float2*>(D + row * N + col0 + 8 * j) = make_float2(d[4 * j + 0], d[4 * j + 1]);
+          *reinterpret_cast<float2*>(D + (row + 8) * N + col0 + 8 * j) = make_float2(d[4 * j + 2], d[4 * j + 3]);
+        }
+      });
 }
 
 template <Kind KIND, int CLUSTER>

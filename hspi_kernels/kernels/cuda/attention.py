@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from hspi_kernels.kernels.cuda.loader import LaunchContext, load_module
+from hspi_kernels.numerics.attention_ref import describe, split_chunk
 
 SOURCE = "attention/flash_fwd.cu"
 HEAD_DIMS = (32, 64, 128)
@@ -56,18 +57,10 @@ def default_scale(head_dim: int) -> float:
     return float(np.float32(1.0 / math.sqrt(head_dim)))
 
 
-def split_chunk(Sk: int, block_n: int, splits: int) -> int:
-    from hspi_kernels.numerics.attention_ref import split_chunk as f
-
-    return f(Sk, block_n, splits)
-
-
 def plan(*, fmt: str = "bf16", mode: str = "exact", head_dim: int = 64, block_n: int = 32, splits: int = 1,
          causal: bool = False) -> dict:
     """The order a launch implements, as a dict (the plan language has no softmax / online-max
     node; the two matrix products inside it are the mma.sync ``Chain`` plans named there)."""
-    from hspi_kernels.numerics.attention_ref import describe
-
     _check_config(fmt, mode, head_dim, block_n, splits)
     d = describe(fmt=fmt, mode=mode, block_n=block_n, splits=splits, causal=causal)
     d["kernel_name"] = kernel_name(fmt, mode, head_dim, block_n)

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from hspi_kernels.kernels.cuda.loader import LaunchContext, load_module
+from hspi_kernels.numerics.evaluate import evaluate
+from hspi_kernels.numerics.plans import Sequential
 
 SOURCE = "elementwise/fma_probe.cu"
 KERNELS = {True: "hspi_fma_f32", False: "hspi_mul_add_f32"}
@@ -26,8 +28,6 @@ def plan(fused: bool = True):
     """The exact operation the kernel performs on each element, as an accumulation plan: a
     one-term dot product accumulated onto ``c`` in fp32 with RNE; fused means the product is
     not rounded before the addition."""
-    from hspi_kernels.numerics.plans import Sequential
-
     return Sequential("fp32", fma=bool(fused))
 
 
@@ -103,8 +103,6 @@ def sample_inputs(n: int = 1 << 20, seed: int = 0) -> tuple[np.ndarray, np.ndarr
 def reference(a: Any, b: Any, c: Any, fused: bool = True) -> np.ndarray:
     """Exact fp32 result of the kernel on the CPU (numpy float32 array), NaNs canonical: the
     kernel's plan evaluated by the numerics core (one definition of the exact fma)."""
-    from hspi_kernels.numerics.evaluate import evaluate
-
     a32, b32, c32 = (np.ascontiguousarray(np.asarray(x, dtype=np.float32)) for x in (a, b, c))
     out = evaluate(plan(fused), (a32[..., None], b32[..., None]), c=c32)
     bits = out.view(np.uint32).copy()

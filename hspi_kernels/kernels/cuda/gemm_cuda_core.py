@@ -25,6 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from hspi_kernels.kernels.cuda.loader import LaunchContext, load_module
+from hspi_kernels.numerics import plans as P
+from hspi_kernels.numerics.evaluate import gemm as eval_gemm
+
 SOURCE = "gemm/cuda_core_gemm.cu"
 ORDERS = ("sequential", "reverse", "strided", "splitk")
 DTYPES = {"fp32": ("f32", np.float32), "fp64": ("f64", np.float64)}
@@ -84,8 +88,6 @@ def plan(order: str = "sequential", dtype: str = "fp32", fused: bool = True, *, 
     "reverse" has no node of its own in the plan language: its plan is that of "sequential",
     applied to the reversed k axis (:func:`terms_reversed`). fp32 and fp64 alike.
     """
-    from hspi_kernels.numerics import plans as P
-
     _check_config(order, dtype, lanes, parts)
     seq = P.Sequential(dtype, fma=bool(fused), init="zero")
     combine_seq = P.Sequential(dtype, init="zero")
@@ -152,8 +154,6 @@ def gemm(A: Any, B: Any, order: str = "sequential", fused: bool = True, *, lanes
 
     ``A[M,K]``, ``B[K,N]``: C-contiguous, both float32 or both float64, on one CUDA device.
     """
-    from hspi_kernels.kernels.cuda.loader import LaunchContext, load_module
-
     _check_config(order, "fp32", lanes, parts)  # configuration errors first, then the arrays
     M, N, K, dtype = check_args(A, B)
     names = kernel_names(order, dtype, fused)
@@ -185,8 +185,6 @@ def reference(A, B, order: str = "sequential", fused: bool = True, *, lanes: int
               backend: str = "native") -> np.ndarray:
     """Exact result of the launch on the CPU, from numpy arrays (dtype picks fp32 / fp64):
     ``evaluate.gemm(plan(...), A, B)``, on the reversed k axis for "reverse"."""
-    from hspi_kernels.numerics.evaluate import gemm as eval_gemm
-
     A, B = np.asarray(A), np.asarray(B)
     dtype = "fp64" if A.dtype == np.float64 else "fp32"
     _check_config(order, dtype, lanes, parts)

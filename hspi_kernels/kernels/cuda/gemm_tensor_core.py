@@ -54,9 +54,9 @@ from typing import Any
 import numpy as np
 
 from hspi_kernels.kernels.cuda.loader import CudaUnavailable, LaunchContext, device_capability, load_module
+from hspi_kernels.numerics.plans import K_INST, preset_out_format, tensor_core_gemm
 
 SOURCES = {"mma.sync": "gemm/mma_sync_gemm.cu", "wgmma": "gemm/wgmma_gemm.cu"}
-K_INST = {"fp16": 16, "bf16": 16, "tf32": 8, "e4m3": 32, "e5m2": 32}
 ELEMENT_BYTES = {"fp16": 2, "bf16": 2, "tf32": 4, "e4m3": 1, "e5m2": 1}
 TILE_M = {"mma.sync": 16, "wgmma": 64}
 TILE_N = 8
@@ -117,30 +117,11 @@ def plan(*, in_format: str, out_format: str = "fp32", split_k: int = 1, path: st
     ``TensorCore("sm_90", "e4m3", "e8m13", ...)`` (the preset's output; the kernel stores fp32).
 
     ``arch`` names the tensor-core preset (``"sm_90"``; an ``"sm_90a"`` device is ``"sm_90"``).
+    The order is :func:`hspi_kernels.numerics.plans.tensor_core_gemm`'s; this checks that a
+    kernel of the configuration exists.
     """
-    from hspi_kernels.numerics.plans import Chain, Sequential, SplitK, TensorCore
-
     _check_config(path, in_format, out_format, split_k)
-    arch = arch[:-1] if arch.endswith("a") else arch
-    k = K_INST[in_format]
-    inner = Chain(block=TensorCore(arch, in_format, preset_out_format(arch, in_format, out_format, path),
-                                   path=path), k=k)
-    if split_k == 1:
-        return inner
-    return SplitK(int(split_k), "contiguous", inner=inner, combine=Sequential("fp32"), tile=k)
-
-
-def preset_out_format(arch: str, in_format: str, out_format: str, path: str) -> str:
-    """The preset's output format for a kernel writing ``out_format`` registers: Hopper fp8 blocks
-    are modelled as writing e8m13 (fp32 with 13 fraction bits) into the fp32 accumulator."""
-    from hspi_kernels.numerics.tensor_core import get_preset
-
-    if out_format == "fp32" and in_format in ("e4m3", "e5m2"):
-        try:
-            get_preset(arch, in_format, "fp32", path)
-        except ValueError:
-            return "e8m13"
-    return out_format
+    return tensor_core_gemm(in_format, out_format, path=path, arch=arch, split_k=split_k)
 
 
 def mma_sync_gemm(A: Any, B: Any, C: Any = None, *, in_format: str, out_format: str = "fp32",

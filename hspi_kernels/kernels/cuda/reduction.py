@@ -31,6 +31,10 @@ from typing import Any
 
 import numpy as np
 
+from hspi_kernels.kernels.cuda.loader import LaunchContext, load_module
+from hspi_kernels.numerics import plans as P
+from hspi_kernels.numerics.evaluate import evaluate
+
 ROW_SOURCE = "reduction/row_reduce.cu"
 GRID_SOURCE = "reduction/grid_reduce.cu"
 VEC_SOURCE = "reduction/vec_reduce.cu"
@@ -87,8 +91,6 @@ def plan(variant: str = "sequential", *, block: int = 256, width: int = 32, bloc
     ``blocks`` defaults to the wrapper's G: :data:`DEFAULT_BLOCKS` ("grid_two_pass"),
     :data:`FAST_BLOCKS` ("vec4").
     """
-    from hspi_kernels.numerics import plans as P
-
     _check_variant(variant)
     if blocks is None:
         blocks = FAST_BLOCKS if variant == "vec4" else DEFAULT_BLOCKS
@@ -163,8 +165,6 @@ def _empty(lc, like: Any, shape: tuple[int, ...], zero: bool = False):
 def reduce_rows(x: Any, variant: str = "sequential", *, block: int = 256, width: int = 32,
                 prefer: str | None = None) -> Any:
     """``out[r] = sum_i x[r, i]`` in the order of ``variant`` (see the module table)."""
-    from hspi_kernels.kernels.cuda.loader import LaunchContext, load_module
-
     if variant not in ROW_VARIANTS:
         raise ValueError(f"row variant must be one of {ROW_VARIANTS}, got {variant!r}")
     if variant == "block_tree":
@@ -209,8 +209,6 @@ def reduce_vector_fast(x: Any, *, blocks: int = FAST_BLOCKS, block: int = FAST_B
     Order: ``plan("vec4", blocks=blocks, block=block)`` (see ``vec_reduce.cu``); ``unroll``
     changes the speed only. Keep the defaults for bits comparable across runs and GPUs.
     """
-    from hspi_kernels.kernels.cuda.loader import LaunchContext, load_module
-
     g = _check_blocks(blocks)
     b = _check_pow2("block", block, 1024)
     name = vec4_kernel(unroll)
@@ -238,8 +236,6 @@ reduce_vector_fast.plan = _fast_plan  # type: ignore[attr-defined]
 
 
 def _vector(x: Any, variant: str, blocks: int, block: int, prefer: str | None) -> Any:
-    from hspi_kernels.kernels.cuda.loader import LaunchContext, load_module
-
     g = _check_blocks(blocks)
     b = _check_pow2("block", block, 1024)
     if variant == "atomic" and b < 32:
@@ -266,7 +262,5 @@ def reference(x, variant: str = "sequential", *, block: int = 256, width: int = 
     Row variants take ``x[rows, n]`` and return ``[rows]``; "grid_two_pass" and "vec4" take
     ``x[n]`` and return a 0-d array.
     """
-    from hspi_kernels.numerics.evaluate import evaluate
-
     p = plan(variant, block=block, width=width, blocks=blocks)
     return evaluate(p, np.ascontiguousarray(x, dtype=np.float32), backend=backend)

@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from hspi_kernels.kernels.cuda.loader import LaunchContext, load_module
+from hspi_kernels.fingerprint.features import digest
+from hspi_kernels.kernels.cuda.loader import LaunchContext, import_cupy, load_module
+from hspi_kernels.numerics.attention_ref import SfuTable
 
 SOURCE = "sfu/sfu_probe.cu"
 BINADE = 1 << 23
@@ -84,8 +86,6 @@ def plan(op: str) -> dict:
 
 def binade_outputs(op: str, binades=None, *, device: int | None = None, prefer: str | None = None) -> np.ndarray:
     """uint32 outputs ``[len(binades), 2^23]`` of ``op`` on every pattern of each binade (CuPy)."""
-    from hspi_kernels.kernels.cuda.loader import import_cupy
-
     _check_op(op)
     binades = DEFAULT_BINADES[op] if binades is None else tuple(tuple(b) for b in binades)
     if not binades:
@@ -168,8 +168,6 @@ def error_stats(op: str, x: np.ndarray, out_bits: np.ndarray) -> dict:
 
 def _save_binade(args) -> dict:
     """Compress one binade and measure it (a process-pool task)."""
-    from hspi_kernels.fingerprint.features import digest
-
     op, sign, e, row, folder = args
     x = binade_inputs(sign, e)
     delta = row.astype(np.int64) - reference_bits(op, x).astype(np.int64)
@@ -186,8 +184,6 @@ def save_table(out_dir: str | Path, op: str, binades, outputs: np.ndarray, speci
     """Write ``<out_dir>/sfu_<op>/<s><e>.npz`` per binade and ``index.json`` (digests, sizes,
     error statistics per binade, ``extra`` fields); returns the index. ``workers`` > 1 uses a
     process pool (the fp64 references and zlib dominate the time)."""
-    from hspi_kernels.fingerprint.features import digest
-
     folder = Path(out_dir) / f"sfu_{op}"
     folder.mkdir(parents=True, exist_ok=True)
     index = {"op": op, "ptx": PTX[op], "encoding": "delta = int64(output bits) - int64(rn32(fp64 op)) per binade",
@@ -220,9 +216,6 @@ def save_table(out_dir: str | Path, op: str, binades, outputs: np.ndarray, speci
 def load_table(folder: str | Path):
     """An :class:`~hspi_kernels.numerics.attention_ref.SfuTable` from :func:`save_table`'s folder;
     ValueError when a rebuilt binade's digest differs from the recorded one."""
-    from hspi_kernels.fingerprint.features import digest
-    from hspi_kernels.numerics.attention_ref import SfuTable
-
     folder = Path(folder)
     index = json.loads((folder / "index.json").read_text())
     binades = {}

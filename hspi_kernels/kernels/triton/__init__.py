@@ -5,6 +5,8 @@
 - :mod:`.reduction`: row/column sums with an explicit order, a ``tl.sum`` variant and
   ``reveal_tl_sum_order`` (FPRev-style order recovery on the GPU);
 - :mod:`.attention`: fused attention forward (online softmax, exp2), ``plan(...)``;
+- :mod:`.attention_gluon`: the same native attention order as a Gluon Hopper kernel (FA3-like);
+- :mod:`.attention_order`: that order as data (qk scale, row-sum plan, ``order_plan``), used by both;
 - :mod:`.torch_override`: opt-in ``fixed_order_matmul()`` routing ``aten::mm/addmm/bmm``.
 
 Importing this package imports neither Triton nor torch; the submodules are loaded on first

@@ -26,7 +26,8 @@ exact (natural domain, the CUDA kernel ``csrc/cuda/attention/flash_fwd.cu``'s or
   4. ``l = rn(rn(l * alpha) + rowsum)``, rowsum = pairwise tree over the BLOCK_N columns of the
      fp32 p (adjacent pairs level by level: each level is a reshape and a sum of two, so no
      hidden order); ``P = RNE(p)`` to fmt; ``acc = dot(P, v, c = rn(acc * alpha))``.
-Both: after the last block ``O = fmt(div_rn(acc, l))`` (IEEE division, then RNE).
+Both: after the last block ``O = fmt(div_rn(acc, l))`` (IEEE division, then RNE). The order as
+data, the qk scale and the row-sum plan are :mod:`.attention_order`'s, shared with the Gluon kernel.
 
 Native mode on sm_90 runs :mod:`hspi_kernels.kernels.triton.attention_gluon` where it applies (Gluon,
 Triton's lower-level language: TMA loader warp, two consumer warpgroups, async wgmma overlapping
@@ -42,12 +43,18 @@ imports neither torch nor Triton.
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass, replace
+
+import numpy as np
+
+from hspi_kernels.numerics import attention_ref as R
+
+from . import attention_gluon as AG
+from .attention_order import order_plan, qk_scale, rowsum_plan, sm_scale_for
+from .gemm import _set_tma_allocator, require_triton
 
 __all__ = ["AttentionConfig", "CONFIG_BY_HEAD_DIM", "MODES", "attention", "constexprs", "default_config", "plan", "replay"]
 
-_LOG2E = 1.4426950408889634
 MODES = ("native", "exact")
 IMPLS = ("auto", "tl", "gluon")
 
@@ -125,13 +132,9 @@ def default_config(head_dim: int, mode: str = "native") -> AttentionConfig:
 def _kernels():
     global triton, tl, _exp_exact, _pairwise_rowsum, _load_k, _load_v, _softmax_block, _attn_fwd_inner, _attn_fwd_kernel
     global _L2E, _LN2_HI, _LN2_LO, _C7, _C6, _C5, _C4, _C3, _C2, _C1, _C0, _RINT_MAGIC
-    from .gemm import require_triton
-
     require_triton()
     import triton
     import triton.language as tl
-
-    from hspi_kernels.numerics import attention_ref as R
 
     # the exact exp's constants, from their single definition (fp32 values, exact as Python floats)
     _L2E, _LN2_HI, _LN2_LO = (tl.constexpr(float(c)) for c in (R.L2E, R.LN2_HI, R.LN2_LO))
@@ -311,14 +314,6 @@ def _kernels():
     return {"fwd": _attn_fwd_kernel}
 
 
-def _qk_scale(sm_scale: float, mode: str = "native") -> float:
-    """The fp32 scale the kernel multiplies the scores by: sm_scale*log2(e) (native, exp2
-    domain) or sm_scale (exact, natural domain)."""
-    import numpy as np
-
-    return float(np.float32(sm_scale * _LOG2E if mode == "native" else sm_scale))
-
-
 def constexprs(config: AttentionConfig, *, head_dim: int, causal: bool, mask_n: bool, use_tma: bool = False) -> dict:
     """The kernel's constexpr arguments for a launch (also used by the compile-only tests)."""
     return dict(HEAD_DIM=head_dim, BLOCK_M=config.block_m, BLOCK_N=config.block_n, CAUSAL=causal, MASK_N=mask_n,
@@ -348,14 +343,12 @@ def attention(q, k, v, *, causal: bool = False, sm_scale: float | None = None, c
         config = default_config(D, mode or "native")
     elif mode is not None and mode != config.mode:
         config = replace(config, mode=mode, enable_fp_fusion=False if mode == "exact" else config.enable_fp_fusion)
-    sm_scale = 1.0 / math.sqrt(D) if sm_scale is None else sm_scale
+    sm_scale = sm_scale_for(D, sm_scale)
     out_dtype = q.dtype if out_dtype is None else out_dtype
     assert out_dtype in (q.dtype, torch.float32), f"attention: out_dtype must be the input dtype or float32, got {out_dtype}"
     if config.mode == "native" and config.impl != "tl":
         why = _gluon_mismatch(config, q, k, v, causal, out_dtype)
         if not why:
-            from . import attention_gluon as AG
-
             gluon_config = replace(AG.default_config(D), enable_fp_fusion=config.enable_fp_fusion)
             return AG.attention(q, k, v, causal=causal, sm_scale=sm_scale, config=gluon_config)
         if config.impl == "gluon":
@@ -367,12 +360,10 @@ def attention(q, k, v, *, causal: bool = False, sm_scale: float | None = None, c
     mask_n = (S % config.block_n) != 0 or (S % config.block_m) != 0  # a partial key or query block
     use_tma = bool(config.tma and not mask_n and q.is_contiguous() and k.is_contiguous() and v.is_contiguous())
     if use_tma:
-        from .gemm import _set_tma_allocator
-
         _set_tma_allocator()
     grid = (B * H, m_blocks) if config.longest_first else (m_blocks, B * H)
     kernels["fwd"][grid](
-        q, k, v, o, _qk_scale(sm_scale, config.mode),
+        q, k, v, o, qk_scale(sm_scale, config.mode),
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
         B, H, S, **constexprs(config, head_dim=D, causal=causal, mask_n=mask_n, use_tma=use_tma),
@@ -388,76 +379,23 @@ def _gluon_mismatch(config: AttentionConfig, q, k, v, causal: bool, out_dtype) -
         return f"the Gluon kernel's order is BLOCK_M = BLOCK_N = 128, the config has {config.block_m}x{config.block_n}"
     if out_dtype != q.dtype:
         return "the Gluon kernel writes the input dtype only"
-    from . import attention_gluon as AG
-
     ok, why = AG.supported(q, k, v, causal)
     return "" if ok else why
 
 
-def _rowsum_plan():
-    from hspi_kernels.numerics.plans import Pairwise
-
-    return Pairwise()
-
-
 def plan(config: AttentionConfig | None = None, *, fmt: str = "bf16", head_dim: int = 128, causal: bool = False,
          sm_scale: float | None = None, arch: str = "sm_90") -> dict:
-    """The order of the forward pass as data (JSON-ready): key-block order, the row max / row
-    sum / accumulator update formulas in order, and the plans of the two tensor-core dots.
-    Exact mode: ``"replay"`` holds the arguments of :func:`attention_ref.replay` that reproduce
-    the kernel bit for bit (:func:`replay`). Native mode states the order only (``ex2.approx``
-    and the ``tl.sum`` tree of the MMA layout are not modelled)."""
-    from hspi_kernels.numerics.plans import Chain, TensorCore
-
+    """The order of the forward pass as data (JSON-ready, :func:`attention_order.order_plan`)
+    with this kernel's launch configuration. Exact mode: ``"replay"`` holds the arguments of
+    :func:`attention_ref.replay` that reproduce the kernel bit for bit (:func:`replay`). Native
+    mode states the order only (``ex2.approx`` and the ``tl.sum`` tree of the MMA layout are not
+    modelled)."""
     config = config or default_config(head_dim)
-    sm_scale = 1.0 / math.sqrt(head_dim) if sm_scale is None else sm_scale
-    dot = Chain(TensorCore(arch, fmt, "fp32", path="wgmma"), k=16)
-    fused = config.enable_fp_fusion
-    exact = config.mode == "exact"
-    common = {
-        "kind": "triton_attention_fwd", "mode": config.mode, "fmt": fmt, "head_dim": head_dim,
-        "block_m": config.block_m, "block_n": config.block_n, "num_warps": config.num_warps,
-        "num_stages": config.num_stages, "longest_first": config.longest_first, "tma": config.tma,
-        "warp_specialize": config.warp_specialize, "enable_fp_fusion": fused, "causal": causal,
-        "impl": config.impl if not exact else "tl",
-        "key_blocks": ("start_n = 0, BLOCK_N, ... < BLOCK_M*start_m unmasked, then start_m*BLOCK_M .. "
-                       "min((start_m+1)*BLOCK_M, S) masked (key > query -> -inf)") if causal
-        else "start_n = 0, BLOCK_N, ... < S, ascending (keys >= S masked -> -inf, K = V = 0)",
-        "epilogue": "O = div_rn(acc, l) (IEEE division), RNE to the output format (input format, or fp32 unrounded)",
-    }
-    if exact:
-        return {**common,
-                "qk_scale": {"value": _qk_scale(sm_scale, "exact"), "formula": "fp32(sm_scale)"},
-                "per_block": [
-                    {"step": "scores", "formula": "s = rn(fp32(dot(q, k^T)) * qk_scale)", "dot_plan": dot.to_json(),
-                     "over": "head_dim, from +0"},
-                    {"step": "row_max", "formula": "m_new = max(m_old, max_j s_j); m_use = m_new (never -inf)",
-                     "init": "-inf"},
-                    {"step": "p", "formula": "p = EXP(rn(s - m_use)); alpha = EXP(rn(m_old - m_use))",
-                     "exp": "attention_ref.exp_exact (IEEE ops and fma, no MUFU)"},
-                    {"step": "row_sum", "formula": "l = rn(rn(l * alpha) + rowsum(p))",
-                     "order": _rowsum_plan().to_json(), "init": "+0"},
-                    {"step": "acc", "formula": "acc = dot(RNE_fmt(p), v, c = rn(acc * alpha))", "dot_plan": dot.to_json(),
-                     "over": "BLOCK_N keys"},
-                ],
-                "replay": {"fmt": fmt, "mode": "exact", "block_n": config.block_n, "tile": config.block_m,
-                           "dot_path": "wgmma", "rowsum": "Pairwise()", "causal": causal,
-                           "scale": _qk_scale(sm_scale, "exact"), "output": f"RNE to {fmt}"}}
-    return {**common,
-            "qk_scale": {"value": _qk_scale(sm_scale), "formula": "fp32(sm_scale * log2(e))"},
-            "per_block": [
-                {"step": "scores", "formula": "qk = fp32(dot(q, k^T))", "dot_plan": dot.to_json(), "over": "head_dim"},
-                {"step": "row_max", "formula": "m_new = max(m_old, rn(max_j qk_j * qk_scale)) (diagonal: max of masked "
-                                               "s = rn(qk * qk_scale))", "order": "exact (max is order-free)", "init": "-inf"},
-                {"step": "p", "formula": ("p = exp2(fma(qk, qk_scale, -m_new))" if fused else
-                                          "p = exp2(rn(rn(qk * qk_scale) - m_new))") + "; diagonal: exp2(rn(s - m_new))",
-                 "exp2": "ex2.approx.ftz.f32 (MUFU)"},
-                {"step": "alpha", "formula": "alpha = exp2(rn(m_old - m_new))"},
-                {"step": "row_sum", "formula": "l = l * alpha + tl.sum(p, axis=1)" + (" (may be fma)" if fused else " (mul, then add)"),
-                 "order": "tl.sum tree over BLOCK_N in the MMA accumulator layout (not revealed)", "init": "+0"},
-                {"step": "acc", "formula": "acc = dot(fmt(p), v, c = acc * alpha)", "dot_plan": dot.to_json(),
-                 "over": "BLOCK_N keys"},
-            ]}
+    launch = {"num_warps": config.num_warps, "num_stages": config.num_stages, "longest_first": config.longest_first,
+              "tma": config.tma, "warp_specialize": config.warp_specialize}
+    return order_plan(kind="triton_attention_fwd", mode=config.mode, block_m=config.block_m, block_n=config.block_n,
+                      enable_fp_fusion=config.enable_fp_fusion, impl=config.impl if config.mode != "exact" else "tl",
+                      fmt=fmt, head_dim=head_dim, causal=causal, sm_scale=sm_scale, arch=arch, launch=launch)
 
 
 def replay(q, k, v, *, causal: bool = False, sm_scale: float | None = None, config: AttentionConfig | None = None,
@@ -468,10 +406,6 @@ def replay(q, k, v, *, causal: bool = False, sm_scale: float | None = None, conf
     q, k, v: torch tensors [B, H, S, D] (fmt from their dtype) or float32 numpy arrays holding
     ``fmt`` values. ``rowsum`` (a Plan) / ``block_n`` override the plan's (negative controls);
     ``backend``: the evaluator's ("native" C++ or "numpy", same bits)."""
-    import numpy as np
-
-    from hspi_kernels.numerics import attention_ref as R
-
     def f32(x):
         return np.asarray(x.float().cpu().numpy() if hasattr(x, "float") else x, dtype=np.float32)
 
@@ -484,10 +418,10 @@ def replay(q, k, v, *, causal: bool = False, sm_scale: float | None = None, conf
     config = config or default_config(D, "exact")
     if config.mode != "exact":
         raise ValueError("replay: only mode='exact' is bit-replayable")
-    sm_scale = 1.0 / math.sqrt(D) if sm_scale is None else sm_scale
+    sm_scale = sm_scale_for(D, sm_scale)
     O = R.replay(Q.reshape(B * H, S, D), K.reshape(B * H, S, D), V.reshape(B * H, S, D), fmt=fmt, mode="exact",
-                 block_n=block_n or config.block_n, causal=causal, scale=_qk_scale(sm_scale, "exact"),
-                 dot_path="wgmma", tile=config.block_m, rowsum=_rowsum_plan() if rowsum is None else rowsum,
+                 block_n=block_n or config.block_n, causal=causal, scale=qk_scale(sm_scale, "exact"),
+                 dot_path="wgmma", tile=config.block_m, rowsum=rowsum_plan() if rowsum is None else rowsum,
                  backend=backend)
     return (R.round_to_input(O, fmt) if round_output else O).reshape(B, H, S, D)
 

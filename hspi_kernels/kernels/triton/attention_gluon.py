@@ -59,16 +59,13 @@ missing, and :func:`attention` raises RuntimeError on a GPU that is not sm_90.
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import asdict, dataclass
 
-from .attention import _qk_scale as _tl_qk_scale
+from .attention_order import order_plan, qk_scale, sm_scale_for
 from .gemm import SHARED_MEMORY_LIMIT_SM90
 
 __all__ = ["CONFIG", "GluonAttentionConfig", "SHARED_MEMORY_LIMIT_SM90", "attention", "default_config", "plan",
            "supported"]
-
-_LOG2E = 1.4426950408889634
 
 
 @dataclass(frozen=True)
@@ -376,11 +373,6 @@ def _kernels():
     return {"fwd": _attn_fwd, "gl": gl, "TensorDescriptor": TensorDescriptor}
 
 
-def _qk_scale(sm_scale: float) -> float:
-    """fp32(sm_scale * log2(e)): the native mode's scale, from attention.py."""
-    return _tl_qk_scale(sm_scale, "native")
-
-
 def constexprs(config: GluonAttentionConfig, *, head_dim: int, causal: bool) -> dict:
     """The kernel's constexpr arguments (also used by the compile-only tests)."""
     return dict(HEAD_DIM=head_dim, BLOCK_M=config.block_m, BLOCK_N=config.block_n, NUM_STAGES=config.num_stages,
@@ -484,7 +476,7 @@ def attention(q, k, v, *, causal: bool = False, sm_scale: float | None = None,
     config = config or default_config(D)
     kernels = _kernels()
     TensorDescriptor = kernels["TensorDescriptor"]
-    sm_scale = 1.0 / math.sqrt(D) if sm_scale is None else sm_scale
+    sm_scale = sm_scale_for(D, sm_scale)
     o = torch.empty_like(q)
     dtype_name = "bf16" if q.dtype == torch.bfloat16 else "fp16"
     qo_layout, kv_layout = block_layouts(config, D, dtype_name)
@@ -494,7 +486,7 @@ def attention(q, k, v, *, causal: bool = False, sm_scale: float | None = None,
     k_desc = TensorDescriptor(k, [rows, D], [D, 1], [config.block_n, D], kv_layout)
     v_desc = TensorDescriptor(v, [rows, D], [D, 1], [config.block_n, D], kv_layout)
     grid = (S // config.block_m, B * H)
-    kernels["fwd"][grid](q_desc, k_desc, v_desc, o_desc, _qk_scale(sm_scale), S,
+    kernels["fwd"][grid](q_desc, k_desc, v_desc, o_desc, qk_scale(sm_scale), S,
                          **constexprs(config, head_dim=D, causal=causal),
                          num_warps=config.num_warps, maxnreg=config.maxnreg,
                          enable_fp_fusion=config.enable_fp_fusion)
@@ -503,18 +495,15 @@ def attention(q, k, v, *, causal: bool = False, sm_scale: float | None = None,
 
 def plan(config: GluonAttentionConfig | None = None, *, fmt: str = "bf16", head_dim: int = 128,
          causal: bool = False, sm_scale: float | None = None, arch: str = "sm_90") -> dict:
-    """The order of the forward pass as data (JSON-ready): attention.py's native plan of the same
-    order (BLOCK_M x BLOCK_N, ``enable_fp_fusion``), its one definition, with this kernel's launch
-    configuration and pipeline schedule (which changes no value) in place of the tl kernel's."""
-    from .attention import AttentionConfig, plan as native_plan
-
+    """The order of the forward pass as data (JSON-ready): the native order's one definition
+    (:func:`attention_order.order_plan`, which the tl kernel's plan also states) at this BLOCK_M x
+    BLOCK_N and ``enable_fp_fusion``, with this kernel's configuration and pipeline schedule
+    (which changes no value)."""
     config = config or default_config(head_dim)
-    same_order = AttentionConfig(block_m=config.block_m, block_n=config.block_n,
-                                 enable_fp_fusion=config.enable_fp_fusion, impl="gluon")
-    out = native_plan(same_order, fmt=fmt, head_dim=head_dim, causal=causal, sm_scale=sm_scale, arch=arch)
-    for key in ("num_warps", "num_stages", "longest_first", "tma", "warp_specialize"):
-        del out[key]  # the tl kernel's launch, not this one's
-    out.update(kind="gluon_attention_fwd", config=asdict(config),
+    out = order_plan(kind="gluon_attention_fwd", mode="native", block_m=config.block_m, block_n=config.block_n,
+                     enable_fp_fusion=config.enable_fp_fusion, impl="gluon", fmt=fmt, head_dim=head_dim,
+                     causal=causal, sm_scale=sm_scale, arch=arch)
+    out.update(config=asdict(config),
                schedule=("pipelined: S_j issued before P_{j-1}.V_{j-1}, softmax(S_j) while P.V runs, acc*alpha_j "
                          "after P.V completes (values unchanged)") if config.pipeline else "sequential")
     return out

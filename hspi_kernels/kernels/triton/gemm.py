@@ -43,6 +43,8 @@ import dataclasses
 import functools
 from dataclasses import dataclass
 
+from hspi_kernels.numerics.plans import Chain, Sequential, SplitK, TensorCore
+
 __all__ = [
     "GemmConfig", "default_config", "shape_config", "SHAPE_RULE", "LARGE_M_TMA", "tma_ready", "matmul", "plan", "padded_k", "require_triton", "shared_memory_bytes",
     "INPUT_PRECISIONS", "SPLIT_K_COMBINES", "SHARED_MEMORY_LIMIT_SM90",
@@ -258,8 +260,6 @@ def plan(config: GemmConfig, in_format: str, K: int, arch: str = "sm_90"):
     for operands zero-padded to ``padded_k(K, config)``; ``None`` where no plan exists (atomic
     split-K: arrival order; tf32x3: three products per term). ``in_format``: "bf16", "fp16",
     "fp32", "e4m3", "e5m2"."""
-    from hspi_kernels.numerics.plans import Chain, Sequential, SplitK, TensorCore
-
     if not config.deterministic:
         return None
     k_pad = padded_k(K, config)

@@ -23,6 +23,10 @@ from __future__ import annotations
 import functools
 import sys
 
+from hspi_kernels.numerics.plans import BlockTree, ExplicitTree, Sequential, SplitK, Strided
+
+from .gemm import require_triton
+
 __all__ = ["row_sum", "col_sum", "plan", "reveal_tl_sum_order", "tl_sum_lca_sizes"]
 
 ORDERS = ("explicit", "tl.sum")
@@ -37,8 +41,6 @@ def _log2(n: int) -> int:
 @functools.cache
 def _kernels():
     global triton, tl, _halving_tree, _row_sum_explicit_kernel, _col_sum_explicit_kernel, _row_sum_tl_sum_kernel
-    from .gemm import require_triton
-
     require_triton()
     import triton
     import triton.language as tl
@@ -148,8 +150,6 @@ def plan(n: int, *, block: int, order: str = "explicit", tl_sum_tree=None):
     with ``block=block_r``. ``order="tl.sum"``: needs ``tl_sum_tree``, the ExplicitTree over
     BLOCK slots returned by :func:`reveal_tl_sum_order` for the same BLOCK and num_warps; exact
     for n a multiple of BLOCK (else evaluate on the row padded with +0 to one)."""
-    from hspi_kernels.numerics.plans import BlockTree, ExplicitTree, Sequential, SplitK, Strided
-
     _log2(block)
     if order == "explicit":
         return Strided(block, inner=Sequential("fp32", init="zero"), combine=BlockTree(block))
@@ -193,8 +193,6 @@ def reveal_tl_sum_order(block: int = 1024, num_warps: int = 4, device="cuda"):
     sibling subtree that joins i's side at that size, so S = (((i, S_1), S_2), ...) with the
     groups in increasing size; each group is resolved the same way. Every merge is checked
     against the measured size, so a reduction that is not one fixed binary tree raises."""
-    from hspi_kernels.numerics.plans import ExplicitTree
-
     _log2(block)
 
     def build(slots: list[int]):

@@ -24,6 +24,8 @@ import contextlib
 import threading
 import warnings
 
+from . import gemm
+
 __all__ = ["fixed_order_matmul", "active"]
 
 _lock = threading.Lock()
@@ -42,8 +44,6 @@ def fixed_order_matmul(configs: dict | None = None, *, dispatch_key: str = "CUDA
     ``dispatch_key``: "CUDA"; the CPU tests use "CPU" with the Triton interpreter."""
     global _depth
     import torch
-
-    from . import gemm
 
     gemm.require_triton()
     configs = dict(configs or {})
