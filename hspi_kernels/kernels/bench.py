@@ -32,6 +32,12 @@ from typing import Any, Callable
 
 from hspi_kernels import platform
 from hspi_kernels.platform.timing import gpu_time_ms
+from hspi_kernels.kernels.cuda import attention as CA
+from hspi_kernels.kernels.cuda import gemm_tensor_core as tc
+from hspi_kernels.kernels.cuda import reduction as R
+from hspi_kernels.kernels.triton import attention as A
+from hspi_kernels.kernels.triton import gemm as G
+from hspi_kernels.kernels.triton import reduction as TR
 
 __all__ = ["BenchUnavailable", "Case", "CASES", "PEAKS", "case_names", "run", "geomean", "plot"]
 
@@ -81,14 +87,12 @@ def _randn(torch, *shape, dtype, seed=0):
 
 def _triton_gemm(M: int, N: int, K: int) -> Case:
     def setup(torch):
-        from hspi_kernels.kernels.triton import gemm as G
 
         a, b = _randn(torch, M, K, dtype=torch.bfloat16), _randn(torch, K, N, dtype=torch.bfloat16, seed=1)
         return (lambda: G.matmul(a, b)), (lambda: torch.matmul(a, b)), _close(1e-2)
 
     def generic(torch):
         """Our call with Triton's generic launcher every time (the launch cache off)."""
-        from hspi_kernels.kernels.triton import gemm as G
 
         ours, _, _ = setup(torch)
 
@@ -107,7 +111,6 @@ def _triton_gemm(M: int, N: int, K: int) -> Case:
 
 def _wgmma_fast(M: int, N: int, K: int) -> Case:
     def setup(torch):
-        from hspi_kernels.kernels.cuda import gemm_tensor_core as tc
 
         a, b_nk = _randn(torch, M, K, dtype=torch.bfloat16), _randn(torch, N, K, dtype=torch.bfloat16, seed=1)
         return (lambda: tc.wgmma_fast_gemm(a, b_nk)), (lambda: torch.matmul(a, b_nk.t())), _close(1e-2)
@@ -129,7 +132,6 @@ def _no_worse_than_baseline(x, dim=None, k: float = 4.0) -> Callable[[Any, Any],
 
 def _vec4_sum(n: int) -> Case:
     def setup(torch):
-        from hspi_kernels.kernels.cuda import reduction as R
 
         x = _randn(torch, n, dtype=torch.float32)
         return (lambda: R.reduce_vector_fast(x)), (lambda: torch.sum(x)), _no_worse_than_baseline(x)
@@ -139,7 +141,6 @@ def _vec4_sum(n: int) -> Case:
 
 def _triton_row_sum(rows: int, cols: int) -> Case:
     def setup(torch):
-        from hspi_kernels.kernels.triton import reduction as TR
 
         x = _randn(torch, rows, cols, dtype=torch.float32)
         return (lambda: TR.row_sum(x)), (lambda: torch.sum(x, dim=1)), _no_worse_than_baseline(x, dim=1)
@@ -169,7 +170,6 @@ def _sdpa_fastest(torch, q, k, v, causal):
 
 def _triton_attention(B: int, H: int, S: int, D: int) -> Case:
     def setup(torch):
-        from hspi_kernels.kernels.triton import attention as A
 
         q, k, v = (_randn(torch, B, H, S, D, dtype=torch.bfloat16, seed=s) for s in range(3))
         base = _sdpa_fastest(torch, q, k, v, True)
@@ -181,7 +181,6 @@ def _triton_attention(B: int, H: int, S: int, D: int) -> Case:
 
 def _cuda_attention(B: int, H: int, S: int, D: int) -> Case:
     def setup(torch):
-        from hspi_kernels.kernels.cuda import attention as CA
 
         q, k, v = (_randn(torch, B, H, S, D, dtype=torch.bfloat16, seed=s) for s in range(3))
         base = _sdpa_fastest(torch, q, k, v, False)

@@ -7,8 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
 from hspi_kernels.models import hspi_ld, matching
 from hspi_kernels.models.collect import RunView
 from hspi_kernels.models.plots import confusion_png

@@ -34,7 +34,6 @@ bits, ``s/<op>/<j>`` the output samples. Read with :func:`load`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import time

@@ -9,7 +9,7 @@ A binade ``(sign, e)`` is the 2^23 fp32 patterns ``sign<<31 | (e+127)<<23 | i``,
 ``±[2^e, 2^(e+1))``. :func:`binade_outputs` returns the uint32 outputs ``[n_binades, 2^23]``;
 :func:`apply` runs an op on a torch/CuPy float32 array. Storage (:func:`save_table`): per binade,
 ``savez_compressed`` of the output bits minus the bits of the correctly rounded fp64 reference
-(int8 when every delta fits, else int32) plus the xxh3 digest (:func:`hspi_kernels.fingerprint.features.digest`)
+(int8 when every delta fits, else int32) plus the xxh3 digest (:func:`hspi_kernels.numerics.bits.digest`)
 of the uint32 outputs; :func:`load_table` rebuilds the outputs and refuses a digest mismatch
 (a platform whose libm gives a different fp64 reference would be caught there).
 """
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from hspi_kernels.fingerprint.features import digest
+from hspi_kernels.numerics.bits import digest
 from hspi_kernels.kernels.cuda.loader import LaunchContext, import_cupy, load_module
 from hspi_kernels.numerics.attention_ref import SfuTable
 

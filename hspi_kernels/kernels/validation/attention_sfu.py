@@ -31,6 +31,12 @@ import numpy as np
 
 from hspi_kernels.kernels.validation import record_verdict
 from hspi_kernels.kernels.validation.tensor_core import same_bits
+from hspi_kernels.kernels.cuda import sfu
+from hspi_kernels.kernels.cuda.attention import attention_forward
+from hspi_kernels.kernels.cuda.sfu import binade_inputs
+from hspi_kernels.numerics import attention_ref as R
+from hspi_kernels.numerics.attention_ref import SfuTable
+from hspi_kernels.numerics.attention_ref import round_to_input
 
 RESULT_FILE = "attention_sfu_validation.json"
 MAX_FILE_BYTES = 16 << 20
@@ -48,8 +54,6 @@ SHAPES = (
 
 def _ex2_reduction_checks(tables: dict, specials: dict) -> dict:
     """Check ex2(y) == ftz(2^n · ex2(y - n)) on the recorded binades [-16, -2) (GPU outputs)."""
-    from hspi_kernels.kernels.cuda.sfu import binade_inputs
-    from hspi_kernels.numerics.attention_ref import SfuTable
 
     out = {}
     base = {k: v for k, v in tables.items() if k[1] < 1 or k[0] == 0}  # the fraction tables only
@@ -78,7 +82,6 @@ def run_sfu(out_dir: Path, workers: int) -> tuple[dict, dict]:
     """Record every op's tables; returns (report, ex2_ftz SfuTable pieces)."""
     import cupy
 
-    from hspi_kernels.kernels.cuda import sfu
 
     report, ex2 = {}, {}
     for op in sfu.OPS:
@@ -105,7 +108,6 @@ def run_sfu(out_dir: Path, workers: int) -> tuple[dict, dict]:
 
 
 def _inputs(fmt, BH, Sq, Sk, D, rng):
-    from hspi_kernels.numerics.attention_ref import round_to_input
 
     Q = round_to_input(rng.standard_normal((BH, Sq, D)) * 1.5, fmt)
     K = round_to_input(rng.standard_normal((BH, Sk, D)), fmt)
@@ -124,7 +126,6 @@ def _device_bits(x: np.ndarray, fmt: str):
 def gpu_attention(Q, K, V, fmt, mode, block_n, splits, causal) -> np.ndarray:
     import cupy
 
-    from hspi_kernels.kernels.cuda.attention import attention_forward
 
     O = attention_forward(_device_bits(Q, fmt), _device_bits(K, fmt), _device_bits(V, fmt), fmt=fmt, mode=mode,
                           block_n=block_n, splits=splits, causal=causal)
@@ -133,7 +134,6 @@ def gpu_attention(Q, K, V, fmt, mode, block_n, splits, causal) -> np.ndarray:
 
 def run(out_dir: str | os.PathLike, scale: float = 1.0, *, seed: int = 20251123, workers: int | None = None) -> dict:
     """Run everything (see the module doc); ``scale`` multiplies the batch·heads of each shape."""
-    from hspi_kernels.numerics import attention_ref as R
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

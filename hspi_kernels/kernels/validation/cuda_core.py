@@ -34,6 +34,11 @@ from hspi_kernels.kernels.cuda import gemm_cuda_core as G
 from hspi_kernels.kernels.cuda import reduction as R
 from hspi_kernels.kernels.validation import record_verdict
 from hspi_kernels.numerics.formats import same_bits
+from hspi_kernels import platform as platform_meta
+from hspi_kernels.kernels.cuda.loader import load_module
+from hspi_kernels.numerics import plans as P
+from hspi_kernels.numerics.evaluate import evaluate
+from hspi_kernels.numerics.evaluate import gemm as eval_gemm
 
 RESULT_FILE = "cuda_core_validation.json"
 _CHUNK_ELEMENTS = 1 << 24  # rows of A per CPU evaluation call: M_chunk * N * K <= this
@@ -150,7 +155,6 @@ def _row_reference(x, variant, params, backend) -> np.ndarray:
 
 
 def _gemm_reference_with_plan(plan, A, B, backend) -> np.ndarray:
-    from hspi_kernels.numerics.evaluate import gemm as eval_gemm
 
     M, K = A.shape
     step = max(1, _CHUNK_ELEMENTS // max(1, B.shape[1] * max(K, 1)))
@@ -253,8 +257,6 @@ def run(out_dir: str | Path, scale: float = 1.0, *, backend: str = "auto", seed:
     """Run the whole validation on the current CuPy device; write ``out_dir/cuda_core_validation.json``."""
     import cupy
 
-    from hspi_kernels.kernels.cuda.loader import load_module
-    from hspi_kernels.numerics import plans as P
 
     t_start = time.perf_counter()
     backend = _pick_backend(backend)
@@ -276,7 +278,6 @@ def run(out_dir: str | Path, scale: float = 1.0, *, backend: str = "auto", seed:
         "negative_controls": [],
     }
     try:
-        from hspi_kernels import platform as platform_meta
 
         result["platform"] = platform_meta.collect(import_torch=False)
     except Exception as exc:  # noqa: BLE001 - metadata is best effort
@@ -422,7 +423,6 @@ def run(out_dir: str | Path, scale: float = 1.0, *, backend: str = "auto", seed:
     control("fp64 separate GPU vs fused fp64 plan", got, _gemm_reference_with_plan(seq64_f, A, B, backend))
     A, B, got = keep_for_controls["fp64:strided:True:8:4"]
     control("fp64 strided L=8 GPU vs Sequential(fp64, fma) plan", got, _gemm_reference_with_plan(seq64_f, A, B, backend))
-    from hspi_kernels.numerics.evaluate import evaluate
 
     x, got = row_controls["block_tree:{'block': 256}"]
     wrong = P.Strided(lanes=256, inner=P.Sequential("fp32", init="zero"), combine=P.Pairwise())

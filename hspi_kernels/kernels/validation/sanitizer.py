@@ -37,6 +37,7 @@ import numpy as np
 from hspi_kernels import platform
 from hspi_kernels.kernels.cuda import loader
 from hspi_kernels.kernels.validation import record_verdict
+from hspi_kernels.kernels.cuda import reduction as R
 
 MARK = "@@HSPI-CASE"
 CHECKOUT_SOURCES = Path(__file__).resolve().parents[3] / "csrc" / "cuda"
@@ -243,7 +244,6 @@ extern "C" __global__ void planted_smem_race(float* out) {
 def control(kind: str) -> dict:
     """One negative control per process (an invalid access under memcheck ends the context)."""
     cp = _cupy()
-    from hspi_kernels.kernels.cuda import reduction as R  # here, as in cases(): a broken wrapper fails only its case
 
     module = cp.RawModule(code=_PLANTED, options=("-fmad=false",))
     name = f"control.{kind}"

@@ -60,6 +60,15 @@ import numpy as np
 from hspi_kernels.kernels.validation import record_verdict
 from hspi_kernels.numerics import formats
 from hspi_kernels.numerics.tensor_core import BlockModel, get_preset
+from hspi_kernels.kernels.cuda import gemm_tensor_core as tc
+from hspi_kernels.kernels.cuda.gemm_tensor_core import preset_out_format
+from hspi_kernels.numerics import evaluate as E
+from hspi_kernels.numerics import plans as P
+from hspi_kernels.numerics.evaluate import gemm as eval_gemm
+from hspi_kernels.numerics.formats import TF32
+from hspi_kernels.numerics.formats import decode
+from hspi_kernels.numerics.rounding import round_to_format
+from hspi_kernels.numerics.tensor_core import chain
 
 CONFIGS = (("fp16", "fp32"), ("bf16", "fp32"), ("fp16", "fp16"), ("tf32", "fp32"), ("e4m3", "fp32"),
            ("e5m2", "fp32"))
@@ -84,8 +93,6 @@ def to_format(x: np.ndarray, fmt: str) -> np.ndarray:
     finite value (a generator never wants inf/NaN)."""
     x = np.asarray(x, dtype=np.float32)
     if fmt == "tf32":
-        from hspi_kernels.numerics.formats import TF32, decode
-        from hspi_kernels.numerics.rounding import round_to_format
 
         return decode(round_to_format(x, TF32, "RNE"), TF32).astype(np.float32)
     if fmt == "fp32":
@@ -175,8 +182,6 @@ def model_gemm(model: BlockModel, A: np.ndarray, B: np.ndarray, C: np.ndarray | 
     B = np.ascontiguousarray(B, dtype=np.float32)
     K = A.shape[1]
     try:
-        from hspi_kernels.numerics import evaluate as E
-        from hspi_kernels.numerics import plans as P
 
         base = P.Chain(P.TensorCore("sm_70", "fp16", "fp32"), k=4)  # any K % 4 == 0: one chain op
         prog = dataclasses.replace(P.lower(base, K, True, C is not None), model=model)
@@ -188,7 +193,6 @@ def model_gemm(model: BlockModel, A: np.ndarray, B: np.ndarray, C: np.ndarray | 
         Cc = None if C is None else np.ascontiguousarray(C, dtype=np.float32)
         return E._run_native(prog, A, Bt, Cc, True)
     except (ImportError, AttributeError, TypeError):
-        from hspi_kernels.numerics.tensor_core import chain
 
         M, N = A.shape[0], B.shape[1]
         out = np.empty((M, N), np.float32)
@@ -234,8 +238,6 @@ def expected_bits(path: str, in_format: str, out_format: str, arch: str, split_k
     """(what, bits) the kernel should produce: its plan through the evaluator, except Hopper
     mma.sync fp8, which is no tensor-core block (ptxas emits two fp16 HMMAs + an FADD per
     instruction): there the emulation, per split-K part from +0, parts added to C in order."""
-    from hspi_kernels.kernels.cuda import gemm_tensor_core as tc
-    from hspi_kernels.numerics.evaluate import gemm as eval_gemm
 
     if path == "mma.sync" and in_format in ("e4m3", "e5m2") and arch == "sm_90":
         K = A.shape[1]
@@ -275,7 +277,6 @@ def _to_device(x: np.ndarray, fmt: str):
 def gpu_gemm(path: str, A, B, C, in_format: str, out_format: str, split_k: int = 1) -> np.ndarray:
     import torch
 
-    from hspi_kernels.kernels.cuda import gemm_tensor_core as tc
 
     fn = tc.mma_sync_gemm if path == "mma.sync" else tc.wgmma_gemm
     dA, dB = _to_device(A, in_format), _to_device(B, in_format)
@@ -289,7 +290,6 @@ def gpu_fast_gemm(A, B, C, in_format: str, cluster: int, grid: int | None = None
     """The fast kernel on A [M, K] and B [K, N] (handed over as B_nk = B^T, its native layout)."""
     import torch
 
-    from hspi_kernels.kernels.cuda import gemm_tensor_core as tc
 
     dA, dB = _to_device(A, in_format), _to_device(np.ascontiguousarray(B.T), in_format)
     dC = None if C is None else _to_device(C, "fp32")
@@ -303,8 +303,6 @@ FAST_K = (64, 320, 1024)
 
 def validate_fast(rng, arch: str, scale: float = 1.0) -> dict:
     """The fast wgmma GEMM against its plan and against the slow wgmma kernel (module doc)."""
-    from hspi_kernels.kernels.cuda import gemm_tensor_core as tc
-    from hspi_kernels.numerics.evaluate import gemm as eval_gemm
 
     variants = []
     M, N = 256, max(256, int(round(512 * scale / 256)) * 256)
@@ -392,7 +390,6 @@ def _platform() -> dict:
 # ---------------------------------------------------------------------------------------------
 def _hypotheses(path: str, in_format: str, out_format: str, arch: str) -> dict[str, Callable]:
     """name -> f(A, B, C) giving reference bits, for the alternative models of a config."""
-    from hspi_kernels.kernels.cuda.gemm_tensor_core import preset_out_format
 
     base = get_preset(arch, in_format, preset_out_format(arch, in_format, out_format, path), path)
     outs = ("fp16",) if out_format == "fp16" else HYP_OUT

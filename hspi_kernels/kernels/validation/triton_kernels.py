@@ -30,6 +30,21 @@ import numpy as np
 
 from hspi_kernels.kernels.validation import record_verdict
 from hspi_kernels.numerics.formats import same_bits
+from hspi_kernels import platform
+from hspi_kernels.kernels.triton import attention as A
+from hspi_kernels.kernels.triton import gemm as G
+from hspi_kernels.kernels.triton import reduction as R
+from hspi_kernels.kernels.triton.gemm import SHAPE_RULE
+from hspi_kernels.kernels.triton.gemm import default_config
+from hspi_kernels.kernels.triton.gemm import shape_config
+from hspi_kernels.numerics.attention_ref import round_to_input
+from hspi_kernels.numerics.evaluate import evaluate
+from hspi_kernels.numerics.evaluate import gemm
+from hspi_kernels.numerics.plans import Chain
+from hspi_kernels.numerics.plans import Sequential
+from hspi_kernels.numerics.plans import SplitK
+from hspi_kernels.numerics.plans import TensorCore
+from hspi_kernels.numerics.tensor_core import PRESETS
 
 RESULT_FILE = "triton_kernels_validation.json"
 _CHUNK = 1 << 26  # products per CPU evaluator call (rows of A per chunk)
@@ -57,7 +72,6 @@ def _backend() -> str:
 
 def _plan_gemm(plan, A: np.ndarray, B: np.ndarray, k_pad: int, backend: str) -> np.ndarray:
     """evaluate.gemm(plan) on A, B zero-padded along K to k_pad, in row chunks."""
-    from hspi_kernels.numerics.evaluate import gemm
 
     M, K = A.shape
     Ap = np.zeros((M, k_pad), np.float32)
@@ -69,9 +83,7 @@ def _plan_gemm(plan, A: np.ndarray, B: np.ndarray, k_pad: int, backend: str) -> 
 
 
 def _gemm_variants():
-    from hspi_kernels.kernels.triton.gemm import default_config
 
-    from hspi_kernels.kernels.triton.gemm import SHAPE_RULE, shape_config
 
     bf16 = default_config("bf16")
     # every entry of matmul's M-dependent table (same plan as the default: checked N/N here); the
@@ -133,7 +145,6 @@ def _swap_blocks(plan, block_of):
     """plan with every Chain's TensorCore replaced by block_of(block) (None: leave the plan)."""
     import dataclasses
 
-    from hspi_kernels.numerics.plans import Chain, SplitK
 
     if isinstance(plan, Chain):
         block = block_of(plan.block)
@@ -147,8 +158,6 @@ def _swap_blocks(plan, block_of):
 def _diagnose(plan, fmt, got, A32, B32, k_pad, backend, rows=16) -> dict:
     """For a variant whose bits miss its plan: the first mismatches, and how many outputs of the
     first ``rows`` rows other candidate plans explain (plan wrong, or kernel wrong?)."""
-    from hspi_kernels.numerics.plans import Sequential, TensorCore
-    from hspi_kernels.numerics.tensor_core import PRESETS
 
     ref = _plan_gemm(plan, A32[:rows], B32, k_pad, backend)
     g, r = _bits(got[:rows]), _bits(ref)
@@ -179,8 +188,6 @@ def _diagnose(plan, fmt, got, A32, B32, k_pad, backend, rows=16) -> dict:
 def _validate_gemm_variant(name, fmt, config, side, backend, seed) -> dict:
     import torch
 
-    from hspi_kernels.numerics.plans import Sequential
-    from hspi_kernels.kernels.triton import gemm as G
 
     M, N, K = side, side, 520
     if config.persistent:  # TMA rows (A: K elements, B and C: N elements) must be 16-byte aligned
@@ -248,8 +255,6 @@ def validate_gemm(scale: float, backend: str, seed: int = 0) -> list[dict]:
 def validate_reductions(scale: float, backend: str, seed: int = 0) -> dict:
     import torch
 
-    from hspi_kernels.numerics.evaluate import evaluate
-    from hspi_kernels.kernels.triton import reduction as R
 
     g = torch.Generator().manual_seed(seed)
     res: dict = {}
@@ -285,7 +290,6 @@ def validate_reductions(scale: float, backend: str, seed: int = 0) -> dict:
 def validate_batch_invariance(seed: int = 0) -> dict:
     import torch
 
-    from hspi_kernels.kernels.triton import gemm as G
 
     g = torch.Generator().manual_seed(seed)
     a = torch.randn(4096, 4096, generator=g).to(torch.bfloat16).cuda()
@@ -320,8 +324,6 @@ def validate_attention_exact(seed: int = 0, shapes=None, backend: str = "auto") 
     sequential row sum; the native mode against the exact replay) must be rejected."""
     import torch
 
-    from hspi_kernels.numerics.plans import Sequential
-    from hspi_kernels.kernels.triton import attention as A
 
     backend = _backend() if backend == "auto" else backend
     g = torch.Generator().manual_seed(seed + 5)
@@ -334,7 +336,6 @@ def validate_attention_exact(seed: int = 0, shapes=None, backend: str = "auto") 
         o = A.attention(q, k, v, causal=causal, config=config).float().cpu().numpy()
         o_again = A.attention(q, k, v, causal=causal, config=config, out_dtype=torch.float32).cpu().numpy()
         ref32 = A.replay(q, k, v, causal=causal, config=config, round_output=False, backend=backend)
-        from hspi_kernels.numerics.attention_ref import round_to_input
 
         ref = round_to_input(ref32, fmt)  # the kernel's final cvt.rn of the same div_rn(acc, l)
         n = o.size
@@ -365,7 +366,6 @@ def validate_attention(seed: int = 0, backend: str = "auto") -> list[dict]:
     import torch
     import torch.nn.functional as F
 
-    from hspi_kernels.kernels.triton import attention as A
 
     g = torch.Generator().manual_seed(seed)
     out = []
@@ -406,7 +406,6 @@ def validate_attention_gluon(seed: int = 0, shapes=None) -> list[dict]:
 
     import torch
 
-    from hspi_kernels.kernels.triton import attention as A
 
     g = torch.Generator().manual_seed(seed + 7)
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -463,7 +462,6 @@ def run(out_dir, scale: float = 1.0, *, seed: int = 0, backend: str = "auto", se
     import torch
     import triton
 
-    from hspi_kernels import platform
 
     assert torch.cuda.is_available(), "triton_kernels.run needs a CUDA GPU"
     backend = _backend() if backend == "auto" else backend
