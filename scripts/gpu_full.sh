@@ -6,6 +6,8 @@
 #   ident  10x `hspi identify --expect $EXPECT` against the DB     card  card + reveal script
 #   trace  model traces                                            sanit compute-sanitizer, 4 tools
 #   attn   Triton attention validation only (exact-mode replay)    bench bench/ (GEMM, reduction, Triton)
+#   fp8    wgmma fp8 -> fp16 block-model decision (kernels.validation.fp8_f16)
+#   gtest  the GPU tests (pytest -m 'gpu or sm90')                  cost  hspi bench -> bench_cli.json/png
 # VALID="cuda_core tensor_core attention_sfu triton" picks the validations of `valid`.
 # Records go to $OUT/rec.tgz; large outputs (dumps, collections) to their own files in $OUT.
 set -uo pipefail
@@ -63,6 +65,9 @@ if has dump; then step "tc dump"; timeout 150 python3 scripts/tc_dump.py "$ROOT/
 if has card; then step "card + reveal"; timeout "${CARD_TIMEOUT:-300}" python3 scripts/gpu_card_reveal.py "$R/card" ${CARD_ARGS:-} > "$R/card.log" 2>&1; echo "rc=$?"; tail -30 "$R/card.log"; fi
 if has trace; then step "trace"; timeout 300 python3 scripts/gpu_trace.py "$ROOT/trace" ${TRACE_ARGS:-} > "$R/trace.log" 2>&1; echo "rc=$?"; tail -20 "$R/trace.log"; ls -la "$ROOT/trace"; for f in "$ROOT"/trace/*; do mv "$f" "$ROOT/t_$(basename "$f")"; done; rmdir "$ROOT/trace"; fi
 if has models; then step "models"; timeout "${MODELS_TIMEOUT:-330}" python3 scripts/gpu_models.py "$ROOT/models" ${MODELS_ARGS:-} > "$R/models.log" 2>&1; echo "rc=$?"; tail -25 "$R/models.log"; ls -la "$ROOT/models"; for f in "$ROOT"/models/*; do mv "$f" "$ROOT/m_$(basename "$f")"; done; rmdir "$ROOT/models"; fi
+if has fp8; then step "fp8 -> fp16 decision"; timeout "${FP8_TIMEOUT:-240}" python3 -m hspi_kernels.kernels.validation.fp8_f16 "$R/fp8" > "$R/fp8.log" 2>&1; echo "rc=$?"; tail -4 "$R/fp8.log"; [ -f "$R/fp8/fp8_f16_blocks.npz" ] && mv "$R/fp8/fp8_f16_blocks.npz" "$ROOT/"; fi
+if has gtest; then step "GPU tests"; timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_triton_gpu.py > "$R/gtest_triton.log" 2>&1; echo "rc=$?"; tail -2 "$R/gtest_triton.log"; timeout "${GTEST_TIMEOUT:-300}" python3 -m pytest -q -p no:cacheprovider -m "gpu or sm90" -o addopts="" --ignore=tests/test_triton_gpu.py tests/ > "$R/gtest.log" 2>&1; echo "rc=$?"; tail -6 "$R/gtest.log"; fi
+if has cost; then step "hspi bench"; SKIP_INSTALL=1 OUT="$R/cost" timeout "${COST_TIMEOUT:-300}" bash scripts/gpu_bench.sh > "$R/cost.log" 2>&1; echo "rc=$?"; tail -16 "$R/cost.log"; fi
 if [ -n "$(ls -A "$R")" ]; then tar czf "$ROOT/rec.tgz" -C "$ROOT" rec; fi
 rm -rf "$R"
 ls -la "$ROOT"
