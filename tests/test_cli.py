@@ -92,3 +92,20 @@ def test_import_is_light():
 def test_module_entry_point(argv):
     out = subprocess.run([sys.executable, "-m", "hspi_kernels", *argv], capture_output=True, text=True)
     assert out.returncode == 0 and "Usage" in out.stdout
+
+
+def test_public_api_names_shadow_no_subpackage():
+    """``from hspi_kernels import identify`` is the subpackage, never the lazily loaded function of
+    the same job (a name clash broke ``hspi identify`` once); every public name resolves."""
+    import pkgutil
+
+    import hspi_kernels
+
+    subpackages = {m.name for m in pkgutil.iter_modules(hspi_kernels.__path__)}
+    assert not subpackages & set(hspi_kernels._API), subpackages & set(hspi_kernels._API)
+    code = ("from hspi_kernels import identify, reveal, fingerprint, trace; import types; "
+            "assert all(isinstance(m, types.ModuleType) for m in (identify, reveal, fingerprint, trace))")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    for name in hspi_kernels._API:
+        assert callable(getattr(hspi_kernels, name)), name
+    assert "take_fingerprint" in (hspi_kernels.__doc__ or "") and "identify_fingerprint" in hspi_kernels.__doc__

@@ -55,7 +55,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .formats import FP32, get_format
-from .formats import is_representable as _is_representable
+from .rounding import is_representable as _is_representable
 from .mx_formats import MX_FORMATS, UE4M3, decode_mx, get_mx_format
 from .rounding import round_scaled
 
