@@ -95,9 +95,11 @@ fp8 presets of issue 19 (``tests/test_fp8_presets.py``; vectors: Khattak & Mikai
 - ``sm_89.mma/{e4m3,e5m2}->fp16``: G=16, F=13, fp16 RNE after each k16 block -- MMA-Sim, KM
   (frmode rne). Published Ada e4m3 5000/5000, e5m2 5000/5000.
 - ``sm_90.wgmma/{e4m3,e5m2}->fp16``: G=32, F=13, fp16 RNE (c aligned at fp16's emin, sm_90 rules)
-  -- MMA-Sim's wgmma model. A hypothesis: no public vectors (KM's H100/H200 fp8 fp16 files come
-  from mma.sync, which ptxas emulates: ``fp8_emulation``, 5000/5000 there); the H200 run of
-  ``python -m hspi_kernels.kernels.validation.fp8_f16`` decides it.
+  -- MMA-Sim's wgmma model (no public vectors: KM's H100/H200 fp8 fp16 files come from mma.sync,
+  which ptxas emulates: ``fp8_emulation``, 5000/5000 there). Measured on our H200 wgmma kernels
+  (``python -m hspi_kernels.kernels.validation.fp8_f16``, docs/results/h200/fp8_f16_decide.json):
+  327680/327680 over e4m3/e5m2, 5 generators, c = 0 and != 0, K = 32 and 128; of 27 candidates
+  only G=32/F=13/RNE fits (the e_max floor and zero_sign=ieee variants tie on these data).
 - ``sm_100.tcgen05/{e4m3,e5m2}->fp16``: G=32, F=25, fp16 RNE -- MMA-Sim (tcgen05mma). Literature
   only. (KM's B200 fp8 vectors are mma.sync, the ptxas emulation again: 5000/5000 there.)
 Other arches: ``emax_floor`` unset; their published vectors (smallest e_max -4, no zeros, no
@@ -231,8 +233,8 @@ def _fp8_issue19():
     return [
         *_fp8("sm_89", ("mma.sync",), 16, 13, f"{ada}; {_KM_VECTORS} Ada/L40S", out_format="e8m13"),
         *_fp8("sm_89", ("mma.sync",), 16, 13, f"{ada}; {_KM_VECTORS} Ada", out_format="fp16"),
-        # Hypothesis (no public vectors: K&M's H100/H200 fp16 files are mma.sync, see the doc)
-        *_fp8("sm_90", ("wgmma",), 32, 13, f"{_MMASIM} (wgmma fp8: F=13, f16 output RNE); hypothesis",
+        # Measured on the H200: 327680/327680 (docs/results/h200/fp8_f16_decide.json)
+        *_fp8("sm_90", ("wgmma",), 32, 13, f"{_MMASIM} (wgmma fp8: F=13, f16 output RNE); H200 327680/327680",
               out_format="fp16"),
         *_fp8("sm_100", ("tcgen05",), 32, 25, f"{_MMASIM} (tcgen05mma: F=25, f16 output RNE); literature only",
               out_format="fp16"),

@@ -25,7 +25,7 @@ e5m2      32          float8_e5m2, uint8                              uint8, int
 fp16 accumulator registers; no split-K).
 wgmma also takes fp8 (e4m3/e5m2) inputs with ``out_format="fp16"`` (``QGMMA.64x8x32.F16.E4M3.E4M3``
 in the SASS; plan ``Chain(TensorCore("sm_90", "e4m3", "fp16", path="wgmma"), k=32)``, a preset
-that is a hypothesis until the H200 run of ``python -m hspi_kernels.kernels.validation.fp8_f16`` measures it).
+measured 327680/327680 on the H200 by ``python -m hspi_kernels.kernels.validation.fp8_f16``).
 
 Shapes: mma.sync M % 16, wgmma M % 64; N % 8; K % (split_k · k_inst). Anything else is a
 ValueError naming the rule (the validation pads instead).
