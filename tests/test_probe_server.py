@@ -141,3 +141,100 @@ def test_server_ends_on_idle_and_on_sigterm_removing_its_socket(tmp_path):
 def test_socket_path_too_long_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="too long"):
         srv.serve(tmp_path / ("x" * 120) / srv.SOCKET_NAME, warm=False)
+
+
+def test_more_hostile_requests_refused_and_serving_goes_on(served):
+    """Deep nesting (refused before json recurses), unknown keys, wrong types: an error line each."""
+    _, sock, _ = served
+    good = {"hello": srv.identity(), "ids": [catalog.all_probes()[0].id]}
+    hostile = [b"[" * 100_000 + b"]" * 100_000 + b"\n",
+               json.dumps({**good, "ids": [[[[[[[[["x"]]]]]]]]]}).encode() + b"\n",
+               json.dumps({**good, "out": "../../etc/passwd"}).encode() + b"\n",
+               json.dumps({**good, "ping": "yes", "ids": "all"}).encode() + b"\n",
+               b"\xff\xfe\n"]
+    for payload in hostile:
+        answer = _raw(sock, payload)
+        assert "error" in answer and "bad request" in answer["error"], (payload[:40], answer)
+    assert srv.request(good["ids"], path=sock)[0][0]["id"] == good["ids"][0]
+
+
+def test_request_deadline_cuts_off_a_dripping_client():
+    a, b = socket.socketpair()
+    with a, b:
+        b.sendall(b'{"hello": ')  # and never the rest
+        t0 = time.monotonic()
+        with pytest.raises(ValueError, match="not complete within 0.3 s"):
+            srv._read_request(a, deadline_s=0.3)
+        assert time.monotonic() - t0 < 5
+
+
+def test_nesting_depth_ignores_brackets_in_strings():
+    assert srv._depth(b'{"a": "[[[[[[[[[[[[[[[[[["}') == 1
+    assert srv._depth(b'{"a": [[[1]]]}') == 4
+    assert srv._depth(b'{"a": "\\\\"}') == 1
+
+
+@pytest.mark.skipif(not hasattr(socket, "SO_PEERCRED") or os.geteuid() != 0,
+                    reason="needs SO_PEERCRED and root (to become another user)")
+def test_peer_of_another_user_is_refused():
+    """Peer credentials, not the file mode: a socket pair has no file, and the peer's uid decides."""
+    server_end, client_end = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # the child becomes nobody and asks through the inherited socket
+        code = 3
+        try:
+            server_end.close()
+            os.setuid(65534)
+            client_end.sendall(json.dumps({"hello": srv.identity(), "ping": True}).encode() + b"\n")
+            answer = json.loads(client_end.makefile("rb").readline())
+            code = 0 if "refused" in answer.get("error", "") else 1
+        finally:
+            os._exit(code)
+    client_end.close()
+    try:
+        srv._handle(server_end, srv.identity(), {})
+    except OSError:
+        pass
+    server_end.close()
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, "another user's ping was not refused"
+    # negative control: the same check passes this user's own peer
+    a, b = socket.socketpair()
+    with a, b:
+        assert srv.peer_uid(a) == os.getuid()
+
+
+def test_peer_check_refusal_message(monkeypatch):
+    a, b = socket.socketpair()
+    with a, b:
+        monkeypatch.setattr(srv, "peer_uid", lambda conn: os.getuid() + 1)
+        srv._handle(a, srv.identity(), {})
+        assert "refused" in json.loads(b.recv(4096).decode())["error"]
+
+
+def test_eight_concurrent_clients_get_their_own_records(served, monkeypatch):
+    import threading
+
+    tmp_path, sock, _ = served
+    monkeypatch.setenv("HSPI_CACHE_DIR", str(tmp_path / "c"))
+    cpu = [p for p in catalog.all_probes() if p.backend in ("numpy", "torch-cpu")]
+    asks = [[cpu[i % len(cpu)].id, cpu[(i + 3) % len(cpu)].id] for i in range(8)]
+    answers: dict[int, list] = {}
+    errors: list = []
+
+    def client(i):
+        try:
+            answers[i] = srv.request(asks[i], path=sock, timeout=600)[0]
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append((i, repr(exc)))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=900)
+    assert not errors, errors
+    local = _digests(runner.run_all([catalog.get(i) for i in {x for a in asks for x in a}], profile_kernels=False))
+    for i, records in answers.items():
+        assert [r["id"] for r in records] == asks[i]
+        assert all(_digests([r])[r["id"]] == local[r["id"]] for r in records)

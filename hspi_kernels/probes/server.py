@@ -6,7 +6,9 @@ the H100 hosts measured) nor any first-use set-up. The probes themselves still r
 on the device, for every request: the server caches nothing a fingerprint reports.
 
 - Socket: ``<cache dir>/probe-server.sock`` (``$HSPI_CACHE_DIR``, see ``probes.cache``), created
-  with mode 0600 in a directory of the user's: only that user can ask.
+  with mode 0600 in a directory of the user's, and every connection's peer credentials
+  (``SO_PEERCRED``) are checked: a process of another user is refused even where the file mode
+  would let it in (a shared cache dir, a socket passed on).
 - Staleness: every request carries the client's package version and ``cache.package_digest()``
   (a digest of every source file and the native module); a server running other code answers
   ``{"error": "stale server ..."}`` and the client runs the probes itself (``auto``) or fails
@@ -14,8 +16,10 @@ on the device, for every request: the server caches nothing a fingerprint report
 - Protocol: one request line ``{"hello": {"version", "code"}, "ids": [str], "profile_kernels":
   bool, "use_cache": bool}`` (or ``"ping": true``); answers ``{"record": ...}`` per finished probe,
   then ``{"suite": {...}, "platform": {...}}``, or one ``{"error": str}``. Requests are checked
-  (size <= 1 MiB, types, registered ids only): a bad one gets an error line and the server keeps
-  serving. One request at a time (the probes share one GPU).
+  before anything runs: size <= 1 MiB, read within ``REQUEST_DEADLINE_S`` in all (a client that
+  drips bytes is cut off), JSON nesting, known keys and types only, registered ids only; a bad
+  one gets an error line and the server keeps serving. One request at a time (the probes share
+  one GPU); concurrent clients queue and each gets its own answer.
 - Life: ``serve`` runs the whole suite once at start (the cold run: Triton JIT, cubin loads,
   handles), then waits; it ends after ``idle_timeout`` seconds without a request, on SIGINT /
   SIGTERM, and removes its socket.
@@ -26,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
 import sys
 import time
 from pathlib import Path
@@ -36,12 +41,15 @@ from hspi_kernels import platform as plat
 from hspi_kernels.probes import cache, catalog, parallel, runner
 
 __all__ = ["SOCKET_NAME", "DEFAULT_IDLE_S", "ServerError", "ServerUnavailable", "socket_path", "identity", "serve",
-           "request", "ping"]
+           "request", "ping", "peer_uid"]
 
 SOCKET_NAME = "probe-server.sock"
 DEFAULT_IDLE_S = 900.0
 MAX_REQUEST_BYTES = 1 << 20
 MAX_IDS = 10_000
+REQUEST_DEADLINE_S = 10.0   # the whole request line must arrive within this
+MAX_DEPTH = 8               # JSON nesting of a request (the protocol needs 2)
+_KEYS = {"hello", "ids", "ping", "profile_kernels", "use_cache"}
 _UNIX_PATH_MAX = 107  # sun_path is 108 bytes on Linux, with its terminating NUL
 
 
@@ -73,23 +81,66 @@ def _send(conn: socket.socket, message: dict) -> None:
     conn.sendall((json.dumps(message, default=str) + "\n").encode())
 
 
-def _read_request(conn: socket.socket, timeout: float = 10.0) -> dict:
+def peer_uid(conn: socket.socket) -> int | None:
+    """The user id of the process at the other end of a Unix socket (None where the platform
+    has no ``SO_PEERCRED``)."""
+    if not hasattr(socket, "SO_PEERCRED"):
+        return None
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
+def _depth(data: bytes) -> int:
+    """Deepest nesting of brackets outside strings: refused before json parses (and recurses)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
+def _read_request(conn: socket.socket, deadline_s: float = REQUEST_DEADLINE_S) -> dict:
     """One JSON request line, checked; ValueError says what is wrong with it."""
-    conn.settimeout(timeout)
+    end = time.monotonic() + deadline_s
     data = b""
     while not data.endswith(b"\n"):
-        chunk = conn.recv(65536)
+        left = end - time.monotonic()
+        if left <= 0:
+            raise ValueError(f"request not complete within {deadline_s:g} s")
+        conn.settimeout(left)
+        try:
+            chunk = conn.recv(65536)
+        except socket.timeout:
+            raise ValueError(f"request not complete within {deadline_s:g} s") from None
         if not chunk:
             break
         data += chunk
         if len(data) > MAX_REQUEST_BYTES:
             raise ValueError(f"request larger than {MAX_REQUEST_BYTES} bytes")
+    if _depth(data) > MAX_DEPTH:
+        raise ValueError(f"request nested deeper than {MAX_DEPTH} levels")
     try:
         req = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ValueError(f"request is not one JSON line: {exc}") from None
     if not isinstance(req, dict) or not isinstance(req.get("hello"), dict):
         raise ValueError("request must be an object with a 'hello' object")
+    unknown = sorted(set(req) - _KEYS)
+    if unknown:
+        raise ValueError(f"unknown request keys {unknown[:5]}")
     hello = req["hello"]
     if not all(isinstance(hello.get(k), str) for k in ("version", "code")):
         raise ValueError("hello needs 'version' and 'code' strings")
@@ -105,6 +156,10 @@ def _read_request(conn: socket.socket, timeout: float = 10.0) -> dict:
 
 
 def _handle(conn: socket.socket, me: dict, meta: dict) -> None:
+    uid = peer_uid(conn)
+    if uid is not None and uid != os.getuid():
+        _send(conn, {"error": f"refused: the probe server serves user {os.getuid()} only, not {uid}"})
+        return
     try:
         req = _read_request(conn)
     except (ValueError, OSError) as exc:
