@@ -177,27 +177,33 @@ def test_nesting_depth_ignores_brackets_in_strings():
 @pytest.mark.skipif(not hasattr(socket, "SO_PEERCRED") or os.geteuid() != 0,
                     reason="needs SO_PEERCRED and root (to become another user)")
 def test_peer_of_another_user_is_refused():
-    """Peer credentials, not the file mode: a socket pair has no file, and the peer's uid decides."""
-    server_end, client_end = socket.socketpair()
+    """Peer credentials, not the file mode: over an abstract-namespace socket (no file, no mode) a
+    process that became another user before connecting is refused; this user's own peer is not."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(f"\0hspi-test-{os.getpid()}")
+    listener.listen(1)
+    address = listener.getsockname()
+    me = srv.identity()  # computed here: the child cannot read this user's cache as nobody
     pid = os.fork()
-    if pid == 0:  # the child becomes nobody and asks through the inherited socket
+    if pid == 0:  # the child becomes nobody, then connects (SO_PEERCRED is taken at connect)
         code = 3
         try:
-            server_end.close()
+            listener.close()
             os.setuid(65534)
-            client_end.sendall(json.dumps({"hello": srv.identity(), "ping": True}).encode() + b"\n")
-            answer = json.loads(client_end.makefile("rb").readline())
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+                c.connect(address)
+                c.sendall(json.dumps({"hello": me, "ping": True}).encode() + b"\n")
+                answer = json.loads(c.makefile("rb").readline())
             code = 0 if "refused" in answer.get("error", "") else 1
         finally:
             os._exit(code)
-    client_end.close()
-    try:
-        srv._handle(server_end, srv.identity(), {})
-    except OSError:
-        pass
-    server_end.close()
+    conn, _ = listener.accept()
+    with conn:
+        assert srv.peer_uid(conn) == 65534
+        srv._handle(conn, me, {})
+    listener.close()
     _, status = os.waitpid(pid, 0)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, "another user's ping was not refused"
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"another user's ping was not refused ({status})"
     # negative control: the same check passes this user's own peer
     a, b = socket.socketpair()
     with a, b:
