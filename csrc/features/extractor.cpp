@@ -123,6 +123,11 @@ Format make_format(int width, int exp_bits, int frac_bits, bool has_inf) {
 
 // A C-contiguous array of raw bit patterns with the itemsize the format needs.
 const void* bits_data(const py::array& a, const Format& f, const char* name) {
+  // Integer, float or bool storage only: an object array's "bits" would be pointers.
+  const char kind = a.dtype().kind();
+  if (kind != 'u' && kind != 'i' && kind != 'f' && kind != 'b')
+    throw py::value_error(std::string(name) + ": raw bit patterns must be a numeric array, got dtype " +
+                          std::string(py::str(a.dtype())));
   if (a.itemsize() * 8 != f.width)
     throw py::value_error(std::string(name) + ": itemsize " + std::to_string(a.itemsize()) +
                           " bytes does not match a " + std::to_string(f.width) + "-bit format");
@@ -203,13 +208,22 @@ py::array_t<U> output_array(const py::object& given, const std::vector<py::ssize
   return py::reinterpret_borrow<py::array_t<U>>(given);
 }
 
+// The kernels take __restrict pointers: a caller-provided output must not share memory with
+// the input or with another output (an overlap would be undefined behaviour, not just wrong).
+bool overlaps(const py::array& a, const py::array& b) {
+  const char* a0 = static_cast<const char*>(a.data());
+  const char* b0 = static_cast<const char*>(b.data());
+  return a.nbytes() > 0 && b.nbytes() > 0 && a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes();
+}
+
 template <class T, class E>
-py::tuple fields_typed(const void* data, const std::vector<py::ssize_t>& shape, std::int64_t n,
-                       const Format& f, const py::object& out) {
+py::tuple fields_typed(const py::array& x, const void* data, const std::vector<py::ssize_t>& shape,
+                       std::int64_t n, const Format& f, const py::object& out) {
   py::object o_s = py::none(), o_e = py::none(), o_f = py::none();
   if (!out.is_none()) {
-    py::tuple t = py::cast<py::tuple>(out);
-    if (t.size() != 3) throw py::value_error("out must be a (sign, exponent, fraction) tuple");
+    if (!py::isinstance<py::tuple>(out) || py::len(out) != 3)
+      throw py::value_error("out must be a (sign, exponent, fraction) tuple");
+    py::tuple t = py::reinterpret_borrow<py::tuple>(out);
     o_s = t[0];
     o_e = t[1];
     o_f = t[2];
@@ -217,6 +231,13 @@ py::tuple fields_typed(const void* data, const std::vector<py::ssize_t>& shape, 
   auto sign = output_array<std::uint8_t>(o_s, shape, n, "sign");
   auto exponent = output_array<E>(o_e, shape, n, "exponent");
   auto fraction = output_array<T>(o_f, shape, n, "fraction");
+  if (!out.is_none()) {
+    const py::array* arrs[4] = {&x, &sign, &exponent, &fraction};
+    for (int i = 0; i < 4; ++i)
+      for (int j = i + 1; j < 4; ++j)
+        if (overlaps(*arrs[i], *arrs[j]))
+          throw py::value_error("out arrays must not overlap the input or each other");
+  }
   const T exp_mask = static_cast<T>((std::uint64_t{1} << f.exp_bits) - 1);
   const T frac_mask = static_cast<T>((std::uint64_t{1} << f.frac_bits) - 1);
   const T* xs = static_cast<const T*>(data);
@@ -240,10 +261,14 @@ py::tuple fields(const py::array& x, int width, int exp_bits, int frac_bits, boo
   const void* data = bits_data(x, f, "x");
   auto shape = shape_of(x);
   const std::int64_t n = x.size();
+  // The exponent output is u8 or u16: a wider field would be silently truncated.
+  if (f.exp_bits > 16)
+    throw py::value_error("fields: exponent fields wider than 16 bits are not supported, got " +
+                          std::to_string(f.exp_bits));
   return dispatch_width(f.width, [&](auto tag) -> py::tuple {
     using T = decltype(tag);
-    if (f.exp_bits <= 8) return fields_typed<T, std::uint8_t>(data, shape, n, f, out);
-    return fields_typed<T, std::uint16_t>(data, shape, n, f, out);
+    if (f.exp_bits <= 8) return fields_typed<T, std::uint8_t>(x, data, shape, n, f, out);
+    return fields_typed<T, std::uint16_t>(x, data, shape, n, f, out);
   });
 }
 
@@ -612,10 +637,16 @@ void rounding_kernel(const T* low, const R* ref, std::int64_t n, const Format& f
 py::tuple rounding_direction(const py::array& low, const py::array& ref, int width, int exp_bits,
                              int frac_bits, bool has_inf, int ref_width) {
   Format f = make_format(width, exp_bits, frac_bits, has_inf);
+  // Widths 32 and 64 are decoded by bit cast: only binary32 / binary64 themselves are valid.
+  if ((f.width == 32 && (f.exp_bits != 8 || !f.has_inf)) || (f.width == 64 && (f.exp_bits != 11 || !f.has_inf)))
+    throw py::value_error("rounding_direction: a 32/64-bit low format must be IEEE binary32/binary64");
   const void* dl = bits_data(low, f, "low");
   if (ref_width != 32 && ref_width != 64)
     throw py::value_error("reference must be fp32 or fp64");
   Format rf = ref_width == 64 ? make_format(64, 11, 52, true) : make_format(32, 8, 23, true);
+  if (ref.dtype().kind() != 'f')
+    throw py::value_error("high_ref: the reference must be a float32/float64 array, got dtype " +
+                          std::string(py::str(ref.dtype())));
   const void* dr = bits_data(ref, rf, "high_ref");
   check_same_size(low, ref);
   auto shape = shape_of(low);

@@ -204,7 +204,9 @@ float block_fma(const Decoded* a, const Decoded* b, float c, const BlockParams& 
   int64_t total = 0;
   const int base = e_max + 46 - F;
   for (int i = 0; i < G; ++i) {
-    const int shift = std::min(base - pe[i], 63);
+    // >= 46 - F >= 0 for a non-zero product; a zero product in an all-zero block (e_max at
+    // the zero sentinel) can sit above the grid: clamp (its magnitude is 0 either way).
+    const int shift = std::clamp(base - pe[i], 0, 63);
     const int64_t term = static_cast<int64_t>(pm[i] >> shift);
     const int64_t sign = static_cast<int64_t>(a[i].sign ^ b[i].sign);
     total += (term ^ sign) - sign;  // sign-magnitude truncation, then the signed value
@@ -389,14 +391,22 @@ py::array_t<T> run_program(py::handle instrs_h, py::handle lists_h, int64_t n, i
     if (C.size() != n_out) throw std::invalid_argument("C must have one value per output");
   }
 
-  Program prog{instrs.data(), instrs.shape(0), lists.data(), n, n_regs, out_reg, false, {}};
+  // Registers: n terms, +0, c, then one per instruction (what plans.lower emits); out is -1
+  // (absent) or a register. Bounding n_regs by the program bounds every allocation below.
+  const int64_t n_instrs = instrs.shape(0);
+  if (n_regs < n + 2 || n_regs - n - 2 > n_instrs)
+    throw std::invalid_argument("malformed program: n_regs must be in [n + 2, n + 2 + instructions]");
+  if (out_reg != -1 && (out_reg < n || out_reg >= n_regs))
+    throw std::invalid_argument("malformed program: out register out of range");
+  Program prog{instrs.data(), n_instrs, lists.data(), n, n_regs, out_reg, false, {}};
   int64_t max_chain = 0;
   const int64_t n_lists = lists.shape(0);
   prog.contiguous.assign(static_cast<size_t>(prog.n_instrs), 0);
   for (int64_t k = 0; k < prog.n_instrs; ++k) {
     const int64_t* ins = prog.instrs + 6 * k;
     if (ins[0] != OP_SEQ && ins[0] != OP_CHAIN) throw std::invalid_argument("unknown instruction");
-    if (ins[3] < 0 || ins[4] < 0 || ins[3] + ins[4] > n_lists || ins[1] < n + 2 || ins[1] >= n_regs ||
+    // ins[4] > n_lists - ins[3], not ins[3] + ins[4] > n_lists: the sum can overflow int64
+    if (ins[3] < 0 || ins[4] < 0 || ins[3] > n_lists || ins[4] > n_lists - ins[3] || ins[1] < n + 2 || ins[1] >= n_regs ||
         ins[2] >= n_regs || (ins[2] >= 0 && ins[2] < n) || (ins[2] < 0 && ins[4] == 0))
       throw std::invalid_argument("malformed program");
     const int32_t* list = prog.lists + ins[3];
@@ -434,8 +444,12 @@ py::array_t<T> run_program(py::handle instrs_h, py::handle lists_h, int64_t n, i
     P.in_emin = static_cast<int>(m[8]);
     P.c_emin = static_cast<int>(m[9]);
     P.zero_positive = m[10] != 0;
-    if (P.in_emin < -1000 || P.in_emin > 0 || P.c_emin < -1000 || P.c_emin > 0)
+    // Range-check before the int casts above matter: the block arithmetic adds exponents in
+    // int and scales by pow2(|e| < 1000).
+    if (m[8] < -1000 || m[8] > 0 || m[9] < -1000 || m[9] > 0)
       throw std::invalid_argument("model: emin out of range");
+    if (P.has_floor && (m[5] < -1000 || m[5] > 1000)) throw std::invalid_argument("model: e_max floor out of range");
+    if (m[6] < 0 || m[6] > 23) throw std::invalid_argument("model: ignored low bits must be in [0, 23]");
     for (int64_t k = 0; k < prog.n_instrs; ++k)
       if (prog.instrs[6 * k] == OP_CHAIN && prog.instrs[6 * k + 4] % P.G)
         throw std::invalid_argument("a chain's length must be a multiple of G");
@@ -456,14 +470,27 @@ py::array_t<T> run_program(py::handle instrs_h, py::handle lists_h, int64_t n, i
         decode_rows(b, outer ? cols : rows, P.low_bits, dB, sB, K);
       }
     }
+    // Per-thread scratch is allocated here, not inside the parallel region: an exception (bad_alloc)
+    // escaping an OpenMP region terminates the process instead of reaching Python.
+    int n_threads = 1;
 #ifdef HSPI_HAVE_OPENMP
-#pragma omp parallel
+    n_threads = omp_get_max_threads();
+#endif
+    std::vector<Scratch<T>> scratches(static_cast<size_t>(n_threads));
+    for (auto& sc : scratches) {
+      sc.regs.assign(static_cast<size_t>(n_regs - n), T(0));
+      sc.ga.resize(static_cast<size_t>(max_chain));
+      sc.gb.resize(static_cast<size_t>(max_chain));
+    }
+#ifdef HSPI_HAVE_OPENMP
+#pragma omp parallel num_threads(n_threads)
 #endif
     {
-      Scratch<T> scratch;
-      scratch.regs.assign(static_cast<size_t>(n_regs - n), T(0));
-      scratch.ga.resize(static_cast<size_t>(max_chain));
-      scratch.gb.resize(static_cast<size_t>(max_chain));
+      int tid = 0;
+#ifdef HSPI_HAVE_OPENMP
+      tid = omp_get_thread_num();
+#endif
+      Scratch<T>& scratch = scratches[static_cast<size_t>(tid)];
 #ifdef HSPI_HAVE_OPENMP
 #pragma omp for schedule(dynamic, 16)
 #endif
