@@ -139,7 +139,7 @@ def env(as_json: bool = typer.Option(False, "--json", help="machine-readable out
     for name, cap in meta["capabilities"].items():
         rows.append((name, ("yes" if cap["ok"] else "no") + (f" — {cap['detail']}" if cap["detail"] else "")))
     for key, value in rows:
-        table.add_row(key, str(value))
+        table.add_row(key, escape(str(value)))  # e.g. "pip install 'hspi_kernels[gpu]'" prints as typed
     console.print(table)
 
 

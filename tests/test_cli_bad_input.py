@@ -227,6 +227,15 @@ def test_missing_extra_message_is_printed_verbatim(monkeypatch, width80):
     assert result.exit_code == 1 and MODELS_HINT in result.output, result.output
 
 
+def test_env_prints_install_hints_verbatim(monkeypatch, width80):
+    """`hspi env` names the GPU extra as typed (it showed "pip install 'hspi_kernels'" before)."""
+    _set_width(monkeypatch, 200)
+    result = invoke(["env"])
+    assert result.exit_code == 0
+    if "CuPy is not importable" in result.output:
+        assert "'hspi_kernels[gpu]'" in result.output, result.output
+
+
 def test_probe_creates_missing_parents_and_summary_counts(tmp_path, width80):
     out = tmp_path / "nodir" / "sub" / "fp.json"
     result = invoke(["probe", "--only", "numpy/sum", "--jobs", "1", "--server", "off", "--out", str(out)])
