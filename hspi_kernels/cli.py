@@ -5,30 +5,35 @@ triton, cupy, transformers, scikit-learn and matplotlib are imported only by the
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, NoReturn, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
 _IMPORTS_START = time.perf_counter()
-from hspi_kernels import fingerprint, identify as ident, platform as plat, report as html_report  # noqa: E402
+from hspi_kernels import fingerprint, platform as plat, report as html_report  # noqa: E402
+from hspi_kernels.identify import references as ident  # noqa: E402  (hspi_kernels.identify is also the API function)
 from hspi_kernels.fingerprint import take as fp_take  # noqa: E402
 from hspi_kernels.fingerprint.take import NoProbesSelected, ServerFailed  # noqa: E402
 from hspi_kernels.identify import Reference  # noqa: E402
-from hspi_kernels.kernels import validation  # noqa: E402
+from hspi_kernels.kernels import bench as kbench, validation  # noqa: E402
 from hspi_kernels.models import analysis, collect as mc, crossplatform as cp, eqc as meqc  # noqa: E402
-from hspi_kernels.models import hspi_bi, hspi_ld, matching  # noqa: E402
+from hspi_kernels.models import hspi_bi, hspi_ld, matching, zoo  # noqa: E402
 from hspi_kernels.numerics import tensor_core as TC  # noqa: E402
 from hspi_kernels.platform.capabilities import capabilities  # noqa: E402
-from hspi_kernels.probes import server as srv  # noqa: E402
+from hspi_kernels.platform.files import OutputPathError, atomic_write_text, check_output_dir, check_output_path  # noqa: E402
+from hspi_kernels.probes import cache as probe_cache, server as srv  # noqa: E402
 from hspi_kernels.reveal import card as C, order as R, targets as reveal_targets  # noqa: E402
 from hspi_kernels.trace import explain as E, tracer as T  # noqa: E402
 
@@ -40,9 +45,65 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def _error(message: str) -> None:
-    """An error line on stderr, never hard-wrapped (a long path stays one piece)."""
-    err_console.print(message, soft_wrap=True)
+def _error(message: str, style: str = "red") -> None:
+    """An error line on stderr: plain text (brackets in it, e.g. ``'hspi_kernels[models]'``, print
+    as they are, never as rich markup) and never hard-wrapped (a long path stays one piece)."""
+    err_console.print(escape(message), style=style, soft_wrap=True, highlight=False)
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    """One error line, then exit: 2 for a usage error (bad argument, unwritable output), 1 for a
+    failure at run time (unreadable input, missing dependency, no GPU)."""
+    _error(message)
+    raise typer.Exit(code)
+
+
+def _output(path: Path, kind: str) -> Path:
+    """An output file checked before any work (``platform.files.check_output_path``): exit 2 if not writable."""
+    try:
+        return check_output_path(path, kind=kind)
+    except OutputPathError as exc:
+        _fail(str(exc), 2)
+
+
+def _output_dir(path: Path, kind: str) -> Path:
+    try:
+        return check_output_dir(path, kind=kind)
+    except OutputPathError as exc:
+        _fail(str(exc), 2)
+
+
+@contextmanager
+def _writing(what: str) -> Iterator[None]:
+    """A write that fails after the checks (disk full, I/O error) as one line and exit 1; the
+    atomic writers have left the previous file (or none) in place."""
+    try:
+        yield
+    except OSError as exc:
+        _fail(f"cannot write {what}: {exc.strerror or exc}", 1)
+
+
+def _need(module: str, purpose: str) -> None:
+    """Exit 1 with the install command when an optional package of the models extra is missing."""
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        _fail(f"{purpose} needs {module}, which is not importable ({exc}): {zoo.MODELS_EXTRA}", 1)
+
+
+def _model_spec(model: str) -> zoo.ModelSpec:
+    """A model name checked before any work: exit 2 when unknown, 1 when its packages are missing."""
+    try:
+        return zoo.require(model)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    except zoo.MissingDependency as exc:
+        _fail(str(exc), 1)
+
+
+def _positive(value: float, option: str) -> None:
+    if not value >= 1:
+        _fail(f"{option} must be >= 1, got {value}", 2)
 
 
 def _print_json(obj) -> None:
@@ -78,7 +139,7 @@ def env(as_json: bool = typer.Option(False, "--json", help="machine-readable out
     for name, cap in meta["capabilities"].items():
         rows.append((name, ("yes" if cap["ok"] else "no") + (f" — {cap['detail']}" if cap["detail"] else "")))
     for key, value in rows:
-        table.add_row(key, str(value))
+        table.add_row(key, escape(str(value)))  # e.g. "pip install 'hspi_kernels[gpu]'" prints as typed
     console.print(table)
 
 
@@ -106,32 +167,66 @@ def probe(
     cache (checksummed, keyed by the code that made them); the probes themselves always run.
     Probe groups run in parallel worker processes (``--jobs``; records do not depend on it), or
     in a resident ``hspi serve`` process when one runs (``--server``)."""
+    out = _output(out, "fingerprint")  # before the probes run, not after
     progress_console = err_console if as_json else console
     fp = _take(progress_console, transient=False, only=only, kernels=kernels, use_cache=use_cache,
                clear_cache=clear_cache, jobs=jobs, server=server, imports_s=IMPORTS_S)
     records, elapsed = fp["probes"], fp["suite"]["wall_s"]
-    fingerprint.save(fp, out)
+    with _writing(f"fingerprint {out}"):
+        fingerprint.save(fp, out)
     failed = [r for r in records if r["status"] == "failed"]
     if as_json:
         _print_json(fp)
     else:
-        table = Table(title=f"hspi probe — {fp['label']}")
-        table.add_column("probe", no_wrap=True)
-        table.add_column("status")
-        table.add_column("digest", no_wrap=True)
-        table.add_column("determ.")
-        table.add_column("time / reason", overflow="fold")
-        for r in records:
-            det = "" if r["status"] != "ok" else ("yes" if r["deterministic"] else "[yellow]NO[/yellow]")
-            digest = r.get("digest") or ("-" if r["status"] != "ok" else "varies")
-            time_s = f"{r['time_s'] * 1e3:.1f} ms" if "time_s" in r else r.get("reason", r.get("error", ""))[:60]
-            table.add_row(r["id"], r["status"], digest, det, time_s)
-        console.print(table)
-        console.print(f"wrote {out} ({len(records)} probes, {len(failed)} failed) in {elapsed:.1f} s")
+        console.print(_probe_table(fp, console.width))
+        console.print(f"wrote {out} ({probe_summary(records)}) in {elapsed:.1f} s")
     if timings:
         _print_timings(fp, progress_console)
     if failed:
         raise typer.Exit(1)
+
+
+def probe_summary(records: list[dict]) -> str:
+    """'77 probes: 18 ok, 59 skipped, 0 failed' (every status present is named; failed always)."""
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    counts.setdefault("failed", 0)
+    order = ["ok", "skipped"] + sorted(set(counts) - {"ok", "skipped", "failed"}) + ["failed"]
+    return f"{len(records)} probes: " + ", ".join(f"{counts[k]} {k}" for k in order if k in counts)
+
+
+def _probe_table(fp: dict, width: int) -> Table:
+    """`hspi probe`'s table for a terminal ``width`` columns wide. Below 120 columns the digest is
+    dropped (it is in the JSON) and reasons are cut to fit, so status, determinism and time keep
+    their full width and the probe id takes the rest (it wraps only when longer than that)."""
+    wide = width >= 120
+    table = Table(title=f"hspi probe — {fp['label']}")
+    if wide:
+        table.add_column("probe", no_wrap=True)
+        table.add_column("status", no_wrap=True)
+        table.add_column("digest", no_wrap=True)
+        table.add_column("determ.", no_wrap=True)
+        table.add_column("time / reason", overflow="fold")
+        reason_chars = 60
+    else:
+        reason_chars = 13 if width < 100 else 30
+        # 4 columns: 5 borders + 2 padding each = 13; status 7, det. 4 ("yes", "NO")
+        id_width = max(16, width - 13 - 7 - 4 - reason_chars)
+        longest = max((len(r["id"]) for r in fp["probes"]), default=8)
+        table.add_column("probe", overflow="fold", min_width=min(longest, id_width), max_width=id_width)
+        table.add_column("status", no_wrap=True, min_width=7)
+        table.add_column("det.", no_wrap=True, min_width=4)
+        table.add_column("time / reason", no_wrap=True, overflow="ellipsis", max_width=reason_chars)
+    for r in fp["probes"]:
+        det = "" if r["status"] != "ok" else ("yes" if r["deterministic"] else "[yellow]NO[/yellow]")
+        digest = r.get("digest") or ("-" if r["status"] != "ok" else "varies")
+        reason = r.get("reason", r.get("error", ""))
+        if len(reason) > reason_chars:
+            reason = reason[:reason_chars - 1] + "…"
+        time_s = f"{r['time_s'] * 1e3:.1f} ms" if "time_s" in r else escape(reason)
+        table.add_row(escape(r["id"]), r["status"], *([digest] if wide else []), det, time_s)
+    return table
 
 
 def _print_timings(fp: dict, where: Console, top: int = 12) -> None:
@@ -159,17 +254,15 @@ def _print_timings(fp: dict, where: Console, top: int = 12) -> None:
 def _load_fingerprint(path: Path) -> dict:
     try:
         return fingerprint.load(path)
-    except ValueError as exc:
-        _error(f"[red]invalid fingerprint:[/red] {exc}")
-        raise typer.Exit(1) from None
+    except (ValueError, OSError) as exc:
+        _fail(f"invalid fingerprint: {exc}", 1)
 
 
 def _load_database(db: Optional[list[Path]]):
     try:
         return ident.load_database(db or None)
-    except ValueError as exc:
-        _error(f"[red]invalid reference database:[/red] {exc}")
-        raise typer.Exit(1) from None
+    except (ValueError, OSError) as exc:
+        _fail(f"invalid reference database: {exc}", 1)
 
 
 @app.command()
@@ -183,12 +276,14 @@ def serve(
     their probes in it (a Unix socket in the cache dir, this user only), without importing torch
     or setting up CUDA, cuBLAS and Triton again. It refuses clients of other code and ends after
     --idle-timeout seconds without a request, on Ctrl-C or SIGTERM."""
+    unusable = probe_cache.unusable_reason()
+    if unusable is not None:
+        _fail(f"probe server: {unusable}; its socket lives there (point HSPI_CACHE_DIR at a writable folder)", 1)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # the socket is removed on the way out
     try:
         srv.serve(idle_timeout=idle_timeout, warm=warm, log=lambda msg: console.print(msg))
-    except (RuntimeError, ValueError) as exc:
-        _error(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+    except (RuntimeError, ValueError, OSError) as exc:
+        _fail(f"probe server: {exc}", 1)
     except KeyboardInterrupt:
         console.print("stopped")
 
@@ -196,8 +291,7 @@ def serve(
 def _take(progress_console: Console, transient: bool, *, server: str, **options) -> dict:
     """``fingerprint.take`` with a progress bar on ``progress_console``; its errors as exit codes."""
     if server not in ("auto", "on", "off"):
-        _error(f"[red]--server must be auto, on or off, got {server!r}[/red]")
-        raise typer.Exit(2)
+        _fail(f"--server must be auto, on or off, got {server!r}", 2)
     bar = Progress(console=progress_console, transient=transient)
     task = bar.add_task("probing", total=None)
 
@@ -209,13 +303,11 @@ def _take(progress_console: Console, transient: bool, *, server: str, **options)
 
     try:
         return fp_take.take(server=server, progress=progress,
-                                note=lambda message: _error(f"[yellow]{message}[/yellow]"), **options)
+                            note=lambda message: _error(f"warning: {message}", style="yellow"), **options)
     except NoProbesSelected as exc:
-        _error(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+        _fail(str(exc), 2)
     except ServerFailed as exc:
-        _error(f"[red]probe server: {exc}[/red]")
-        raise typer.Exit(1) from None
+        _fail(f"probe server: {exc}", 1)
     finally:
         bar.stop()
 
@@ -253,6 +345,10 @@ def identify(
 ) -> None:
     """Name the platform that produced a fingerprint: ranked candidates from the reference database,
     confidence, and per-probe evidence (agrees / differs / nondeterministic / missing, and why)."""
+    if save is not None:
+        if fingerprint_path is not None:
+            _fail("--save writes the fingerprint this run probes; with a FINGERPRINT argument nothing is probed", 2)
+        save = _output(save, "--save fingerprint")
     database = _load_database(db)
     if fingerprint_path is not None:
         query = _load_fingerprint(fingerprint_path)
@@ -260,12 +356,12 @@ def identify(
         query = _take(err_console if as_json else console, transient=True, only=only, kernels=True, jobs=jobs,
                       server=server, timing=False)
         if save is not None:
-            fingerprint.save(query, save)
+            with _writing(f"fingerprint {save}"):
+                fingerprint.save(query, save)
     try:
         result = ident.identify(query, database)
     except ValueError as exc:
-        _error(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+        _fail(str(exc), 1)
     expected_ok = expect is None or (result["status"] == "identified" and any(
         expect.lower() in (result[k] or "").lower() for k in ("platform", "reference")))
     if as_json:
@@ -287,38 +383,57 @@ def identify(
         console.print(_evidence_table(f"evidence against {best['id']}", best["evidence"], 60, show_all))
         console.print(f"rule: {result['rule']}")
     if not expected_ok:
-        _error(f"[red]expected a platform matching {expect!r}, got {result['status']}: "
-                          f"{result['summary']}[/red]")
-        raise typer.Exit(1)
+        _fail(f"expected a platform matching {expect!r}, got {result['status']}: {result['summary']}", 1)
 
 
 @app.command()
 def compare(
     a: Path = typer.Argument(..., help="fingerprint A"),
     b: Path = typer.Argument(..., help="fingerprint B"),
-    show_all: bool = typer.Option(False, "--all", help="include missing / skipped / control rows"),
-    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    show_all: bool = typer.Option(False, "--all", help="every probe (agrees / missing / skipped / control too), "
+                                  "not only those that differ"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output (every probe)"),
 ) -> None:
-    """Per-probe diff of two fingerprints: digests, sampled ULP distances, kernel names, and why."""
+    """Per-probe diff of two fingerprints: digests, sampled ULP distances, kernel names, and why.
+    The table shows the probes that differ (differs / nondeterministic / incomparable / failed);
+    ``--all`` shows every probe."""
     result = ident.compare(_load_fingerprint(a), _load_fingerprint(b))
     if as_json:
         _print_json(result)
         return
+    shown = [r for r in result["rows"] if show_all or r["verdict"] not in COMPARE_HIDDEN]
+    console.print(_compare_table(result, shown, console.width))
+    hidden = len(result["rows"]) - len(shown)
+    console.print(f"{len(shown)} of {len(result['rows'])} probes shown"
+                  + (f" (the {hidden} that agree, are missing, skipped or controls: --all)" if hidden else "")
+                  + "; " + ", ".join(f"{k} {v}" for k, v in result["counts"].items() if v))
+
+
+COMPARE_HIDDEN = ("agrees", "missing", "skipped", "control")  # `hspi compare` rows shown only with --all
+
+
+def _compare_table(result: dict, rows: list[dict], width: int) -> Table:
+    """Below 160 columns only probe / verdict / why (digests, ULP and kernels are in --json)."""
+    wide = width >= 160
+    cols = ("probe", "verdict", "digest A", "digest B", "sampled ULP", "kernels A / B", "why") if wide \
+        else ("probe", "verdict", "why")
     table = Table(title=f"A = {result['a']}  vs  B = {result['b']}")
-    for col in ("probe", "verdict", "digest A", "digest B", "sampled ULP", "kernels A / B", "why"):
-        table.add_column(col, overflow="fold", no_wrap=col == "probe")
-    for r in result["rows"]:
-        if not show_all and r["verdict"] in ("missing", "skipped", "control"):
+    for col in cols:
+        table.add_column(col, overflow="fold", no_wrap=col == "probe" and wide,
+                         min_width=len("nondeterministic") if col == "verdict" else None)
+    for r in rows:
+        style = _VERDICT_STYLE.get(r["verdict"], "")
+        why = "" if r["verdict"] == "agrees" else escape(r["why"])
+        verdict = f"[{style}]{r['verdict']}[/{style}]"
+        if not wide:
+            table.add_row(escape(r["id"]), verdict, why)
             continue
         ulp = r["ulp"]
         ulp_text = f"{ulp['equal_fraction']:.0%} eq, max {ulp['max_abs']}" if ulp else ""
         ka, kb = r["kernels_a"], r["kernels_b"]
         kern = "" if not (ka or kb) else ("same" if ka == kb else f"{' + '.join(ka or ['-'])} / {' + '.join(kb or ['-'])}")
-        style = _VERDICT_STYLE.get(r["verdict"], "")
-        table.add_row(r["id"], f"[{style}]{r['verdict']}[/{style}]", r["digest_a"] or "-", r["digest_b"] or "-",
-                      ulp_text, kern, "" if r["verdict"] == "agrees" else r["why"])
-    console.print(table)
-    console.print(", ".join(f"{k} {v}" for k, v in result["counts"].items() if v))
+        table.add_row(escape(r["id"]), verdict, r["digest_a"] or "-", r["digest_b"] or "-", ulp_text, escape(kern), why)
+    return table
 
 
 @app.command()
@@ -328,6 +443,7 @@ def report(
     as_json: bool = typer.Option(False, "--json", help="print a JSON summary of the report"),
 ) -> None:
     """One self-contained HTML report: agreement matrices, ULP histograms, fraction-bit frequencies."""
+    out = _output(out, "report")
     if fingerprints:
         refs = [Reference(id=p.stem, label=fp["label"], fingerprint=fp, path=str(p))
                 for p, fp in ((p, _load_fingerprint(p)) for p in fingerprints)]
@@ -336,8 +452,7 @@ def report(
     try:
         summary = html_report.write_report(refs, out, console=err_console if as_json else console)
     except (ValueError, OSError) as exc:
-        _error(f"[red]report failed:[/red] {exc}")
-        raise typer.Exit(1) from None
+        _fail(f"report failed: {exc}", 1)
     if as_json:
         _print_json(summary)
     else:
@@ -365,15 +480,26 @@ def model_collect(
     out: Path = typer.Option(Path("collection.npz"), "--out", "-o"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Run a model under EQCs on fixed prompt sets and write a compressed collection (.npz)."""
+    """Run a model under EQCs on fixed prompt sets and write a compressed collection (.npz).
+    LLMs need the models extra: pip install 'hspi_kernels[models]'."""
+    spec = _model_spec(model)
+    try:
+        eqcs = [meqc.parse(e) for e in eqc] if eqc else meqc.preset(preset, spec.kind)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    for value, option in ((n_random + n_text, "--n-random + --n-text"), (length, "--length")):
+        _positive(value, option)
+    if min(n_random, n_text) < 0:
+        _fail(f"--n-random and --n-text must be >= 0, got {n_random} and {n_text}", 2)
+    out = _output(out, "collection")
     runner = mc.Runner(model, seed=seed, device=device)
-    eqcs = [meqc.parse(e) for e in eqc] if eqc else meqc.preset(preset, runner.kind)
     inputs = mc.make_inputs(runner, n_random, n_text, length, seed)
     with Progress(console=err_console if as_json else console) as progress:
         task = progress.add_task("collecting", total=len(eqcs))
         coll = mc.collect(runner, eqcs, inputs, on_run=lambda r: progress.update(
             task, advance=1, description=f"{r['status']:>11} {r['label']}"))
-    coll.save(out)
+    with _writing(f"collection {out}"):
+        coll.save(out)
     summary = [{k: r.get(k) for k in ("label", "status", "deterministic", "time_s", "reason", "error")}
                for r in coll.meta["runs"]]
     if as_json:
@@ -391,6 +517,13 @@ def model_collect(
         raise typer.Exit(1)
 
 
+def _load_collections(paths: list[Path]) -> list:
+    try:
+        return mc.load_many(paths)
+    except (ValueError, OSError) as exc:
+        _fail(f"invalid collection: {exc}", 1)
+
+
 @model_app.command("classify")
 def model_classify(
     collections: list[Path] = typer.Argument(..., help="collections (.npz), e.g. one per GPU"),
@@ -404,19 +537,27 @@ def model_classify(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the report JSON here"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """EQC lattice, HSPI-LD per axis (+ shuffled control), white-box and black-box identification."""
+    """EQC lattice, HSPI-LD per axis (+ shuffled control), white-box and black-box identification.
+    Needs the models extra: pip install 'hspi_kernels[models]'."""
     try:
         hspi_ld.require_sklearn()
     except RuntimeError as exc:
-        _error(f"[red]{exc}[/red]")
-        raise typer.Exit(2)
-    runs = mc.load_many(collections)
+        _fail(str(exc), 1)
+    if plot_dir is not None:
+        _need("matplotlib", "--plot-dir")
+        plot_dir = _output_dir(plot_dir, "--plot-dir")
+    if out is not None:
+        out = _output(out, "report JSON")
+    for value, option in ((d, "--d"), (queries, "--queries"), (k, "--k")):
+        _positive(value, option)
+    runs = _load_collections(collections)
     with (err_console if as_json else console).status("classifying") as status:
         report = analysis.analyse(runs, representations=representation, axes=axis, d=d, queries=queries, k=k,
                                   decimals=decimals, plot_dir=plot_dir, progress=lambda s: status.update(s))
     report["collections"] = [str(c) for c in collections]
     if out:
-        out.write_text(json.dumps(report, indent=1, default=str))
+        with _writing(f"report {out}"):
+            atomic_write_text(out, json.dumps(report, indent=1, default=str))
     if as_json:
         _print_json(report)
         return
@@ -456,13 +597,25 @@ def model_tables(
     try:
         hspi_ld.require_sklearn()
     except RuntimeError as exc:
-        _error(f"[red]{exc}[/red]")
-        raise typer.Exit(2)
-    with err_console.status("analysing") as status:
-        rep = cp.analyse_files(collections, out, dtypes=tuple(dtypes.split(",")), queries=queries, k=k, trials=trials,
-                               models=models.split(",") if models else None,
-                               hardware=hardware.split(",") if hardware else None,
-                               progress=lambda s: status.update(s))
+        _fail(str(exc), 1)
+    for suffix in (".json", ".md"):
+        _output(Path(f"{out}{suffix}"), "tables output")
+    for value, option in ((queries, "--queries"), (k, "--k"), (trials, "--trials")):
+        _positive(value, option)
+    for c in collections:
+        path = c.rsplit("=", 1)[0] if "=" in c and not Path(c).exists() else c
+        if not Path(path).is_file():
+            _fail(f"invalid collection: {path}: no such file", 1)
+    try:
+        with err_console.status("analysing") as status:
+            rep = cp.analyse_files(collections, out, dtypes=tuple(dtypes.split(",")), queries=queries, k=k,
+                                   trials=trials, models=models.split(",") if models else None,
+                                   hardware=hardware.split(",") if hardware else None,
+                                   progress=lambda s: status.update(s))
+    except ValueError as exc:
+        _fail(str(exc), 1)
+    except OSError as exc:
+        _fail(f"cannot write {out}.json / {out}.md: {exc.strerror or exc}", 1)
     console.print(f"wrote {out}.json and {out}.md ({rep['analysis_s']:.1f} s)")
 
 
@@ -477,10 +630,18 @@ def model_border(
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """HSPI-BI: search border inputs whose top-1 differs between two EQCs."""
+    """HSPI-BI: search border inputs whose top-1 differs between two EQCs. LLMs need the models
+    extra: pip install 'hspi_kernels[models]'."""
+    _model_spec(model)
+    try:
+        eqc_a, eqc_b = meqc.parse(a), meqc.parse(b)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    for value, option in ((budget, "--budget"), (length, "--length")):
+        _positive(value, option)
     runner = mc.Runner(model, seed=seed, device=device)
     with (err_console if as_json else console).status("searching border inputs"):
-        res = hspi_bi.border_search(runner, meqc.parse(a), meqc.parse(b), budget=budget, length=length, seed=seed)
+        res = hspi_bi.border_search(runner, eqc_a, eqc_b, budget=budget, length=length, seed=seed)
     res["inputs"] = [res["inputs"][i].tolist() for i in res["found"]] if runner.kind == "llm" else len(res["found"])
     if as_json:
         _print_json(res)
@@ -502,7 +663,13 @@ def model_identify(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Name the EQC behind each run of OBSERVED: white-box bit matching or black-box top-k test."""
-    results = matching.identify_runs(mc.load(observed), mc.load_many(ref), blackbox_view=blackbox, k=k,
+    for value, option in ((k, "--k"), (queries, "--queries")):
+        _positive(value, option)
+    try:
+        observed_collection = mc.load(observed)
+    except (ValueError, OSError) as exc:
+        _fail(f"invalid collection: {exc}", 1)
+    results = matching.identify_runs(observed_collection, _load_collections(ref), blackbox_view=blackbox, k=k,
                                      decimals=decimals, queries=queries)
     if as_json:
         _print_json(results)
@@ -516,8 +683,8 @@ def model_identify(
 @app.command()
 def reveal(
     target: str = typer.Argument(..., help="numpy.sum | torch.sum | torch.matmul (CPU); torch.sum.cuda | torch.matmul.cuda (GPU)"),
-    n: int = typer.Option(4096, "--n", help="number of terms (K for matmul)"),
-    replay_count: int = typer.Option(10_000, "--replay", help="random inputs for the bit-exact replay"),
+    n: int = typer.Option(4096, "--n", help=f"number of terms (K for matmul), {reveal_targets.MIN_TERMS} to 2^20"),
+    replay_count: int = typer.Option(10_000, "--replay", help="random inputs for the bit-exact replay (>= 1)"),
     rows: int = typer.Option(8, "--m", help="torch.matmul.cuda: M of [M,K]x[K,N]"),
     cols: int = typer.Option(4096, "--cols", help="torch.matmul.cuda: N of [M,K]x[K,N]"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
@@ -525,11 +692,16 @@ def reveal(
     """Reveal the summation order of an op (FPRev masking), as a plan replayed bit for bit.
     torch.matmul.cuda (cuBLAS bf16): the split-K family confirmed by masking (K chunking, split-K
     factor, part bounds, combine) and the op's output digest on seeded inputs."""
+    if replay_count < 1:
+        _fail(f"--replay must be >= 1 (a plan is reported only after its replay), got {replay_count}", 2)
     try:
         t = reveal_targets.get_target(target, n, rows, cols)
-    except (RuntimeError, ValueError) as exc:
-        _error(f"[red]{exc}[/red]")
-        raise typer.Exit(2)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    except RuntimeError as exc:  # a GPU target on a machine without one
+        _fail(str(exc), 1)
+    except ImportError as exc:
+        _fail(f"{target} needs torch, which is not importable ({exc})", 1)
     result = R.reveal(t, replay_count=replay_count)
     out = result.to_json()
     if as_json:
@@ -544,23 +716,38 @@ def reveal(
         raise typer.Exit(1)
 
 
-@app.command()
+CARD_GPU_PATHS = ("mma.sync", "wgmma", "triton", "cublas")
+CARD_FORMATS = ("bf16", "fp16", "tf32", "e4m3", "e5m2")
+CARD_OUT_FORMATS = ("fp32", "fp16")
+CARD_MIN_VERIFY = 100
+
+
+@app.command(help="Tensor-core numerics card: block-model parameters from feature tests, closed-loop verified.\n\n"
+             "Presets for --path emulated:<preset>: " + ", ".join(sorted(TC.PRESETS)))
 def card(
     path: str = typer.Option("emulated:sm_90.mma/bf16->fp32", "--path",
-                             help="mma.sync | wgmma | triton | cublas | emulated:<preset name>"),
-    fmt: str = typer.Option("bf16", "--format", help="input format (GPU paths): bf16 fp16 tf32 e4m3 e5m2"),
-    out_format: str = typer.Option("fp32", "--out-format", help="output/accumulator format (GPU mma.sync/wgmma): fp32 | fp16"),
-    n_verify: int = typer.Option(100_000, "--verify", help="blocks in the final verification"),
+                             help="GPU: " + " | ".join(CARD_GPU_PATHS) + "; anywhere: emulated:<preset> "
+                             "(the presets are listed above)"),
+    fmt: str = typer.Option("bf16", "--format", help="input format (GPU paths): " + " | ".join(CARD_FORMATS)),
+    out_format: str = typer.Option("fp32", "--out-format", help="output/accumulator format (GPU mma.sync/wgmma): "
+                                   + " | ".join(CARD_OUT_FORMATS)),
+    n_verify: int = typer.Option(100_000, "--verify", help=f"blocks in the final verification (>= {CARD_MIN_VERIFY})"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
-    """Tensor-core numerics card: block-model parameters from feature tests, closed-loop verified."""
+    if n_verify < CARD_MIN_VERIFY:
+        _fail(f"--verify must be >= {CARD_MIN_VERIFY} blocks, got {n_verify}", 2)
+    if fmt not in CARD_FORMATS:  # checked for every path: a typo is never silently ignored
+        _fail(f"unknown --format {fmt!r}: expected one of {', '.join(CARD_FORMATS)}", 2)
+    if out_format not in CARD_OUT_FORMATS:
+        _fail(f"unknown --out-format {out_format!r}: expected one of {', '.join(CARD_OUT_FORMATS)}", 2)
     if path.startswith("emulated:"):
         name = path.split(":", 1)[1]
         if name not in TC.PRESETS:
-            _error(f"[red]unknown preset {name!r}; known: {sorted(TC.PRESETS)}[/red]")
-            raise typer.Exit(2)
+            _fail(f"unknown preset {name!r}; known: {', '.join(sorted(TC.PRESETS))}", 2)
         unit = C.emulated_unit(TC.PRESETS[name])
     else:
+        if path not in CARD_GPU_PATHS:
+            _fail(f"unknown --path {path!r}: expected one of {', '.join(CARD_GPU_PATHS)} (GPU) or emulated:<preset>", 2)
         try:
             import torch
 
@@ -568,9 +755,8 @@ def card(
         except ImportError:
             has_gpu = False
         if not has_gpu:
-            _error(f"[red]--path {path} needs a CUDA GPU (none visible); use --path emulated:<preset> here, "
-                   f"or python -m hspi_kernels.reveal.gpu OUT_DIR on the GPU[/red]")
-            raise typer.Exit(2)
+            _fail(f"--path {path} needs a CUDA GPU (none visible); use --path emulated:<preset> here, "
+                  f"or python -m hspi_kernels.reveal.gpu OUT_DIR on the GPU", 1)
         from hspi_kernels.reveal import gpu as reveal_gpu
 
         unit = reveal_gpu.gpu_unit(path, fmt, out_format=out_format)
@@ -612,18 +798,35 @@ def trace_run(
     out: Path = typer.Option(Path("trace.npz"), "--out", "-o"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Record one forward pass op by op (digests, kept inputs, kernel names)."""
+    """Record one forward pass op by op (digests, kept inputs, kernel names). Needs the models
+    extra: pip install 'hspi_kernels[models]'."""
     keys = list(keep_key or [])
+    _model_spec(model)
+    if keep not in ("auto", "all", "gemm"):
+        _fail(f"--keep must be auto, all or gemm, got {keep!r}", 2)
+    for value, option in ((batch, "--batch"), (length, "--length")):
+        _positive(value, option)
+    if max_mb is not None and not max_mb > 0:
+        _fail(f"--max-mb must be > 0, got {max_mb}", 2)
+    out = _output(out, "trace")
+    try:
+        meqc.EQC(dtype=dtype, attn=attn, gemm=gemm, batch=batch)
+        inject_plans = T.parse_inject(inject or [])
+    except ValueError as exc:
+        _fail(str(exc), 2)
     try:
         reference = T.load(keep_diverging) if keep_diverging is not None else None
+    except ValueError as exc:
+        _fail(f"--keep-diverging: {exc}", 1)
+    try:
         tr = T.run_model(model, dtype=dtype, batch=batch, length=length, seed=seed, device=device, attn=attn,
                          gemm=gemm, threads=threads, keep=keep, keep_layers=keep_layers, keep_keys=keys,
                          max_bytes=None if max_mb is None else int(max_mb * (1 << 20)),
-                         inject=T.parse_inject(inject or []), profile=profile, reference=reference)
+                         inject=inject_plans, profile=profile, reference=reference)
     except (ValueError, OSError) as exc:
-        _error(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
-    tr.save(out)
+        _fail(str(exc), 2)
+    with _writing(f"trace {out}"):
+        tr.save(out)
     summary = {"out": str(out), "label": tr.meta["label"], "ops": len(tr.ops), "stored_bytes": tr.meta["stored_bytes"],
                "file_bytes": out.stat().st_size, "logits_digest": tr.meta["logits_digest"],
                "kernel_note": tr.meta["kernel_note"], "seconds": tr.meta["seconds"]}
@@ -637,8 +840,15 @@ def _load_traces(a: Path, b: Path):
     try:
         return T.load(a), T.load(b)
     except (OSError, ValueError) as exc:
-        _error(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+        _fail(f"invalid trace: {exc}", 1)
+
+
+def _trace_outputs(plot: Optional[Path], html: Optional[Path], out: Optional[Path]):
+    """--plot / --html / --out checked before the traces are read (matplotlib for --plot)."""
+    if plot is not None:
+        _need("matplotlib", "--plot")
+    return tuple(None if p is None else _output(p, kind) for p, kind in
+                 ((plot, "--plot"), (html, "--html"), (out, "--out")))
 
 
 @trace_app.command("diff")
@@ -651,14 +861,16 @@ def trace_diff(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """First op whose output differs while its inputs are equal; per-layer ULP propagation."""
+    plot, html, out = _trace_outputs(plot, html, out)
     ta, tb = _load_traces(a, b)
     d = T.diff(ta, tb)
-    if plot is not None:
-        T.plot_propagation(d, plot)
-    if html is not None:
-        T.html_view(d, plot, None, html)
-    if out is not None:
-        out.write_text(json.dumps(d, indent=1, default=str))
+    with _writing("the diff outputs"):
+        if plot is not None:
+            T.plot_propagation(d, plot)
+        if html is not None:
+            T.html_view(d, plot, None, html)
+        if out is not None:
+            atomic_write_text(out, json.dumps(d, indent=1, default=str))
     if as_json:
         _print_json(d)
         return
@@ -698,15 +910,26 @@ def trace_explain(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Replay the origin ops' inputs under candidate plans: which plan gives each platform's bits."""
+    for value, option in ((max_ops, "--max-ops"), (max_outputs, "--max-outputs")):
+        _positive(value, option)
+    plot, html, out = _trace_outputs(plot, html, out)
+    for path in reveal or []:
+        if not Path(path).is_file():
+            _fail(f"--reveal {path}: no such file", 1)
     ta, tb = _load_traces(a, b)
     d = T.diff(ta, tb)
-    x = E.explain(ta, tb, d, revealed_paths=reveal or [], max_ops=max_ops, max_outputs=max_outputs, keys=key or [])
-    if plot is not None:
-        T.plot_propagation(d, plot)
-    if html is not None:
-        T.html_view(d, plot, x, html)
-    if out is not None:
-        out.write_text(json.dumps(x, indent=1, default=str))
+    try:
+        x = E.explain(ta, tb, d, revealed_paths=reveal or [], max_ops=max_ops, max_outputs=max_outputs,
+                      keys=key or [])
+    except (ValueError, KeyError) as exc:
+        _fail(f"cannot explain: {exc}", 1)
+    with _writing("the explanation outputs"):
+        if plot is not None:
+            T.plot_propagation(d, plot)
+        if html is not None:
+            T.html_view(d, plot, x, html)
+        if out is not None:
+            atomic_write_text(out, json.dumps(x, indent=1, default=str))
     if as_json:
         _print_json(x)
     else:
@@ -735,9 +958,8 @@ def validate(
     """GPU validation: every kernel's bits against its plan through the evaluator (needs a GPU)."""
     try:
         results = validation.run(names, out, scale)
-    except ValueError as exc:
-        _error(f"[red]{exc}[/red]")
-        raise typer.Exit(2)
+    except ValueError as exc:  # unknown name, scale, unwritable --out: all before any work
+        _fail(str(exc), 2)
     if as_json:
         _print_json(results)
     else:
@@ -749,6 +971,84 @@ def validate(
         console.print(table)
     if not all(r["ok"] for r in results.values()):
         raise typer.Exit(1)
+
+
+@app.command(help="Kernel cost (needs a CUDA GPU): each kernel family's time against its baseline (cuBLAS, "
+             "torch.sum, the fastest SDPA backend) under two clocks (device: CUDA events, L2 flushed; host: "
+             "back-to-back calls from Python) and against this GPU's roofline, in alternating rounds of one run, "
+             "plus the Triton GEMM geomean over the decode and square shapes.\n\nCases: "
+             + ", ".join(kbench.case_names()))
+def bench(
+    only: Optional[list[str]] = typer.Option(None, "--only", help="only cases whose name or family contains "
+                                             "this (repeatable); see the case list above"),
+    rounds: int = typer.Option(3, "--rounds", help="alternating rounds (ours, baseline, ours, ...) per case, >= 1"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="bar chart (PNG): ratio to baseline and roofline"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the JSON record (hspi-bench/1) here"),
+    as_json: bool = typer.Option(False, "--json", help="print the JSON record"),
+) -> None:
+    """``kernels.bench.run`` formatted: a table, the geomean line, --json / --out / --plot."""
+    _positive(rounds, "--rounds")
+    try:
+        kbench.select(only)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    if plot is not None:
+        _need("matplotlib", "--plot")
+        plot = _output(plot, "--plot")
+    if out is not None:
+        out = _output(out, "bench record")
+    where = err_console if as_json else console
+    try:
+        with where.status("bench") as status:
+            record = kbench.run(only, rounds=rounds, progress=lambda what: status.update(f"bench: {what}"))
+    except kbench.BenchUnavailable as exc:
+        _fail(str(exc), 1)
+    if out is not None:
+        with _writing(f"bench record {out}"):
+            atomic_write_text(out, json.dumps(record, indent=1, default=str) + "\n")
+    if plot is not None:
+        try:
+            with _writing(f"plot {plot}"):
+                kbench.plot(record, plot)
+        except ValueError as exc:
+            _error(f"--plot: {exc}")
+    if as_json:
+        _print_json(record)
+    else:
+        console.print(bench_table(record))
+        console.print(bench_geomean_line(record["summary"]))
+    if record["summary"]["failed"]:
+        raise typer.Exit(1)
+
+
+def _ratio(value) -> str:
+    return "-" if value is None else f"{value:.3f}x"
+
+
+def bench_table(record: dict) -> Table:
+    """`hspi bench`'s table: per case the device and host times and ratios, and the roofline."""
+    table = Table(title=f"hspi bench — {record.get('gpu')} ({record.get('rounds')} rounds)")
+    table.add_column("case", overflow="fold")
+    for col in ("ms (device)", "x baseline (device)", "ms (host)", "x baseline (host)", "roofline"):
+        table.add_column(col, justify="right", overflow="fold")
+    for r in record["cases"]:
+        if r["status"] != "ok":
+            table.add_row(escape(r["name"]), f"[dim]{r['status']}[/dim]", escape(r.get("reason") or r.get("error", "")),
+                          "", "", "")
+            continue
+        roof = r.get("roofline")
+        table.add_row(escape(r["name"]), f"{r['device']['ms']:.4f}", _ratio(r["device"]["ratio"]),
+                      f"{r['host']['ms']:.4f}", _ratio(r["host"]["ratio"]), "-" if roof is None else f"{roof:.0%}")
+    return table
+
+
+def bench_geomean_line(summary: dict) -> str:
+    shapes = summary.get("triton_gemm_geomean_shapes") or []
+    head = (f"{summary['cases']} cases: {summary['ok']} ok, {summary['skipped']} skipped, {summary['failed']} failed. ")
+    if not shapes:
+        return head + "Triton GEMM geomean vs cuBLAS: no GEMM case ran"
+    return head + (f"Triton GEMM geomean vs cuBLAS over {len(shapes)} shapes: host {_ratio(summary['triton_gemm_geomean_host'])}, "
+                   f"device {_ratio(summary['triton_gemm_geomean_device'])}")
 
 
 def main() -> None:

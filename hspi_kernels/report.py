@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from hspi_kernels.identify import Reference, compare_records, record_role
+from hspi_kernels.platform.files import atomic_write_text
 
 __all__ = ["write_report", "render"]
 
@@ -269,7 +270,6 @@ def write_report(refs: list[Reference], out: str | Path, console=None) -> dict[s
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("report", total=5)
         doc, summary = render(refs, lambda what: progress.update(task, advance=1, description=what))
-    out = Path(out)
-    out.write_text(doc, encoding="utf-8")
+    out = atomic_write_text(out, doc)
     summary.update(out=str(out), bytes=out.stat().st_size)
     return summary

@@ -48,6 +48,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from hspi_kernels.platform.files import atomic_write_text
+
 __all__ = ["SCHEMA", "STATUSES", "ROLES", "build", "digests", "digest_differences", "save", "validate",
            "load", "loads", "main"]
 
@@ -93,9 +95,8 @@ def digest_differences(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, 
 
 def save(fingerprint: dict[str, Any], path: str | Path) -> Path:
     validate(fingerprint, source=str(path))
-    path = Path(path)
-    path.write_text(json.dumps(fingerprint, indent=1, sort_keys=False) + "\n", encoding="utf-8")
-    return path
+    text = json.dumps(fingerprint, indent=1, sort_keys=False) + "\n"
+    return atomic_write_text(path, text)  # a reader never sees half a fingerprint
 
 
 def _walk(root: Any, limit: int) -> None:

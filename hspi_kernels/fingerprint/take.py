@@ -64,6 +64,13 @@ def take(only: str | None = None, *, kernels: bool = False, use_cache: bool = Tr
     if server not in SERVER_MODES:
         raise ValueError(f"server must be auto, on or off, got {server!r}")
     cache.set_enabled(False if not use_cache else None)
+    if cache.enabled():
+        unusable = cache.unusable_reason()
+        if unusable is not None:  # a warning, not an error: the cache only ever saves time
+            (note or (lambda m: warnings.warn(m, RuntimeWarning, stacklevel=3)))(
+                f"{unusable}: running without the disk cache")
+            cache.set_enabled(False)
+            use_cache = False
     if clear_cache:
         cache.clear()
     selected = catalog.select(only)

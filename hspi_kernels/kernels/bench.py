@@ -23,6 +23,7 @@ raised when nothing can run here.
 
 from __future__ import annotations
 
+import io
 import math
 import statistics
 import time
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hspi_kernels import platform
+from hspi_kernels.platform.files import atomic_write_bytes
 from hspi_kernels.platform.timing import gpu_time_ms
 from hspi_kernels.kernels.cuda import attention as CA
 from hspi_kernels.kernels.cuda import gemm_tensor_core as tc
@@ -371,8 +373,7 @@ def plot(record: dict[str, Any], path: str | Path) -> Path:
     ax.legend(fontsize=7)
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=120)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=path.suffix.lstrip(".") or "png", dpi=120)
     plt.close(fig)
-    tmp.replace(path)
-    return path
+    return atomic_write_bytes(path, buf.getbuffer())

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -33,6 +34,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from hspi_kernels import platform as plat
+from hspi_kernels.platform.files import atomic_write_bytes
 from hspi_kernels.fingerprint import features
 from hspi_kernels.models import prompts, zoo
 from hspi_kernels.models.eqc import EQC, applied, parse, quantize_linears, unsupported_reason
@@ -323,18 +325,20 @@ class Collection:
         if max_bytes is not None and size > max_bytes:
             raise CollectionTooLarge(f"{path.name}: {size / 2**20:.2f} MiB compressed exceeds the budget of "
                                      f"{max_bytes / 2**20:.2f} MiB; nothing written (fewer prompts/EQCs/slice)")
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(buf.getbuffer())
-        tmp.replace(path)  # atomic: an interrupted job leaves the previous complete file
-        return path
+        return atomic_write_bytes(path, buf.getbuffer())  # an interrupted job leaves the previous file
 
 
 def load(path: str | Path) -> Collection:
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(bytes(z["__meta__"]).decode("utf-8"))
-        if meta.get("schema") != SCHEMA:
-            raise ValueError(f"{path}: schema {meta.get('schema')!r}, expected {SCHEMA}")
-        arrays = {k: z[k] for k in z.files if k != "__meta__"}
+    """A collection file; ValueError naming the file when it is missing, not a collection or damaged."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(bytes(z["__meta__"]).decode("utf-8"))
+            arrays = {k: z[k] for k in z.files if k != "__meta__"}
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path}: not a readable {SCHEMA} collection ({type(exc).__name__}: {exc})") from None
+    schema = meta.get("schema") if isinstance(meta, dict) else None
+    if schema != SCHEMA:
+        raise ValueError(f"{path}: schema {schema!r}, expected {SCHEMA}")
     return Collection(meta, arrays, str(path))
 
 

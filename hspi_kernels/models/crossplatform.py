@@ -34,6 +34,7 @@ from hspi_kernels.models import collect as mc
 from hspi_kernels.models import hspi_ld
 from hspi_kernels.models.collect import RunView
 from hspi_kernels.models.matching import api_view, observed
+from hspi_kernels.platform.files import atomic_write_text
 
 __all__ = ["split", "check_same_inputs", "report", "to_markdown", "analyse_files"]
 
@@ -392,6 +393,6 @@ def analyse_files(specs: Sequence[str], out, *, models: Sequence[str] | None = N
     rep["analysis_s"] = time.perf_counter() - t0
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{out}.json").write_text(json.dumps(rep, indent=1, default=str))
-    Path(f"{out}.md").write_text(to_markdown(rep, rep["sources"], platforms))
+    atomic_write_text(f"{out}.json", json.dumps(rep, indent=1, default=str))
+    atomic_write_text(f"{out}.md", to_markdown(rep, rep["sources"], platforms))
     return rep

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Sequence
+
+from hspi_kernels.platform.files import atomic_write_bytes
 
 __all__ = ["confusion_png"]
 
@@ -33,6 +36,7 @@ def confusion_png(confusion: Sequence[Sequence[int]], classes: Sequence[str], ti
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    return path
+    return atomic_write_bytes(path, buf.getbuffer())

@@ -19,7 +19,8 @@ import xxhash
 
 from hspi_kernels.models import vision
 
-__all__ = ["ModelSpec", "SPECS", "get_spec", "build", "seed_parameters", "vision_source"]
+__all__ = ["ModelSpec", "SPECS", "MODELS_EXTRA", "MissingDependency", "get_spec", "require", "build", "seed_parameters",
+           "vision_source"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,31 @@ def get_spec(name: str) -> ModelSpec:
     raise ValueError(f"unknown model {name!r}: expected one of {sorted(SPECS)} or a local checkpoint directory")
 
 
+MODELS_EXTRA = "pip install 'hspi_kernels[models]'"
+
+
+class MissingDependency(RuntimeError):
+    """An optional package a model job needs is not installed (the message names the extra)."""
+
+
+def require(spec: ModelSpec | str) -> ModelSpec:
+    """The spec, after checking that what builds it imports: torch, and transformers for LLMs.
+    ValueError for an unknown model, :class:`MissingDependency` naming the install command."""
+    spec = get_spec(spec) if isinstance(spec, str) else spec
+    try:
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise MissingDependency(f"model {spec.name} needs torch, which is not importable ({exc}); install torch "
+                                f"first, then {MODELS_EXTRA}") from None
+    if spec.kind == "llm":
+        try:
+            import transformers  # noqa: F401
+        except ImportError as exc:
+            raise MissingDependency(f"model {spec.name} needs transformers, which is not importable ({exc}): "
+                                    f"{MODELS_EXTRA}") from None
+    return spec
+
+
 def _param_seed(seed: int, name: str) -> int:
     return (seed * 0x9E3779B1 + xxhash.xxh32_intdigest(name.encode())) & 0x7FFFFFFFFFFFFFFF
 
@@ -137,9 +163,9 @@ def vision_source() -> str:
 
 def build(spec: ModelSpec | str, seed: int = 0, *, vision_impl: str = "auto"):
     """(model in fp32 on CPU, eval mode, seeded; metadata dict)."""
+    spec = require(spec)
     import torch
 
-    spec = get_spec(spec) if isinstance(spec, str) else spec
     meta: dict[str, Any] = {"spec": spec.to_json(), "seed": seed}
     if spec.kind == "llm":
         import transformers

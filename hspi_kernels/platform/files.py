@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["OutputPathError", "check_output_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
+__all__ = ["OutputPathError", "check_output_path", "check_output_dir", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
            "TEMP_GLOB"]
 
 TEMP_GLOB = ".*.tmp"
@@ -55,6 +55,36 @@ def check_output_path(path: str | os.PathLike, *, kind: str = "output") -> Path:
         raise OutputPathError(f"{kind} path {p}: directory {parent} is not writable")
     if p.exists() and not os.access(p, os.W_OK) and not os.access(parent, os.W_OK):
         raise OutputPathError(f"{kind} path {p} is not writable")
+    _try_create(parent, f"{kind} path {p}: directory {parent}")
+    return p
+
+
+def _try_create(directory: Path, what: str) -> None:
+    """Create and remove a temporary file in ``directory``: permission bits say nothing for root,
+    and a read-only mount or /proc only shows itself on an actual create."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".hspi-check.", suffix=".tmp", dir=directory)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise OutputPathError(f"{what} is not writable ({exc.strerror or exc})") from None
+
+
+def check_output_dir(path: str | os.PathLike, *, kind: str = "output folder") -> Path:
+    """``path`` as a Path when files can be written in it (created with its parents when
+    missing); :class:`OutputPathError` naming ``kind`` and the reason otherwise."""
+    p = Path(path)
+    if str(path) == "":
+        raise OutputPathError(f"{kind} path '' does not name a folder")
+    if p.exists() and not p.is_dir():
+        raise OutputPathError(f"{kind} {p} exists and is not a directory")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutputPathError(f"{kind} {p}: a part of the path is not a directory") from None
+    except OSError as exc:
+        raise OutputPathError(f"{kind} {p}: cannot create it ({exc.strerror})") from None
+    _try_create(p, f"{kind} {p}")
     return p
 
 

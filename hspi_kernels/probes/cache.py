@@ -72,6 +72,24 @@ def cache_dir() -> Path:
     return Path(base) / "hspi_kernels"
 
 
+def unusable_reason() -> str | None:
+    """Why the cache directory cannot hold entries (None when it can): a path that is a file or
+    under one, or a directory this process cannot write (tried with a real file, so read-only
+    mounts and permissions count for root too). The caller then runs without the disk cache."""
+    root = cache_dir()
+    where = f"cache directory {root}" + (" ($HSPI_CACHE_DIR)" if os.environ.get("HSPI_CACHE_DIR") else "")
+    if root.exists() and not root.is_dir():
+        return f"{where} is not a directory"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-probe-", dir=root)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        return f"{where} is not writable ({exc.strerror or exc})"
+    return None
+
+
 def _numpy_dtype(name: str) -> np.dtype:
     if name not in _DTYPES:
         raise ValueError(f"dtype {name!r} is not cacheable")

@@ -619,7 +619,10 @@ def reveal(target, replay_count: int = 10_000, seed: int = 0, digest_seed: int |
     """Reveal, match, replay. ``target`` from :mod:`targets`. ``digest_seed``: also record the
     op's output digest on fixed seeded inputs (None: skip). ``structured``: reveal a dot product
     by the split-K family search (default: when K > STRUCTURED_ABOVE and the target hints a
-    tensor-core block) instead of the full tree."""
+    tensor-core block) instead of the full tree. ValueError when ``replay_count`` < 1 (a plan is
+    only reported after it was replayed)."""
+    if replay_count < 1:
+        raise ValueError(f"replay_count (--replay) must be >= 1, got {replay_count}")
     if structured is None:
         structured = target.kind == "gemm" and getattr(target, "block", None) is not None and target.n > STRUCTURED_ABOVE
     if structured:

@@ -295,8 +295,27 @@ def cpu_targets() -> list[str]:
     return ["numpy.sum", "torch.sum", "torch.matmul"]
 
 
+# the sizes a revealer can take: one term has no order, and the masking queries hold rows of n
+# terms (~4 n log2 n calls), so beyond 2^20 terms a reveal needs more memory and time than it is worth
+MIN_TERMS, MAX_TERMS = 2, 1 << 20
+
+
+def check_sizes(n: int, M: int = 8, N: int = 4096) -> None:
+    """ValueError unless MIN_TERMS <= n <= MAX_TERMS and M, N >= 1 (before any work is done)."""
+    if not MIN_TERMS <= n <= MAX_TERMS:
+        raise ValueError(f"--n must be between {MIN_TERMS} and {MAX_TERMS} (2^20) terms, got {n}")
+    if M < 1 or N < 1:
+        raise ValueError(f"--m and --cols must be >= 1, got {M} and {N}")
+
+
 def get_target(name: str, n: int, M: int = 8, N: int = 4096) -> Target:
-    """CLI names: numpy.sum, torch.sum, torch.matmul (CPU); torch.sum.cuda, torch.matmul.cuda (GPU)."""
+    """CLI names: numpy.sum, torch.sum, torch.matmul (CPU); torch.sum.cuda, torch.matmul.cuda (GPU).
+    ValueError for an unknown name or sizes outside :func:`check_sizes`."""
+    known = cpu_targets() + ["torch.sum.cuda", "torch.matmul.cuda"]
+    if name not in known:
+        raise ValueError(f"unknown target {name!r}; CPU: {', '.join(cpu_targets())}; GPU: torch.sum.cuda, "
+                         "torch.matmul.cuda")
+    check_sizes(n, M, N)
     if name == "numpy.sum":
         return numpy_sum(n)
     if name == "torch.sum":

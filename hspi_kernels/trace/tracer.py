@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -49,6 +50,7 @@ from hspi_kernels.models import eqc as meqc
 from hspi_kernels.models import prompts, zoo
 from hspi_kernels.numerics import evaluate
 from hspi_kernels.numerics import plans as P
+from hspi_kernels.platform.files import atomic_write_bytes, atomic_write_text
 
 __all__ = ["SCHEMA", "Trace", "record", "run_model", "load", "diff", "plot_propagation", "html_view",
            "regenerate_param", "array_of", "GEMM_OPS", "REDUCTION_OPS", "TRANSCENDENTAL_OPS"]
@@ -428,20 +430,26 @@ class Trace:
         return array_of(self.arrays[key], info["fmt"]), info
 
     def save(self, path: str | Path) -> Path:
+        import io
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         blob = np.frombuffer(json.dumps(self.meta, default=str).encode(), dtype=np.uint8)
-        with open(path, "wb") as f:
-            np.savez_compressed(f, __meta__=blob, **self.arrays)
-        return path
+        buf = io.BytesIO()  # the whole archive first: a failed write leaves no half trace
+        np.savez_compressed(buf, __meta__=blob, **self.arrays)
+        return atomic_write_bytes(path, buf.getbuffer())
 
 
 def load(path: str | Path) -> Trace:
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(bytes(z["__meta__"]).decode())
-        if meta.get("schema") != SCHEMA:
-            raise ValueError(f"{path}: not a {SCHEMA} trace (schema {meta.get('schema')!r})")
-        arrays = {k: z[k] for k in z.files if k != "__meta__"}
+    """A trace file; ValueError naming the file when it is missing, not a trace or damaged."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(bytes(z["__meta__"]).decode())
+            arrays = {k: z[k] for k in z.files if k != "__meta__"}
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path}: not a readable {SCHEMA} trace ({type(exc).__name__}: {exc})") from None
+    if not isinstance(meta, dict) or meta.get("schema") != SCHEMA:
+        raise ValueError(f"{path}: not a {SCHEMA} trace (schema {meta.get('schema') if isinstance(meta, dict) else None!r})")
     return Trace(meta, arrays, str(path))
 
 
@@ -718,10 +726,12 @@ def plot_propagation(d: dict, path: str | Path) -> Path:
     ax.set_title(title, fontsize=9)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    return path
+    return atomic_write_bytes(path, buf.getbuffer())
 
 
 def html_view(d: dict, png: Path | None, explanation: dict | None, path: str | Path) -> Path:
@@ -748,6 +758,4 @@ def html_view(d: dict, png: Path | None, explanation: dict | None, path: str | P
     if explanation is not None:
         parts.append("<h3>Explanation</h3><pre>" + html.escape(json.dumps(explanation, indent=1)[:200000]) + "</pre>")
     parts.append("</body></html>")
-    path = Path(path)
-    path.write_text("\n".join(parts))
-    return path
+    return atomic_write_text(path, "\n".join(parts))

@@ -22,6 +22,8 @@ import importlib
 from pathlib import Path
 from typing import Any
 
+from hspi_kernels.platform.files import check_output_dir
+
 REGISTRY = {
     "cuda_core": "hspi_kernels.kernels.validation.cuda_core",
     "tensor_core": "hspi_kernels.kernels.validation.tensor_core",
@@ -70,9 +72,15 @@ def passed(record: dict[str, Any]) -> bool:
 
 
 def run(names: list[str], out_dir: str | Path, scale: float = 1.0) -> dict[str, Any]:
-    """Run the named validations into ``out_dir/<name>/``; one failing run is recorded, the rest go on."""
+    """Run the named validations into ``out_dir/<name>/``; one failing run is recorded, the rest go on.
+    ValueError (before any work) for an unknown name, a scale <= 0 or an output folder that
+    cannot be written (:class:`~hspi_kernels.platform.files.OutputPathError`)."""
+    selected = resolve(names)
+    if not scale > 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
+    check_output_dir(out_dir, kind="validation output folder")
     results: dict[str, Any] = {}
-    for name in resolve(names):
+    for name in selected:
         target = Path(out_dir) / name
         target.mkdir(parents=True, exist_ok=True)
         try:

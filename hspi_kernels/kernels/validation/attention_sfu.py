@@ -37,6 +37,7 @@ from hspi_kernels.kernels.cuda.sfu import binade_inputs
 from hspi_kernels.numerics import attention_ref as R
 from hspi_kernels.numerics.attention_ref import SfuTable
 from hspi_kernels.numerics.attention_ref import round_to_input
+from hspi_kernels.platform.files import atomic_write_text
 
 RESULT_FILE = "attention_sfu_validation.json"
 MAX_FILE_BYTES = 16 << 20
@@ -183,7 +184,7 @@ def run(out_dir: str | os.PathLike, scale: float = 1.0, *, seed: int = 20251123,
         "sfu_ok": sfu_ok, "seconds": round(time.perf_counter() - t0, 1),
     }
     record_verdict(doc, verdict_checks(doc))
-    (out / RESULT_FILE).write_text(json.dumps(doc, indent=1))
+    atomic_write_text(out / RESULT_FILE, json.dumps(doc, indent=1))
     return doc
 
 

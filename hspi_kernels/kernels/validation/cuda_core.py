@@ -39,6 +39,7 @@ from hspi_kernels.kernels.cuda.loader import load_module
 from hspi_kernels.numerics import plans as P
 from hspi_kernels.numerics.evaluate import evaluate
 from hspi_kernels.numerics.evaluate import gemm as eval_gemm
+from hspi_kernels.platform.files import atomic_write_text
 
 RESULT_FILE = "cuda_core_validation.json"
 _CHUNK_ELEMENTS = 1 << 24  # rows of A per CPU evaluation call: M_chunk * N * K <= this
@@ -444,6 +445,6 @@ def run(out_dir: str | Path, scale: float = 1.0, *, backend: str = "auto", seed:
         "elapsed_s": round(time.perf_counter() - t_start, 1),
     }
     record_verdict(result, verdict_checks(result))
-    (out_dir / RESULT_FILE).write_text(json.dumps(result, indent=2, default=str))
+    atomic_write_text(out_dir / RESULT_FILE, json.dumps(result, indent=2, default=str))
     log(json.dumps(result["summary"], indent=2))
     return result

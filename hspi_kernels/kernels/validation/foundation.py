@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from hspi_kernels import platform as hspi_platform
+from hspi_kernels.platform.files import atomic_write_text
 from hspi_kernels.kernels.cuda import elementwise as ew
 from hspi_kernels.kernels.cuda import loader
 from hspi_kernels.kernels.validation import record_verdict
@@ -104,7 +105,7 @@ def run(out_dir: str | Path, n: int = 1 << 20, pytest_rc: int | None = None) -> 
     record_verdict(record, verdict_checks(record))
     path = Path(out_dir) / f"foundation_{gpu_tag}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=1, default=str) + "\n")
+    atomic_write_text(path, json.dumps(record, indent=1, default=str) + "\n")
     return record, path
 
 

@@ -36,6 +36,7 @@ import numpy as np
 from hspi_kernels.kernels.validation import tensor_core as V
 from hspi_kernels.numerics import fp8_emulation
 from hspi_kernels.numerics.tensor_core import chain, get_preset
+from hspi_kernels.platform.files import atomic_write_text
 
 FORMATS = ("e4m3", "e5m2")
 GENERATORS = ("random", "spread", "cancel", "subnormal", "gdisc")
@@ -159,7 +160,7 @@ def run(out_dir: str) -> dict:
         "negative_control": self_check(rng), "preset_pass": preset_pass,
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    (out / RESULT).write_text(json.dumps(doc, indent=1))
+    atomic_write_text(out / RESULT, json.dumps(doc, indent=1))
     print("preset", doc["preset_matches"], "/", doc["outputs"], "candidates matching everything:",
           doc["candidates_matching_everything"], "negative control:", doc["negative_control"]["pass"])
     return doc

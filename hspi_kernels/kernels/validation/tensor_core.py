@@ -69,6 +69,7 @@ from hspi_kernels.numerics.formats import TF32
 from hspi_kernels.numerics.formats import decode
 from hspi_kernels.numerics.rounding import round_to_format
 from hspi_kernels.numerics.tensor_core import chain
+from hspi_kernels.platform.files import atomic_write_text
 
 CONFIGS = (("fp16", "fp32"), ("bf16", "fp32"), ("fp16", "fp16"), ("tf32", "fp32"), ("e4m3", "fp32"),
            ("e5m2", "fp32"))
@@ -505,7 +506,7 @@ def run(out_dir: str | os.PathLike, scale: float = 1.0, *, paths=("mma.sync", "w
     record_verdict(doc, verdict_checks(doc))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / RESULT_FILE).write_text(json.dumps(doc, indent=1))
+    atomic_write_text(out / RESULT_FILE, json.dumps(doc, indent=1))
     return doc
 
 

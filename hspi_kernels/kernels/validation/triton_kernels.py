@@ -45,6 +45,7 @@ from hspi_kernels.numerics.plans import Sequential
 from hspi_kernels.numerics.plans import SplitK
 from hspi_kernels.numerics.plans import TensorCore
 from hspi_kernels.numerics.tensor_core import PRESETS
+from hspi_kernels.platform.files import atomic_write_text
 
 RESULT_FILE = "triton_kernels_validation.json"
 _CHUNK = 1 << 26  # products per CPU evaluator call (rows of A per chunk)
@@ -493,7 +494,7 @@ def run(out_dir, scale: float = 1.0, *, seed: int = 0, backend: str = "auto", se
     record_verdict(result, verdict_checks(result))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / RESULT_FILE).write_text(json.dumps(result, indent=1, default=str))
+    atomic_write_text(out / RESULT_FILE, json.dumps(result, indent=1, default=str))
     return result
 
 
