@@ -31,7 +31,6 @@ needs it.
 from __future__ import annotations
 
 import importlib
-import types
 from typing import Any
 
 __version__ = "0.1.0"
@@ -59,24 +58,7 @@ _API = {
 __all__ = ["__version__", *_API]
 
 
-# `identify` and `reveal` name both a subpackage and an API function. The subpackage module is
-# callable (its class is set in its own __init__, so this holds whichever is imported first):
-# `hspi_kernels.identify(fp, db)` and `from hspi_kernels import identify; identify.load_database()`
-# both work, and `import hspi_kernels.identify` never replaces the function by a plain module.
-CALLABLE_PACKAGES = ("identify", "reveal")
-
-
-class CallablePackage(types.ModuleType):
-    """A subpackage whose call is the API function of the same name (see CALLABLE_PACKAGES)."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        module, attr = _API[self.__name__.rsplit(".", 1)[1]]
-        return getattr(importlib.import_module(module), attr)(*args, **kwargs)
-
-
 def __getattr__(name: str) -> Any:
-    if name in CALLABLE_PACKAGES:
-        return importlib.import_module(f"hspi_kernels.{name}")
     if name in _API:
         module, attr = _API[name]
         value = getattr(importlib.import_module(module), attr)

@@ -6,11 +6,6 @@ The public names of :mod:`.references` are re-exported here.
 
 from __future__ import annotations
 
-import sys
-
-import hspi_kernels
 from hspi_kernels.identify.references import (MIN_AGREE, Reference, compare, compare_records, identify, load_database, record_role)
 
 __all__ = ["MIN_AGREE", "Reference", "load_database", "compare", "compare_records", "identify", "record_role"]
-
-sys.modules[__name__].__class__ = hspi_kernels.CallablePackage  # hspi_kernels.identify(fp, db) is identify()
