@@ -1,4 +1,4 @@
-"""hspi_kernels.platform.determinism: the classification and its negative controls (a probe
+"""hspi_kernels.probes.determinism: the classification and its negative controls (a probe
 that returns fresh random bits must come out 'flaky', a nondeterministic control
 'nondeterministic-by-design'), and one real CPU probe repeated in process and in 2 processes."""
 
@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from hspi_kernels.platform import determinism as D
+from hspi_kernels.probes import determinism as D
 
 
 @dataclass

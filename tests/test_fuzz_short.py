@@ -27,16 +27,11 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("atheris") is None,
 SECONDS = int(os.environ.get("HSPI_FUZZ_SECONDS", "4"))  # x 13 targets ~ 60 s with start-up
 # signature prefixes of the open loader bugs (reported, owned by the package redesign)
 KNOWN_OPEN = {
-    "trace_load": ("Finding at fuzz_trace_load.py", "AttributeError at tracer.py", "KeyError at tracer.py", "TypeError at tracer.py",
-                   "UnicodeDecodeError at tracer.py", "RecursionError at tracer.py"),
-    "collection_load": ("AttributeError at collect.py", "KeyError at collect.py", "TypeError at collect.py",
-                        "UnicodeDecodeError at collect.py", "RecursionError at collect.py"),
-    "reveal_records": ("AttributeError at order.py", "KeyError at order.py", "TypeError at order.py",
-                       "IndexError at order.py", "RecursionError at order.py", "AttributeError at plans.py",
-                       "TypeError at plans.py", "KeyError at plans.py", "RecursionError at plans.py"),
+    # evaluate-time errors of plans that parse but cannot be lowered (a string where a count is
+    # expected, ...): plan_from_json is robust, lower/evaluate do not re-validate every field yet
     "plan_json": ("TypeError at plans.py", "AttributeError at plans.py", "KeyError at plans.py",
-                  "RecursionError at plans.py", "IndexError at plans.py", "ZeroDivisionError at plans.py",
-                  "OverflowError at plans.py", "TypeError at evaluate.py", "AttributeError at evaluate.py",
+                  "IndexError at plans.py", "ZeroDivisionError at plans.py", "OverflowError at plans.py",
+                  "RecursionError at plans.py", "TypeError at evaluate.py", "AttributeError at evaluate.py",
                   "KeyError at evaluate.py", "IndexError at evaluate.py", "ZeroDivisionError at evaluate.py",
                   "OverflowError at evaluate.py", "MemoryError at"),
 }

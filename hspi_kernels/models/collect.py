@@ -334,11 +334,14 @@ def load(path: str | Path) -> Collection:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(bytes(z["__meta__"]).decode("utf-8"))
             arrays = {k: z[k] for k in z.files if k != "__meta__"}
-    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+    except (OSError, EOFError, KeyError, ValueError, TypeError, RecursionError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{path}: not a readable {SCHEMA} collection ({type(exc).__name__}: {exc})") from None
     schema = meta.get("schema") if isinstance(meta, dict) else None
     if schema != SCHEMA:
         raise ValueError(f"{path}: schema {schema!r}, expected {SCHEMA}")
+    runs = meta.get("runs")
+    if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
+        raise ValueError(f"{path}: damaged {SCHEMA} collection: 'runs' must be a list of run records")
     return Collection(meta, arrays, str(path))
 
 

@@ -339,7 +339,16 @@ _KINDS: dict[str, type] = {
 
 
 def plan_from_json(d) -> Plan:
-    """The plan of a ``to_json`` dict; ValueError on unknown kinds, unknown or bad fields."""
+    """The plan of a ``to_json`` dict; ValueError on unknown kinds, unknown or bad fields (also for
+    hostile input: a field of the wrong type or a nesting too deep is a ValueError, never another
+    exception)."""
+    try:
+        return _plan_from_json(d)
+    except (TypeError, AttributeError, KeyError, IndexError, RecursionError, ZeroDivisionError, OverflowError) as exc:
+        raise ValueError(f"not a valid plan ({type(exc).__name__}: {exc})"[:500]) from None
+
+
+def _plan_from_json(d) -> Plan:
     if not isinstance(d, dict) or "kind" not in d:
         raise ValueError(f"a plan must be a JSON object with a 'kind', got {d!r}")
     kind = d["kind"]
@@ -355,7 +364,7 @@ def plan_from_json(d) -> Plan:
         if name == "kind":
             continue
         if isinstance(value, dict):
-            value = plan_from_json(value)
+            value = _plan_from_json(value)
         elif name == "nodes":
             value = _as_tree(value)
         kwargs[name] = value

@@ -751,6 +751,10 @@ def compare_records(a: dict, b: dict, check_rows: bool = True) -> list[dict]:
     the same seeded inputs, and whether the plans explain it (same tree => same bits expected,
     different => differ; with ``check_rows`` each plan is evaluated on row 0 of the seeded inputs
     and must give that GPU's row-0 bits)."""
+    for name, rec in (("a", a), ("b", b)):
+        if not isinstance(rec, dict) or not isinstance(rec.get("reveals", []), list) \
+                or not all(isinstance(r, dict) for r in rec.get("reveals", [])):
+            raise ValueError(f"compare_records: record {name} must be an object whose 'reveals' is a list of objects")
     rows = []
     by_label = {r.get("label", r.get("target")): r for r in b.get("reveals", [])}
     for ra in a.get("reveals", []):

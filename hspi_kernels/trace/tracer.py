@@ -446,10 +446,13 @@ def load(path: str | Path) -> Trace:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(bytes(z["__meta__"]).decode())
             arrays = {k: z[k] for k in z.files if k != "__meta__"}
-    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+    except (OSError, EOFError, KeyError, ValueError, TypeError, RecursionError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{path}: not a readable {SCHEMA} trace ({type(exc).__name__}: {exc})") from None
     if not isinstance(meta, dict) or meta.get("schema") != SCHEMA:
         raise ValueError(f"{path}: not a {SCHEMA} trace (schema {meta.get('schema') if isinstance(meta, dict) else None!r})")
+    ops = meta.get("ops")
+    if not isinstance(ops, list) or not all(isinstance(op, dict) for op in ops):
+        raise ValueError(f"{path}: damaged {SCHEMA} trace: 'ops' must be a list of op records")
     return Trace(meta, arrays, str(path))
 
 

@@ -7,13 +7,13 @@ and across processes, classified as
 - ``flaky``: a fingerprint probe whose digests differ (a fingerprint must never do that);
 - ``deterministic-control``: a control probe that happened to repeat (not a failure).
 
-``python -m hspi_kernels.platform.determinism --repeats 10 --processes 3 --json out.json``.
+``python -m hspi_kernels.probes.determinism --repeats 10 --processes 3 --json out.json``.
 :func:`thread_sweep` runs one probe under several ``torch.set_num_threads`` values (and
 optionally with every core kept busy), the tool used for the logsumexp investigation
 (docs/results/reliability.md).
 
-The probe runner is imported lazily (``hspi_kernels.probes``: ``select``, ``missing_capabilities``,
-``Probe.run``, ``Probe.role``; ``fingerprint.features.digest``): nothing heavy at import time.
+It uses the probe catalog (``select``), the registry's capability check and ``numerics.bits.digest``;
+nothing heavy at import time (the probes import torch when they run).
 """
 
 from __future__ import annotations
@@ -25,20 +25,18 @@ import sys
 import time
 from typing import Any, Callable, Iterable
 
+from hspi_kernels.numerics.bits import digest
+from hspi_kernels.probes import catalog
+from hspi_kernels.probes.registry import missing_capabilities
+
 __all__ = ["runnable_probes", "repeat_in_process", "measure", "classify", "thread_sweep", "main"]
 
 
-def _probes_api():
-    from hspi_kernels import probes
-    from hspi_kernels.fingerprint import features
-
-    return probes, features.digest
 
 
 def runnable_probes(pattern: str | None = None, backends: Iterable[str] | None = None) -> list:
     """The probes whose capabilities this machine has (on a CPU machine: the CPU probes)."""
-    probes, _ = _probes_api()
-    out = [p for p in probes.select(pattern) if not probes.missing_capabilities(p)]
+    out = [p for p in catalog.select(pattern) if not missing_capabilities(p)]
     if backends is not None:
         allowed = set(backends)
         out = [p for p in out if p.backend in allowed]
@@ -47,7 +45,6 @@ def runnable_probes(pattern: str | None = None, backends: Iterable[str] | None =
 
 def repeat_in_process(probe_list: list, repeats: int) -> dict[str, list[str]]:
     """probe id -> the digests of ``repeats`` runs in this process (errors as 'error: ...')."""
-    _, digest = _probes_api()
     result: dict[str, list[str]] = {}
     for p in probe_list:
         ds = []
@@ -61,7 +58,7 @@ def repeat_in_process(probe_list: list, repeats: int) -> dict[str, list[str]]:
 
 
 def _worker_digests(pattern: str | None, repeats: int, env: dict[str, str] | None) -> dict[str, list[str]]:
-    cmd = [sys.executable, "-m", "hspi_kernels.platform.determinism", "--worker", "--repeats", str(repeats)]
+    cmd = [sys.executable, "-m", "hspi_kernels.probes.determinism", "--worker", "--repeats", str(repeats)]
     if pattern:
         cmd += ["--pattern", pattern]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, **(env or {})), timeout=3600)
@@ -127,8 +124,7 @@ def thread_sweep(probe_id: str, threads: Iterable[int] = (1, 2, 3, 4, 8), repeat
 
     import torch
 
-    probes, digest = _probes_api()
-    (probe,) = [p for p in probes.select(probe_id) if p.id == probe_id]
+    (probe,) = [p for p in catalog.select(probe_id) if p.id == probe_id]
     before = torch.get_num_threads()
     burners = []
     if load:
@@ -164,7 +160,7 @@ def format_table(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m hspi_kernels.platform.determinism")
+    ap = argparse.ArgumentParser(prog="python -m hspi_kernels.probes.determinism")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--processes", type=int, default=3)
     ap.add_argument("--pattern", default=None)
