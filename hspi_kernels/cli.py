@@ -699,8 +699,14 @@ def trace_explain(
 ) -> None:
     """Replay the origin ops' inputs under candidate plans: which plan gives each platform's bits."""
     ta, tb = _load_traces(a, b)
-    d = T.diff(ta, tb)
-    x = E.explain(ta, tb, d, revealed_paths=reveal or [], max_ops=max_ops, max_outputs=max_outputs, keys=key or [])
+    try:
+        T.check_pair(ta, tb)
+        d = T.diff(ta, tb)
+        x = E.explain(ta, tb, d, revealed_paths=reveal or [], max_ops=max_ops, max_outputs=max_outputs, keys=key or [],
+                      with_map=True)
+    except ValueError as exc:
+        _error(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
     if plot is not None:
         T.plot_propagation(d, plot)
     if html is not None:
@@ -719,6 +725,7 @@ def trace_explain(
             pb = f"{o['plan_b']} (+{nb - 1} more)" if nb > 1 else str(o["plan_b"])
             table.add_row(o["key"], pa, pb, o["cause"])
         console.print(table)
+        console.print(x["map_text"], markup=False, highlight=False, soft_wrap=True)
         if x["unexplained"]:
             console.print("[yellow]unexplained:[/yellow] " + "; ".join(x["unexplained"]))
     if not x["ops"] or x["unexplained"]:

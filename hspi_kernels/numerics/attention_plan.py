@@ -72,6 +72,8 @@ class AttentionPlan:
             raise ValueError(f"AttentionPlan: exp must be one of {EXPS}, got {self.exp!r}")
         if self.exp == "exact" and self.domain != "natural":
             raise ValueError("AttentionPlan: exp='exact' is the natural-domain exp (attention_ref.exp_exact)")
+        if self.rowsum is None and self.block_n % 8:
+            raise ValueError(f"AttentionPlan: the CUDA quad row sum (rowsum=None) needs BLOCK_N % 8 == 0, got {self.block_n}")
         for name in ("rowsum", "dot"):
             v = getattr(self, name)
             if v is not None and not isinstance(v, P.Plan):
@@ -217,6 +219,8 @@ def candidates(fmt: str, S: int, *, causal: bool, tensor_core: bool) -> list[Att
         for domain, exp in (("natural", "exact"), ("log2", "numpy"), ("natural", "numpy")):
             for rs in rowsums:
                 for bn in blocks:
+                    if rs is None and bn % 8:
+                        continue
                     # one tile: the causal loop end is bit-neutral (a fully masked block adds
                     # p = 0 with alpha = 1), so tiles are not searched
                     out.append(AttentionPlan(block_n=bn, tile=max(bn, 128), domain=domain, exp=exp, rowsum=rs, dot=dot))
