@@ -490,7 +490,8 @@ def load(path: str | Path) -> Trace:
     except ValueError as exc:
         if str(exc).startswith(f"{path}:"):
             raise
-        raise ValueError(f"{path}: corrupt {SCHEMA} trace ({type(exc).__name__}: {exc})") from None
+        raise ValueError(f"{path}: truncated or corrupt trace file, not a readable {SCHEMA} npz "
+                         f"({type(exc).__name__}: {str(exc)[:120]})") from None
     except (zipfile.BadZipFile, EOFError, KeyError, OSError, zlib_error()) as exc:
         raise ValueError(f"{path}: truncated or corrupt trace file ({type(exc).__name__}: {exc})") from None
     missing = [k for k in ("ops", "arrays", "model", "run", "policy") if k not in meta]
