@@ -699,11 +699,13 @@ def trace_explain(
 ) -> None:
     """Replay the origin ops' inputs under candidate plans: which plan gives each platform's bits."""
     ta, tb = _load_traces(a, b)
+    from hspi_kernels.trace import counterfactual as C
+
     try:
         T.check_pair(ta, tb)
         d = T.diff(ta, tb)
-        x = E.explain(ta, tb, d, revealed_paths=reveal or [], max_ops=max_ops, max_outputs=max_outputs, keys=key or [],
-                      with_map=True)
+        x = C.explain_with_map(ta, tb, d, revealed_paths=reveal or [], max_ops=max_ops, max_outputs=max_outputs,
+                               keys=key or [])
     except ValueError as exc:
         _error(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None

@@ -126,7 +126,7 @@ def test_gemm_replay_in_row_chunks_equals_one_pass(traces):
 
 def test_map_text_fits_80_columns_and_lands_in_explain_json_and_html(traces, tmp_path):
     a, _, b = traces
-    x = E.explain(a, b, with_map=True)
+    x = C.explain_with_map(a, b)
     text = x["map_text"]
     assert max(len(line) for line in text.splitlines()) <= 80
     assert "S split-K factor" in text and "B attention backend" in text and KG in text

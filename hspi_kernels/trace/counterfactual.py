@@ -41,7 +41,7 @@ from hspi_kernels.numerics import plans as P
 from hspi_kernels.trace import explain as E
 from hspi_kernels.trace import tracer as T
 
-__all__ = ["counterfactual", "render_map", "SYMBOLS"]
+__all__ = ["counterfactual", "render_map", "explain_with_map", "SYMBOLS"]
 
 SYMBOLS = {"equal": ".", "propagated": "~", "split-K factor": "S", "tile": "T", "tensor-core arithmetic": "C",
            "accumulation order": "R", "kernel choice": "K", "attention order": "A", "attention backend": "B",
@@ -636,3 +636,15 @@ def render_map(cmap: dict, width: int = 80) -> str:
         if nn:
             lines.append(f"    cross replay: {nn}"[:width])
     return "\n".join(lines)
+
+
+def explain_with_map(ta: T.Trace, tb: T.Trace, d: dict | None = None, *, map_width: int = 80, **kw) -> dict:
+    """:func:`explain.explain` plus the per-op counterfactual map as ``map`` and, rendered at
+    ``map_width`` columns, ``map_text``; own divergences without a cause join ``unexplained``."""
+    d = d or T.diff(ta, tb)
+    out = E.explain(ta, tb, d, **kw)
+    cmap = counterfactual(ta, tb, d)
+    out["map"] = cmap
+    out["map_text"] = render_map(cmap, map_width)
+    out["unexplained"] += [f"{k}: own divergence, cause undetermined" for k in cmap["summary"]["undetermined"]]
+    return out

@@ -421,12 +421,10 @@ def _explain_reduction(ta, tb, oa, ob, max_outputs, seed) -> dict:
 
 
 def explain(ta: T.Trace, tb: T.Trace, d: dict | None = None, *, revealed_paths: Iterable[str | Path] = (),
-            max_ops: int = 8, max_outputs: int = 512, keys: Iterable[str] = (), with_map: bool = False,
-            map_width: int = 80) -> dict:
-    """Explain the origins of the divergence between two traces (or the given op keys).
-    ``with_map``: also the per-op counterfactual map (:func:`counterfactual.counterfactual`:
-    every differing op re-run on the other side's inputs) as ``map`` and, rendered at
-    ``map_width`` columns, ``map_text``. Traces of different models or prompts: ValueError."""
+            max_ops: int = 8, max_outputs: int = 512, keys: Iterable[str] = ()) -> dict:
+    """Explain the origins of the divergence between two traces (or the given op keys); with
+    the per-op counterfactual map: :func:`counterfactual.explain_with_map`. Traces of different
+    models or prompts: ValueError."""
     T.check_pair(ta, tb)
     d = d or T.diff(ta, tb)
     revealed = load_revealed(revealed_paths)
@@ -443,11 +441,4 @@ def explain(ta: T.Trace, tb: T.Trace, d: dict | None = None, *, revealed_paths: 
                                   + ", ".join((d["divergence_via_unmatched"]["unmatched_a"]
                                                + d["divergence_via_unmatched"]["unmatched_b"])[:8]))
     del skipped
-    if with_map:
-        from hspi_kernels.trace import counterfactual as C
-
-        cmap = C.counterfactual(ta, tb, d)
-        out["map"] = cmap
-        out["map_text"] = C.render_map(cmap, map_width)
-        out["unexplained"] += [f"{k}: own divergence, cause undetermined" for k in cmap["summary"]["undetermined"]]
     return out
