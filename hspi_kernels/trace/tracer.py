@@ -570,7 +570,7 @@ def parse_inject(items: Iterable[str]) -> dict[str, Any]:
     """``KEY=PLAN`` strings (PLAN as its repr, e.g. ``SplitK(4)``) to {key: plan}."""
     out = {}
     for item in items:
-        key, _, text = item.rpartition("=")
+        key, _, text = item.partition("=")  # op keys hold no "=", plan reprs may (keywords)
         if not key:
             raise ValueError(f"--inject expects KEY=PLAN, got {item!r}")
         from hspi_kernels.numerics.attention_plan import AttentionPlan
