@@ -35,7 +35,7 @@ from hspi_kernels.platform.capabilities import capabilities  # noqa: E402
 from hspi_kernels.platform.files import OutputPathError, atomic_write_text, check_output_dir, check_output_path  # noqa: E402
 from hspi_kernels.probes import cache as probe_cache, server as srv  # noqa: E402
 from hspi_kernels.reveal import card as C, order as R, targets as reveal_targets  # noqa: E402
-from hspi_kernels.trace import explain as E, tracer as T  # noqa: E402
+from hspi_kernels.trace import counterfactual as C_map, tracer as T  # noqa: E402
 
 IMPORTS_S = time.perf_counter() - _IMPORTS_START  # the package's imports: `hspi probe`'s "imports" phase
 
@@ -917,10 +917,14 @@ def trace_explain(
         if not Path(path).is_file():
             _fail(f"--reveal {path}: no such file", 1)
     ta, tb = _load_traces(a, b)
+    try:
+        T.check_pair(ta, tb)
+    except ValueError as exc:
+        _fail(f"{exc}", 2)
     d = T.diff(ta, tb)
     try:
-        x = E.explain(ta, tb, d, revealed_paths=reveal or [], max_ops=max_ops, max_outputs=max_outputs,
-                      keys=key or [])
+        x = C_map.explain_with_map(ta, tb, d, revealed_paths=reveal or [], max_ops=max_ops,
+                                   max_outputs=max_outputs, keys=key or [])
     except (ValueError, KeyError) as exc:
         _fail(f"cannot explain: {exc}", 1)
     with _writing("the explanation outputs"):
@@ -942,6 +946,7 @@ def trace_explain(
             pb = f"{o['plan_b']} (+{nb - 1} more)" if nb > 1 else str(o["plan_b"])
             table.add_row(o["key"], pa, pb, o["cause"])
         console.print(table)
+        console.print(x["map_text"], markup=False, highlight=False, soft_wrap=True)
         if x["unexplained"]:
             console.print("[yellow]unexplained:[/yellow] " + "; ".join(x["unexplained"]))
     if not x["ops"] or x["unexplained"]:

@@ -603,3 +603,71 @@ def test_attention_impl_dispatch_falls_back_with_a_reason():
     out = A.attention(q, k, v, causal=True)  # auto: the tl kernel (interpreter) runs
     assert torch.equal(out, A.attention(q, k, v, causal=True, config=replace(native, impl="tl")))
 
+
+
+# -- the attention plan (numerics.attention_plan) against the project's own Triton kernels ----------
+def _att_inputs(S, D, dtype, seed=21):
+    torch.manual_seed(seed)
+    return [torch.randn(1, 2, S, D, dtype=dtype) * 2 for _ in range(3)]
+
+
+def _att_eval(plan, q, k, v, causal, fmt, round_output=True):
+    from hspi_kernels.numerics.attention_plan import evaluate_attention
+
+    f = [x.float().numpy() for x in (q, k, v)]
+    return evaluate_attention(plan, *f, fmt=fmt, causal=causal, round_output=round_output)
+
+
+@pytest.mark.parametrize("causal, S, D, dtype", [(True, 50, 32, torch.bfloat16), (False, 70, 16, torch.float16),
+                                                 (False, 64, 16, torch.bfloat16)])
+def test_attention_plan_reproduces_exact_mode(exact_interpreter, causal, S, D, dtype):
+    """AttentionPlan(natural, exact exp, Pairwise row sum, BLOCK_N 16, tile 32) == the exact-mode
+    kernel N/N (fp32 and input-format outputs); BLOCK_N 32, a Sequential row sum and the log2 domain
+    each miss some fp32 outputs (negative controls). (The tile -- the causal loop end -- is
+    bit-neutral in this order: a fully masked block adds p = 0 with alpha = 1.)"""
+    from dataclasses import replace
+
+    from hspi_kernels.numerics.attention_plan import AttentionPlan
+    from hspi_kernels.numerics.plans import Pairwise, Sequential
+
+    q, k, v = _att_inputs(S, D, dtype)
+    fmt = {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    config = A.AttentionConfig(block_m=32, block_n=16, num_warps=4, mode="exact")
+    out32 = A.attention(q, k, v, causal=causal, config=config, out_dtype=torch.float32)
+    out = A.attention(q, k, v, causal=causal, config=config)
+    plan = AttentionPlan(block_n=16, tile=32, domain="natural", exp="exact", rowsum=Pairwise())
+    got = _att_eval(plan, q, k, v, causal, fmt)
+    assert np.array_equal(_bits(out.float()), _bits(got)), f"{np.sum(_bits(out.float()) != _bits(got))}/{got.size}"
+    o32 = _bits(out32)
+    assert np.array_equal(o32, _bits(_att_eval(plan, q, k, v, causal, fmt, round_output=False)))
+    wrongs = [replace(plan, block_n=32), replace(plan, rowsum=Sequential())]
+    wrongs += [replace(plan, domain="log2", exp="numpy")]
+    for wrong in wrongs:
+        assert not np.array_equal(o32, _bits(_att_eval(wrong, q, k, v, causal, fmt, round_output=False))), wrong
+
+
+@pytest.mark.parametrize("causal, S, D, dtype", [(True, 50, 32, torch.bfloat16), (False, 70, 16, torch.float16),
+                                                 (False, 64, 16, torch.bfloat16)])
+def test_attention_plan_reproduces_native_mode(exact_interpreter, causal, S, D, dtype):
+    """The native-mode tl kernel (fusion off) == AttentionPlan(log2 domain, exp2, BLOCK_N 16,
+    tile 32, numpy's row-sum order) N/N. Under the interpreter ``tl.math.exp2`` is numpy's
+    float32 exp2 and ``tl.sum`` numpy's sum (the GPU's are ex2.approx and the MMA-layout tree:
+    not replayable here), so the plan names exactly those; the dots are the sm_90 tensor-core
+    chain (the fixture). Negative controls: BLOCK_N 32, the natural domain, a Pairwise row sum."""
+    from dataclasses import replace
+
+    from hspi_kernels.numerics.attention_plan import AttentionPlan
+    from hspi_kernels.numerics.plans import Pairwise, numpy_sum_plan
+
+    q, k, v = _att_inputs(S, D, dtype)
+    fmt = {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    config = A.AttentionConfig(block_m=32, block_n=16, num_warps=4, mode="native", enable_fp_fusion=False, impl="tl")
+    out = A.attention(q, k, v, causal=causal, config=config)
+    out32 = A.attention(q, k, v, causal=causal, config=config, out_dtype=torch.float32)
+    plan = AttentionPlan(block_n=16, tile=32, domain="log2", exp="numpy", rowsum=numpy_sum_plan())
+    got = _att_eval(plan, q, k, v, causal, fmt)
+    ob, o32 = _bits(out.float()), _bits(out32)
+    assert np.array_equal(ob, _bits(got)), f"{np.sum(ob != _bits(got))}/{got.size} differ"
+    assert np.array_equal(o32, _bits(_att_eval(plan, q, k, v, causal, fmt, round_output=False)))
+    for wrong in (replace(plan, block_n=32), replace(plan, domain="natural"), replace(plan, rowsum=Pairwise())):
+        assert not np.array_equal(o32, _bits(_att_eval(wrong, q, k, v, causal, fmt, round_output=False))), wrong

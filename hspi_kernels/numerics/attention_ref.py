@@ -35,6 +35,7 @@ EXP_COEFFS = tuple(np.float32(float.fromhex(h)) for h in
                    ("0x1.a01a02p-13", "0x1.6c16c2p-10", "0x1.111112p-7", "0x1.555556p-5", "0x1.555556p-3",
                     "0x1p-1", "0x1p+0", "0x1p+0"))  # 1/7!, ..., 1/2!, 1, 1 (Horner order)
 FORMATS = ("bf16", "fp16")
+REPLAY_FORMATS = FORMATS + ("fp32",)  # fp32: an fp32 model's attention (needs ``dot_plan``; P is not rounded)
 MODES = ("exact", "native")
 
 
@@ -173,7 +174,10 @@ def rowsum_order(p: np.ndarray) -> np.ndarray:
 
 
 def round_to_input(x: np.ndarray, fmt: str) -> np.ndarray:
-    """RNE of float32 values to bf16/fp16, as float32 (cvt.rn.bf16x2.f32 / cvt.rn.f16x2.f32)."""
+    """RNE of float32 values to bf16/fp16, as float32 (cvt.rn.bf16x2.f32 / cvt.rn.f16x2.f32);
+    fp32: the values unchanged."""
+    if fmt == "fp32":
+        return np.asarray(x, dtype=F32)
     dt = ml_dtypes.bfloat16 if fmt == "bf16" else np.float16
     return np.asarray(x, dtype=F32).astype(dt).astype(F32)
 
@@ -186,7 +190,7 @@ def _mma_plan(fmt: str, path: str = "mma.sync"):
 def replay(Q, K, V, *, fmt: str, mode: str = "exact", block_n: int = 32, splits: int = 1, causal: bool = False,
            scale: float | None = None, ex2_table: SfuTable | None = None, round_p: bool = True,
            stats: dict | None = None, dot_path: str = "mma.sync", tile: int = 16, rowsum=None,
-           backend: str = "native") -> np.ndarray:
+           backend: str = "native", exp: Callable | None = None, dot_plan=None) -> np.ndarray:
     """O [BH, Sq, D] float32 exactly as the kernel computes it. Q [BH, Sq, D], K, V [BH, Sk, D]
     float32 holding ``fmt`` values. ``round_p=False`` (a negative control) skips the RNE of P.
     ``stats`` (a dict) receives ``ex2_misses`` in native mode.
@@ -195,16 +199,19 @@ def replay(Q, K, V, *, fmt: str, mode: str = "exact", block_n: int = 32, splits:
     is the same order with ``dot_path="wgmma"`` (both dots), ``tile=BLOCK_M`` (the query rows that
     share one causal loop end) and ``rowsum`` = the plan of its row sum (``Pairwise()``; None:
     :func:`rowsum_order`, the CUDA quad order). ``backend``: the evaluator's ("native" C++ or
-    "numpy"; same bits)."""
-    if fmt not in FORMATS:
-        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+    "numpy"; same bits). ``exp`` (a float32 -> float32 function) replaces the mode's EXP (the
+    log2-domain orders pass an exp2 and a scale holding log2(e)); ``dot_plan`` replaces the
+    tensor-core plan of both dots (required for fmt "fp32"). With ``stats``, splits == 1 also
+    stores the final row max ``m`` and row sum ``l`` ([BH, Sq] float32) there."""
+    if fmt not in REPLAY_FORMATS or (fmt == "fp32" and dot_plan is None):
+        raise ValueError(f"fmt must be one of {FORMATS} (or fp32 with a dot_plan), got {fmt!r}")
     Q, K, V = (np.asarray(x, dtype=F32) for x in (Q, K, V))
     BH, Sq, D = Q.shape
     Sk = K.shape[1]
     scale = np.float32(1.0 / np.sqrt(D) if scale is None else scale)
     misses: list = []
-    EXP = make_exp(mode, ex2_table, misses)
-    plan = _mma_plan(fmt, dot_path)
+    EXP = exp if exp is not None else make_exp(mode, ex2_table, misses)
+    plan = _mma_plan(fmt, dot_path) if dot_plan is None else dot_plan
     if rowsum is None:
         row_sum = rowsum_order
     else:
@@ -266,6 +273,8 @@ def replay(Q, K, V, *, fmt: str, mode: str = "exact", block_n: int = 32, splits:
         if splits == 1:
             m, l, acc = parts[0]
             O = (acc / l[..., None]).astype(F32)
+            if stats is not None:
+                stats["m"], stats["l"] = m[:, :Sq], l[:, :Sq]
         else:
             M = parts[0][0]
             for m, _, _ in parts[1:]:

@@ -422,7 +422,10 @@ def _explain_reduction(ta, tb, oa, ob, max_outputs, seed) -> dict:
 
 def explain(ta: T.Trace, tb: T.Trace, d: dict | None = None, *, revealed_paths: Iterable[str | Path] = (),
             max_ops: int = 8, max_outputs: int = 512, keys: Iterable[str] = ()) -> dict:
-    """Explain the origins of the divergence between two traces (or the given op keys)."""
+    """Explain the origins of the divergence between two traces (or the given op keys); with
+    the per-op counterfactual map: :func:`counterfactual.explain_with_map`. Traces of different
+    models or prompts: ValueError."""
+    T.check_pair(ta, tb)
     d = d or T.diff(ta, tb)
     revealed = load_revealed(revealed_paths)
     keys = list(keys) or [r["key"] for r in d["origins"]][:max_ops]

@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +53,7 @@ from hspi_kernels.numerics import evaluate
 from hspi_kernels.numerics import plans as P
 from hspi_kernels.platform.files import atomic_write_bytes, atomic_write_text
 
-__all__ = ["SCHEMA", "Trace", "record", "run_model", "load", "diff", "plot_propagation", "html_view",
+__all__ = ["SCHEMA", "Trace", "record", "run_model", "load", "check_pair", "diff", "plot_propagation", "html_view",
            "regenerate_param", "array_of", "GEMM_OPS", "REDUCTION_OPS", "TRANSCENDENTAL_OPS"]
 
 SCHEMA = "hspi-trace/1"
@@ -317,6 +318,8 @@ class _Recorder:
         import torch
 
         plan = self.inject[key]
+        if "scaled_dot_product" in op:
+            return _injected_attention(key, op, plan, args, kwargs, self.injected)
         if op == "mm":
             a, b = args[0], args[1]
             c = None
@@ -365,6 +368,39 @@ class _Recorder:
         self.ops.append({"i": i, "key": key, "op": op, "aten": str(func), "module": module,
                          "layer": _layer_of(module), "inputs": ins, "outputs": outs,
                          "args": _json_arg(args_json), "kept": bool(keep), "seconds": round(seconds, 6)})
+
+
+ATTENTION_CPU_OPS = {"_scaled_dot_product_flash_attention_for_cpu"}
+
+
+def attention_call(op: str, args, kwargs) -> dict:
+    """(is_causal, scale, dropout, attn_mask) of a recorded ``_scaled_dot_product_*`` call, from
+    its positional and keyword arguments (torch objects or their JSON record)."""
+    args = list(args)
+    kw = dict(kwargs or {})
+    dropout = args[3] if len(args) > 3 else kw.get("dropout_p", 0.0)
+    causal = args[4] if len(args) > 4 else kw.get("is_causal", False)
+    return {"causal": bool(causal), "dropout": float(dropout or 0.0), "scale": kw.get("scale"),
+            "mask": kw.get("attn_mask") is not None}
+
+
+def _injected_attention(key, op, plan, args, kwargs, injected: list):
+    """``_scaled_dot_product_flash_attention_for_cpu`` computed by an AttentionPlan: (out, lse)."""
+    import torch
+
+    from hspi_kernels.numerics.attention_plan import AttentionPlan, evaluate_attention
+
+    if op not in ATTENTION_CPU_OPS or not isinstance(plan, AttentionPlan):
+        raise ValueError(f"inject: {key} is {op}; only {sorted(ATTENTION_CPU_OPS)} takes an AttentionPlan")
+    call = attention_call(op, args, kwargs)
+    if call["dropout"] or call["mask"]:
+        raise ValueError(f"inject: {key} has dropout or an attention mask (not modelled)")
+    q, k, v = args[0], args[1], args[2]
+    fmt = _FMT[str(q.dtype).replace("torch.", "")]
+    f = [x.detach().float().cpu().numpy() for x in (q, k, v)]
+    o, lse = evaluate_attention(plan, *f, fmt=fmt, causal=call["causal"], scale=call["scale"], with_lse=True)
+    injected.append(key)
+    return (torch.from_numpy(o).to(device=q.device, dtype=q.dtype), torch.from_numpy(lse).to(q.device))
 
 
 def _profile_kernels(model, call, n_ops: int) -> tuple[list[list[str]], str | None]:
@@ -441,19 +477,66 @@ class Trace:
 
 
 def load(path: str | Path) -> Trace:
-    """A trace file; ValueError naming the file when it is missing, not a trace or damaged."""
+    """Read a trace file; a truncated, corrupt or foreign file is a ValueError naming the path and
+    what is wrong (a missing file stays an OSError)."""
+    import zipfile
+
+    if isinstance(path, (str, os.PathLike)) and not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such trace file")
     try:
         with np.load(path, allow_pickle=False) as z:
+            if "__meta__" not in z.files:
+                raise ValueError(f"{path}: not a {SCHEMA} trace (no __meta__ entry)")
             meta = json.loads(bytes(z["__meta__"]).decode())
+            if not isinstance(meta, dict) or meta.get("schema") != SCHEMA:
+                raise ValueError(f"{path}: not a {SCHEMA} trace (schema "
+                                 f"{meta.get('schema') if isinstance(meta, dict) else None!r})")
             arrays = {k: z[k] for k in z.files if k != "__meta__"}
-    except (OSError, EOFError, KeyError, ValueError, TypeError, RecursionError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{path}: not a readable {SCHEMA} trace ({type(exc).__name__}: {exc})") from None
-    if not isinstance(meta, dict) or meta.get("schema") != SCHEMA:
-        raise ValueError(f"{path}: not a {SCHEMA} trace (schema {meta.get('schema') if isinstance(meta, dict) else None!r})")
-    ops = meta.get("ops")
-    if not isinstance(ops, list) or not all(isinstance(op, dict) for op in ops):
+    except ValueError as exc:
+        if str(exc).startswith(f"{path}:"):
+            raise
+        raise ValueError(f"{path}: truncated or corrupt trace file, not a readable {SCHEMA} npz "
+                         f"({type(exc).__name__}: {str(exc)[:120]})") from None
+    except (zipfile.BadZipFile, EOFError, KeyError, OSError, TypeError, RecursionError, zlib_error()) as exc:
+        raise ValueError(f"{path}: truncated or corrupt trace file ({type(exc).__name__}: {exc})") from None
+    missing = [k for k in ("ops", "arrays", "model", "run", "policy") if k not in meta]
+    if missing:
+        raise ValueError(f"{path}: corrupt {SCHEMA} trace (metadata lacks {', '.join(missing)})")
+    if not isinstance(meta["ops"], list) or not all(isinstance(op, dict) for op in meta["ops"]) \
+            or not isinstance(meta["arrays"], dict):
         raise ValueError(f"{path}: damaged {SCHEMA} trace: 'ops' must be a list of op records")
+    lost = [d for d in meta["arrays"] if f"a/{d}" not in arrays]
+    if lost:
+        raise ValueError(f"{path}: corrupt {SCHEMA} trace ({len(lost)} stored array(s) listed but missing, "
+                         f"e.g. {lost[0]})")
     return Trace(meta, arrays, str(path))
+
+
+def zlib_error():
+    import zlib
+
+    return zlib.error
+
+
+def check_pair(a: Trace, b: Trace) -> None:
+    """ValueError naming the difference when two traces are not of the same model and prompt
+    (zoo name, spec, seed, batch, length, tokens): their ops cannot be replayed on each other's
+    inputs."""
+    ma, mb = a.meta.get("model", {}), b.meta.get("model", {})
+    for field_ in ("name", "seed", "spec"):
+        if ma.get(field_) != mb.get(field_):
+            what = "model" if field_ != "seed" else "model seed (weights)"
+            va, vb = ma.get(field_), mb.get(field_)
+            if field_ == "spec":
+                va, vb = "spec A", "spec B (another config)"
+            raise ValueError(f"traces of different models: {what} {va!r} ({a.source}) vs {vb!r} ({b.source})")
+    ra, rb = a.meta.get("run", {}), b.meta.get("run", {})
+    for field_ in ("batch", "length"):
+        if ra.get(field_) != rb.get(field_):
+            raise ValueError(f"traces of different prompts: {field_} {ra.get(field_)} ({a.source}) vs "
+                             f"{rb.get(field_)} ({b.source})")
+    if ra.get("tokens") != rb.get("tokens"):
+        raise ValueError(f"traces of different prompts: the token ids differ ({a.source} vs {b.source})")
 
 
 def record(model, call, *, keep: str = "all", keep_layers: int = 2, keep_keys: Iterable[str] = (),
@@ -495,10 +578,17 @@ def parse_inject(items: Iterable[str]) -> dict[str, Any]:
     """``KEY=PLAN`` strings (PLAN as its repr, e.g. ``SplitK(4)``) to {key: plan}."""
     out = {}
     for item in items:
-        key, _, text = item.rpartition("=")
+        key, _, text = item.partition("=")  # op keys hold no "=", plan reprs may (keywords)
         if not key:
             raise ValueError(f"--inject expects KEY=PLAN, got {item!r}")
-        out[key] = eval(text, {"__builtins__": {}}, {n: getattr(P, n) for n in P.__all__})  # plan repr only
+        from hspi_kernels.numerics.attention_plan import AttentionPlan
+
+        names = {n: getattr(P, n) for n in P.__all__}
+        names["AttentionPlan"] = AttentionPlan
+        try:
+            out[key] = eval(text, {"__builtins__": {}}, names)  # plan repr only
+        except Exception as exc:
+            raise ValueError(f"--inject {key}: cannot read the plan {text!r}: {exc}") from None
     return out
 
 
@@ -758,6 +848,9 @@ def html_view(d: dict, png: Path | None, explanation: dict | None, path: str | P
         parts.append(f"<tr><td>{html.escape(r['key'])}</td><td>{html.escape(', '.join(r['kernels_a']))}</td>"
                      f"<td>{html.escape(', '.join(r['kernels_b']))}</td></tr>")
     parts.append("</table>")
+    if explanation is not None and explanation.get("map_text"):
+        parts.append("<h3>Per-op counterfactual map (own divergence vs propagated)</h3><pre>"
+                     + html.escape(explanation["map_text"]) + "</pre>")
     if explanation is not None:
         parts.append("<h3>Explanation</h3><pre>" + html.escape(json.dumps(explanation, indent=1)[:200000]) + "</pre>")
     parts.append("</body></html>")

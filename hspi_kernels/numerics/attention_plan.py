@@ -1,0 +1,227 @@
+"""The accumulation order of a fused attention forward as a plan-like value, and its bit-exact
+evaluation on q / k / v (:func:`evaluate_attention`).
+
+The plan language (:mod:`.plans`) has no softmax node, so an attention order is its own frozen
+dataclass, :class:`AttentionPlan`, serialisable like a plan (``to_json`` / :func:`attention_plan_from_json`,
+``repr`` that ``eval``s back). Its fields are the parts of the order that change output bits:
+
+- ``block_n``: keys per block of the online softmax (each block rescales ``l`` and ``acc``);
+- ``tile``: query rows sharing one causal loop end (the kernel's BLOCK_M);
+- ``domain``: ``"natural"`` (``s = rn(qk * fp32(scale))``, ``p = exp(s - m)``) or ``"log2"``
+  (``s = rn(qk * fp32(scale * log2 e))``, ``p = exp2(s - m)``: the Triton tutorial / flash order);
+- ``exp``: the exponential: ``"exact"`` (:func:`attention_ref.exp_exact`, the project's fixed IEEE
+  sequence; natural domain), ``"numpy"`` (numpy float32 ``exp`` / ``exp2``: the CPU libm and the
+  Triton interpreter's stand-in for ``ex2.approx``), ``"sfu"`` (a recorded ``ex2.approx.ftz`` table,
+  :class:`attention_ref.SfuTable`, given at evaluation);
+- ``rowsum``: the plan of the per-block row sum of p (``None``: the CUDA kernel's quad order,
+  :func:`attention_ref.rowsum_order`);
+- ``dot``: the plan of both dots, Q·Kᵀ over D and P·V over the block's keys from
+  ``c = rn(acc · alpha)`` (``None``: the sm_90 ``wgmma`` tensor-core chain of the input format);
+- ``round_p``: P rounded (RNE) to the input format before P·V (the tensor-core path);
+- ``splits``: contiguous key splits combined at the end (split-KV).
+
+Per block the steps are those of :func:`attention_ref.replay` (which this module drives: one
+definition of the walk): ``m_new = max(m, rowmax s)``, ``alpha = EXP(rn(m - m_new))``,
+``p = EXP(rn(s - m_new))``, ``l = rn(rn(l·alpha) + rowsum(p))``, ``acc = dot(P, V, c = rn(acc·alpha))``;
+``O = div_rn(acc, l)`` and RNE to the output format. The log-sum-exp output of
+``_scaled_dot_product_*`` ops is ``rn(m + log(l))`` (natural) or ``rn(rn(m + log2(l)) · fp32(ln 2))``
+(log2), numpy float32 log / log2 (the only part of this module that is a definition rather than a
+measured order). Grouped-query attention: query head h reads key/value head ``h // (Hq / Hkv)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from . import attention_ref as R
+from . import plans as P
+
+__all__ = ["AttentionPlan", "attention_plan_from_json", "evaluate_attention", "DOMAINS", "EXPS", "diff_fields"]
+
+DOMAINS = ("natural", "log2")
+EXPS = ("exact", "numpy", "sfu")
+F32 = np.float32
+LOG2E = 1.4426950408889634
+LN2 = F32(0.6931471805599453)
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionPlan:
+    """One fused attention order (module docstring)."""
+
+    block_n: int = 64
+    tile: int = 128
+    domain: str = "natural"
+    exp: str = "exact"
+    rowsum: Any = None  # a Plan, or None: the CUDA quad order
+    dot: Any = None  # a Plan, or None: Chain(TensorCore("sm_90", fmt, "fp32", path="wgmma"), k=16)
+    round_p: bool = True
+    splits: int = 1
+
+    def __post_init__(self):
+        for name in ("block_n", "tile", "splits"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"AttentionPlan: {name} must be a positive int, got {v!r}")
+        if self.domain not in DOMAINS:
+            raise ValueError(f"AttentionPlan: domain must be one of {DOMAINS}, got {self.domain!r}")
+        if self.exp not in EXPS:
+            raise ValueError(f"AttentionPlan: exp must be one of {EXPS}, got {self.exp!r}")
+        if self.exp == "exact" and self.domain != "natural":
+            raise ValueError("AttentionPlan: exp='exact' is the natural-domain exp (attention_ref.exp_exact)")
+        if self.rowsum is None and self.block_n % 8:
+            raise ValueError(f"AttentionPlan: the CUDA quad row sum (rowsum=None) needs BLOCK_N % 8 == 0, got {self.block_n}")
+        for name in ("rowsum", "dot"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, P.Plan):
+                raise ValueError(f"AttentionPlan: {name} must be a Plan or None, got {v!r}")
+
+    def __repr__(self) -> str:
+        parts = []
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if v != f.default or f.name in ("block_n",):
+                parts.append(f"{f.name}={v!r}")
+        return "AttentionPlan(" + ", ".join(parts) + ")"
+
+    def to_json(self) -> dict:
+        d = {"type": "AttentionPlan"}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            d[f.name] = v.to_json() if isinstance(v, P.Plan) else v
+        return d
+
+    def describe(self) -> dict:
+        """The order in words (JSON-ready)."""
+        return {
+            "key_blocks": f"BLOCK_N={self.block_n} keys per block, ascending; causal loop end per {self.tile} query rows",
+            "scores": f"s = rn(dot(q, k^T) * fp32(scale{' * log2 e' if self.domain == 'log2' else ''}))",
+            "exp": {"exact": "attention_ref.exp_exact", "numpy": f"numpy float32 {'exp2' if self.domain == 'log2' else 'exp'}",
+                    "sfu": "recorded ex2.approx.ftz table" + (" on rn(x * L2E)" if self.domain == "natural" else "")}[self.exp],
+            "online_softmax": "m_new = max(m, rowmax s); alpha = EXP(rn(m - m_new)); p = EXP(rn(s - m_new)); "
+                              "l = rn(rn(l * alpha) + rowsum(p))",
+            "rowsum": "CUDA quad order" if self.rowsum is None else repr(self.rowsum),
+            "pv": ("P = RNE(p) to the input format; " if self.round_p else "P = p (fp32); ")
+                  + "acc = dot(P, V, c = rn(acc * alpha))",
+            "dot": "Chain(TensorCore('sm_90', fmt, 'fp32', path='wgmma'), k=16)" if self.dot is None else repr(self.dot),
+            "splits": self.splits,
+            "output": "O = div_rn(acc, l), RNE to the output format",
+        }
+
+
+def attention_plan_from_json(d: dict) -> AttentionPlan:
+    if not isinstance(d, dict) or d.get("type") != "AttentionPlan":
+        raise ValueError(f"not an AttentionPlan JSON: {d!r}")
+    kw = {k: v for k, v in d.items() if k != "type"}
+    for name in ("rowsum", "dot"):
+        if kw.get(name) is not None:
+            kw[name] = P.plan_from_json(kw[name])
+    return AttentionPlan(**kw)
+
+
+def diff_fields(a: AttentionPlan, b: AttentionPlan) -> dict[str, tuple]:
+    """{field: (value in a, value in b)} of the fields where two plans differ."""
+    return {f.name: (getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(AttentionPlan)
+            if getattr(a, f.name) != getattr(b, f.name)}
+
+
+def _exp_fn(plan: AttentionPlan, ex2_table):
+    if plan.exp == "numpy":
+        fn = np.exp2 if plan.domain == "log2" else np.exp
+
+        def e(x):
+            with np.errstate(all="ignore"):
+                return fn(np.asarray(x, dtype=F32)).astype(F32)
+        return e
+    if plan.exp == "sfu":
+        if ex2_table is None:
+            raise ValueError("AttentionPlan(exp='sfu') needs the recorded ex2 table (ex2_table=)")
+        if plan.domain == "natural":
+            return R.make_exp("native", ex2_table)
+
+        def e2(x):
+            return ex2_table.ex2(np.asarray(x, dtype=F32))[0]
+        return e2
+    return R.exp_exact
+
+
+def evaluate_attention(plan: AttentionPlan, q, k, v, *, fmt: str, causal: bool = False, scale: float | None = None,
+                       ex2_table=None, with_lse: bool = False, backend: str = "native", round_output: bool = True):
+    """O [..., Hq, Sq, D] float32 (holding ``fmt`` values after the output RNE) of the order
+    ``plan`` on q [..., Hq, Sq, D], k / v [..., Hkv, Sk, D] (float32 arrays holding ``fmt``
+    values; Hq a multiple of Hkv). ``scale`` defaults to 1/sqrt(D). ``with_lse``: also the
+    log-sum-exp [..., Hq, Sq] (module docstring). Memory: one [Hq, Sq, Sk] score array per
+    leading index (evaluated one batch entry at a time). ``round_output=False``: the fp32
+    ``div_rn(acc, l)`` before the output RNE (a kernel's fp32-output mode)."""
+    q, k, v = (np.asarray(x, dtype=F32) for x in (q, k, v))
+    if q.ndim < 3 or k.shape != v.shape or q.shape[:-3] != k.shape[:-3] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"evaluate_attention: q [..., H, S, D], k = v [..., Hkv, S, D], got {q.shape}, {k.shape}, {v.shape}")
+    Hq, Sq, D = q.shape[-3:]
+    Hkv, Sk = k.shape[-3], k.shape[-2]
+    if Hq % Hkv:
+        raise ValueError(f"evaluate_attention: {Hq} query heads are not a multiple of {Hkv} key/value heads")
+    dot = plan.dot
+    if fmt == "fp32" and dot is None:
+        raise ValueError("evaluate_attention: an fp32 attention needs the plan's dot (no fp32 tensor-core default)")
+    lead = q.shape[:-3]
+    qf = q.reshape((-1, Hq, Sq, D))
+    kf = np.repeat(k.reshape((-1, Hkv, Sk, D)), Hq // Hkv, axis=1)
+    vf = np.repeat(v.reshape((-1, Hkv, Sk, D)), Hq // Hkv, axis=1)
+    s = 1.0 / np.sqrt(D) if scale is None else float(scale)
+    sc = float(F32(s * LOG2E)) if plan.domain == "log2" else float(F32(s))
+    exp = _exp_fn(plan, ex2_table)
+    outs, lses = [], []
+    for b in range(qf.shape[0]):
+        stats: dict = {}
+        O = R.replay(qf[b], kf[b], vf[b], fmt=fmt, mode="exact", block_n=plan.block_n, splits=plan.splits,
+                     causal=causal, scale=sc, round_p=plan.round_p, stats=stats, tile=plan.tile,
+                     rowsum=plan.rowsum, backend=backend, exp=exp, dot_plan=dot,
+                     dot_path="wgmma")
+        outs.append(R.round_to_input(O, fmt) if round_output else O)
+        if with_lse:
+            if plan.splits != 1:
+                raise ValueError("evaluate_attention: the log-sum-exp of a split plan is not defined here")
+            m, l = stats["m"], stats["l"]
+            with np.errstate(all="ignore"):
+                if plan.domain == "natural":
+                    lse = (m + np.log(l).astype(F32)).astype(F32)
+                else:
+                    lse = ((m + np.log2(l).astype(F32)).astype(F32) * LN2).astype(F32)
+            lses.append(lse)
+    O = np.stack(outs).reshape(lead + (Hq, Sq, D))
+    if not with_lse:
+        return O
+    return O, np.stack(lses).reshape(lead + (Hq, Sq))
+
+
+def candidates(fmt: str, S: int, *, causal: bool, tensor_core: bool) -> list[AttentionPlan]:
+    """Attention orders a replay search tries for an op of sequence length S: BLOCK_N (powers of
+    two up to the first >= S: longer blocks are the same order), both domains with the numpy
+    exponential and the exact one, row sums (Pairwise, numpy's, Sequential, the quad order), the
+    dot (tensor core where the inputs are bf16/fp16 and the trace ran on a GPU, else fp32
+    Sequential with and without fma)."""
+    blocks, b = [], 4
+    while True:
+        blocks.append(b)
+        if b >= S:
+            break
+        b *= 2
+    if tensor_core and fmt in ("bf16", "fp16"):
+        dots = [None]
+    else:
+        dots = [P.Sequential("fp32", fma=True), P.Sequential("fp32")]
+    rowsums = [P.Pairwise(), P.numpy_sum_plan(), P.Sequential()] + [None]
+    out = []
+    for dot in dots:
+        for domain, exp in (("natural", "exact"), ("log2", "numpy"), ("natural", "numpy")):
+            for rs in rowsums:
+                for bn in blocks:
+                    if rs is None and bn % 8:
+                        continue
+                    # one tile: the causal loop end is bit-neutral (a fully masked block adds
+                    # p = 0 with alpha = 1), so tiles are not searched
+                    out.append(AttentionPlan(block_n=bn, tile=max(bn, 128), domain=domain, exp=exp, rowsum=rs, dot=dot))
+    return out

@@ -1,0 +1,650 @@
+"""Per-op counterfactual map of a trace pair: does each op diverge *on its own*, or only because
+its inputs already differ?
+
+For traces A and B of the same model and prompt (:func:`tracer.check_pair`), every matched op
+whose outputs differ is re-run with **B's implementation on A's recorded inputs** (and A's on B's);
+the op has an *own divergence* when that output differs from the other side's recorded output
+(``f_B(x_A) != y_A`` or ``f_A(x_B) != y_B``), else its difference is propagated. A side's
+implementation is, in this order of preference:
+
+- ``kernel``: the recorded aten op re-executed here, when the trace was recorded on this platform
+  (CPU, same torch version and CPU model) and the re-execution reproduces that side's recorded
+  outputs on its own inputs (digest equality of **every** output of the op);
+- ``plan``: the first candidate that reproduces the side's bits N/N on all kept outputs of the op
+  on its own inputs: GEMMs (mm / addmm) the plans :func:`explain.gemm_candidates` searches (split-K
+  factors, layouts, tiles, tensor-core chains, CUDA-core orders), row reductions
+  :func:`explain.reduction_candidates`, fused attention (``_scaled_dot_product_*``) the orders of
+  :func:`numerics.attention_plan.candidates` (BLOCK_N, natural/log2 domain, exp, row sum, dots;
+  output and log-sum-exp). Candidates are screened on a few hundred outputs, the survivors are
+  checked on all kept outputs in row chunks (``chunk_bytes``), so large ops fit in memory.
+
+Plans are also searched for each side of an op with an own divergence, to name the cause:
+``split-K factor`` / ``tile`` / ``tensor-core arithmetic`` / ``accumulation order`` (GEMMs and
+reductions, from the two plans), ``kernel choice`` (the kernel names differ, or one side is
+reproduced only by its recorded kernel), ``attention order`` (two attention plans: the fields
+that differ) / ``attention backend`` (another kernel), ``elementwise library`` (other ops), and
+``undetermined`` (some side has no implementation here: the reason is given).
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from typing import Any, Callable
+
+import numpy as np
+
+from hspi_kernels.fingerprint import features
+from hspi_kernels.numerics import attention_plan as AP
+from hspi_kernels.numerics import evaluate
+from hspi_kernels.numerics import plans as P
+from hspi_kernels.trace import explain as E
+from hspi_kernels.trace import tracer as T
+
+__all__ = ["counterfactual", "render_map", "explain_with_map", "SYMBOLS"]
+
+SYMBOLS = {"equal": ".", "propagated": "~", "split-K factor": "S", "tile": "T", "tensor-core arithmetic": "C",
+           "accumulation order": "R", "kernel choice": "K", "attention order": "A", "attention backend": "B",
+           "elementwise library": "E", "undetermined": "?", "unmatched": "u"}
+_MARK = "{'tensor': True}"
+
+
+class _Unavailable(Exception):
+    pass
+
+
+# -- operands --------------------------------------------------------------------------------------
+def _input_values(trace: T.Trace, op: dict) -> list[np.ndarray]:
+    """Every tensor input of the op as an array (floats as float32 values, exact), or _Unavailable."""
+    vals = []
+    for info in op["inputs"]:
+        try:
+            v, rows = E._operand(trace, info)
+        except E.MissingInputs as exc:
+            raise _Unavailable(str(exc)) from None
+        if rows is not None and op["op"] not in ("mm", "addmm"):
+            raise _Unavailable(f"input {info['digest']} kept as its leading {rows} rows only")
+        vals.append(np.asarray(v))
+    return vals
+
+
+def _output_bits(trace: T.Trace, op: dict, j: int) -> tuple[np.ndarray, str | None] | None:
+    info = op["outputs"][j]
+    key = f"a/{info['digest']}"
+    if key not in trace.arrays:
+        return None
+    return trace.arrays[key], trace.meta["arrays"][info["digest"]]["fmt"]
+
+
+def _to_bits(values: np.ndarray, fmt: str | None) -> np.ndarray:
+    if fmt is None:
+        return np.asarray(values)
+    return E._round_bits(np.asarray(values, np.float32), fmt) if fmt in ("bf16", "fp16", "fp32") else values
+
+
+def _compare(got_bits: np.ndarray, ref_bits: np.ndarray, fmt: str | None) -> dict:
+    rows = min(got_bits.shape[0], ref_bits.shape[0]) if got_bits.ndim and ref_bits.ndim else None
+    g, r = (got_bits, ref_bits) if rows is None else (got_bits[:rows], ref_bits[:rows])
+    g, r = g.reshape(-1), r.reshape(-1)
+    n_diff = int(np.count_nonzero(g != r))
+    out = {"n": int(r.size), "n_equal": int(r.size) - n_diff, "n_diff": n_diff}
+    if fmt in ("bf16", "fp16", "fp32", "fp64") and n_diff:
+        h = features.ulp_histogram(g, r, fmt, mode="log2")
+        out["ulp_histogram"] = {f"[{lo},{hi}]": int(c) for lo, hi, c in zip(h.lo, h.hi, h.counts) if c}
+        out["n_special"] = int(h.n_special)
+        d = features.ulp_distance(g, r, fmt)
+        dist = np.abs(d.distance[d.finite]).astype(np.float64)
+        out["max_ulp"] = float(dist.max()) if dist.size else 0.0
+    return out
+
+
+# -- the recorded kernel, re-executed ---------------------------------------------------------------
+_PLATFORM: dict = {}
+
+
+def _here() -> dict:
+    if not _PLATFORM:
+        from hspi_kernels import platform as plat
+
+        _PLATFORM.update(plat.collect())
+    return _PLATFORM
+
+
+def kernel_replayable(trace: T.Trace) -> str | None:
+    """None when the trace's recorded kernels can be re-executed here, else why not."""
+    run, pf = trace.meta.get("run", {}), trace.meta.get("platform", {})
+    if run.get("device") != "cpu":
+        return f"recorded on {run.get('device')}, this process runs CPU kernels only"
+    here = _here()
+    tv, hv = (pf.get("torch") or {}).get("version"), (here.get("torch") or {}).get("version")
+    if tv != hv:
+        return f"recorded with torch {tv}, here {hv}"
+    if pf.get("cpu_model") != here.get("cpu_model"):
+        return f"recorded on CPU {pf.get('cpu_model')!r}, here {here.get('cpu_model')!r}"
+    return None
+
+
+def _literal(text: str):
+    marked = re.sub(r"torch\.(\w+)", r"'__torch__.\1'", text)
+    return ast.literal_eval(marked)
+
+
+def _rebuild(x, tensors: list, torch):
+    if isinstance(x, str):
+        if x == _MARK:
+            return tensors.pop(0)
+        if x.startswith("__torch__."):
+            return getattr(torch, x[len("__torch__."):])
+        if x.startswith("torch.") and re.fullmatch(r"torch\.\w+", x):
+            return getattr(torch, x[6:])
+        if x.startswith("{") or x.startswith("["):
+            try:
+                return _rebuild(_literal(x), tensors, torch)
+            except (ValueError, SyntaxError):
+                raise _Unavailable(f"argument {x[:40]!r} cannot be rebuilt") from None
+        return x
+    if isinstance(x, list):
+        return [_rebuild(v, tensors, torch) for v in x]
+    if isinstance(x, dict):
+        return {k: _rebuild(v, tensors, torch) for k, v in x.items()}
+    return x
+
+
+def _run_kernel(op: dict, values: list[np.ndarray]) -> list[np.ndarray]:
+    """Re-execute the recorded aten op on ``values`` (its tensor inputs): raw output bits per output."""
+    import torch
+
+    name = op["aten"]
+    if not name.startswith("aten."):
+        raise _Unavailable(f"{name}: not an aten op")
+    parts = name.split(".")
+    fn = getattr(torch.ops.aten, parts[1])
+    fn = getattr(fn, parts[2] if len(parts) > 2 else "default")
+    tensors = []
+    for v, info in zip(values, op["inputs"]):
+        dt = getattr(torch, info["dtype"])
+        t = torch.from_numpy(np.ascontiguousarray(v))
+        t = t.to(dt) if t.dtype != dt else t
+        if tuple(t.shape) != tuple(info["shape"]):
+            raise _Unavailable("input shape differs from the record")
+        tensors.append(t)
+    if not isinstance(op["args"], list) or len(op["args"]) != 2:
+        raise _Unavailable("arguments not recorded")
+    args = _rebuild(op["args"][0], tensors, torch)
+    kwargs = _rebuild(op["args"][1], tensors, torch) if op["args"][1] else {}
+    if tensors or not isinstance(kwargs, dict):
+        raise _Unavailable("arguments cannot be matched to the recorded tensors")
+    with torch.no_grad():
+        out = fn(*args, **kwargs)
+    from torch.utils._pytree import tree_flatten
+
+    return [T._to_numpy(t)[0] for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+
+
+def _kernel_reproduces(op: dict, outs: list[np.ndarray]) -> bool:
+    if len(outs) != len(op["outputs"]):
+        return False
+    return all(T._digest(o, T._FMT.get(info["dtype"])) == info["digest"] for o, info in zip(outs, op["outputs"]))
+
+
+# -- plans --------------------------------------------------------------------------------------------
+def _gemm_parts(op: dict, values: list[np.ndarray]):
+    if op["op"] == "addmm":
+        kw = op["args"][1] if isinstance(op["args"], list) and len(op["args"]) > 1 else {}
+        if isinstance(kw, str):
+            kw = _literal(kw)
+        if isinstance(kw, dict) and (kw.get("alpha", 1) != 1 or kw.get("beta", 1) != 1):
+            raise _Unavailable("addmm with alpha/beta is not modelled")
+        c, a, b = values
+    else:
+        a, b = values
+        c = None
+    return a.astype(np.float32), b.astype(np.float32), None if c is None else c.astype(np.float32)
+
+
+def _gemm_eval(plan, epilogue: str, a, b, c, fmt: str, chunk_bytes: int, rows: int | None = None) -> np.ndarray:
+    """Output bits of ``plan`` on a[:rows] @ b (+ c) in row chunks."""
+    M = a.shape[0] if rows is None else min(rows, a.shape[0])
+    K, N = b.shape
+    step = max(1, chunk_bytes // max(1, 4 * (K + 2 * N)))
+    out = []
+    for r0 in range(0, M, step):
+        ar = np.ascontiguousarray(a[r0:r0 + step])
+        cr = None if c is None else np.ascontiguousarray(np.broadcast_to(c, (M, N))[r0:r0 + step], np.float32)
+        if cr is not None and epilogue == "bias-as-c":
+            d = evaluate.gemm(plan, ar, b, cr)
+        else:
+            d = evaluate.gemm(plan, ar, b)
+            if cr is not None:
+                d = (d + cr).astype(np.float32)
+        out.append(E._round_bits(d, fmt))
+    return np.concatenate(out) if out else np.zeros((0, N), np.uint32)
+
+
+def _gemm_plans(trace: T.Trace, op: dict, values, max_exact: int, chunk_bytes: int, extra=()) -> tuple[list[dict], int]:
+    got = _output_bits(trace, op, 0)
+    if got is None:
+        raise _Unavailable("the output was not stored")
+    bits, fmt = got
+    a, b, c = _gemm_parts(op, values)
+    rows = min(a.shape[0], bits.shape[0])
+    a, bits = a[:rows], bits[:rows]
+    K = a.shape[1]
+    in_fmt = T._FMT.get(op["inputs"][-1]["dtype"])
+    on_gpu = trace.meta["run"].get("device", "cpu") != "cpu"
+    cands = list(extra) + E.gemm_candidates(K, in_fmt, E._archs(trace), (), tensor_core=on_gpu)
+    pos = E._positions(bits.shape, 256, 0)
+    av, bv, cv = E._dot_terms(a, b, c, pos, bits.shape, False)
+    eps = ("none",) if c is None else ("bias-as-c", "bias-after")
+    screen = E._positions((len(pos),), min(16, len(pos)), 1)
+    found = E._search(cands, av, bv, cv, {"s": bits.reshape(-1)[pos]}, fmt, screen, eps, max_exact=max_exact)["s"]
+    exact = []
+    for e in found["exact"]:  # N/N on all kept outputs, in row chunks
+        plan = P.plan_from_json(e["plan_json"])
+        full = _gemm_eval(plan, e["epilogue"], a, b, c, fmt, chunk_bytes)
+        n_eq = int(np.count_nonzero(full.reshape(-1) == bits.reshape(-1)))
+        if n_eq == bits.size:
+            exact.append({"kind": "plan", "plan": repr(plan), "plan_json": e["plan_json"], "epilogue": e["epilogue"],
+                          "matches": n_eq, "total": int(bits.size)})
+    return exact, len(cands)
+
+
+def _attention_plans(trace: T.Trace, op: dict, values, max_exact: int) -> tuple[list[dict], int]:
+    call = _attention_call(op)
+    outs = [_output_bits(trace, op, j) for j in range(min(2, len(op["outputs"])))]
+    if any(o is None for o in outs):
+        raise _Unavailable("the outputs were not stored")
+    q, k, v = values[:3]
+    fmt = T._FMT.get(op["inputs"][0]["dtype"])
+    on_gpu = trace.meta["run"].get("device", "cpu") != "cpu"
+    cands = AP.candidates(fmt, q.shape[-2], causal=call["causal"], tensor_core=on_gpu)
+    exact = []
+    for plan in cands:
+        try:  # screen on the first query head of the first batch entry, then all
+            o1 = AP.evaluate_attention(plan, q[:1, :1], k[:1, :1], v[:1, :1], fmt=fmt, causal=call["causal"],
+                                       scale=call["scale"])
+            if not np.array_equal(_to_bits(o1, fmt), outs[0][0][:1, :1]):
+                continue
+            o, lse = AP.evaluate_attention(plan, q, k, v, fmt=fmt, causal=call["causal"], scale=call["scale"], with_lse=True)
+        except ValueError:
+            continue
+        got = [_to_bits(o, fmt)] + ([_to_bits(lse, outs[1][1])] if len(outs) > 1 else [])
+        n = sum(int(ob.size) for ob, _ in outs)
+        eq = sum(int(np.count_nonzero(g.reshape(-1) == ob.reshape(-1))) for g, (ob, _) in zip(got, outs))
+        if eq == n:
+            exact.append({"kind": "attention-plan", "plan": repr(plan), "plan_json": plan.to_json(), "matches": eq,
+                          "total": n})
+            if len(exact) >= max_exact:
+                break
+    return exact, len(cands)
+
+
+def _attention_call(op: dict) -> dict:
+    args = op["args"][0] if isinstance(op["args"], list) else []
+    kw = op["args"][1] if isinstance(op["args"], list) and len(op["args"]) > 1 else {}
+    if isinstance(kw, str):
+        kw = _literal(kw)
+    call = T.attention_call(op["op"], args, kw or {})
+    if call["dropout"] or call["mask"]:
+        raise _Unavailable("attention with dropout or a mask is not modelled")
+    return call
+
+
+def _reduction_plans(trace: T.Trace, op: dict, values, max_exact: int) -> tuple[list[dict], int]:
+    args = op["args"][0] if isinstance(op["args"], list) else []
+    dims = args[1] if len(args) > 1 else None
+    x = values[0].astype(np.float32)
+    dims = [dims] if isinstance(dims, int) else dims
+    if not dims or [d % x.ndim for d in dims] != [x.ndim - 1]:
+        raise _Unavailable(f"{op['op']} over dims {dims}: only last-dim reductions are modelled")
+    got = _output_bits(trace, op, 0)
+    if got is None:
+        raise _Unavailable("the output was not stored")
+    bits, fmt = got
+    n = x.shape[-1]
+    xs = x.reshape(-1, n)
+    cands = E.reduction_candidates(n)
+    exact = []
+    for plan in cands:
+        try:
+            s = evaluate.evaluate(plan, xs)
+        except ValueError:
+            continue
+        variants = [("sum", s)] if op["op"] == "sum" else [("div", (s / np.float32(n)).astype(np.float32)),
+                                                           ("mul-recip", (s * (np.float32(1) / np.float32(n))).astype(np.float32))]
+        for ep, val in variants:
+            g = E._round_bits(val, fmt)
+            if np.array_equal(g.reshape(-1), bits.reshape(-1)):
+                exact.append({"kind": "plan", "plan": repr(plan), "plan_json": plan.to_json(), "epilogue": ep,
+                              "matches": int(bits.size), "total": int(bits.size)})
+        if len(exact) >= max_exact:
+            break
+    return exact, len(cands)
+
+
+def _is_attention(op: str) -> bool:
+    return "scaled_dot_product" in op and "attention" in op
+
+
+def _find_plans(trace, op, values, max_exact, chunk_bytes) -> tuple[list[dict], int, str | None]:
+    try:
+        if op["op"] in ("mm", "addmm"):
+            return (*_gemm_plans(trace, op, values, max_exact, chunk_bytes), None)
+        if _is_attention(op["op"]) and op["op"] in T.ATTENTION_CPU_OPS | {"_scaled_dot_product_flash_attention",
+                                                                          "_scaled_dot_product_cudnn_attention",
+                                                                          "_scaled_dot_product_efficient_attention"}:
+            return (*_attention_plans(trace, op, values, max_exact), None)
+        if op["op"] in T.REDUCTION_OPS:
+            return (*_reduction_plans(trace, op, values, max_exact), None)
+    except _Unavailable as exc:
+        return [], 0, str(exc)
+    return [], 0, f"no plan family for {op['op']}"
+
+
+def _apply_plan(impl: dict, op_other: dict, values_other, trace_other) -> list[np.ndarray]:
+    """Output bits of a side's plan on the other side's inputs (the modelled outputs)."""
+    fmt = T._FMT.get(op_other["outputs"][0]["dtype"])
+    if impl["kind"] == "attention-plan":
+        plan = AP.attention_plan_from_json(impl["plan_json"])
+        call = _attention_call(op_other)
+        q, k, v = values_other[:3]
+        o, lse = AP.evaluate_attention(plan, q, k, v, fmt=fmt, causal=call["causal"], scale=call["scale"], with_lse=True)
+        outs = [_to_bits(o, fmt)]
+        if len(op_other["outputs"]) > 1:
+            outs.append(_to_bits(lse, T._FMT.get(op_other["outputs"][1]["dtype"])))
+        return outs
+    plan = P.plan_from_json(impl["plan_json"])
+    if op_other["op"] in ("mm", "addmm"):
+        a, b, c = _gemm_parts(op_other, values_other)
+        return [_gemm_eval(plan, impl["epilogue"], a, b, c, fmt, _CHUNK[0])]
+    x = values_other[0].astype(np.float32)
+    n = x.shape[-1]
+    s = evaluate.evaluate(plan, x.reshape(-1, n))
+    if impl["epilogue"] == "div":
+        s = (s / np.float32(n)).astype(np.float32)
+    elif impl["epilogue"] == "mul-recip":
+        s = (s * (np.float32(1) / np.float32(n))).astype(np.float32)
+    return [E._round_bits(s, fmt).reshape(op_other["outputs"][0]["shape"])]
+
+
+_CHUNK = [1 << 30]
+
+
+# -- one op ---------------------------------------------------------------------------------------------
+def _side(trace, op, values, kernel_why):
+    """{'kernel': bool, 'why': reason when not, ...}: whether the recorded kernel reproduces the side."""
+    if values is None:
+        return {"kernel": False, "why": "inputs not available"}
+    if kernel_why:
+        return {"kernel": False, "why": kernel_why}
+    try:
+        outs = _run_kernel(op, values)
+    except _Unavailable as exc:
+        return {"kernel": False, "why": str(exc)}
+    except Exception as exc:  # an op that cannot be called like this
+        return {"kernel": False, "why": f"re-execution failed: {type(exc).__name__}: {str(exc)[:120]}"}
+    if _kernel_reproduces(op, outs):
+        return {"kernel": True, "label": f"recorded kernel {op['aten']} (re-executed, all "
+                                          f"{len(outs)} output(s) bit-equal)"}
+    return {"kernel": False, "why": f"re-executing {op['aten']} here does not reproduce this side's outputs"}
+
+
+def _cross(impl_kind, op_self, op_other, trace_other, values_other, plan=None) -> dict | None:
+    """Compare the side's implementation on the other side's inputs with the other side's outputs."""
+    if values_other is None:
+        return None
+    try:
+        if impl_kind == "kernel":
+            outs = _run_kernel(op_self, values_other)
+            if _kernel_reproduces(op_other, outs):
+                return {"impl": "kernel", "n_diff": 0, "outputs": "all (digests equal)"}
+            res = {"impl": "kernel", "n": 0, "n_diff": 0}
+            for j, o in enumerate(outs):
+                ref = _output_bits(trace_other, op_other, j)
+                if ref is None:
+                    res["n_diff"] = None
+                    res["note"] = "digest differs; the other side's output was not stored"
+                    return res
+                c = _compare(o, ref[0], ref[1])
+                res["n"] += c["n"]
+                res["n_diff"] += c["n_diff"]
+                if c["n_diff"] and "ulp_histogram" in c and "ulp_histogram" not in res:
+                    res.update({k: c[k] for k in ("ulp_histogram", "max_ulp") if k in c})
+            return res
+        outs = _apply_plan(plan, op_other, values_other, trace_other)
+    except (_Unavailable, ValueError) as exc:
+        return {"impl": impl_kind, "n_diff": None, "note": str(exc)}
+    res = {"impl": "plan " + plan["plan"], "n": 0, "n_diff": 0}
+    for j, o in enumerate(outs):
+        ref = _output_bits(trace_other, op_other, j)
+        if ref is None:
+            return {"impl": res["impl"], "n_diff": None, "note": "the other side's output was not stored"}
+        c = _compare(o, ref[0], ref[1])
+        res["n"] += c["n"]
+        res["n_diff"] += c["n_diff"]
+        if c["n_diff"] and "ulp_histogram" in c and "ulp_histogram" not in res:
+            res.update({k: c[k] for k in ("ulp_histogram", "max_ulp") if k in c})
+    res["n_equal"] = res["n"] - res["n_diff"]
+    return res
+
+
+def _family(plan_json) -> dict:
+    return E._plan_family(plan_json)
+
+
+def _cause(op: str, ia: dict, ib: dict, ka: list, kb: list) -> dict:
+    pa, pb = ia.get("plans") or [], ib.get("plans") or []
+    kernel_diff = bool(ka or kb) and sorted(set(ka)) != sorted(set(kb))
+    kern_only = [s for s, i, p in (("A", ia, pa), ("B", ib, pb)) if i.get("kernel") and not p]
+    if _is_attention(op):
+        if pa and pb:
+            best = min(((x, y) for x in pa for y in pb),
+                       key=lambda xy: len(AP.diff_fields(AP.attention_plan_from_json(xy[0]["plan_json"]),
+                                                         AP.attention_plan_from_json(xy[1]["plan_json"]))))
+            fields = AP.diff_fields(AP.attention_plan_from_json(best[0]["plan_json"]),
+                                    AP.attention_plan_from_json(best[1]["plan_json"]))
+            detail = ", ".join(f"{k} {va!r} vs {vb!r}" for k, (va, vb) in fields.items()) or "no field differs"
+            cat = "attention backend" if kernel_diff else "attention order"
+            return {"category": cat, "detail": ("kernel names differ; " if kernel_diff else "") + detail,
+                    "plan_a": best[0]["plan"], "plan_b": best[1]["plan"]}
+        if (pa or pb) and kern_only:
+            other = pa or pb
+            return {"category": "attention backend",
+                    "detail": f"{'B' if pb else 'A'} = {other[0]['plan']}; {kern_only[0]} = its recorded kernel "
+                              f"(no attention plan candidate reproduces it)"}
+        if kernel_diff:
+            return {"category": "attention backend", "detail": "kernel names differ; no plan reproduces either side"}
+        return {"category": "undetermined", "detail": "no attention plan reproduces both sides"}
+    if op in ("mm", "addmm") or op in T.REDUCTION_OPS:
+        if pa and pb:
+            fa, fb = _family(pa[0]["plan_json"]), _family(pb[0]["plan_json"])
+            if fa["arch"] != fb["arch"] and fa["arch"] and fb["arch"]:
+                cat, detail = "tensor-core arithmetic", f"{fa['arch']} vs {fb['arch']} block arithmetic"
+            elif fa["parts"] != fb["parts"]:
+                cat, detail = "split-K factor", f"{fa['parts']} vs {fb['parts']} part(s)"
+            elif (fa["layout"], fa["tile"]) != (fb["layout"], fb["tile"]):
+                cat, detail = "tile", f"{fa['layout']}/{fa['tile']} vs {fb['layout']}/{fb['tile']}"
+            else:
+                cat, detail = "accumulation order", f"{pa[0]['plan']} vs {pb[0]['plan']}"
+            if kernel_diff and cat == "accumulation order":
+                cat = "kernel choice"
+            return {"category": cat, "detail": detail, "plan_a": pa[0]["plan"], "plan_b": pb[0]["plan"]}
+        if (pa or pb) and kern_only:
+            side = "B" if pb else "A"
+            f = _family((pb or pa)[0]["plan_json"])
+            cat = "split-K factor" if f["parts"] > 1 else "kernel choice"
+            return {"category": cat,
+                    "detail": f"{side} = {(pb or pa)[0]['plan']}" + (f" ({f['parts']} parts)" if f["parts"] > 1 else "")
+                              + f"; {kern_only[0]} = its recorded kernel (no candidate plan reproduces it)"}
+        if kernel_diff:
+            return {"category": "kernel choice", "detail": "kernel names differ; no plan reproduces either side"}
+        return {"category": "undetermined", "detail": "no candidate plan reproduces "
+                                                      + ("either side" if not (pa or pb) else ("A" if not pa else "B"))}
+    return {"category": "elementwise library",
+            "detail": ("kernel names differ; " if kernel_diff else "") + f"{op} gives other bits on the same inputs"}
+
+
+def _op_row(ta, tb, oa, ob, d_row, max_exact, chunk_bytes, why_a, why_b) -> dict:
+    row = {"key": oa["key"], "op": oa["op"], "layer": oa["layer"], "status": d_row["status"]}
+    try:
+        xa = _input_values(ta, oa)
+    except _Unavailable as exc:
+        xa, row["inputs_a"] = None, str(exc)
+    try:
+        xb = _input_values(tb, ob)
+    except _Unavailable as exc:
+        xb, row["inputs_b"] = None, str(exc)
+    sa, sb = _side(ta, oa, xa, why_a), _side(tb, ob, xb, why_b)
+    # plans only where no kernel reproduces the side (they are searched again below for a cause)
+    for side, tr, op_, x in ((sa, ta, oa, xa), (sb, tb, ob, xb)):
+        if not side["kernel"] and x is not None:
+            side["plans"], side["candidates"], side["plan_note"] = _find_plans(tr, op_, x, max_exact, chunk_bytes)
+
+    def impl_of(side):
+        if side["kernel"]:
+            return "kernel", None
+        if side.get("plans"):
+            return "plan", side["plans"][0]
+        return None, None
+
+    ka_kind, ka_plan = impl_of(sa)
+    kb_kind, kb_plan = impl_of(sb)
+    b_on_a = _cross(kb_kind, ob, oa, ta, xa, kb_plan) if kb_kind else None
+    a_on_b = _cross(ka_kind, oa, ob, tb, xb, ka_plan) if ka_kind else None
+    row["b_on_a"], row["a_on_b"] = b_on_a, a_on_b
+    checks = [c for c in (b_on_a, a_on_b) if c is not None and c.get("n_diff") is not None]
+    if any(c["n_diff"] for c in checks):
+        row["own"] = True
+    elif checks:
+        row["own"] = False
+    else:
+        row["own"] = None
+        row["why_undetermined"] = "; ".join(filter(None, [
+            f"A: {sa.get('why', '')} {sa.get('plan_note') or ''}".strip() if not ka_kind else "",
+            f"B: {sb.get('why', '')} {sb.get('plan_note') or ''}".strip() if not kb_kind else ""])) or \
+            "the cross replays could not run"
+    if row["own"]:
+        for side, tr, op_, x in ((sa, ta, oa, xa), (sb, tb, ob, xb)):
+            if "plans" not in side and x is not None:
+                side["plans"], side["candidates"], side["plan_note"] = _find_plans(tr, op_, x, max_exact, chunk_bytes)
+        row["cause"] = _cause(oa["op"], sa, sb, oa.get("kernels", []), ob.get("kernels", []))
+    elif row["own"] is None:
+        row["cause"] = {"category": "undetermined", "detail": row["why_undetermined"]}
+    row["impl_a"], row["impl_b"] = (_impl_summary(s) for s in (sa, sb))
+    return row
+
+
+def _impl_summary(side: dict) -> dict:
+    out = {"kernel": side["kernel"]}
+    for k in ("label", "why", "candidates", "plan_note"):
+        if side.get(k):
+            out[k] = side[k]
+    if side.get("plans"):
+        out["plans"] = [{k: p[k] for k in ("plan", "matches", "total", "epilogue") if k in p} for p in side["plans"]]
+    return out
+
+
+# -- the map ----------------------------------------------------------------------------------------------
+def _slot(key: str, layer: str) -> str:
+    m = re.match(r"^(.*?)(?:layers|h|blocks|layer)\.\d+\.?(.*)$", key)
+    if m and layer.startswith("layer"):
+        return m.group(2) or key
+    return key
+
+
+def counterfactual(ta: T.Trace, tb: T.Trace, d: dict | None = None, *, max_exact: int = 3,
+                   chunk_bytes: int = 1 << 30, progress: Callable[[int, int, str], None] | None = None) -> dict:
+    """The per-op counterfactual map of traces A and B (module docstring): one row per op with
+    different outputs (own divergence, the cross replays with N/N and ULP histogram, each side's
+    implementation, the cause), the layer x op grid and a summary."""
+    T.check_pair(ta, tb)
+    d = d or T.diff(ta, tb)
+    _CHUNK[0] = int(chunk_bytes)
+    why_a, why_b = kernel_replayable(ta), kernel_replayable(tb)
+    ka, kb = ta.by_key(), tb.by_key()
+    rows = []
+    todo = [r for r in d["ops"] if r["status"] != "equal"]
+    for n, r in enumerate(todo):
+        if progress:
+            progress(n, len(todo), r["key"])
+        rows.append(_op_row(ta, tb, ka[r["key"]], kb[r["key"]], r, max_exact, chunk_bytes, why_a, why_b))
+    by_key = {r["key"]: r for r in rows}
+    grid: dict[str, dict[str, str]] = {}
+    slots: list[str] = []
+    for r in d["ops"]:
+        slot = _slot(r["key"], r["layer"])
+        if slot not in slots:
+            slots.append(slot)
+        x = by_key.get(r["key"])
+        if x is None:
+            sym = SYMBOLS["equal"]
+        elif x["own"] is False:
+            sym = SYMBOLS["propagated"]
+        else:
+            sym = SYMBOLS[(x.get("cause") or {}).get("category", "undetermined")]
+        grid.setdefault(r["layer"], {})[slot] = sym
+    for key in d["unmatched_a"] + d["unmatched_b"]:
+        o = ka.get(key) or kb.get(key)
+        slot = _slot(key, o["layer"])
+        if slot not in slots:
+            slots.append(slot)
+        grid.setdefault(o["layer"], {})[slot] = SYMBOLS["unmatched"]
+    own = [r for r in rows if r["own"]]
+    summary = {"ops": d["n_ops"], "differ": len(rows), "own": len(own),
+               "own_explained": sum(1 for r in own if r["cause"]["category"] != "undetermined"),
+               "propagated_only": sum(1 for r in rows if r["own"] is False),
+               "undetermined": [r["key"] for r in rows if r["own"] is None or
+                                (r["own"] and r["cause"]["category"] == "undetermined")],
+               "unmatched": d["unmatched_a"] + d["unmatched_b"],
+               "kernel_replay": {"a": why_a or "yes", "b": why_b or "yes"}}
+    return {"a": d["a"], "b": d["b"], "summary": summary, "slots": slots, "grid": grid, "ops": rows,
+            "own_divergences": [{"key": r["key"], "layer": r["layer"], "cause": r["cause"],
+                                 "b_on_a": r["b_on_a"], "a_on_b": r["a_on_b"]} for r in own]}
+
+
+def render_map(cmap: dict, width: int = 80) -> str:
+    """The layer x op grid as text, at most ``width`` columns: one symbol per op slot (legend
+    below), then one line per op with an own divergence."""
+    slots = cmap["slots"]
+    layers = list(cmap["grid"])
+    lab = max([len(x) for x in layers] + [6]) + 1
+    per = max(10, width - lab)
+    lines = [f"own-divergence map: {cmap['summary']['own']} op(s) diverge on their own, "
+             f"{cmap['summary']['propagated_only']} only propagate, of {cmap['summary']['ops']}"[:width]]
+    for start in range(0, len(slots), per):
+        cols = slots[start:start + per]
+        lines.append(" " * lab + "".join(str((start + i) // 10 % 10) if (start + i) % 10 == 0 else " "
+                                         for i in range(len(cols))))
+        for L in layers:
+            cells = "".join(cmap["grid"][L].get(s, " ") for s in cols)
+            lines.append(f"{L:<{lab}}" + cells)
+    inv = {v: k for k, v in SYMBOLS.items()}
+    used = sorted({c for g in cmap["grid"].values() for c in g.values()})
+    legend = "  ".join(f"{c} {inv[c]}" for c in used)
+    while legend:
+        cut = legend[:width].rfind("  ") if len(legend) > width else len(legend)
+        cut = cut if cut > 0 else width
+        lines.append(legend[:cut])
+        legend = legend[cut:].lstrip()
+    for r in cmap["own_divergences"]:
+        c = r["cause"]
+        checks = [x for x in (r["b_on_a"], r["a_on_b"]) if x and x.get("n_diff") is not None]
+        nn = ", ".join(f"{x['n'] - x['n_diff']}/{x['n']} equal" for x in checks if "n" in x)
+        col = slots.index(_slot(r["key"], r["layer"]))
+        lines.append(f"[{col}] {r['key']}"[:width])
+        lines.append(f"    {c['category']}: {c['detail']}"[:width])
+        if nn:
+            lines.append(f"    cross replay: {nn}"[:width])
+    return "\n".join(lines)
+
+
+def explain_with_map(ta: T.Trace, tb: T.Trace, d: dict | None = None, *, map_width: int = 80, **kw) -> dict:
+    """:func:`explain.explain` plus the per-op counterfactual map as ``map`` and, rendered at
+    ``map_width`` columns, ``map_text``; own divergences without a cause join ``unexplained``."""
+    d = d or T.diff(ta, tb)
+    out = E.explain(ta, tb, d, **kw)
+    cmap = counterfactual(ta, tb, d)
+    out["map"] = cmap
+    out["map_text"] = render_map(cmap, map_width)
+    out["unexplained"] += [f"{k}: own divergence, cause undetermined" for k in cmap["summary"]["undetermined"]]
+    return out

@@ -1,0 +1,194 @@
+"""The per-op counterfactual map (``hspi_kernels.trace.counterfactual``) on CPU traces of tiny-llama,
+and the trace pipeline's answers to bad input.
+
+Trace B computes two ops by known orders (the tracer's injection): layer 0's ``down_proj`` GEMM by
+``SplitK(4)`` and layer 1's fused attention by an ``AttentionPlan`` (BLOCK_N 4). Everything between
+and after them differs only by propagation. The map must find exactly those two ops as own
+divergences (every other differing op is re-run with B's implementation on A's inputs and gives
+A's bits), name split-K and the attention backend / order, count N/N on all outputs of the op,
+and report nothing on two identical runs. Negative controls: wrong plans miss outputs of B.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from hspi_kernels.numerics import plans as P
+from hspi_kernels.numerics.attention_plan import AttentionPlan, evaluate_attention
+from hspi_kernels.trace import counterfactual as C
+from hspi_kernels.trace import explain as E
+from hspi_kernels.trace import tracer as T
+
+KG = "model.layers.0.mlp.down_proj:mm#0"
+KA = "model.layers.1.self_attn:_scaled_dot_product_flash_attention_for_cpu#0"
+DOT = P.Sequential("fp32", fma=True)
+ATT4 = AttentionPlan(block_n=4, rowsum=P.Pairwise(), dot=DOT)
+ATT16 = AttentionPlan(block_n=16, rowsum=P.Pairwise(), dot=DOT)
+BASE = dict(dtype="fp32", batch=2, length=16, profile=False)
+
+
+@pytest.fixture(scope="module")
+def traces():
+    a = T.run_model("tiny-llama", **BASE)
+    a2 = T.run_model("tiny-llama", **BASE)
+    b = T.run_model("tiny-llama", **BASE, inject={KG: P.SplitK(4), KA: ATT4})
+    return a, a2, b
+
+
+@pytest.fixture(scope="module")
+def cmap(traces):
+    a, _, b = traces
+    return C.counterfactual(a, b)
+
+
+def test_identical_runs_have_no_own_divergence(traces):
+    a, a2, _ = traces
+    m = C.counterfactual(a, a2)
+    assert m["summary"]["differ"] == 0 and m["summary"]["own"] == 0 and m["own_divergences"] == []
+    assert set("".join("".join(g.values()) for g in m["grid"].values())) == {"."}
+
+
+def test_injected_split_k_and_attention_are_the_only_own_divergences(cmap):
+    own = {r["key"] for r in cmap["own_divergences"]}
+    assert own == {KG, KA}
+    # no false positives: every other differing op (layer 1, the head) only propagates, and that
+    # verdict is a real replay of B's implementation on A's inputs giving A's bits
+    rest = [r for r in cmap["ops"] if r["key"] not in own]
+    assert len(rest) >= 30 and all(r["own"] is False for r in rest)
+    assert all(r["b_on_a"]["n_diff"] == 0 and r["a_on_b"]["n_diff"] == 0 for r in rest)
+    assert cmap["summary"]["own_explained"] == 2 and cmap["summary"]["undetermined"] == []
+
+
+def test_split_k_op_is_named_with_all_outputs(cmap):
+    (r,) = [r for r in cmap["ops"] if r["key"] == KG]
+    assert r["status"] == "origin" and r["cause"]["category"] == "split-K factor"
+    assert r["cause"]["plan_b"] == "SplitK(4)"
+    n = 2 * 16 * 64  # every output of the op
+    assert any(p["plan"] == "SplitK(4)" and p["matches"] == p["total"] == n for p in r["impl_b"]["plans"])
+    assert r["impl_a"]["kernel"]  # A: the CPU kernel, re-executed bit for bit
+    assert r["b_on_a"]["n"] == n and 0 < r["b_on_a"]["n_diff"] < n
+    hist = r["b_on_a"]["ulp_histogram"]  # over all outputs, the zero bin = the equal ones
+    assert sum(hist.values()) == n and hist["[0,0]"] == n - r["b_on_a"]["n_diff"]
+
+
+def test_attention_op_is_named_with_all_outputs(cmap):
+    (r,) = [r for r in cmap["ops"] if r["key"] == KA]
+    assert r["status"] == "propagated" and r["own"] is True  # found although its inputs differ
+    assert r["cause"]["category"] == "attention backend"
+    n = 2 * 4 * 16 * 16 + 2 * 4 * 16  # output and log-sum-exp
+    plans_b = r["impl_b"]["plans"]
+    assert any(p["plan"] == repr(ATT4) for p in plans_b) and all(p["matches"] == p["total"] == n for p in plans_b)
+    assert r["impl_a"]["kernel"] and "plans" not in r["impl_a"]  # no candidate order reproduces the CPU kernel
+    assert r["b_on_a"]["n"] == n and r["b_on_a"]["n_diff"] > 0
+
+
+def test_attention_order_change_between_two_plans_is_named_by_field():
+    a = T.run_model("tiny-llama", **BASE, inject={KA: ATT16})
+    b = T.run_model("tiny-llama", **BASE, inject={KA: ATT4})
+    m = C.counterfactual(a, b)
+    (r,) = m["own_divergences"]
+    assert r["key"] == KA and r["cause"]["category"] == "attention order"
+    assert r["cause"]["detail"].startswith("block_n ") and "4" in r["cause"]["detail"]
+    assert all(x["impl"].startswith("plan AttentionPlan") for x in (r["b_on_a"], r["a_on_b"]))
+
+
+def test_wrong_plans_are_rejected(traces):
+    a, _, b = traces
+    ob = b.by_key()[KG]
+    xb = C._input_values(b, ob)
+    bits_b = b.arrays[f"a/{ob['outputs'][0]['digest']}"]
+    for wrong in (P.SplitK(2), P.SplitK(4, "interleaved"), P.Sequential()):
+        got = C._gemm_eval(wrong, "none", *C._gemm_parts(ob, xb), "fp32", 1 << 20)
+        assert np.count_nonzero(got != bits_b) > 0, wrong
+    right = C._gemm_eval(P.SplitK(4), "none", *C._gemm_parts(ob, xb), "fp32", 1 << 20)
+    assert np.array_equal(right, bits_b)
+    oa = b.by_key()[KA]
+    q, k, v = C._input_values(b, oa)[:3]
+    out_b = b.arrays[f"a/{oa['outputs'][0]['digest']}"]
+    for wrong in (AttentionPlan(block_n=8, rowsum=P.Pairwise(), dot=DOT), AttentionPlan(block_n=4, dot=DOT, rowsum=P.Sequential()),
+                  AttentionPlan(block_n=4, rowsum=P.Pairwise(), dot=DOT, domain="log2", exp="numpy")):
+        got = evaluate_attention(wrong, q, k, v, fmt="fp32", causal=True, scale=0.25).view(np.uint32)
+        assert np.count_nonzero(got != out_b) > 0, wrong
+
+
+def test_gemm_replay_in_row_chunks_equals_one_pass(traces):
+    _, _, b = traces
+    ob = b.by_key()[KG]
+    parts = C._gemm_parts(ob, C._input_values(b, ob))
+    whole = C._gemm_eval(P.SplitK(4), "none", *parts, "fp32", 1 << 30)
+    tiny = C._gemm_eval(P.SplitK(4), "none", *parts, "fp32", 1)  # one row per chunk
+    assert whole.shape == (32, 64) and np.array_equal(whole, tiny)
+
+
+def test_map_text_fits_80_columns_and_lands_in_explain_json_and_html(traces, tmp_path):
+    a, _, b = traces
+    x = C.explain_with_map(a, b)
+    text = x["map_text"]
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "S split-K factor" in text and "B attention backend" in text and KG in text
+    json.dumps(x, default=str)
+    html = T.html_view(T.diff(a, b), None, x, tmp_path / "x.html").read_text()
+    assert "counterfactual map" in html and "split-K factor" in html
+
+
+# -- bad input ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def saved(traces, tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    a, _, b = traces
+    return d, a.save(d / "a.npz"), b.save(d / "b.npz")
+
+
+def test_truncated_and_corrupt_files_are_value_errors(saved):
+    d, pa, _ = saved
+    raw = pa.read_bytes()
+    (d / "trunc.npz").write_bytes(raw[: len(raw) // 2])
+    (d / "junk.npz").write_bytes(b"not a zip file at all" * 10)
+    np.savez(d / "nometa.npz", x=np.zeros(3))
+    cases = {"trunc.npz": "truncated or corrupt", "junk.npz": "truncated or corrupt", "nometa.npz": "no __meta__"}
+    for name, msg in cases.items():
+        with pytest.raises(ValueError, match=msg) as info:
+            T.load(d / name)
+        assert name in str(info.value)
+    tr = T.load(pa)  # a stored array listed in the metadata but missing from the file
+    tr.arrays.pop(next(k for k in tr.arrays if k.startswith("a/")))
+    tr.save(d / "lost.npz")
+    with pytest.raises(ValueError, match="listed but missing"):
+        T.load(d / "lost.npz")
+    with pytest.raises(FileNotFoundError):
+        T.load(d / "absent.npz")
+
+
+def test_different_models_or_prompts_are_value_errors(traces):
+    a, _, _ = traces
+    q = T.run_model("tiny-qwen2", **BASE)
+    with pytest.raises(ValueError, match="different models: model 'tiny-llama'"):
+        C.counterfactual(a, q)
+    short = T.run_model("tiny-llama", **{**BASE, "length": 8})
+    with pytest.raises(ValueError, match="different prompts: length 16"):
+        E.explain(a, short)
+    other = T.Trace(json.loads(json.dumps(a.meta)), a.arrays, "other.npz")
+    other.meta["run"]["tokens"][0][0] += 1
+    with pytest.raises(ValueError, match="token ids differ"):
+        T.check_pair(a, other)
+    T.check_pair(a, T.Trace(json.loads(json.dumps(a.meta)), a.arrays))  # control: the same pair passes
+
+
+def test_cli_explain_bad_input_is_one_line_no_traceback(saved, traces):
+    from hspi_kernels.cli import app
+
+    d, pa, pb = saved
+    raw = pa.read_bytes()
+    (d / "t.npz").write_bytes(raw[: len(raw) // 3])
+    runner = CliRunner()
+    r = runner.invoke(app, ["trace", "explain", str(d / "t.npz"), str(pb)])
+    assert r.exit_code in (1, 2) and "Traceback" not in r.output and r.exception is None or isinstance(r.exception, SystemExit)
+    assert "truncated or corrupt" in r.output and len(r.output.strip().splitlines()) == 1
+    q = T.run_model("tiny-qwen2", **BASE).save(d / "q.npz")
+    r = runner.invoke(app, ["trace", "explain", str(pa), str(q)])
+    assert r.exit_code == 2 and "different models" in r.output and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1
