@@ -812,11 +812,11 @@ def trace_run(
     try:
         meqc.EQC(dtype=dtype, attn=attn, gemm=gemm, batch=batch)
         inject_plans = T.parse_inject(inject or [])
-    except ValueError as exc:
+    except (OSError, ValueError) as exc:
         _fail(str(exc), 2)
     try:
         reference = T.load(keep_diverging) if keep_diverging is not None else None
-    except ValueError as exc:
+    except (OSError, ValueError) as exc:
         _fail(f"--keep-diverging: {exc}", 1)
     try:
         tr = T.run_model(model, dtype=dtype, batch=batch, length=length, seed=seed, device=device, attn=attn,

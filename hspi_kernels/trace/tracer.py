@@ -479,8 +479,6 @@ class Trace:
 def load(path: str | Path) -> Trace:
     """Read a trace file; a truncated, corrupt or foreign file is a ValueError naming the path and
     what is wrong (a missing file stays an OSError)."""
-    import zipfile
-
     if isinstance(path, (str, os.PathLike)) and not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no such trace file")
     try:
