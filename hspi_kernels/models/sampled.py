@@ -1,0 +1,390 @@
+"""Black-box identification from sampled text (T >= 0, top-p, unknown or exposed seeds).
+
+The observation is generated tokens only. The verifier replays every candidate stack white-box on
+the same prompts and the *observed* prefixes (teacher forcing through the candidate's own decode
+path: prefill, then one KV-cache decode step per token, exactly as the candidate would generate),
+which gives the candidate's next-token sampling distribution at every observed step. On top:
+
+- :func:`lr_test`: likelihood ratio of two candidates, ``Λ = Σ_t log q_B(x_t) − log q_A(x_t)``
+  (``q`` = the sampling distribution mixed with ``floor`` of uniform mass, so tokens outside a
+  candidate's top-p set stay finite). Under H0 "A generated the text", ``Λ − Σ_t μ_t`` is a
+  martingale (μ_t = E_A[d_t | prefix]), so ``Z = (Λ − Σ μ_t) / sqrt(Σ σ_t²)`` is asymptotically
+  N(0, 1) (martingale CLT), but the floor makes the increments heavy-tailed and that p-value
+  conservative; the reported p-value is exact instead: each increment's randomised PIT in its
+  conditional law under A, ``v_t = P_A(D_t > d_t) + U·P_A(D_t = d_t)``, is i.i.d. U(0, 1) under H0,
+  combined by Stouffer, ``Z = Σ Φ⁻¹(1 − v_t) / √n``, p = ``P(N(0,1) >= Z)``. A token that A gives probability 0
+  (outside its top-p set, or not its argmax at T = 0) refutes A exactly: p = 0.
+- :func:`rank_test`: goodness of fit of one candidate: the randomised PIT of each observed token in
+  the candidate's own order (rank by probability), ``u_t = F(<x_t) + U·p(x_t)``, is i.i.d.
+  Uniform(0, 1) under H0 exactly; Kolmogorov–Smirnov against the uniform.
+- :func:`seed_sync`: when the provider exposes the seed, the per-step uniforms of the sampler are
+  known; regenerate each candidate's token with them on the observed prefix and count agreement
+  (H0 "this candidate, bit-exact": every token agrees; p-value binomial with a disagreement rate
+  ``eps``).
+- :func:`identify`: posterior over candidates (uniform prior, the ``q`` likelihoods) plus every
+  test above, each reporting its name, statistic and p-value.
+
+Candidate stacks on CPU (:class:`Stack`): dtype (fp32 | bf16), GEMM (torch | fixed: every linear
+layer as a sequential-K fp32 sum, the batch-invariant fixed-order path), batch mode (batched: the
+requests decoded together | rowwise: every request alone, batch 1), and an injected ±1-ulp
+perturbation of the fp32 logits on a fixed half of the vocabulary.
+
+The sampler is the project's own (documented, not vLLM's): probabilities in float64 from the fp32
+logits, ``softmax(logits / T)``, top-p keeps the smallest prefix of the probability-sorted vocabulary
+(ties by token id) whose mass reaches ``top_p``, renormalised; a token is drawn by inverse CDF in
+that order from ``u ~ U(0, 1)`` of ``numpy.random.default_rng([seed, request, step])``; T = 0 is
+argmax (lowest id on ties).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["Stack", "Platform", "tiny_spec", "sampling_probs", "uniforms", "draw", "lr_test",
+           "rank_test", "seed_sync", "identify", "log_likelihood"]
+
+
+def tiny_spec(std: float = 0.3):
+    """The tiny Llama of the zoo with a larger weight scale (peaked next-token distributions:
+    at std 0.08 the tiny model is almost uniform over its 512 tokens)."""
+    from hspi_kernels.models import zoo
+
+    base = zoo.SPECS["tiny-llama"]
+    return zoo.ModelSpec(f"tiny-llama-std{std}", "llm", "llama", dict(base.config), std=std,
+                         note="tiny-llama config, larger weight std for peaked sampling distributions")
+
+
+@dataclass(frozen=True)
+class Stack:
+    """One CPU serving stack (a candidate platform)."""
+
+    dtype: str = "fp32"       # fp32 | bf16
+    gemm: str = "torch"       # torch | fixed (sequential-K fp32 linears)
+    batch: str = "batched"    # batched | rowwise
+    ulp: int = 0              # logits += ulp * 1 ulp on the even token ids (fp32 logits)
+
+    @property
+    def name(self) -> str:
+        parts = [self.dtype, self.gemm, self.batch]
+        if self.ulp:
+            parts.append(f"ulp{self.ulp:+d}")
+        return ".".join(parts)
+
+    @classmethod
+    def parse(cls, text: str) -> "Stack":
+        kw: dict[str, Any] = {}
+        for tok in text.split("."):
+            if tok in ("fp32", "bf16"):
+                kw["dtype"] = tok
+            elif tok in ("torch", "fixed"):
+                kw["gemm"] = tok
+            elif tok in ("batched", "rowwise"):
+                kw["batch"] = tok
+            elif tok.startswith("ulp"):
+                kw["ulp"] = int(tok[3:])
+            elif tok:
+                raise ValueError(f"unknown stack token {tok!r}")
+        return cls(**kw)
+
+
+@contextlib.contextmanager
+def _fixed_order_linears():
+    """Every ``F.linear`` as ``Σ_k x[..., k] * w[:, k]`` accumulated in fp32 in k order (one
+    rounding per product and per add, no FMA), bias added last: a batch-invariant fixed order."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    class Mode(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.nn.functional.linear:
+                x, w = args[0], args[1]
+                b = args[2] if len(args) > 2 else kwargs.get("bias")
+                if x.dtype == torch.float32:
+                    acc = x[..., 0:1] * w[:, 0]
+                    for k in range(1, w.shape[1]):
+                        acc = acc + x[..., k:k + 1] * w[:, k]
+                    return acc if b is None else acc + b
+            return func(*args, **kwargs)
+
+    with Mode():
+        yield
+
+
+class Platform:
+    """A seeded tiny LLM served by one :class:`Stack`: greedy/sampled generation and the
+    teacher-forced replay of observed continuations, through one decode loop (so the replay is
+    the generation's computation, bit for bit)."""
+
+    def __init__(self, stack: Stack | str, spec=None, seed: int = 0, _models: dict | None = None):
+        import torch
+
+        from hspi_kernels.models import zoo
+
+        self.stack = Stack.parse(stack) if isinstance(stack, str) else stack
+        self.spec = spec if spec is not None else tiny_spec()
+        self.seed = seed
+        self.torch = torch
+        cache = _models if _models is not None else {}
+        key = (self.spec.name, seed, self.stack.dtype)
+        if key not in cache:
+            model, _ = zoo.build(self.spec, seed)
+            cache[key] = model.to(torch.bfloat16 if self.stack.dtype == "bf16" else torch.float32).eval()
+        self.model = cache[key]
+        self.vocab = int(self.model.config.vocab_size)
+        self._mask = (np.arange(self.vocab) % 2 == 0)
+
+    @property
+    def name(self) -> str:
+        return self.stack.name
+
+    def _final_logits(self, logits) -> np.ndarray:
+        out = logits.float().numpy().astype(np.float32)
+        if self.stack.ulp:
+            direction = np.float32(np.inf if self.stack.ulp > 0 else -np.inf)
+            for _ in range(abs(self.stack.ulp)):
+                out[..., self._mask] = np.nextafter(out[..., self._mask], direction)
+        return out
+
+    def _decode(self, prompts: np.ndarray, n: int, choose) -> tuple[np.ndarray, np.ndarray]:
+        """Run prefill + n decode steps on rows ``prompts`` [B, L]; ``choose(t, logits [B, V])``
+        returns the B next tokens. Returns (tokens [B, n], logits [B, n, V] fp32)."""
+        torch = self.torch
+        ctx = _fixed_order_linears() if self.stack.gemm == "fixed" else contextlib.nullcontext()
+        toks = np.zeros((prompts.shape[0], n), dtype=np.int64)
+        logs = np.zeros((prompts.shape[0], n, self.vocab), dtype=np.float32)
+        with torch.inference_mode(), ctx:
+            out = self.model(torch.from_numpy(np.ascontiguousarray(prompts, dtype=np.int64)), use_cache=True)
+            for t in range(n):
+                lo = self._final_logits(out.logits[:, -1])
+                logs[:, t] = lo
+                toks[:, t] = choose(t, lo)
+                if t + 1 < n:
+                    out = self.model(torch.from_numpy(toks[:, t:t + 1].copy()), cache=out.past_key_values,
+                                     use_cache=True)
+        return toks, logs
+
+    def _rows(self, prompts: np.ndarray, n: int, choose_rows):
+        """Batched: one decode over all rows. Rowwise: every row alone (batch 1)."""
+        if self.stack.batch == "batched":
+            return self._decode(prompts, n, lambda t, lo: choose_rows(t, lo, slice(None)))
+        toks, logs = [], []
+        for r in range(prompts.shape[0]):
+            tk, lg = self._decode(prompts[r:r + 1], n, lambda t, lo, r=r: choose_rows(t, lo, slice(r, r + 1)))
+            toks.append(tk)
+            logs.append(lg)
+        return np.concatenate(toks), np.concatenate(logs)
+
+    def generate(self, prompts: np.ndarray, n: int, temperature: float, top_p: float = 0.9,
+                 seed: int = 0) -> np.ndarray:
+        """Sampled continuations [B, n] (int64); request r uses the uniforms of (seed, r)."""
+        u = uniforms(seed, prompts.shape[0], n)
+
+        def choose(t, lo, rows):
+            return draw(sampling_probs(lo, temperature, top_p), u[rows, t])
+
+        return self._rows(prompts, n, choose)[0]
+
+    def replay(self, prompts: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """The candidate's fp32 logits [B, n, V] at every observed step (teacher forcing)."""
+        tokens = np.asarray(tokens, dtype=np.int64)
+        return self._rows(prompts, tokens.shape[1], lambda t, lo, rows: tokens[rows, t])[1]
+
+
+# --------------------------------------------------------------------------------------------
+# the sampler
+# --------------------------------------------------------------------------------------------
+def sampling_probs(logits: np.ndarray, temperature: float, top_p: float = 0.9) -> np.ndarray:
+    """The sampler's distribution [..., V] float64 (T = 0: one-hot argmax, lowest id on ties)."""
+    lo = np.asarray(logits, dtype=np.float64)
+    if temperature == 0:
+        out = np.zeros_like(lo)
+        np.put_along_axis(out, lo.argmax(-1)[..., None], 1.0, axis=-1)
+        return out
+    z = lo / temperature
+    z = z - z.max(-1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(-1, keepdims=True)
+    if top_p < 1.0:
+        order = np.argsort(-p, axis=-1, kind="stable")
+        ps = np.take_along_axis(p, order, -1)
+        before = np.cumsum(ps, -1) - ps
+        keep_sorted = before < top_p  # the token that crosses top_p is kept
+        keep = np.zeros_like(keep_sorted)
+        np.put_along_axis(keep, order, keep_sorted, -1)
+        p = np.where(keep, p, 0.0)
+        p /= p.sum(-1, keepdims=True)
+    return p
+
+
+def uniforms(seed: int, rows: int, n: int) -> np.ndarray:
+    """The sampler's uniforms [rows, n] for provider seed ``seed``."""
+    return np.stack([np.random.default_rng([seed, r]).random(n) for r in range(rows)]) if rows else \
+        np.zeros((0, n))
+
+
+def _cdf_order(p: np.ndarray) -> np.ndarray:
+    return np.argsort(-p, axis=-1, kind="stable")
+
+
+def draw(p: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Inverse-CDF draw of one token per row of ``p`` [B, V] in probability order, ``u`` [B]."""
+    order = _cdf_order(p)
+    cs = np.cumsum(np.take_along_axis(p, order, -1), -1)
+    idx = np.minimum((cs <= np.asarray(u)[:, None]).sum(-1), p.shape[-1] - 1)
+    # never land on a zero-probability token (u beyond the float64 total)
+    ps = np.take_along_axis(p, order, -1)
+    last = (ps > 0).sum(-1) - 1
+    idx = np.minimum(idx, last)
+    return order[np.arange(p.shape[0]), idx]
+
+
+# --------------------------------------------------------------------------------------------
+# tests
+# --------------------------------------------------------------------------------------------
+def _norm_sf(z: float) -> float:
+    return 0.5 * math.erfc(z / math.sqrt(2.0))
+
+
+def _floored(p: np.ndarray, floor: float) -> np.ndarray:
+    return (1.0 - floor) * p + floor / p.shape[-1]
+
+
+def log_likelihood(p: np.ndarray, tokens: np.ndarray, floor: float = 1e-3) -> float:
+    """Σ_t log q(x_t) with q = (1 − floor) p + floor / V."""
+    q = _floored(p, floor)
+    return float(np.log(np.take_along_axis(q, tokens[..., None], -1)).sum())
+
+
+def lr_test(p_a: np.ndarray, p_b: np.ndarray, tokens: np.ndarray, floor: float = 1e-3,
+            rng: np.random.Generator | None = None) -> dict[str, Any]:
+    """H0: A generated ``tokens`` [B, n]; H1: B did. ``p_a``/``p_b`` [B, n, V]: each candidate's
+    sampling distributions on the observed prefixes. The p-value is the exact one (per-step
+    randomised PIT of the LR increment, combined by Stouffer); the CLT one is reported too."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    qa, qb = _floored(p_a, floor), _floored(p_b, floor)
+    d_all = np.log(qb) - np.log(qa)                       # [B, n, V]
+    d = np.take_along_axis(d_all, tokens[..., None], -1)[..., 0]
+    mu = (p_a * d_all).sum(-1)
+    var = np.maximum((p_a * d_all ** 2).sum(-1) - mu ** 2, 0.0)
+    stat = float(d.sum())
+    m, v = float((d - mu).sum()), float(var.sum())
+    impossible = int((np.take_along_axis(p_a, tokens[..., None], -1)[..., 0] == 0).sum())
+    v_pit = lr_pit(p_a, d_all, d, rng if rng is not None else np.random.default_rng(0))
+    z_pit = float(_norm_ppf(1.0 - v_pit).sum() / math.sqrt(v_pit.size)) if v_pit.size else 0.0
+    p_pit = 0.0 if impossible else _norm_sf(z_pit)
+    if impossible:
+        p_value, z = 0.0, math.inf
+    elif v > 0:
+        z = m / math.sqrt(v)
+        p_value = _norm_sf(z)
+    else:  # A deterministic on every step (T = 0) and every token as A says
+        z, p_value = 0.0, 1.0
+    return {"test": "likelihood ratio, randomised conditional PIT of each increment, Stouffer (exact)",
+            "statistic": stat, "z": z_pit, "p_value": p_pit,
+            "clt": {"test": "likelihood ratio (martingale CLT; conservative where top-p supports differ)",
+                    "z": z, "p_value": p_value},
+            "tokens": int(tokens.size), "impossible_under_null": impossible, "floor": floor,
+            "log_lr_b_over_a": stat}
+
+
+def _norm_ppf(x):
+    from scipy import stats
+
+    return stats.norm.ppf(np.clip(x, 1e-300, 1.0 - 1e-16))
+
+
+def lr_pit(p_a: np.ndarray, d_all: np.ndarray, d: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Randomised upper-tail PIT of each observed increment in its conditional law under A:
+    ``v_t = P_A(D_t > d_t) + U · P_A(D_t = d_t)``; i.i.d. U(0, 1) under H0 (exactly, step by step),
+    small when the token favours B."""
+    gt = (p_a * (d_all > d[..., None])).sum(-1)
+    eq = (p_a * (d_all == d[..., None])).sum(-1)
+    return np.clip(gt + rng.random(d.shape) * eq, 0.0, 1.0).reshape(-1)
+
+
+def rank_test(p: np.ndarray, tokens: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, Any]:
+    """Randomised PIT of every observed token in the candidate's probability order; KS vs U(0,1)."""
+    from scipy import stats
+
+    rng = rng if rng is not None else np.random.default_rng(0)
+    tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+    pf = p.reshape(-1, p.shape[-1])
+    order = _cdf_order(pf)
+    ps = np.take_along_axis(pf, order, -1)
+    rank = np.argmax(order == tokens[:, None], axis=-1)
+    px = ps[np.arange(len(tokens)), rank]
+    before = np.cumsum(ps, -1)[np.arange(len(tokens)), rank] - px
+    impossible = int((px == 0).sum())
+    u = np.clip(before + rng.random(len(tokens)) * px, 0.0, 1.0)
+    if impossible:
+        stat, p_value = 1.0, 0.0
+    else:
+        res = stats.kstest(u, "uniform")
+        stat, p_value = float(res.statistic), float(res.pvalue)
+    return {"test": "rank (randomised PIT, Kolmogorov-Smirnov)", "statistic": stat, "p_value": p_value,
+            "tokens": int(len(tokens)), "impossible_under_null": impossible,
+            "mean_rank": float(rank.mean())}
+
+
+def _binom_sf(k: int, n: int, p: float) -> float:
+    from scipy import stats
+
+    if k <= 0:
+        return 1.0
+    if p <= 0:
+        return 0.0
+    return float(stats.binom.sf(k - 1, n, p))
+
+
+def seed_sync(p: np.ndarray, tokens: np.ndarray, u: np.ndarray, eps: float = 0.0) -> dict[str, Any]:
+    """Regenerate the candidate's token at every observed step with the provider's uniforms ``u``
+    [B, n]; H0 "this candidate": disagreements only at rate ``eps`` (0: bit-exact, none)."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    b, n, v = p.shape
+    mine = draw(p.reshape(-1, v), u.reshape(-1)).reshape(b, n)
+    agree = int((mine == tokens).sum())
+    total = int(tokens.size)
+    return {"test": "seed-synchronised agreement (binomial)", "statistic": total - agree, "agreement": agree / total,
+            "tokens": total, "p_value": _binom_sf(total - agree, total, eps), "eps": eps}
+
+
+def identify(tokens: np.ndarray, dists: dict[str, np.ndarray], *, u: np.ndarray | None = None,
+             floor: float = 1e-3, rng: np.random.Generator | None = None) -> dict[str, Any]:
+    """Name the candidate behind ``tokens`` [B, n] from each candidate's replayed sampling
+    distributions ``dists[name]`` [B, n, V]: posterior (uniform prior), per-candidate rank test
+    and (with exposed uniforms ``u``) seed-synchronised agreement, and the LR test of the best
+    candidate (H0) against each other one."""
+    names = list(dists)
+    ll = {c: log_likelihood(dists[c], tokens, floor) for c in names}
+    mx = max(ll.values())
+    w = {c: math.exp(ll[c] - mx) for c in names}
+    z = sum(w.values())
+    posterior = {c: w[c] / z for c in names}
+    best = max(names, key=lambda c: ll[c])
+    out: dict[str, Any] = {"prediction": best, "posterior": posterior, "log_likelihood": ll,
+                           "tokens": int(np.asarray(tokens).size),
+                           "rank_test": {c: rank_test(dists[c], tokens, rng) for c in names},
+                           "lr_test_vs_best": {c: lr_test(dists[best], dists[c], tokens, floor, rng)
+                                               for c in names if c != best}}
+    if u is not None:
+        out["seed_sync"] = {c: seed_sync(dists[c], tokens, u) for c in names}
+        out["prediction_seed_sync"] = max(names, key=lambda c: out["seed_sync"][c]["agreement"])
+    return out
+
+
+def replay_dists(platform: Platform, prompts: np.ndarray, tokens: np.ndarray, temperature: float,
+                 top_p: float = 0.9) -> np.ndarray:
+    """A candidate's sampling distributions [B, n, V] on the observed prefixes."""
+    return sampling_probs(platform.replay(prompts, tokens), temperature, top_p)
+
+
+def candidates(names: Sequence[str], spec=None, seed: int = 0) -> dict[str, Platform]:
+    """Platforms for stack names, sharing model copies per dtype."""
+    shared: dict = {}
+    return {n: Platform(n, spec, seed, shared) for n in names}
