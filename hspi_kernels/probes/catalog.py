@@ -8,7 +8,7 @@ import ``registry`` to register; this module imports the families. No loop: regi
 
 from __future__ import annotations
 
-from hspi_kernels.probes import basic, suite  # noqa: F401  (importing a family registers its probes)
+from hspi_kernels.probes import basic, stack, suite  # noqa: F401  (importing a family registers its probes)
 from hspi_kernels.probes.registry import Probe, registered
 
 __all__ = ["all_probes", "get", "select"]
