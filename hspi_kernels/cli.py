@@ -147,6 +147,8 @@ def env(as_json: bool = typer.Option(False, "--json", help="machine-readable out
 def probe(
     out: Path = typer.Option(Path("fingerprint.json"), "--out", "-o", help="fingerprint JSON to write"),
     only: Optional[str] = typer.Option(None, "--only", help="run only probes whose id contains this"),
+    suite: str = typer.Option("default", "--suite", help="default: the fingerprint suite; stack: the "
+                              "software-stack probes (torch.compile, JAX, BLAS flags, fp8; slow); all"),
     as_json: bool = typer.Option(False, "--json", help="print the fingerprint JSON to stdout"),
     kernels: bool = typer.Option(False, "--kernels/--no-kernels",
                                  help="record the CUDA kernel names of library probes (one torch.profiler "
@@ -167,9 +169,11 @@ def probe(
     cache (checksummed, keyed by the code that made them); the probes themselves always run.
     Probe groups run in parallel worker processes (``--jobs``; records do not depend on it), or
     in a resident ``hspi serve`` process when one runs (``--server``)."""
+    if suite not in ("default", "stack", "all"):
+        _fail(f"--suite must be default, stack or all, got {suite!r}", 2)
     out = _output(out, "fingerprint")  # before the probes run, not after
     progress_console = err_console if as_json else console
-    fp = _take(progress_console, transient=False, only=only, kernels=kernels, use_cache=use_cache,
+    fp = _take(progress_console, transient=False, only=only, suite=suite, kernels=kernels, use_cache=use_cache,
                clear_cache=clear_cache, jobs=jobs, server=server, imports_s=IMPORTS_S)
     records, elapsed = fp["probes"], fp["suite"]["wall_s"]
     with _writing(f"fingerprint {out}"):

@@ -16,11 +16,11 @@ from hspi_kernels.probes.registry import Probe, ProbeUnsupported
 
 
 def test_stack_probes_registered_and_gpu_ones_skip_with_reason():
-    ids = {p.id for p in catalog.all_probes()}
+    ids = {p.id for p in catalog.all_probes("all")}
     for members in AXES.values():
         for _, pid in members:
             assert pid in ids, pid
-    gpu = [p for p in catalog.all_probes() if p.family.startswith("stack") and p.backend == "torch-cuda"]
+    gpu = [p for p in catalog.all_probes("all") if p.family.startswith("stack") and p.backend == "torch-cuda"]
     assert len(gpu) >= 15
     import torch
 

@@ -42,12 +42,13 @@ class ServerFailed(TakeError):
     """``server="on"`` and the probe server is not there, refused the request or failed."""
 
 
-def take(only: str | None = None, *, kernels: bool = False, use_cache: bool = True, clear_cache: bool = False,
+def take(only: str | None = None, *, suite: str = "default", kernels: bool = False, use_cache: bool = True, clear_cache: bool = False,
          jobs: int = 0, server: str = "auto", progress: Progress | None = None,
          note: Callable[[str], None] | None = None, timing: bool = True, imports_s: float = 0.0) -> dict[str, Any]:
     """Probe this machine; the fingerprint (``hspi-fingerprint/1``, validated).
 
-    ``only``: run only probes whose id contains it. ``kernels``: record the CUDA kernel names of
+    ``only``: run only probes whose id contains it. ``suite``: "default", "stack" (the
+    software-stack probes: compile mode, JAX, BLAS flags, fp8) or "all". ``kernels``: record the CUDA kernel names of
     library probes (one torch.profiler session). ``use_cache`` / ``clear_cache``: the on-disk
     cache of host work (``probes.cache``). ``jobs``: worker processes (0: one per probe group,
     at most half the cores; 1: this process only). ``server``: "auto" runs the probes in a
@@ -73,7 +74,7 @@ def take(only: str | None = None, *, kernels: bool = False, use_cache: bool = Tr
             use_cache = False
     if clear_cache:
         cache.clear()
-    selected = catalog.select(only)
+    selected = catalog.select(only, suite)
     if not selected:
         raise NoProbesSelected(f"no probe id contains {only!r}")
     phases: dict[str, Any] = {"imports": imports_s + time.perf_counter() - start}

@@ -224,7 +224,7 @@ def cpu_lattice(n_prompts: int = 64, progress: Callable[[str], None] | None = No
     from hspi_kernels.probes import catalog, runner
 
     say = progress or (lambda _m: None)
-    probes = [p for p in catalog.all_probes() if p.family.startswith("stack") or
+    probes = [p for p in catalog.all_probes("all") if p.family.startswith("stack") or
               p.id in ("torch-cpu/matmul/fp32/64x1024x64", "torch-cpu/sum/fp32/64x4097", "torch-cpu/softmax/fp32/64x1000")]
     records = []
     for p in probes:

@@ -30,6 +30,7 @@ import numpy as np
 from hspi_kernels.platform import capabilities
 
 RunFn = Callable[[], np.ndarray]
+SUITES = ("default", "stack")  # stack: software-stack probes (compile, JAX, BLAS flags, fp8); slow or GPU-only
 ROLES = ("fingerprint", "control")
 
 
@@ -50,8 +51,11 @@ class Probe:
     plan_eval: Callable[[dict[str, Any]], np.ndarray] | None = field(default=None, repr=False, compare=False)
     role: str = "fingerprint"        # "fingerprint" | "control" (see the module doc)
     profile_kernels: bool = False    # record the CUDA kernel names of one run (torch.profiler)
+    suite: str = "default"           # "default" (hspi probe) | "stack" (opt-in: --suite stack / all)
 
     def __post_init__(self):
+        if self.suite not in SUITES:
+            raise ValueError(f"probe {self.id!r}: suite must be one of {SUITES}, got {self.suite!r}")
         if self.role not in ROLES:
             raise ValueError(f"probe {self.id!r}: role must be one of {ROLES}, got {self.role!r}")
         if self.plans and self.plan_eval is None:
