@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
+from hspi_kernels.models import zoo
 
 __all__ = ["Stack", "Platform", "tiny_spec", "sampling_probs", "uniforms", "draw", "lr_test",
            "rank_test", "seed_sync", "identify", "log_likelihood"]
@@ -52,7 +53,6 @@ __all__ = ["Stack", "Platform", "tiny_spec", "sampling_probs", "uniforms", "draw
 def tiny_spec(std: float = 0.3):
     """The tiny Llama of the zoo with a larger weight scale (peaked next-token distributions:
     at std 0.08 the tiny model is almost uniform over its 512 tokens)."""
-    from hspi_kernels.models import zoo
 
     base = zoo.SPECS["tiny-llama"]
     return zoo.ModelSpec(f"tiny-llama-std{std}", "llm", "llama", dict(base.config), std=std,
@@ -124,7 +124,6 @@ class Platform:
     def __init__(self, stack: Stack | str, spec=None, seed: int = 0, _models: dict | None = None):
         import torch
 
-        from hspi_kernels.models import zoo
 
         self.stack = Stack.parse(stack) if isinstance(stack, str) else stack
         self.spec = spec if spec is not None else tiny_spec()

@@ -17,6 +17,20 @@ import time
 from typing import Any, Callable
 
 import numpy as np
+from hspi_kernels.identify.stack import infer_stack
+from hspi_kernels.models import jax_llama
+from hspi_kernels.models import zoo
+from hspi_kernels.numerics.evaluate import evaluate
+from hspi_kernels.numerics.evaluate import gemm
+from hspi_kernels.numerics.plans import BlockTree
+from hspi_kernels.numerics.plans import Pairwise
+from hspi_kernels.numerics.plans import Sequential
+from hspi_kernels.numerics.plans import SplitK
+from hspi_kernels.numerics.plans import Strided
+from hspi_kernels.platform import metadata
+from hspi_kernels.probes import catalog
+from hspi_kernels.probes import runner
+from hspi_kernels.probes.basic import operand
 
 __all__ = ["check_setting", "logits_under", "identification", "run_cpu_axes"]
 
@@ -59,7 +73,6 @@ def logits_under(setting: str, model, prompts: np.ndarray, compiled_model=None) 
     import torch
 
     if setting == "jax":
-        from hspi_kernels.models import jax_llama
 
         params = jax_llama.params_from_torch(model)
         return np.stack([jax_llama.forward(model, params, p[None])[0, -1] for p in prompts])
@@ -114,7 +127,6 @@ def run_cpu_axes(model_name: str = "tiny-llama", n_prompts: int = 64, length: in
     JAX) on ``model_name`` fp32, batch 1; held-out prompts drawn from a seed the probes never use."""
     import torch
 
-    from hspi_kernels.models import zoo
 
     say = progress or (lambda _m: None)
     model, meta = zoo.build(model_name, seed)
@@ -183,10 +195,6 @@ def _plan_search(observed: np.ndarray, evaluate_plan, plans) -> list[dict[str, A
 
 def framework_plans() -> dict[str, Any]:
     """Which plan reproduces XLA CPU's / torch CPU's fp32 GEMM and row sum on the probes' operands."""
-    from hspi_kernels.numerics.evaluate import evaluate, gemm
-    from hspi_kernels.numerics.plans import BlockTree, Pairwise, Sequential, SplitK, Strided
-    from hspi_kernels.probes import catalog
-    from hspi_kernels.probes.basic import operand
 
     out: dict[str, Any] = {}
     gp = catalog.get("jax-cpu/matmul/fp32/64x1024x64")
@@ -219,9 +227,6 @@ def framework_plans() -> dict[str, Any]:
 
 def cpu_lattice(n_prompts: int = 64, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the CPU stack probes, the plan searches and the model-level axes; the lattice record."""
-    from hspi_kernels.identify.stack import infer_stack
-    from hspi_kernels.platform import metadata
-    from hspi_kernels.probes import catalog, runner
 
     say = progress or (lambda _m: None)
     probes = [p for p in catalog.all_probes("all") if p.family.startswith("stack") or

@@ -28,6 +28,8 @@ from typing import Any, Callable, Iterable
 from hspi_kernels.numerics.bits import digest
 from hspi_kernels.probes import catalog
 from hspi_kernels.probes.registry import missing_capabilities
+from hspi_kernels.platform import files
+from hspi_kernels.platform import metadata
 
 __all__ = ["runnable_probes", "repeat_in_process", "measure", "classify", "thread_sweep", "main"]
 
@@ -173,7 +175,6 @@ def main(argv: list[str] | None = None) -> int:
     result = measure(args.repeats, args.processes, args.pattern, on_progress=lambda m: print(m, file=sys.stderr))
     print(format_table(result))
     if args.json:
-        from hspi_kernels.platform import files, metadata
 
         result["platform"] = metadata.collect()
         files.atomic_write_json(args.json, result)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import ast
 import re
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
@@ -40,6 +40,7 @@ from hspi_kernels.numerics import evaluate
 from hspi_kernels.numerics import plans as P
 from hspi_kernels.trace import explain as E
 from hspi_kernels.trace import tracer as T
+from hspi_kernels import platform as plat
 
 __all__ = ["counterfactual", "render_map", "explain_with_map", "SYMBOLS"]
 
@@ -104,7 +105,6 @@ _PLATFORM: dict = {}
 
 def _here() -> dict:
     if not _PLATFORM:
-        from hspi_kernels import platform as plat
 
         _PLATFORM.update(plat.collect())
     return _PLATFORM

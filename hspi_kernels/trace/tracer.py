@@ -52,6 +52,8 @@ from hspi_kernels.models import prompts, zoo
 from hspi_kernels.numerics import evaluate
 from hspi_kernels.numerics import plans as P
 from hspi_kernels.platform.files import atomic_write_bytes, atomic_write_text
+from hspi_kernels.numerics.attention_plan import AttentionPlan
+from hspi_kernels.numerics.attention_plan import evaluate_attention
 
 __all__ = ["SCHEMA", "Trace", "record", "run_model", "load", "check_pair", "diff", "plot_propagation", "html_view",
            "regenerate_param", "array_of", "GEMM_OPS", "REDUCTION_OPS", "TRANSCENDENTAL_OPS"]
@@ -388,7 +390,6 @@ def _injected_attention(key, op, plan, args, kwargs, injected: list):
     """``_scaled_dot_product_flash_attention_for_cpu`` computed by an AttentionPlan: (out, lse)."""
     import torch
 
-    from hspi_kernels.numerics.attention_plan import AttentionPlan, evaluate_attention
 
     if op not in ATTENTION_CPU_OPS or not isinstance(plan, AttentionPlan):
         raise ValueError(f"inject: {key} is {op}; only {sorted(ATTENTION_CPU_OPS)} takes an AttentionPlan")
@@ -579,7 +580,6 @@ def parse_inject(items: Iterable[str]) -> dict[str, Any]:
         key, _, text = item.partition("=")  # op keys hold no "=", plan reprs may (keywords)
         if not key:
             raise ValueError(f"--inject expects KEY=PLAN, got {item!r}")
-        from hspi_kernels.numerics.attention_plan import AttentionPlan
 
         names = {n: getattr(P, n) for n in P.__all__}
         names["AttentionPlan"] = AttentionPlan
