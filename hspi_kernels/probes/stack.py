@@ -265,7 +265,9 @@ def _int_mm(a_spec, b_spec) -> np.ndarray:
     b = torch.round(device_operand(b_spec, "cuda").float() * 30).clamp(-127, 127).to(torch.int8)
     out = torch._int_mm(a, b)
     torch.cuda.synchronize()
-    return out.cpu().numpy()
+    # int32 sums (|x| <= 127 * 127 * 4096 < 2^53) as exact fp64: the feature extractor reads float
+    # formats (the H200 run failed on the int32 array)
+    return out.cpu().numpy().astype(np.float64)
 
 
 def _int_mm_reference(a_spec, b_spec) -> np.ndarray:
@@ -320,7 +322,7 @@ def _gpu_probes() -> list[Probe]:
         id="torch-cuda/int-mm/int8/32x4096x4096", family="stack-quant", backend="torch-cuda",
         inputs={"a": ai, "b": bi, "quant": "round(x*30) int8"},
         measures="int8 torch._int_mm, int32 accumulation: exact, so equal everywhere (a check, not a fingerprint)",
-        run=partial(_int_mm, ai, bi), requires=cuda, output_format="fp32",
+        run=partial(_int_mm, ai, bi), requires=cuda, output_format="fp64",
         reference=partial(_int_mm_reference, ai, bi), role="control", profile_kernels=True))
     for op, shape in (("rmsnorm", (64, 4096)), ("softmax", (64, 1000))):
         x = spec(1840 + len(op), shape, "fp32")
