@@ -841,10 +841,29 @@ def trace_run(
 
 
 def _load_traces(a: Path, b: Path):
+    """Both traces (exit 1 when one cannot be read), checked to be one model and prompt (exit 2)."""
     try:
-        return T.load(a), T.load(b)
+        ta, tb = T.load(a), T.load(b)
     except (OSError, ValueError) as exc:
         _fail(f"invalid trace: {exc}", 1)
+    try:
+        T.check_pair(ta, tb)
+    except ValueError as exc:
+        _fail(f"{exc}", 2)
+    return ta, tb
+
+
+def _write_trace_outputs(what: str, d: dict, explanation: dict | None, record: dict, plot: Optional[Path],
+                         html: Optional[Path], out: Optional[Path]) -> None:
+    """The --plot / --html / --out files of `trace diff` and `trace explain` (checked beforehand by
+    :func:`_trace_outputs`), each written atomically; ``record`` is what --out holds."""
+    with _writing(what):
+        if plot is not None:
+            T.plot_propagation(d, plot)
+        if html is not None:
+            T.html_view(d, plot, explanation, html)
+        if out is not None:
+            atomic_write_text(out, json.dumps(record, indent=1, default=str))
 
 
 def _trace_outputs(plot: Optional[Path], html: Optional[Path], out: Optional[Path]):
@@ -868,13 +887,7 @@ def trace_diff(
     plot, html, out = _trace_outputs(plot, html, out)
     ta, tb = _load_traces(a, b)
     d = T.diff(ta, tb)
-    with _writing("the diff outputs"):
-        if plot is not None:
-            T.plot_propagation(d, plot)
-        if html is not None:
-            T.html_view(d, plot, None, html)
-        if out is not None:
-            atomic_write_text(out, json.dumps(d, indent=1, default=str))
+    _write_trace_outputs("the diff outputs", d, None, d, plot, html, out)
     if as_json:
         _print_json(d)
         return
@@ -921,23 +934,13 @@ def trace_explain(
         if not Path(path).is_file():
             _fail(f"--reveal {path}: no such file", 1)
     ta, tb = _load_traces(a, b)
-    try:
-        T.check_pair(ta, tb)
-    except ValueError as exc:
-        _fail(f"{exc}", 2)
     d = T.diff(ta, tb)
     try:
         x = C_map.explain_with_map(ta, tb, d, revealed_paths=reveal or [], max_ops=max_ops,
                                    max_outputs=max_outputs, keys=key or [])
     except (ValueError, KeyError) as exc:
         _fail(f"cannot explain: {exc}", 1)
-    with _writing("the explanation outputs"):
-        if plot is not None:
-            T.plot_propagation(d, plot)
-        if html is not None:
-            T.html_view(d, plot, x, html)
-        if out is not None:
-            atomic_write_text(out, json.dumps(x, indent=1, default=str))
+    _write_trace_outputs("the explanation outputs", d, x, x, plot, html, out)
     if as_json:
         _print_json(x)
     else:

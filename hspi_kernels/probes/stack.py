@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from hspi_kernels.models.jax_llama import FrameworkUnavailable, require_jax
 from hspi_kernels.numerics.evaluate import evaluate
 from hspi_kernels.numerics.plans import BlockTree, Sequential, Strided, plan_from_json
 from hspi_kernels.probes.basic import device_operand, operand
@@ -161,13 +162,11 @@ def _compile_probes() -> list[Probe]:
 # JAX / XLA CPU on the torch-cpu probes' operands
 # --------------------------------------------------------------------------------------------
 def jax_or_unsupported():
-    """The ``jax`` module with x64 off and the CPU backend, or ProbeUnsupported saying why not."""
+    """The ``jax`` module, or ProbeUnsupported saying why it cannot run here (the probe is skipped)."""
     try:
-        import jax
-    except Exception as exc:  # noqa: BLE001 - ImportError or a broken install
-        raise ProbeUnsupported(f"JAX is not installed ({type(exc).__name__}: {exc}); "
-                               "install jax[cpu] for the framework axis") from exc
-    return jax
+        return require_jax()
+    except FrameworkUnavailable as exc:
+        raise ProbeUnsupported(str(exc)) from exc
 
 
 def _jax_op(op: str, specs, device: str = "cpu") -> np.ndarray:
