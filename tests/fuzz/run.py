@@ -79,8 +79,11 @@ def run_target(target: str, runs: int, seconds: int, sanitize: Path | None, work
     shutil.copytree(HERE / "corpus" / target, corpus, dirs_exist_ok=True)
     findings = workdir / f"{target}.findings.jsonl"
     findings.unlink(missing_ok=True)
+    # no empty PYTHONPATH entry: it would put the working directory first, and in a source
+    # checkout the uncompiled package there shadows the installed one (no _native: CI failed so)
+    path = [str(HERE)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     env = dict(os.environ, HSPI_FUZZ_FINDINGS=str(findings), HSPI_FUZZ_KEEP_GOING="1",
-               PYTHONPATH=str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+               PYTHONPATH=os.pathsep.join(path))
     sanitized = sanitize is not None and target in USES_NATIVE
     if sanitized:
         env.update(sanitizer_env(sanitize))
@@ -89,7 +92,7 @@ def run_target(target: str, runs: int, seconds: int, sanitize: Path | None, work
            str(corpus)]
     t0 = time.time()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, errors="replace",
-                          timeout=seconds + 300)
+                          timeout=seconds + 300, cwd=workdir)
     wall = time.time() - t0
     log = proc.stdout + proc.stderr
     res = parse(log)
