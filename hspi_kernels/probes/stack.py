@@ -278,24 +278,17 @@ def _int_mm_reference(a_spec, b_spec) -> np.ndarray:
 def _gpu_probes() -> list[Probe]:
     probes = []
     cuda = ("torch", "cuda")
-    a, b = spec(1801, (256, 4096), "bf16"), spec(1802, (4096, 256), "bf16")  # the split-K shape
-    for flag in ("allow_bf16_reduced_precision_reduction",):
+    # the reduced-precision-reduction flags on the split-K shape, one probe per format and setting
+    for fmt, seeds in (("bf16", (1801, 1802)), ("fp16", (1803, 1804))):
+        a, b = spec(seeds[0], (256, 4096), fmt), spec(seeds[1], (4096, 256), fmt)
+        flag = f"allow_{fmt}_reduced_precision_reduction"
         for value in (True, False):
             probes.append(Probe(
-                id=f"torch-cuda/matmul-{flag.replace('_', '-')}/bf16/256x4096x256/{'on' if value else 'off'}",
+                id=f"torch-cuda/matmul-{flag.replace('_', '-')}/{fmt}/256x4096x256/{'on' if value else 'off'}",
                 family="stack-blas", backend="torch-cuda", inputs={"a": a, "b": b, flag: value},
                 measures=f"cuBLAS split-K reduction with {flag}={value}",
-                run=partial(_cuda_gemm_flag, a, b, flag, value), requires=cuda, output_format="bf16",
+                run=partial(_cuda_gemm_flag, a, b, flag, value), requires=cuda, output_format=fmt,
                 profile_kernels=True))
-    a16, b16 = spec(1803, (256, 4096), "fp16"), spec(1804, (4096, 256), "fp16")
-    for value in (True, False):
-        flag = "allow_fp16_reduced_precision_reduction"
-        probes.append(Probe(
-            id=f"torch-cuda/matmul-{flag.replace('_', '-')}/fp16/256x4096x256/{'on' if value else 'off'}",
-            family="stack-blas", backend="torch-cuda", inputs={"a": a16, "b": b16, flag: value},
-            measures=f"cuBLAS split-K reduction with {flag}={value}",
-            run=partial(_cuda_gemm_flag, a16, b16, flag, value), requires=cuda, output_format="fp16",
-            profile_kernels=True))
     for m in (8, 256):
         am, bm = spec(1810 + m, (m, 4096), "bf16"), spec(1811 + m, (4096, 4096), "bf16")
         for lib in ("cublas", "cublaslt"):
