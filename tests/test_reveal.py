@@ -180,10 +180,26 @@ def test_to_format_fast_paths_equal_the_rounding_module(fmt):
         x = np.clip(x * np.float32(2.0 ** -100), -f.max_finite, f.max_finite).astype(np.float32)
     ties = np.float32(1.0) + np.float32(2.0 ** -8) * np.arange(1, 9, dtype=np.float32)  # bf16 ties
     x = np.concatenate([x, ties, -ties])
-    with np.errstate(over="ignore"):
-        slow = decode(round_to_format(x, fmt), fmt).astype(np.float32)
-    fast = T.to_format(x, fmt)
-    assert np.array_equal(fast.view(np.uint32), slow.view(np.uint32))
+    # the whole array (an overflowing value sends ml_dtypes formats to the fallback) and its part
+    # inside the format's finite range (the ml_dtypes cast itself, subnormals and ties included)
+    finite = x[np.abs(x) <= get_format(fmt).max_finite] if fmt != "tf32" else x
+    for part in (x, finite):
+        with np.errstate(over="ignore"):
+            slow = decode(round_to_format(part, fmt), fmt).astype(np.float32)
+        fast = T.to_format(part, fmt)
+        assert np.array_equal(fast.view(np.uint32), slow.view(np.uint32))
+    assert len(finite) > 100_000
+
+
+def test_random_values_stream_is_unchanged():
+    """The seeded inputs behind recorded digests: normal * 2^e drawn from one numpy stream (the
+    values are fixed by the definition, not by the implementation, so records stay comparable)."""
+    rng = np.random.default_rng(7)
+    want = (rng.standard_normal((64, 33)) * np.exp2(rng.integers(-20, 20, (64, 33)))).astype(np.float32)
+    got = T.random_values(np.random.default_rng(7), (64, 33), "fp32", 20)
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    bf = T.random_values(np.random.default_rng(7), (64, 33), "bf16", 20)
+    assert np.array_equal(bf.view(np.uint32) & 0xFFFF, np.zeros((64, 33), np.uint32))
 
 
 def test_compare_records_explicit_trees_by_their_printed_form():
@@ -200,3 +216,79 @@ def test_compare_records_explicit_trees_by_their_printed_form():
     assert compare_records(rec(tree, "aa"), rec(tree, "bb"))[0]["explained"] is False
     other = "ExplicitTree((((0, 1), 2), 3))"
     assert compare_records(rec(tree, "aa"), rec(other, "bb"))[0]["explained"] is False
+
+
+def test_splitk_closed_form_equals_the_tree_for_the_whole_family():
+    """SplitKShape (what the structured search compares) gives the same lca sizes as the plan's
+    lowered tree, for every plan of the family at K = 256 and four pivots."""
+    n = 256
+    interner = R._Interner(n)
+    fam = R.split_k_family(n, TC, 16)
+    assert len(fam) > 100
+    for plan in fam:
+        root = R.plan_tree(plan, n, True, interner)
+        tables = R._tree_tables(interner)
+        shape = R.SplitKShape(plan, n)
+        for pivot in (0, 17, 200, n - 1):
+            others = np.array([j for j in range(n) if j != pivot])
+            assert np.array_equal(shape.inside(pivot, others, np.arange(n)), R.pivot_row(root, pivot, tables, n)[others]), plan
+
+
+def test_splitk_closed_form_counts_a_sparse_set_of_ones():
+    """With ones on a sample of K only, the closed form counts the sample inside the lca subtree,
+    as the masked queries of the emulated op measure it."""
+    n = 512
+    truth = P.SplitK(3, inner=P.Chain(TC, k=16), combine=P.Pairwise(), tile=64)
+    engine = R.QueryEngine(T.emulated_gemm(truth, n, M=1, N=512, in_format="bf16", block=TC, out_format="bf16"))
+    reps = np.arange(3, n, 40)
+    others = reps[reps != 100]
+    measured = len(reps) - engine.outside_counts(np.full(len(others), 100), others, reps)
+    assert np.array_equal(R.SplitKShape(truth, n).inside(100, others, reps), measured)
+    wrong = R.SplitKShape(P.SplitK(3, inner=P.Chain(TC, k=16), tile=64), n).inside(100, others, reps)
+    assert not np.array_equal(wrong, measured)  # the sequential combine is told apart
+
+
+@pytest.mark.parametrize("truth", [P.SplitK(5, inner=P.Chain(TC, k=16), combine=P.Pairwise(), tile=64),
+                                   P.SplitK(7, "interleaved", inner=P.Chain(TC, k=16), combine=P.Sequential(init="zero"), tile=128)])
+def test_structured_reveal_at_long_k_uses_few_calls(truth):
+    """K = 11008 (a 7B down_proj) with a bf16 output: revealed and replayed 4096/4096 in far fewer
+    than 4 n log2 n calls (the masks sample K; the old full pivot rows needed ~6 n ceil(n/256))."""
+    K = 11008
+    target = T.emulated_gemm(truth, K, M=1, N=2048, in_format="bf16", block=TC, out_format="bf16")
+    r = R.reveal(target, replay_count=4096, digest_seed=None)
+    assert r.revealed, r.note
+    assert R.describe(r.plan, K)["part_sizes"] == R.describe(truth, K)["part_sizes"]
+    assert (r.replay_matches, r.replay_total) == (4096, 4096)
+    assert r.calls < 4 * K * math.log2(K) / 20
+
+
+def test_structured_reveal_says_what_it_ruled_out():
+    """Negative control: an order outside the family (sequential fp32 adds per product, no
+    tensor-core blocks) is not revealed, and the note names the family and its closest plans."""
+    K = 2048
+    target = T.emulated_gemm(P.Sequential(), K, M=1, N=1024, in_format="bf16", block=TC, out_format="bf16")
+    r = R.reveal(target, replay_count=1024, digest_seed=None, structured=True)
+    assert not r.revealed
+    assert "ruled out all" in r.note and "closest" in r.note and "counts wrong" in r.note
+
+
+def test_h200_llm_shape_record_is_reproduced_by_its_plans():
+    """The committed H200 record (docs/results/h200/reveal_llm_shapes.json): the revealed plan of a
+    shape, evaluated on this CPU on the record's seeded inputs, gives the GPU's row-0 bits; the plan
+    of the same K at another M with another split-K factor does not (negative control)."""
+    import json
+    from pathlib import Path
+
+    rec = json.loads((Path(__file__).parents[1] / "docs/results/h200/reveal_llm_shapes.json").read_text())
+    rows = {(r["K"], r["M"]): r for r in rec["shapes"]}
+    assert rec["summary"]["revealed"] == len(rec["shapes"]) == 70
+    checked = 0
+    for K, m_a, m_b in [(3072, 1, 64), (5120, 1, 16)]:
+        a, b = rows[(K, m_a)], rows[(K, m_b)]
+        assert a["split_k"] != b["split_k"]
+        for own, other in ((a, b), (b, a)):
+            plan = P.plan_from_json(own["plan_json"])
+            assert R.plan_row0_sha(own, plan) == own["digest"]["row0_sha256"]
+            assert R.plan_row0_sha(own, P.plan_from_json(other["plan_json"])) != own["digest"]["row0_sha256"]
+            checked += 1
+    assert checked == 4

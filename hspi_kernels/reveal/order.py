@@ -46,7 +46,7 @@ from hspi_kernels.reveal.targets import Target, to_format
 
 __all__ = ["RevealError", "QueryEngine", "reveal_tree", "canonical_tree", "plan_tree", "match_plan",
            "replay", "reveal", "RevealResult", "basic_fprev_calls", "describe",
-           "split_k_family", "reveal_structured", "pivot_row"]
+           "split_k_family", "family_max_parts", "SplitKShape", "reveal_structured", "pivot_row"]
 
 
 class RevealError(RuntimeError):
@@ -89,9 +89,22 @@ class QueryEngine:
         return self.pair_sizes(np.full(len(js), i, dtype=np.int64), js)
 
     def pair_sizes(self, iis, js) -> np.ndarray:
-        """|subtree(lca(i_k, j_k))| for each pair."""
+        """|subtree(lca(i_k, j_k))| for each pair (ones on every other term)."""
+        out = self.n - self.outside_counts(iis, js, np.arange(self.n))
+        if np.any(out < 2) or np.any(out > self.n):
+            raise RevealError(f"{self.target.name}: lca sizes out of range: {out[:8].tolist()}")
+        return out
+
+    def outside_counts(self, iis, js, ones) -> np.ndarray:
+        """For each pair (i_k, j_k): +M at i_k, -M at j_k, 1 at every term of ``ones`` other than
+        those two, 0 elsewhere; returns how many of those ones lie *outside* subtree(lca(i_k, j_k)).
+        The ones are put in windows of at most 2^out_bits terms of ``ones`` (one call each, the
+        counts summed), so a narrow output still holds every count exactly."""
         iis = np.asarray(iis, dtype=np.int64)
         js = np.asarray(js, dtype=np.int64)
+        ones = np.asarray(ones, dtype=np.int64)
+        cap = 2 ** min(self.target.out_bits, 24)
+        windows = [ones[s:s + cap] for s in range(0, len(ones), cap)] or [ones]
         out = np.zeros(len(js), dtype=np.int64)
         self.queries += len(js)
         for start in range(0, len(js), self.batch):
@@ -99,25 +112,25 @@ class QueryEngine:
             ichunk = iis[start:start + self.batch]
             rows = np.arange(len(chunk))
             outside = np.zeros(len(chunk), dtype=np.int64)
-            for lo, hi in self.windows:
+            for win in windows:
                 x = np.zeros((len(chunk), self.n), dtype=np.float32)
-                x[:, lo:hi] = 1.0
+                x[:, win] = 1.0
                 x[rows, ichunk] = self.M
                 x[rows, chunk] = -self.M
                 got = np.asarray(self.target.evaluate_patterns(x), dtype=np.float64)
                 self.calls += len(chunk)
                 self.launches += 1
-                ones = (hi - lo) - ((lo <= ichunk) & (ichunk < hi)) - ((lo <= chunk) & (chunk < hi))
-                bad = ~np.isfinite(got) | (got != np.round(got)) | (got < 0) | (got > ones)
+                member = np.zeros(self.n, dtype=bool)
+                member[win] = True
+                count = len(win) - member[ichunk] - (member[chunk] & (chunk != ichunk))
+                bad = ~np.isfinite(got) | (got != np.round(got)) | (got < 0) | (got > count)
                 if np.any(bad):
                     k = int(np.flatnonzero(bad)[0])
                     raise RevealError(f"{self.target.name}: masked query (i={int(ichunk[k])}, j={int(chunk[k])}) returned "
-                                      f"{got[k]!r}, not a count of ones in [0, {int(ones[k])}]: the ones are not absorbed "
+                                      f"{got[k]!r}, not a count of ones in [0, {int(count[k])}]: the ones are not absorbed "
                                       f"(accumulator wider than {self.acc_bits} bits?) or the op is not a fixed tree")
                 outside += got.astype(np.int64)
-            out[start:start + len(chunk)] = self.n - outside
-        if np.any(out < 2) or np.any(out > self.n):
-            raise RevealError(f"{self.target.name}: lca sizes out of range: {out[:8].tolist()}")
+            out[start:start + len(chunk)] = outside
         return out
 
 
@@ -507,46 +520,130 @@ def pivot_row(root: int, pivot: int, tables, n: int) -> np.ndarray:
     return row
 
 
-_FAMILY_TREES: dict = {}  # (n, family) -> (plan roots, tree tables, pivot-row cache)
+def family_max_parts(n: int, G: int = 16) -> int:
+    """Largest split-K factor searched for K = n: 16, and up to 32 for long K (a part keeps at least
+    512 terms, what split-K kernels need to be worth their combine)."""
+    return int(max(16, min(32, n // 512)))
 
 
-def reveal_structured(target, engine: QueryEngine, family: list[P.Plan], pivots: int = 6, seed: int = 0):
-    """Plans of ``family`` whose trees give the measured lca sizes on ``pivots`` pivot rows (the
-    first and last term, then random ones): (survivors, measured rows). Each pivot row is one
-    batched masking sweep (n - 1 queries)."""
+class SplitKShape:
+    """The summation tree of ``Chain`` / ``SplitK(Chain)`` in closed form (what the masking queries
+    see of it), so a family of thousands of plans is checked without building any tree.
+
+    A chain of G-blocks over a part's terms in order: the node after block b holds the part's first
+    (b+1) G terms (a fused block joins all its products and the running c at once). Two terms of one
+    part meet at the node of the later block; terms of different parts meet where the ``combine``
+    tree over the part results joins their parts (that small tree is built by :func:`plan_tree`)."""
+
+    def __init__(self, plan: P.Plan, n: int):
+        if isinstance(plan, P.Chain):
+            inner, parts_idx, combine = plan, [np.arange(n)], None
+        elif isinstance(plan, P.SplitK) and isinstance(plan.inner, P.Chain):
+            inner, parts_idx, combine = plan.inner, P.split_k_indices(plan, n), plan.combine
+        else:
+            raise ValueError(f"SplitKShape: not a Chain or SplitK(Chain): {plan!r}")
+        if inner.k != inner.block.model().G:
+            raise ValueError("SplitKShape: chain steps of several blocks are not modelled")
+        self.G = inner.k
+        if any(len(ix) % self.G for ix in parts_idx):
+            raise ValueError("SplitKShape: a part is not a whole number of blocks")
+        self.n = n
+        self.part = np.empty(n, dtype=np.int64)
+        self.pos = np.empty(n, dtype=np.int64)
+        for p, ix in enumerate(parts_idx):
+            self.part[ix] = p
+            self.pos[ix] = np.arange(len(ix))
+        self.nparts = len(parts_idx)
+        # meet[p][q]: the parts under the combine node where parts p and q meet
+        self.meet = np.zeros((self.nparts, self.nparts, self.nparts), dtype=bool)
+        if self.nparts > 1:
+            interner = _Interner(self.nparts)
+            root = plan_tree(combine, self.nparts, False, interner)
+            children, _ = _tree_tables(interner)
+            leaves: dict[int, set] = {i: {i} for i in range(self.nparts)}
+            for node in sorted(children):
+                leaves[node] = set().union(*(leaves[c] for c in children[node]))
+            parent: dict[int, int] = {}
+            stack = [root]
+            while stack:
+                x = stack.pop()
+                for c in children.get(x, ()):
+                    parent[c] = x
+                    if c >= self.nparts:
+                        stack.append(c)
+            for p in range(self.nparts):  # walk up from part p: the parts an ancestor adds meet p there
+                seen, x = {p}, p
+                while x in parent:
+                    x = parent[x]
+                    under = sorted(leaves[x])
+                    for q in leaves[x] - seen:
+                        self.meet[p, q, under] = True
+                    seen |= leaves[x]
+
+    def inside(self, i: int, js: np.ndarray, ones: np.ndarray) -> np.ndarray:
+        """How many terms of ``ones`` lie inside subtree(lca(i, j)) for each j of ``js``."""
+        js = np.asarray(js, dtype=np.int64)
+        pi, G = self.part[i], self.G
+        in_part = ones[self.part[ones] == pi]
+        sorted_pos = np.sort(self.pos[in_part])
+        out = np.empty(len(js), dtype=np.int64)
+        same = self.part[js] == pi
+        last = (np.maximum(self.pos[i] // G, self.pos[js[same]] // G) + 1) * G
+        out[same] = np.searchsorted(sorted_pos, last, side="left")
+        if self.nparts > 1 and np.any(~same):
+            per_part = np.bincount(self.part[ones], minlength=self.nparts)
+            weight = self.meet[pi].astype(np.int64) @ per_part  # ones under meet(pi, q), per q
+            out[~same] = weight[self.part[js[~same]]]
+        return out
+
+
+def _representatives(n: int, stride: int, rng) -> np.ndarray:
+    """One random term of each run of ``stride`` consecutive terms (the masks' sample of K)."""
+    starts = np.arange(0, n, stride)
+    return np.minimum(starts + rng.integers(0, stride, len(starts)), n - 1)
+
+
+def reveal_structured(target, engine: QueryEngine, family: list[P.Plan], pivots: int = 6, seed: int = 0,
+                      max_reps: int = 512):
+    """Plans of ``family`` whose closed-form trees (:class:`SplitKShape`) give the measured counts
+    on ``pivots`` pivots (the first and last term, then random ones) against a sample of K (one
+    random term per run of ``stride`` terms, at most ``max_reps`` of them; the ones sit on that
+    sample only, so a bf16 output needs ceil(sample / 256) calls per query, not ceil(K / 256)).
+    All queries go out as one batch. Returns (survivors, measured, closest): ``closest`` lists the
+    family plans that disagree least with the measurements (what was ruled out, and by how much).
+    The sample only filters: a survivor is reported only after it is replayed bit-exact."""
     n = engine.n
     rng = np.random.default_rng(seed)
-    key = (n, tuple(family))
-    if key not in _FAMILY_TREES:  # one GPU script reveals several shapes of one K: build once
-        interner = _Interner(n)
-        roots = {}
-        for plan in family:
-            try:
-                roots[plan] = plan_tree(plan, n, True, interner)
-            except ValueError:
-                continue
-        _FAMILY_TREES.clear()
-        _FAMILY_TREES[key] = (roots, _tree_tables(interner), {})
-    roots, tables, cache = _FAMILY_TREES[key]
+    G = next((f.block.model().G if isinstance(f, P.Chain) else f.inner.block.model().G for f in family
+              if isinstance(f, (P.Chain, P.SplitK))), 1)
+    stride = max(G, -(-n // max_reps))
+    stride = -(-stride // G) * G if n % G == 0 else stride
+    reps = _representatives(n, stride, rng)
     order = [0, n - 1] + [int(v) for v in rng.choice(np.arange(1, n - 1), size=max(0, min(pivots, n) - 2), replace=False)]
-    alive = dict(roots)
-    measured = {}
+    iis, js = [], []
     for pivot in order:
-        others = np.array([j for j in range(n) if j != pivot])
-        row = np.zeros(n, dtype=np.int64)
-        row[others] = engine.sizes(pivot, others)
-        measured[pivot] = row
-        keep = {}
-        for plan, root in alive.items():
-            key = (root, pivot)
-            if key not in cache:
-                cache[key] = pivot_row(root, pivot, tables, n)
-            if np.array_equal(cache[key], row):
-                keep[plan] = root
-        alive = keep
-        if not alive:
-            break
-    return list(alive), measured
+        others = reps[reps != pivot]
+        iis.append(np.full(len(others), pivot))
+        js.append(others)
+    outside = engine.outside_counts(np.concatenate(iis), np.concatenate(js), reps)
+    measured, at = {}, 0
+    for pivot, j in zip(order, js):
+        measured[pivot] = (j, len(reps) - outside[at:at + len(j)])  # ones inside subtree(lca)
+        at += len(j)
+    survivors, score = [], []
+    for plan in family:
+        try:
+            shape = SplitKShape(plan, n)
+        except ValueError:
+            continue
+        wrong = sum(int(np.sum(shape.inside(pivot, j, reps) != inside)) for pivot, (j, inside) in measured.items())
+        score.append((wrong, plan))
+        if wrong == 0:
+            survivors.append(plan)
+    total = sum(len(j) for j, _ in measured.values())
+    score.sort(key=lambda t: t[0])
+    closest = [(plan, wrong, total) for wrong, plan in score[:3]]
+    return survivors, measured, closest
 
 
 # -- replay -------------------------------------------------------------------------------------
@@ -640,34 +737,40 @@ STRUCTURED_ABOVE = 512
 
 
 def _reveal_structured(target, replay_count: int, seed: int, t0: float) -> RevealResult:
-    """Split-K family confirmed by pivot rows, then replayed; never reports an unreplayed plan."""
+    """Split-K family confirmed by sampled pivot rows, then replayed; never reports an unreplayed plan.
+    Survivors are screened on a short replay (256 outputs) before the full one, so an ambiguous
+    sample (several survivors) costs a little per wrong candidate. With no survivor, the note says
+    what was ruled out: the family's size and its closest plans with their share of wrong counts."""
     n = target.n
+    family = split_k_family(n, target.block, max_parts=family_max_parts(n))
     try:
-        engine = QueryEngine(target)
-        survivors, measured = reveal_structured(target, engine, split_k_family(n, target.block), seed=seed)
+        engine = QueryEngine(target, batch=max(4096, target.shape[1] if target.shape else 4096))
+        survivors, measured, closest = reveal_structured(target, engine, family, seed=seed)
     except RevealError as exc:
         return RevealResult(target.name, n, None, False, 0, 0, time.perf_counter() - t0, 0, 0, basic_fprev_calls(n),
                             note=f"structured search: {exc}")
-    # measured block size: the lca sizes of term 0 step in multiples of G inside its first part
-    row0 = measured[0]
-    G = int(np.min(row0[1:])) if n > 1 else None
     chosen, matches, total, tried, notes = None, 0, 0, [], []
     for cand in survivors:
-        m, t = target.replay(cand, replay_count, seed + 1)
         tried.append(cand)
+        m, t = target.replay(cand, min(256, replay_count), seed + 1)
+        if m == t:
+            m, t = target.replay(cand, replay_count, seed + 2)
         if m == t:
             chosen, matches, total = cand, m, t
             break
         notes.append(f"{cand!r} matched the masks but replayed {m}/{t}")
-        if chosen is None and m >= matches:
+        if m >= matches:
             matches, total = m, t
     note = "; ".join(notes[:3])
     if not survivors:
-        note = (f"no plan of the split-K family gives the measured lca sizes on {len(measured)} pivot rows "
-                f"(smallest lca of term 0: {G}); not revealed")
+        queries = closest[0][2] if closest else 0
+        near = ", ".join(f"{plan!r} ({wrong}/{tot} counts wrong)" for plan, wrong, tot in closest)
+        note = (f"ruled out all {len(family)} plans of the split-K family (factors 1..{family_max_parts(n)}, "
+                f"contiguous/interleaved, tiles {sorted({getattr(f, 'tile', 0) for f in family} - {0})}, "
+                f"5 combines) on {queries} masked queries; closest: {near}; not revealed")
+    G = target.block.model().G if target.block is not None else None
     return RevealResult(target.name, n, chosen, chosen is not None, engine.calls, engine.launches,
-                        time.perf_counter() - t0, matches if chosen is not None else matches, total,
-                        basic_fprev_calls(n), 0, G, note, tried)
+                        time.perf_counter() - t0, matches, total, basic_fprev_calls(n), 0, G, note, tried)
 
 
 def _reveal(target, replay_count: int, seed: int) -> RevealResult:
