@@ -26,7 +26,7 @@ from hspi_kernels import fingerprint, platform as plat, report as html_report  #
 from hspi_kernels.identify import references as ident  # noqa: E402  (hspi_kernels.identify is also the API function)
 from hspi_kernels.fingerprint import take as fp_take  # noqa: E402
 from hspi_kernels.fingerprint.take import NoProbesSelected, ServerFailed  # noqa: E402
-from hspi_kernels.identify import Reference  # noqa: E402
+from hspi_kernels.identify import Reference, stack as ident_stack  # noqa: E402
 from hspi_kernels.kernels import bench as kbench, validation  # noqa: E402
 from hspi_kernels.models import analysis, collect as mc, crossplatform as cp, eqc as meqc  # noqa: E402
 from hspi_kernels.models import hspi_bi, hspi_ld, matching, zoo  # noqa: E402
@@ -366,6 +366,9 @@ def identify(
         result = ident.identify(query, database)
     except ValueError as exc:
         _fail(str(exc), 1)
+    # software-stack settings: per axis, whether the settings' probes differ in bits here, and which
+    # references give the same bits on each probe (evidence per probe in the JSON)
+    result["stack"] = ident_stack.infer_stack(query, [(r.id, r.fingerprint) for r in database])
     expected_ok = expect is None or (result["status"] == "identified" and any(
         expect.lower() in (result[k] or "").lower() for k in ("platform", "reference")))
     if as_json:
@@ -386,8 +389,33 @@ def identify(
         best = result["candidates"][0]
         console.print(_evidence_table(f"evidence against {best['id']}", best["evidence"], 60, show_all))
         console.print(f"rule: {result['rule']}")
+        _print_stack(result["stack"])
     if not expected_ok:
         _fail(f"expected a platform matching {expect!r}, got {result['status']}: {result['summary']}", 1)
+
+
+def _print_stack(entries: list[dict]) -> None:
+    """The stack axes this fingerprint measured: verdict, and per setting the references with the
+    same bits on every probe of that setting."""
+    measured = [e for e in entries if e["distinguishable"] is not None]
+    if measured:
+        table = Table(title="software stack (stack probes of this fingerprint)")
+        for col in ("axis", "bits", "summary", "same bits as"):
+            table.add_column(col, overflow="fold")
+        for e in measured:
+            same: dict[str, set] = {}
+            for p in e["pairs"]:
+                for setting, ev in zip(p["settings"], p["evidence"]):
+                    if "same_as_references" in ev:
+                        refs = set(ev["same_as_references"])
+                        same[setting] = refs if setting not in same else same[setting] & refs
+            text = "; ".join(f"{k}: {', '.join(sorted(v)) or 'none'}" for k, v in same.items())
+            table.add_row(e["axis"], "differ" if e["distinguishable"] else "equal", e["summary"], text)
+        console.print(table)
+    rest = len(entries) - len(measured)
+    if rest:
+        console.print(f"{rest} stack axes not measured in this fingerprint (`hspi probe --suite stack` "
+                      "records them; GPU axes need CUDA)")
 
 
 @app.command()

@@ -204,3 +204,41 @@ def test_no_pickle_anywhere():
     for path in pathlib.Path("hspi_kernels").rglob("*.py"):
         text = path.read_text()
         assert "import pickle" not in text and "pickle.load" not in text, path
+
+
+def test_identify_reports_the_stack_axes_of_the_shipped_h200(db, tmp_path):
+    """`hspi identify` on the shipped H200 reference (default + stack suite): the fp8 accumulation
+    and CUDA compile axes differ in bits, the BLAS flags do not, and every setting's probes equal
+    the H200 reference's; negative control: a copy whose fp8 slow-accumulation digest changed no
+    longer names the H200 for that setting (and still does for fast)."""
+    from pathlib import Path
+
+    h200 = Path(identify.__file__).parents[1] / "data" / "h200.json"
+    result = runner.invoke(app, ["identify", str(h200), "--json"])
+    assert result.exit_code == 0, result.output
+    stack = {e["axis"]: e for e in json.loads(result.stdout)["stack"]}
+    assert stack["fp8 _scaled_mm accumulation"]["distinguishable"] is True
+    assert stack["compile (CUDA inductor)"]["distinguishable"] is True
+    assert stack["preferred_blas_library"]["distinguishable"] is False
+    assert stack["compile (CPU inductor)"]["distinguishable"] is None  # not in this fingerprint
+    for e in stack.values():
+        for p in e["pairs"]:
+            for ev in p["evidence"]:
+                if ev["status"] == "ok":
+                    assert "h200" in ev["same_as_references"]
+    fp = fingerprint.load(h200)
+    for rec in fp["probes"]:
+        if rec["id"].endswith("tensor-slow"):
+            rec["digest"] = "0" * 16
+            rec["digests"] = ["0" * 16] * len(rec["digests"])
+    changed = tmp_path / "h200-changed.json"
+    fingerprint.save(fp, changed)
+    result = runner.invoke(app, ["identify", str(changed), "--json"])
+    fp8 = {e["axis"]: e for e in json.loads(result.stdout)["stack"]}["fp8 _scaled_mm accumulation"]
+    tensor = fp8["pairs"][0]
+    assert tensor["settings"] == ["fast", "slow"]
+    assert "h200" in tensor["evidence"][0]["same_as_references"]
+    assert "h200" not in tensor["evidence"][1]["same_as_references"]
+    # and the table prints without a traceback at any width
+    text = runner.invoke(app, ["identify", str(h200)]).output
+    assert "software stack" in text and "fp8" in text
