@@ -132,3 +132,30 @@ def test_cpu_model_axes_identify_on_held_out_prompts():
             continue
         assert all(a["repeatable"].values())
         assert a["whitebox"]["accuracy"] == 1.0 and a["blackbox"]["accuracy"] == 1.0
+
+
+def test_compile_eqc_collects_on_cpu_and_differs_from_eager(monkeypatch):
+    """`hspi model collect` runs a compile EQC on the CPU (inductor CPU codegen) where a C++
+    compiler exists: the compiled run repeats bit for bit and differs from eager on the tiny
+    model; without a compiler the EQC is skipped with the reason."""
+    import shutil
+
+    from hspi_kernels.models import collect as mc
+    from hspi_kernels.models import eqc as meqc
+
+    compiled = meqc.parse("fp32.sdpa.b1.compile")
+    if mstack.check_setting("compile", "compiled") is not None:
+        pytest.skip(mstack.check_setting("compile", "compiled"))
+    assert meqc.unsupported_reason(compiled, "cpu") is None
+    import torch
+
+    torch.manual_seed(0)
+    runner = mc.Runner("tiny-llama", device="cpu", slice_size=64, topk=20)
+    inputs = mc.make_inputs(runner, n_random=4, n_text=0, length=8)
+    coll = mc.collect(runner, ["fp32.sdpa.b1", "fp32.sdpa.b1.compile"], inputs)
+    eager, comp = coll.runs()
+    assert comp.record["deterministic"] and eager.record["deterministic"]
+    a, b = eager.get("logprobs_slice"), comp.get("logprobs_slice")
+    assert a.shape == b.shape and not np.array_equal(a.view(np.uint32), b.view(np.uint32))
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert "C++ compiler" in meqc.unsupported_reason(compiled, "cpu")

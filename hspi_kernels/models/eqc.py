@@ -138,7 +138,9 @@ def unsupported_reason(eqc: EQC, device: str, kind: str = "llm") -> str | None:
     if eqc.quant != "none" and kind == "vision":
         return "quantised kernels are wired for LLM linears only"
     if eqc.compile and not cuda:
-        return "torch.compile is collected on the GPU machines only (inductor on CPU is slow in CI)"
+        from hspi_kernels.models.stack import check_setting  # one definition of what inductor needs
+
+        return check_setting("compile", "compiled", device)  # inductor's CPU codegen: needs a C++ compiler
     return None
 
 
