@@ -50,8 +50,8 @@ def test_a_cpu_probe_across_processes():
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs an OpenMP team of >= 2 threads")
 @pytest.mark.xfail(strict=True, reason="libgomp: a child forked after the parent ran an OpenMP team hangs at its "
-                                       "first parallel region; probes.parallel.fork_ready does not check for it "
-                                       "(docs/results/reliability.md)")
+                                       "first parallel region (a property of libgomp, the hazard that "
+                                       "probes.parallel.fork_ready guards against: see the test below)")
 def test_forked_child_after_openmp_does_not_hang():
     code = textwrap.dedent("""
         import os, numpy as np
@@ -76,3 +76,22 @@ def test_forked_child_after_openmp_does_not_hang():
     r = subprocess.run([sys.executable, "-c", code], timeout=60, capture_output=True)
     assert r.returncode != 3, "the forked child hung in its first OpenMP region"
     assert r.returncode == 0, r.stderr.decode()[-2000:]
+
+
+def test_fork_ready_refuses_after_a_probe_ran():
+    """The guard against the hang above: in a fresh process fork is allowed; once a probe ran
+    (CPU ops, the native feature extractor: OpenMP teams), fork_ready says no with the reason
+    (probes.parallel.start then spawns its workers instead of forking them)."""
+    code = textwrap.dedent("""
+        from hspi_kernels.probes import catalog, parallel, runner
+        ok, why = parallel.fork_ready()
+        assert ok, why
+        rec = runner.run_probe(catalog.get("torch-cpu/logsumexp/fp32/64x1000"), profile_kernels=False)
+        assert rec["status"] == "ok"
+        ok, why = parallel.fork_ready()
+        assert not ok and "OpenMP" in why, why
+        print("REFUSED", why)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], timeout=120, capture_output=True)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    assert b"REFUSED" in r.stdout

@@ -218,12 +218,16 @@ class Suite:
 
 
 def fork_ready() -> tuple[bool, str]:
-    """(True, "") when workers may be forked from this process now: Linux, one thread, and no
-    CUDA context yet (a forked child cannot use a CUDA context its parent created)."""
+    """(True, "") when workers may be forked from this process now: Linux, one thread, no
+    CUDA context yet (a forked child cannot use a CUDA context its parent created), and no probe
+    run here yet (its OpenMP teams: libgomp is not fork-safe, a child forked after the parent
+    ran a parallel region hangs at its first one; docs/results/reliability.md)."""
     if not sys.platform.startswith("linux") or not hasattr(os, "fork"):
         return False, f"fork is not used on {sys.platform}"
     if threading.active_count() != 1:
         return False, f"{threading.active_count()} threads are running"
+    if runner.RAN_IN_THIS_PROCESS:
+        return False, "this process already ran probes (OpenMP teams: libgomp is not fork-safe)"
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
         return False, "CUDA is already initialised in this process"

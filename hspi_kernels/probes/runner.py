@@ -209,6 +209,12 @@ def _prefetch(probe: Probe) -> None:
             pass
 
 
+# True once this process ran a probe: its CPU ops and the native feature extractor may have
+# started OpenMP teams, and libgomp is not fork-safe (a forked child hangs at its first parallel
+# region), so probes.parallel.fork_ready() refuses to fork from then on
+RAN_IN_THIS_PROCESS = False
+
+
 def run_probe(probe: Probe, profile_kernels: bool = True, recorder: KernelRecorder | None = None) -> dict[str, Any]:
     """Run one probe RUNS_PER_PROBE times; the record used in fingerprints.
 
@@ -216,6 +222,8 @@ def run_probe(probe: Probe, profile_kernels: bool = True, recorder: KernelRecord
     (a suite-wide session, names filled in by ``run_all``) or, without one, a session of its own.
     ``record["timing"]`` holds the seconds spent per phase (inputs, runs, profiled run, digests,
     features incl. the fp64 reference, plan evaluation)."""
+    global RAN_IN_THIS_PROCESS
+    RAN_IN_THIS_PROCESS = True
     t_start = time.perf_counter()
     record: dict[str, Any] = {
         "id": probe.id,
