@@ -223,9 +223,10 @@ def _reduce(plan: P.Plan, t: _Terms, c):
         def tree(part: _Terms):
             if part.m <= plan.leaf_size:
                 return _reduce(leaf, part, None)
-            q, r = divmod(part.m, plan.fanin)
+            fanin = min(plan.fanin, part.m)  # more chunks than terms: only empty ones (same tree)
+            q, r = divmod(part.m, fanin)
             result, start = None, 0
-            for i in range(plan.fanin):
+            for i in range(fanin):
                 size = q + (1 if i < r else 0)
                 if size:
                     result = _add(result, tree(part.take(slice(start, start + size))))
@@ -245,7 +246,7 @@ def _reduce(plan: P.Plan, t: _Terms, c):
         else:
             part_of = tile_index % plan.parts
         results = [_reduce(plan.inner, t.take(np.flatnonzero(part_of == p)), None)
-                   for p in range(plan.parts) if np.any(part_of == p)]
+                   for p in np.unique(part_of)]  # the non-empty parts, in order
         return _reduce(plan.combine, _values_of(results, t.dtype), c)
     if isinstance(plan, P.Remainder):
         cut = m - m % plan.multiple
@@ -255,8 +256,9 @@ def _reduce(plan: P.Plan, t: _Terms, c):
         if m > plan.size:
             raise ValueError(f"{plan!r} reduces at most {plan.size} values, got {m}")
         v = t.values()
-        slots = [v[:, i] for i in range(m)] + [None] * (plan.size - m)
-        stride = plan.size // 2
+        size = min(plan.size, 1 << max(0, (m - 1).bit_length()))  # strides >= m pass through
+        slots = [v[:, i] for i in range(m)] + [None] * (size - m)
+        stride = size // 2
         while stride:  # for (s = size/2; s > 0; s >>= 1) if (tid < s) v[tid] += v[tid + s]
             for i in range(stride):
                 slots[i] = _add(slots[i], slots[i + stride])
@@ -266,10 +268,13 @@ def _reduce(plan: P.Plan, t: _Terms, c):
         if m > plan.width:
             raise ValueError(f"{plan!r} reduces at most {plan.width} values, got {m}")
         v = t.values()
-        lanes = [v[:, i] for i in range(m)] + [None] * (plan.width - m)
-        offset = plan.width // 2
+        # lane 0 ends with the BlockTree(width) sum, and offsets >= m pass it through: the same
+        # result with the smallest power of two >= m lanes
+        width = min(plan.width, 1 << max(0, (m - 1).bit_length()))
+        lanes = [v[:, i] for i in range(m)] + [None] * (width - m)
+        offset = width // 2
         while offset:  # every lane: v += __shfl_xor_sync(v, offset)
-            lanes = [_add(lanes[i], lanes[i ^ offset]) for i in range(plan.width)]
+            lanes = [_add(lanes[i], lanes[i ^ offset]) for i in range(width)]
             offset //= 2
         return _add(lanes[0], c)
     if isinstance(plan, P.ExplicitTree):

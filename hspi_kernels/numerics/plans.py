@@ -94,6 +94,9 @@ def _field_to_json(value):
     return value
 
 
+MAX_LANES = 1 << 20  # Strided lanes: more than a grid of 132 SMs x 2048 threads, far from hostile sizes
+
+
 def _check_int(owner: str, name: str, value, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}")
@@ -184,6 +187,8 @@ class Strided(Plan):
 
     def __post_init__(self):
         _check_int("Strided", "lanes", self.lanes)
+        if self.lanes > MAX_LANES:  # empty lanes still count (an init="zero" inner gives +0 leaves)
+            raise ValueError(f"Strided: lanes must be <= {MAX_LANES} (threads of a GPU grid), got {self.lanes}")
         _check_plan("Strided", "inner", self.inner)
         _check_plan("Strided", "combine", self.combine)
 
@@ -555,8 +560,11 @@ class _Lowering:
             def rec(part):
                 if len(part) <= plan.leaf_size:
                     return self.lower(leaf, part, None)
-                q, r = divmod(len(part), plan.fanin)
-                bounds = np.cumsum([0] + [q + (i < r) for i in range(plan.fanin)])
+                # a fanin beyond the part's length only adds empty chunks: the same tree with
+                # fanin = len(part) (one term per chunk), without a list of fanin bounds
+                fanin = min(plan.fanin, len(part))
+                q, r = divmod(len(part), fanin)
+                bounds = np.cumsum([0] + [q + (i < r) for i in range(fanin)])
                 return self.add_all([rec(part[s:e]) for s, e in zip(bounds[:-1], bounds[1:]) if e > s])
 
             return self.add_c(rec(items), c) if m else c
@@ -573,6 +581,9 @@ class _Lowering:
             size = plan.size if isinstance(plan, BlockTree) else plan.width
             if m > size:
                 raise ValueError(f"{plan!r} reduces at most {size} values, got {m}")
+            # strides >= m only pass values through (their partners are absent): the same tree as
+            # the smallest power of two >= m, without a slot list of a hostile size
+            size = min(size, 1 << max(0, (m - 1).bit_length()))
             slots = list(items) + [None] * (size - m)
             stride = size // 2
             while stride:
@@ -596,15 +607,17 @@ class _Lowering:
 def split_k_indices(plan: SplitK, m: int) -> list[np.ndarray]:
     """Term positions of each non-empty part of a SplitK over m terms (see SplitK)."""
     tiles = -(-m // plan.tile)
+    used = min(plan.parts, tiles)  # parts beyond the tile count are empty (and dropped)
     tile_of_part = []
     if plan.layout == "contiguous":
         q = -(-tiles // plan.parts)
-        tile_of_part = [np.arange(p * q, min((p + 1) * q, tiles)) for p in range(plan.parts)]
+        tile_of_part = [np.arange(p * q, min((p + 1) * q, tiles)) for p in range(used)]
     else:
-        tile_of_part = [np.arange(p, tiles, plan.parts) for p in range(plan.parts)]
+        tile_of_part = [np.arange(p, tiles, plan.parts) for p in range(used)]
     out = []
+    offsets = np.arange(min(plan.tile, m))  # offsets >= m fall outside K in every tile
     for tiles_p in tile_of_part:
-        idx = (tiles_p[:, None] * plan.tile + np.arange(plan.tile)[None, :]).reshape(-1)
+        idx = (tiles_p[:, None] * plan.tile + offsets[None, :]).reshape(-1)
         idx = idx[idx < m]
         if idx.size:
             out.append(idx)
