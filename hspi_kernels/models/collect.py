@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from hspi_kernels import platform as plat
-from hspi_kernels.platform.files import atomic_write_bytes
+from hspi_kernels.platform.files import InputFileError, atomic_write_bytes, npz_bytes, open_npz_bounded, size_limit
 from hspi_kernels.fingerprint import features
 from hspi_kernels.models import prompts, zoo
 from hspi_kernels.models.eqc import EQC, applied, parse, quantize_linears, unsupported_reason
@@ -314,26 +314,30 @@ class Collection:
     def save(self, path: str | Path, max_bytes: int | None = None) -> Path:
         """Write the compressed .npz; with ``max_bytes``, the archive is built in memory first and
         an oversized one raises :class:`CollectionTooLarge` before anything is written."""
-        import io
-
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = np.frombuffer(json.dumps(self.meta, default=str).encode("utf-8"), dtype=np.uint8)
-        buf = io.BytesIO()
-        np.savez_compressed(buf, __meta__=meta, **self.arrays)
-        size = buf.getbuffer().nbytes
+        data = npz_bytes({"__meta__": meta, **self.arrays})
+        size = data.nbytes
         if max_bytes is not None and size > max_bytes:
             raise CollectionTooLarge(f"{path.name}: {size / 2**20:.2f} MiB compressed exceeds the budget of "
                                      f"{max_bytes / 2**20:.2f} MiB; nothing written (fewer prompts/EQCs/slice)")
-        return atomic_write_bytes(path, buf.getbuffer())  # an interrupted job leaves the previous file
+        return atomic_write_bytes(path, data)  # an interrupted job leaves the previous file
+
+
+MAX_COLLECTION_BYTES = 2 << 30  # 2 GiB on disk; $HSPI_MAX_COLLECTION_MB overrides (may unpack to 64x)
+MAX_COLLECTION_ENV = "HSPI_MAX_COLLECTION_MB"
 
 
 def load(path: str | Path) -> Collection:
-    """A collection file; ValueError naming the file when it is missing, not a collection or damaged."""
+    """A collection file; ValueError naming the file when it is missing, not a collection, damaged
+    or larger than ``MAX_COLLECTION_BYTES``."""
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open_npz_bounded(path, size_limit(MAX_COLLECTION_BYTES, MAX_COLLECTION_ENV), kind="collection") as z:
             meta = json.loads(bytes(z["__meta__"]).decode("utf-8"))
             arrays = {k: z[k] for k in z.files if k != "__meta__"}
+    except InputFileError:  # too large, truncated, not an npz: the message names the file already
+        raise
     except (OSError, EOFError, KeyError, ValueError, TypeError, RecursionError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{path}: not a readable {SCHEMA} collection ({type(exc).__name__}: {exc})") from None
     schema = meta.get("schema") if isinstance(meta, dict) else None

@@ -11,6 +11,18 @@ model collections, card/reveal records, benchmark JSON).
   full disk, SIGKILL, power loss after the call returned). On any failure the temporary file is
   removed; only a SIGKILL (or a crash of the machine) can leave one behind, named
   ``.<name>.<random>.tmp`` next to the target (:data:`TEMP_GLOB` finds them).
+- :func:`npz_bytes` / :func:`atomic_write_npz`: a whole ``np.savez_compressed`` archive built in
+  memory, then written with :func:`atomic_write_bytes` (the target name is used as given: no
+  ``.npz`` is appended, unlike ``np.savez``).
+
+Bounded inputs: every file the tool reads back (traces, model collections, card/reveal records,
+SFU tables, sanitizer case records) goes through :func:`check_input_size` before a byte of it is
+read, so a huge or hostile file is an :class:`InputFileError` (a ValueError: the CLI prints it as
+a message) instead of an out-of-memory kill. Each loader declares its limit as a module constant
+(``MAX_TRACE_BYTES``...) that an environment variable overrides in MiB (:func:`size_limit`, e.g.
+``HSPI_MAX_TRACE_MB=4096``). :func:`open_npz_bounded` also bounds the *uncompressed* size of an
+npz (a zip bomb is small on disk) and never unpickles; :func:`read_json_bounded` turns truncated
+or corrupt JSON into an InputFileError naming the file.
 """
 
 from __future__ import annotations
@@ -20,10 +32,11 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 __all__ = ["OutputPathError", "check_output_path", "check_output_dir", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
-           "TEMP_GLOB"]
+           "npz_bytes", "atomic_write_npz", "InputFileError", "size_limit", "check_input_size", "read_bytes_bounded",
+           "read_json_bounded", "open_npz_bounded", "NPZ_UNPACK_RATIO", "TEMP_GLOB"]
 
 TEMP_GLOB = ".*.tmp"
 
@@ -143,3 +156,133 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None =
     dumps_kwargs.setdefault("allow_nan", False)
     text = json.dumps(obj, indent=indent, **dumps_kwargs) + "\n"
     return atomic_write_text(path, text)
+
+
+def npz_bytes(arrays: Mapping[str, Any], *, compressed: bool = True) -> memoryview:
+    """The bytes of an ``np.savez[_compressed]`` archive of ``arrays`` (name -> array), built in
+    memory: no pickled objects (an object array raises ValueError before anything is written)."""
+    import io
+
+    import numpy as np
+
+    for name, value in arrays.items():
+        if np.asarray(value).dtype.hasobject:
+            raise ValueError(f"npz entry {name!r}: object arrays cannot be written without pickle")
+    buf = io.BytesIO()
+    (np.savez_compressed if compressed else np.savez)(buf, **arrays)
+    return buf.getbuffer()
+
+
+def atomic_write_npz(path: str | os.PathLike, arrays: Mapping[str, Any], *, compressed: bool = True) -> Path:
+    """:func:`npz_bytes` of ``arrays`` written to exactly ``path`` with :func:`atomic_write_bytes`."""
+    return atomic_write_bytes(path, npz_bytes(arrays, compressed=compressed))
+
+
+# -- bounded inputs -------------------------------------------------------------------------------
+NPZ_UNPACK_RATIO = 64  # an npz may unpack to at most this many times its size limit
+
+
+class InputFileError(ValueError):
+    """An input file that is too large, truncated or corrupt (the message names the file)."""
+
+
+def size_limit(default: int, env: str | None = None) -> int:
+    """``default`` bytes, or ``$env`` MiB when that variable is set (a positive number)."""
+    raw = os.environ.get(env, "").strip() if env else ""
+    if not raw:
+        return int(default)
+    try:
+        mib = float(raw)
+    except ValueError:
+        mib = float("nan")
+    if not mib > 0 or mib == float("inf"):
+        raise InputFileError(f"${env}={raw!r}: expected a positive size in MiB")
+    return int(mib * 2**20)
+
+
+def check_input_size(path: str | os.PathLike, max_bytes: int, *, kind: str = "input file") -> int:
+    """The size of ``path`` when it is a regular file of at most ``max_bytes`` bytes;
+    :class:`InputFileError` otherwise (FileNotFoundError when it does not exist)."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such {kind}") from None
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot read {kind} ({exc.strerror or exc})") from None
+    import stat as _stat
+
+    if not _stat.S_ISREG(st.st_mode):
+        raise InputFileError(f"{path}: {kind} is not a regular file")
+    if st.st_size > max_bytes:
+        raise InputFileError(f"{path}: {kind} of {st.st_size} bytes is larger than the {max_bytes}-byte limit")
+    return st.st_size
+
+
+def read_bytes_bounded(path: str | os.PathLike, max_bytes: int, *, kind: str = "input file") -> bytes:
+    """The bytes of ``path`` after :func:`check_input_size`; never more than ``max_bytes`` are read
+    (a file that grows meanwhile is rejected, not read on)."""
+    check_input_size(path, max_bytes, kind=kind)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot read {kind} ({exc.strerror or exc})") from None
+    if len(data) > max_bytes:
+        raise InputFileError(f"{path}: {kind} is larger than the {max_bytes}-byte limit")
+    return data
+
+
+def read_json_bounded(path: str | os.PathLike, max_bytes: int, *, kind: str = "JSON file") -> Any:
+    """The JSON value of ``path`` (UTF-8, size-bounded); a truncated or corrupt file is an
+    :class:`InputFileError` naming the file and the position of the damage."""
+    data = read_bytes_bounded(path, max_bytes, kind=kind)
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InputFileError(f"{path}: {kind} is not UTF-8 text") from None
+    except RecursionError:
+        raise InputFileError(f"{path}: {kind} is nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise InputFileError(f"{path}: truncated or corrupt {kind} (invalid JSON at line {exc.lineno} column {exc.colno}: "
+                             f"{exc.msg})") from None
+
+
+def open_npz_bounded(path: str | os.PathLike, max_bytes: int, *, kind: str = "npz file",
+                     max_unpacked: int | None = None):
+    """``np.load(path, allow_pickle=False)`` after :func:`check_input_size`, also refusing an
+    archive whose members unpack to more than ``max_unpacked`` bytes (default
+    ``NPZ_UNPACK_RATIO * max_bytes``). A file that is not a zip archive (truncated: the central
+    directory is at its end) is an :class:`InputFileError`. Use it as a context manager."""
+    import zipfile
+
+    import numpy as np
+
+    if isinstance(path, (str, os.PathLike)):
+        check_input_size(path, max_bytes, kind=kind)
+    else:  # an open binary file (BytesIO...): the same bound on what is left of it
+        start = path.tell()
+        size = path.seek(0, os.SEEK_END) - start
+        path.seek(start)
+        if size > max_bytes:
+            raise InputFileError(f"{path}: {kind} of {size} bytes is larger than the {max_bytes}-byte limit")
+    limit = NPZ_UNPACK_RATIO * max_bytes if max_unpacked is None else max_unpacked
+    try:
+        if not isinstance(path, (str, os.PathLike)):
+            start = path.tell()
+        with zipfile.ZipFile(path) as zf:
+            unpacked = sum(info.file_size for info in zf.infolist())
+        if not isinstance(path, (str, os.PathLike)):
+            path.seek(start)
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
+        raise InputFileError(f"{path}: truncated or corrupt {kind}, not a readable npz archive "
+                             f"({type(exc).__name__}: {exc})") from None
+    if unpacked > limit:
+        raise InputFileError(f"{path}: {kind} unpacks to {unpacked} bytes, more than the {limit}-byte limit")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
+        raise InputFileError(f"{path}: truncated or corrupt {kind} ({type(exc).__name__}: {exc})") from None
+    if not hasattr(z, "files"):  # a bare .npy: not an archive of named arrays
+        raise InputFileError(f"{path}: {kind} is a single .npy array, not an npz archive")
+    return z

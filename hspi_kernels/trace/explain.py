@@ -26,7 +26,6 @@ A plan *explains* a side when it matches N/N of the evaluated positions.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -34,7 +33,11 @@ import numpy as np
 
 from hspi_kernels.numerics import evaluate, rounding
 from hspi_kernels.numerics import plans as P
+from hspi_kernels.platform.files import read_json_bounded, size_limit
 from hspi_kernels.trace import tracer as T
+
+MAX_REVEALED_BYTES = 64 << 20  # one revealer output (JSON); $HSPI_MAX_RECORD_MB overrides
+MAX_REVEALED_ENV = "HSPI_MAX_RECORD_MB"
 
 __all__ = ["gemm_candidates", "reduction_candidates", "load_revealed", "explain_op", "explain", "classify"]
 
@@ -124,10 +127,14 @@ def reduction_candidates(n: int) -> list[P.Plan]:
 
 def load_revealed(paths: Iterable[str | Path]) -> list[P.Plan]:
     """Plans from revealer outputs (RevealResult.to_json or lists of them; ``plan_json`` or a
-    ``plan`` repr)."""
+    ``plan`` repr). A missing, too large (``MAX_REVEALED_BYTES``), truncated or corrupt file is a
+    ValueError naming it."""
     plans = []
     for path in paths:
-        data = json.loads(Path(path).read_text())
+        try:
+            data = read_json_bounded(path, size_limit(MAX_REVEALED_BYTES, MAX_REVEALED_ENV), kind="revealer output")
+        except FileNotFoundError as exc:
+            raise ValueError(str(exc)) from None
         items = data if isinstance(data, list) else data.get("results", [data]) if isinstance(data, dict) else []
         for item in items:
             if not isinstance(item, dict):

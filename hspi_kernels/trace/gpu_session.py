@@ -34,6 +34,7 @@ import traceback
 from pathlib import Path
 from hspi_kernels import platform as plat
 from hspi_kernels.models import zoo
+from hspi_kernels.platform.files import atomic_write_text
 from hspi_kernels.trace import tracer as T
 
 START = time.perf_counter()
@@ -61,7 +62,7 @@ def main() -> int:
     summary: dict = {"platform": meta, "label": plat.platform_label(meta), "steps": {}, "args": vars(args)}
 
     def save_summary():
-        (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=str))
 
     t0 = time.perf_counter()
     model, _ = zoo.build(args.model, 0)

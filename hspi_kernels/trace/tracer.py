@@ -51,7 +51,8 @@ from hspi_kernels.models import eqc as meqc
 from hspi_kernels.models import prompts, zoo
 from hspi_kernels.numerics import evaluate
 from hspi_kernels.numerics import plans as P
-from hspi_kernels.platform.files import atomic_write_bytes, atomic_write_text
+from hspi_kernels.platform.files import InputFileError, atomic_write_bytes, atomic_write_npz, atomic_write_text, \
+    open_npz_bounded, size_limit
 from hspi_kernels.numerics.attention_plan import AttentionPlan
 from hspi_kernels.numerics.attention_plan import evaluate_attention
 
@@ -467,23 +468,24 @@ class Trace:
         return array_of(self.arrays[key], info["fmt"]), info
 
     def save(self, path: str | Path) -> Path:
-        import io
-
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         blob = np.frombuffer(json.dumps(self.meta, default=str).encode(), dtype=np.uint8)
-        buf = io.BytesIO()  # the whole archive first: a failed write leaves no half trace
-        np.savez_compressed(buf, __meta__=blob, **self.arrays)
-        return atomic_write_bytes(path, buf.getbuffer())
+        # the whole archive first, then temp file + fsync + rename: a failed write leaves no half trace
+        return atomic_write_npz(path, {"__meta__": blob, **self.arrays})
+
+
+MAX_TRACE_BYTES = 2 << 30  # 2 GiB on disk; $HSPI_MAX_TRACE_MB overrides (the npz may unpack to 64x)
+MAX_TRACE_ENV = "HSPI_MAX_TRACE_MB"
 
 
 def load(path: str | Path) -> Trace:
-    """Read a trace file; a truncated, corrupt or foreign file is a ValueError naming the path and
-    what is wrong (a missing file stays an OSError)."""
+    """Read a trace file; a truncated, corrupt, foreign or too large (``MAX_TRACE_BYTES``) file is
+    a ValueError naming the path and what is wrong (a missing file stays an OSError)."""
     if isinstance(path, (str, os.PathLike)) and not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no such trace file")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open_npz_bounded(path, size_limit(MAX_TRACE_BYTES, MAX_TRACE_ENV), kind="trace file") as z:
             if "__meta__" not in z.files:
                 raise ValueError(f"{path}: not a {SCHEMA} trace (no __meta__ entry)")
             meta = json.loads(bytes(z["__meta__"]).decode())
@@ -492,7 +494,7 @@ def load(path: str | Path) -> Trace:
                                  f"{meta.get('schema') if isinstance(meta, dict) else None!r})")
             arrays = {k: z[k] for k in z.files if k != "__meta__"}
     except ValueError as exc:
-        if str(exc).startswith(f"{path}:"):
+        if isinstance(exc, InputFileError) or str(exc).startswith(f"{path}:"):
             raise
         raise ValueError(f"{path}: truncated or corrupt trace file, not a readable {SCHEMA} npz "
                          f"({type(exc).__name__}: {str(exc)[:120]})") from None

@@ -17,12 +17,14 @@ of the uint32 outputs; :func:`load_table` rebuilds the outputs and refuses a dig
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hspi_kernels.numerics.bits import digest
+from hspi_kernels.platform.files import atomic_write_npz, atomic_write_text, open_npz_bounded, read_json_bounded, size_limit
 from hspi_kernels.kernels.cuda.loader import LaunchContext, import_cupy, load_module
 from hspi_kernels.numerics.attention_ref import SfuTable
 
@@ -172,16 +174,19 @@ def _save_binade(args) -> dict:
     x = binade_inputs(sign, e)
     delta = row.astype(np.int64) - reference_bits(op, x).astype(np.int64)
     small = np.abs(delta).max() <= 127
-    name = f"{'n' if sign else 'p'}{e}.npz"
-    np.savez_compressed(Path(folder) / name, delta=delta.astype(np.int8 if small else np.int32))
+    row_digest = digest(np.ascontiguousarray(row, dtype=np.uint32))
+    # named by content: until the new index.json replaces the old one, the old index still
+    # points at its own, untouched files (a table is replaced as a whole or not at all)
+    name = f"{'n' if sign else 'p'}{e}.{row_digest}.npz"
+    atomic_write_npz(Path(folder) / name, {"delta": delta.astype(np.int8 if small else np.int32)})
     return {"sign": sign, "e": e, "file": name, "bytes": (Path(folder) / name).stat().st_size,
-            "digest": digest(np.ascontiguousarray(row, dtype=np.uint32)),
+            "digest": row_digest,
             "max_abs_delta_bits": int(np.abs(delta).max()), "stats": error_stats(op, x, row)}
 
 
 def save_table(out_dir: str | Path, op: str, binades, outputs: np.ndarray, specials: dict | None = None,
                *, workers: int = 1, extra: dict | None = None) -> dict:
-    """Write ``<out_dir>/sfu_<op>/<s><e>.npz`` per binade and ``index.json`` (digests, sizes,
+    """Write ``<out_dir>/sfu_<op>/<s><e>.<digest>.npz`` per binade and ``index.json`` (digests, sizes,
     error statistics per binade, ``extra`` fields); returns the index. ``workers`` > 1 uses a
     process pool (the fp64 references and zlib dominate the time)."""
     folder = Path(out_dir) / f"sfu_{op}"
@@ -209,23 +214,54 @@ def save_table(out_dir: str | Path, op: str, binades, outputs: np.ndarray, speci
         "largest_file_bytes": max(b["bytes"] for b in index["binades"]),
     }
     index.update(extra or {})
-    (folder / "index.json").write_text(json.dumps(index, indent=1))
+    atomic_write_text(folder / "index.json", json.dumps(index, indent=1))  # the commit point
+    keep = {b["file"] for b in index["binades"]}
+    for stale in folder.glob("*.npz"):  # binade files of the table this one replaced
+        if stale.name not in keep and _BINADE_FILE.match(stale.name):
+            stale.unlink(missing_ok=True)
     return index
+
+
+_BINADE_FILE = re.compile(r"^[np]-?\d+(\.[0-9a-f]{16})?\.npz$")
+
+
+MAX_TABLE_FILE_BYTES = 64 << 20  # index.json and each binade npz (2^23 int32 deltas unpack to 32 MiB);
+MAX_TABLE_ENV = "HSPI_MAX_SFU_TABLE_MB"  # overrides it
 
 
 def load_table(folder: str | Path):
     """An :class:`~hspi_kernels.numerics.attention_ref.SfuTable` from :func:`save_table`'s folder;
     ValueError when a rebuilt binade's digest differs from the recorded one."""
     folder = Path(folder)
-    index = json.loads((folder / "index.json").read_text())
+    limit = size_limit(MAX_TABLE_FILE_BYTES, MAX_TABLE_ENV)
+    try:
+        index = read_json_bounded(folder / "index.json", limit, kind="SFU table index")
+    except FileNotFoundError as exc:
+        raise ValueError(str(exc)) from None
+    if not isinstance(index, dict) or not isinstance(index.get("binades"), list) or index.get("op") not in PTX:
+        raise ValueError(f"{folder}/index.json: not an SFU table index (needs 'op' and a 'binades' list)")
     binades = {}
     for b in index["binades"]:
-        x = binade_inputs(b["sign"], b["e"])
-        delta = np.load(folder / b["file"])["delta"].astype(np.int64)
+        try:
+            name, sign, e, want = b["file"], int(b["sign"]), int(b["e"]), b["digest"]
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{folder}/index.json: damaged binade entry {str(b)[:80]}") from None
+        if not isinstance(name, str) or Path(name).name != name:
+            raise ValueError(f"{folder}/index.json: binade file {name!r} is not a plain file name")
+        x = binade_inputs(sign, e)
+        try:
+            with open_npz_bounded(folder / name, limit, kind="SFU binade file") as z:
+                delta = z["delta"].astype(np.int64)
+        except FileNotFoundError as exc:
+            raise ValueError(str(exc)) from None
+        except KeyError:
+            raise ValueError(f"{folder}/{name}: SFU binade file has no 'delta' array") from None
+        if delta.shape != x.shape:
+            raise ValueError(f"{folder}/{name}: {delta.size} deltas, expected {x.size}")
         row = (reference_bits(index["op"], x).astype(np.int64) + delta).astype(np.uint32)
-        if digest(row) != b["digest"]:
+        if digest(row) != want:
             raise ValueError(f"{folder}/{b['file']}: rebuilt outputs do not match the recorded digest "
                              "(this platform's fp64 reference differs from the recording one's)")
-        binades[(b["sign"], b["e"])] = row
+        binades[(sign, e)] = row
     specials = {int(k, 16): int(v, 16) for k, v in index.get("specials", {}).items()}
     return SfuTable(index["op"], binades, specials, index.get("reduction"))

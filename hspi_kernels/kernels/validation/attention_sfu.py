@@ -101,7 +101,7 @@ def run_sfu(out_dir: Path, workers: int) -> tuple[dict, dict]:
             ex2 = {"binades": tables, "specials": specials, "reduction": extra["reduction"]}
         index = sfu.save_table(out_dir, op, binades, outs, specials, workers=workers, extra=extra)
         index["seconds"] = round(time.perf_counter() - t0, 2)
-        (out_dir / f"sfu_{op}" / "index.json").write_text(json.dumps(index, indent=1))
+        atomic_write_text(out_dir / f"sfu_{op}" / "index.json", json.dumps(index, indent=1))
         report[op] = {"digest": index["digest"], "binades": len(binades), **index["summary"], **extra,
                       "files_ok": index["summary"]["largest_file_bytes"] < MAX_FILE_BYTES,
                       "seconds": index["seconds"]}

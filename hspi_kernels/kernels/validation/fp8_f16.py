@@ -36,7 +36,7 @@ import numpy as np
 from hspi_kernels.kernels.validation import tensor_core as V
 from hspi_kernels.numerics import fp8_emulation
 from hspi_kernels.numerics.tensor_core import chain, get_preset
-from hspi_kernels.platform.files import atomic_write_text
+from hspi_kernels.platform.files import atomic_write_npz, atomic_write_text
 
 FORMATS = ("e4m3", "e5m2")
 GENERATORS = ("random", "spread", "cancel", "subnormal", "gdisc")
@@ -149,7 +149,7 @@ def run(out_dir: str) -> dict:
                     sets.append({"key": key, "outputs": n, "subset_outputs": sub, "preset": counts["preset"],
                                  "matches": counts, "scored_on_all": sorted(full)})
                     print(f"{key:40s} preset {counts['preset']}/{n}  best {max(counts.values())}", flush=True)
-    np.savez_compressed(out / BLOCKS, **arrays)
+    atomic_write_npz(out / BLOCKS, arrays)
     preset_pass = all(s["preset"] == s["outputs"] for s in sets)
     doc = {
         "what": "wgmma fp8 -> fp16 accumulator: GPU bits vs candidate block models (issue 19)",

@@ -28,6 +28,7 @@ from dataclasses import asdict, replace
 from hspi_kernels.kernels.triton import attention as A
 from hspi_kernels.kernels.triton import attention_gluon as AG
 from hspi_kernels.platform import collect
+from hspi_kernels.platform.files import atomic_write_text
 from hspi_kernels.platform.timing import gpu_time_ms
 
 
@@ -83,8 +84,7 @@ def main():
            "correctness": [], "determinism": [], "timing": {}, "errors": []}
 
     def dump():
-        with open(out_path, "w") as f:
-            json.dump(res, f, indent=1, default=str)
+        atomic_write_text(out_path, json.dumps(res, indent=1, default=str))
 
     dump()
     print("device:", res["platform"]["device"], flush=True)

@@ -38,6 +38,11 @@ from hspi_kernels import platform
 from hspi_kernels.kernels.cuda import loader
 from hspi_kernels.kernels.validation import record_verdict
 from hspi_kernels.kernels.cuda import reduction as R
+from hspi_kernels.platform.files import atomic_write_text, read_bytes_bounded, read_json_bounded
+
+MAX_CASES_BYTES = 64 << 20   # a <tool>.cases.json record read back by summarize
+MAX_LOG_BYTES = 1 << 30      # a compute-sanitizer log (racecheck can be verbose)
+MAX_CUBIN_BYTES = 256 << 20
 
 MARK = "@@HSPI-CASE"
 CHECKOUT_SOURCES = Path(__file__).resolve().parents[3] / "csrc" / "cuda"
@@ -47,7 +52,7 @@ CHECKOUT_SOURCES = Path(__file__).resolve().parents[3] / "csrc" / "cuda"
 # Discovery: entry points of a cubin (ELF64 .symtab, global FUNC symbols)
 # ---------------------------------------------------------------------------------------------
 def cubin_kernels(path: str) -> list[str]:
-    data = Path(path).read_bytes()
+    data = read_bytes_bounded(path, MAX_CUBIN_BYTES, kind="cubin")
     if data[:4] != b"\x7fELF" or data[4] != 2:
         return []
     shoff, = struct.unpack_from("<Q", data, 0x28)
@@ -296,7 +301,7 @@ def run(cases_json: str, only: str | None, control_kind: str | None) -> int:
             record[name] = {"kernels": kernels, "ok": err is None, "error": err,
                             "seconds": round(time.perf_counter() - t, 2)}
             _mark(name, "END " + ("ok" if err is None else "failed"))
-    Path(cases_json).write_text(json.dumps(record, indent=1))
+    atomic_write_text(cases_json, json.dumps(record, indent=1))
     return 0
 
 
@@ -372,10 +377,14 @@ def summarize(folder: str, out_json: str) -> int:
     for log in sorted(folder_p.glob("*.log")):
         label = log.stem  # <tool> or control-<kind>-<tool>
         rc_file, cases_file = log.with_suffix(".rc"), log.with_suffix(".cases.json")
-        rc = int(rc_file.read_text().strip()) if rc_file.is_file() else None
-        cases_rec = json.loads(cases_file.read_text()) if cases_file.is_file() else {}
+        rc = int(read_bytes_bounded(rc_file, 4096, kind="exit-code file").decode("ascii", "replace").strip()) \
+            if rc_file.is_file() else None
+        cases_rec = read_json_bounded(cases_file, MAX_CASES_BYTES, kind="sanitizer cases record") \
+            if cases_file.is_file() else {}
+        if not isinstance(cases_rec, dict):
+            raise ValueError(f"{cases_file}: not a sanitizer cases record (a JSON object expected)")
         discovered = cases_rec.pop("_discovered", discovered) or discovered
-        parsed = parse_log(log.read_text(errors="replace"))
+        parsed = parse_log(read_bytes_bounded(log, MAX_LOG_BYTES, kind="sanitizer log").decode("utf-8", "replace"))
         per_kernel: dict = {}
         for case, info in cases_rec.items():
             found = parsed["per_case"].get(case, {"errors": 0, "kernels": {}, "first": []})
@@ -402,7 +411,7 @@ def summarize(folder: str, out_json: str) -> int:
                           "declared_but_not_discovered": sorted(launched - set(found)),
                           "sources_not_loaded": sorted(s for s, i in discovered.items() if "error" in i)}
     record_verdict(result, verdict_checks(result))
-    Path(out_json).write_text(json.dumps(result, indent=1, default=str))
+    atomic_write_text(out_json, json.dumps(result, indent=1, default=str))
     print(json.dumps({"passed": result["passed"],
                       "tools": {k: {"clean": v["clean"], "errors": v["errors_total"], "rc": v["exit_code"]}
                                 for k, v in result["tools"].items()},
@@ -432,7 +441,11 @@ def main(argv=None) -> int:
         return 0
     if args.cmd == "run":
         return run(args.cases_json, args.only, args.control)
-    return summarize(args.folder, args.out_json)
+    try:
+        return summarize(args.folder, args.out_json)
+    except ValueError as exc:  # a too large, truncated or corrupt record or log: a message, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

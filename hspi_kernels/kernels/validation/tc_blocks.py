@@ -45,6 +45,7 @@ from hspi_kernels.kernels.validation.tensor_core import fp8_mma_sync_emulated, s
 from hspi_kernels.numerics import evaluate as E
 from hspi_kernels.numerics import plans as P
 from hspi_kernels.numerics import tensor_core as T
+from hspi_kernels.platform.files import atomic_write_npz, open_npz_bounded, size_limit
 
 DATA = Path(__file__).resolve().parents[3] / "tests" / "data" / "gpu_blocks" / "h100_tc_blocks.npz"
 REVERTED = {  # each sm_90 rule, reverted on its own
@@ -54,13 +55,20 @@ REVERTED = {  # each sm_90 rule, reverted on its own
 }
 
 
+MAX_BLOCKS_BYTES = 256 << 20  # a block-set npz; $HSPI_MAX_BLOCKS_MB overrides
+MAX_BLOCKS_ENV = "HSPI_MAX_BLOCKS_MB"
+
+
 def load(path=DATA) -> dict[str, dict[str, np.ndarray]]:
-    """{set key "path|fmt|out|gen|z": {"A", "B", "C", "D"}} (C is all zeros for "z")."""
-    npz = np.load(path)
+    """{set key "path|fmt|out|gen|z": {"A", "B", "C", "D"}} (C is all zeros for "z"); a too large
+    (``MAX_BLOCKS_BYTES``), truncated or corrupt file is a ValueError naming it."""
     sets: dict[str, dict[str, np.ndarray]] = {}
-    for key in npz.files:
-        name, part = key.rsplit("|", 1)
-        sets.setdefault(name, {})[part] = npz[key]
+    with open_npz_bounded(path, size_limit(MAX_BLOCKS_BYTES, MAX_BLOCKS_ENV), kind="block-set file") as npz:
+        for key in npz.files:
+            if "|" not in key:
+                raise ValueError(f"{path}: entry {key!r} is not a 'set|part' block-set key")
+            name, part = key.rsplit("|", 1)
+            sets.setdefault(name, {})[part] = npz[key]
     return dict(sorted(sets.items()))
 
 
@@ -229,7 +237,8 @@ def dump(out: str) -> None:
             key = f"{path}|{fmt}|{out_fmt}|{name}|{'c' if np.any(C.view(np.uint32)) else 'z'}"
             for part, arr in zip("ABCD", (A, B, C, D)):
                 arrays[f"{key}|{part}"] = np.asarray(arr, np.float32)
-    np.savez_compressed(out, **arrays)
+    out = out if str(out).endswith(".npz") else f"{out}.npz"  # (the name np.savez would have used)
+    atomic_write_npz(out, arrays)
     print(f"wrote {len(arrays) // 4} block sets to {out}")
 
 
