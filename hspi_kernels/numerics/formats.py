@@ -13,6 +13,14 @@ NaN policies:
 - ``"ieee"``: exponent field all ones with a non-zero fraction is NaN, zero fraction is ±inf;
 - ``"fn"`` (OCP e4m3 "fn"): no infinities; only ``S.1…1.1…1`` is NaN, so the all-ones exponent
   field holds finite values up to fraction ``1…10`` (e4m3: max 448).
+- ``"none"`` (OCP MX FP4/FP6 elements e2m1, e2m3, e3m2): no infinity and no NaN; every pattern
+  is finite. Rounding saturates (overflow and ±inf give ±max finite, as the OCP MX spec
+  prescribes) and NaN inputs are a ValueError (see :mod:`hspi_kernels.numerics.rounding`).
+
+The MX element formats are built from their definitions in
+:mod:`hspi_kernels.numerics.mx_formats` (one home). The MX scale formats ``ue8m0`` and ``ue4m3``
+have no sign bit (and ue8m0 no zero, no fraction bit, no subnormals), which :class:`Format`
+cannot represent: ``get_format`` names them and refers to ``mx_formats`` instead.
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ from dataclasses import dataclass
 
 import ml_dtypes
 import numpy as np
+
+from . import mx_formats as _mx
 
 __all__ = [
     "Format",
@@ -35,10 +45,13 @@ __all__ = [
     "E4M3",
     "E5M2",
     "E8M13",
+    "FP4_E2M1",
+    "FP6_E2M3",
+    "FP6_E3M2",
     "decode",
 ]
 
-_NAN_POLICIES = ("ieee", "fn")
+_NAN_POLICIES = ("ieee", "fn", "none")
 
 
 @dataclass(frozen=True)
@@ -50,7 +63,7 @@ class Format:
     frac_bits: int
     bias: int
     has_inf: bool
-    nan_policy: str  # "ieee" | "fn" (see module docstring)
+    nan_policy: str  # "ieee" | "fn" | "none" (see module docstring)
     has_subnormals: bool = True
     value_dtype: str = "float64"  # numpy dtype (name) that holds the values exactly
 
@@ -61,6 +74,8 @@ class Format:
             raise ValueError(f"format {self.name!r}: nan_policy must be one of {_NAN_POLICIES}")
         if self.nan_policy == "fn" and self.has_inf:
             raise ValueError(f"format {self.name!r}: the 'fn' NaN policy has no infinities")
+        if self.nan_policy == "none" and self.has_inf:
+            raise ValueError(f"format {self.name!r}: the 'none' NaN policy has no infinities")
         if self.nan_policy == "ieee" and not self.has_inf:
             raise ValueError(f"format {self.name!r}: the 'ieee' NaN policy implies infinities")
 
@@ -133,8 +148,14 @@ class Format:
         return self.exp_field_max << self.frac_bits
 
     @property
+    def has_nan(self) -> bool:
+        return self.nan_policy != "none"
+
+    @property
     def nan_bits(self) -> int:
         """Canonical (positive, quiet) NaN pattern."""
+        if self.nan_policy == "none":
+            raise ValueError(f"format {self.name!r} has no NaN")
         if self.nan_policy == "fn":
             return (1 << (self.total_bits - 1)) - 1
         return (self.exp_field_max << self.frac_bits) | (1 << (self.frac_bits - 1))
@@ -171,7 +192,25 @@ E5M2 = Format("e5m2", 5, 2, 15, True, "ieee", value_dtype="float8_e5m2")
 # Hopper fp8 tensor-core output: fp32 truncated to 13 fraction bits.
 E8M13 = Format("e8m13", 8, 13, 127, True, "ieee", value_dtype="float32")
 
-FORMATS: dict[str, Format] = {f.name: f for f in (FP64, FP32, TF32, BF16, FP16, E4M3, E5M2, E8M13)}
+
+
+def _from_mx(mx: _mx.MXFormat) -> Format:
+    """The :class:`Format` of a signed MX element format (no inf, no NaN) of mx_formats."""
+    assert mx.signed and mx.nan == "none" and mx.has_zero, mx
+    return Format(mx.name, mx.exp_bits, mx.frac_bits, mx.bias, False, "none",
+                  has_subnormals=mx.has_subnormals, value_dtype=mx.ml_dtype)
+
+
+# OCP MX element formats (FP4 / FP6), from their definitions in mx_formats.
+FP4_E2M1 = _from_mx(_mx.E2M1)
+FP6_E2M3 = _from_mx(_mx.E2M3)
+FP6_E3M2 = _from_mx(_mx.E3M2)
+
+FORMATS: dict[str, Format] = {f.name: f for f in (FP64, FP32, TF32, BF16, FP16, E4M3, E5M2, E8M13,
+                                                  FP4_E2M1, FP6_E2M3, FP6_E3M2)}
+# MX formats that Format cannot represent (no sign bit): get_format names them and refers to
+# mx_formats, which decodes and rounds them.
+_MX_ONLY = {name: mx for name, mx in _mx.MX_FORMATS.items() if name not in FORMATS}
 _ALIASES = {
     "float64": "fp64",
     "float32": "fp32",
@@ -183,6 +222,7 @@ _ALIASES = {
     "float8_e4m3fn": "e4m3",
     "fp8_e5m2": "e5m2",
     "float8_e5m2": "e5m2",
+    **_mx._ALIASES,  # fp4, float4_e2m1fn, float6_e2m3fn, float6_e3m2fn, e8m0, float8_e8m0fnu
 }
 
 # ml_dtypes registers its types by name with numpy only once imported.
@@ -194,12 +234,21 @@ def get_format(fmt: str | Format) -> Format:
     if isinstance(fmt, Format):
         return fmt
     key = _ALIASES.get(str(fmt).lower(), str(fmt).lower())
+    if key in _MX_ONLY:
+        mx = _MX_ONLY[key]
+        raise ValueError(
+            f"{fmt!r} is the OCP MX scale format {mx.name} (unsigned: no sign bit"
+            + (", no zero, no fraction bit, no subnormals" if not mx.has_zero else "")
+            + "), which Format cannot represent; use hspi_kernels.numerics.mx_formats "
+            f"(get_mx_format({mx.name!r}), decode_mx, round_to_mx)"
+        )
     try:
         return FORMATS[key]
     except KeyError:
         raise ValueError(
             f"unknown floating-point format {fmt!r}; known: {sorted(FORMATS)} "
-            f"(or build one with make_format(exp_bits, frac_bits))"
+            f"(or build one with make_format(exp_bits, frac_bits); MX scale formats "
+            f"{sorted(_MX_ONLY)}: hspi_kernels.numerics.mx_formats)"
         ) from None
 
 
@@ -231,8 +280,9 @@ def decode(bits, fmt: str | Format) -> np.ndarray:
     if fmt.nan_policy == "ieee":
         values = np.where(top & (frac == 0), np.inf, values)
         values = np.where(top & (frac != 0), np.nan, values)
-    else:
+    elif fmt.nan_policy == "fn":
         values = np.where(top & (frac == frac_mask), np.nan, values)
+    # "none": every pattern is finite
     return np.where(negative, -values, values)
 
 

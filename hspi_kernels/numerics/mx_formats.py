@@ -1,9 +1,13 @@
 """Microscaling (OCP MX) element and scale formats: fp4 e2m1, fp6 e2m3 / e3m2, ue8m0, ue4m3.
 
-These do not fit :class:`formats.Format` (which always has a sign bit, a fraction bit and a NaN
-or infinity encoding), so they live here with their own decode and rounding, done on integers
+The unsigned scale formats (ue8m0, ue4m3) do not fit :class:`formats.Format` (which always has a
+sign bit, a fraction bit and a zero), so they live here with their own decode and rounding, done
+on integers
 (the exact float64 value split into a 53-bit integer significand and an exponent, rounded once
-onto the target grid: no double rounding).
+onto the target grid: no double rounding). The signed element formats (e2m1, e2m3, e3m2) are
+also :class:`formats.Format` values (nan_policy "none"), built from the definitions here:
+``formats.get_format("e2m1")``, ``formats.decode`` and ``rounding.round_to_format`` give the same
+patterns as :func:`decode_mx` / :func:`round_to_mx` with ``saturate=True``.
 
 Formats (OCP Microscaling Formats (MX) Specification v1.0, 2023, sections 5.3-5.4; NVIDIA PTX ISA
 8.7+, ``.e2m1``, ``.e2m3``, ``.e3m2``, ``.ue8m0``, ``.ue4m3``):
@@ -36,8 +40,6 @@ from dataclasses import dataclass
 
 import ml_dtypes
 import numpy as np
-
-from .rounding import check_mode
 
 __all__ = ["MXFormat", "E2M1", "E2M3", "E3M2", "UE8M0", "UE4M3", "MX_FORMATS", "get_mx_format",
            "decode_mx", "round_to_mx", "mx_values"]
@@ -141,6 +143,19 @@ def mx_values(fmt: str | MXFormat) -> np.ndarray:
     return np.arange(1 << fmt.total_bits, dtype=np.int64)
 
 
+# The rounding modes of rounding.MODES (tests/test_mx_get_format.py checks they are the same). This
+# module imports nothing of the package: formats builds its MX element formats from the
+# definitions here, and rounding imports formats, so importing rounding here would be a cycle.
+_MODES = ("RNE", "RZ", "RU", "RD", "RNA")
+
+
+def _check_mode(mode: str) -> str:
+    key = str(mode).upper()
+    if key not in _MODES:
+        raise ValueError(f"unknown rounding mode {mode!r}; expected one of {_MODES}")
+    return key
+
+
 def _round_magnitude(m: np.ndarray, e: np.ndarray, q: np.ndarray, mode: str, negative: np.ndarray):
     """Round the exact m * 2^e (m int64 >= 0) onto multiples of 2^q: the integer multiple."""
     shift = np.clip(q - e, 0, 62)
@@ -169,7 +184,7 @@ def _round_magnitude(m: np.ndarray, e: np.ndarray, q: np.ndarray, mode: str, neg
 def round_to_mx(values, fmt: str | MXFormat, mode: str = "RNE", saturate: bool = True) -> np.ndarray:
     """Bit patterns (uint8) of ``fmt`` nearest (per ``mode``) to the float32/float64 ``values``."""
     fmt = get_mx_format(fmt)
-    mode = check_mode(mode)
+    mode = _check_mode(mode)
     x = np.asarray(values, dtype=np.float64)
     nan = np.isnan(x)
     if nan.any() and fmt.nan == "none":

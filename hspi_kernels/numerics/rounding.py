@@ -16,6 +16,10 @@ Overflow (rounded magnitude beyond the largest finite value), per IEEE 754:
   where IEEE gives ±max. For RNE this is exactly ml_dtypes' (non-saturating) float8_e4m3fn
   conversion: 464 (the tie between 448 and the NaN slot 480) rounds to 448, anything above is
   NaN, and ±inf inputs become NaN.
+- A format with neither infinities nor NaN (nan_policy "none": the OCP MX FP4/FP6 elements
+  e2m1, e2m3, e3m2) saturates: every overflow and ±inf input gives ±max finite, in every mode
+  (the OCP MX spec's conversion; ml_dtypes' float4_e2m1fn / float6_* do the same for RNE), and
+  a NaN input is a ValueError (there is no pattern for it).
 Underflow rounds into the subnormals (gradual underflow) and keeps the sign of zero.
 NaN inputs give the format's canonical quiet NaN with the input's sign.
 """
@@ -148,7 +152,7 @@ def round_scaled(sign, mag, exp, fmt: str | Format, mode: str = "RNE") -> np.nda
     # Overflow: towards infinity (IEEE: inf; fn formats: NaN) or clamped to max finite.
     to_infinity = {"RNE": np.ones_like(negative), "RNA": np.ones_like(negative),
                    "RZ": np.zeros_like(negative), "RU": ~negative, "RD": negative}[mode]
-    beyond_bits = fmt.inf_bits if fmt.has_inf else fmt.nan_bits
+    beyond_bits = fmt.inf_bits if fmt.has_inf else fmt.nan_bits if fmt.has_nan else fmt.max_finite_bits
     overflow_bits = np.where(to_infinity, beyond_bits, fmt.max_finite_bits)
     magnitude_bits = np.where(overflow, overflow_bits, magnitude_bits)
     zero = nbits == 0
@@ -205,11 +209,14 @@ def round_to_format(x, fmt: str | Format, mode: str = "RNE") -> np.ndarray:
     if x.dtype == np.float32 and drop is not None and mode in ("RNE", "RZ"):
         return _round_fp32_bits(x, fmt, drop, mode)
     sign, mag, exp, is_inf, is_nan = decompose(x)
+    if not fmt.has_nan and is_nan.any():
+        raise ValueError(f"format {fmt.name!r} has no NaN encoding: {int(is_nan.sum())} NaN input(s)")
     bits = round_scaled(sign, mag, exp, fmt, mode).astype(np.int64)
     sign_bits = np.where(sign == 1, fmt.sign_mask, 0)
-    inf_bits = fmt.inf_bits if fmt.has_inf else fmt.nan_bits
+    inf_bits = fmt.inf_bits if fmt.has_inf else fmt.nan_bits if fmt.has_nan else fmt.max_finite_bits
     bits = np.where(is_inf, inf_bits | sign_bits, bits)
-    bits = np.where(is_nan, fmt.nan_bits | sign_bits, bits)
+    if fmt.has_nan:
+        bits = np.where(is_nan, fmt.nan_bits | sign_bits, bits)
     return bits.astype(fmt.bits_dtype)
 
 
@@ -251,12 +258,17 @@ def encode(values, fmt: str | Format) -> np.ndarray:
 def is_representable(values, fmt: str | Format) -> np.ndarray:
     """Elementwise: is the (float64/float32) value exactly a value of ``fmt``?
 
-    NaN is representable in every format here; ±inf only where the format has infinities.
+    NaN is representable in every format with a NaN (not in e2m1/e2m3/e3m2); ±inf only where
+    the format has infinities.
     """
     fmt = get_format(fmt)
     values = np.asarray(values)
     if values.dtype not in (np.float32, np.float64):
         values = values.astype(np.float64)
+    if not fmt.has_nan:
+        nan = np.isnan(values)
+        back = decode(round_to_format(np.where(nan, 0, values).astype(values.dtype), fmt, "RZ"), fmt)
+        return (back == values.astype(np.float64)) & ~nan
     back = decode(round_to_format(values, fmt, "RZ"), fmt)
     same = back == values.astype(np.float64)
     return same | (np.isnan(values) & np.isnan(back))

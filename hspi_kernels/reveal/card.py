@@ -15,6 +15,13 @@ blocks long, the blocks chained in k order). Feature tests (each one batched cal
   tests left uncertain (output rounding, subnormal alignment, zero sign, e_max floor, F±1) are
   searched and the best model kept; the final model is verified on >= 10^5 blocks. Floors that
   no block tells apart are reported as a set.
+- second family, pairwise (AMD CDNA1/CDNA2 MFMA, :mod:`hspi_kernels.numerics.amd`): when no
+  block model verifies, fp16/bf16 units are fitted, closed loop, against the pairwise unit
+  (exact products, a pairwise fp32-RNE tree per group of G, the group sum added to the
+  accumulator in fp32 RNE; subnormals kept or flushed): G over the divisors of K, flush both
+  ways. The card's ``family`` says which family verified; ``described`` False with a ``reason``
+  when neither does, or when the input format is none the families take (fp32 / fp64 MFMA,
+  the fnuz fp8 formats): such a card runs no feature tests and never claims a model.
 """
 
 from __future__ import annotations
@@ -26,13 +33,14 @@ from typing import Callable
 
 import numpy as np
 
+from hspi_kernels.numerics import amd as A
 from hspi_kernels.numerics import evaluate as E
 from hspi_kernels.numerics import plans as P
 from hspi_kernels.numerics import tensor_core as TC
 from hspi_kernels.numerics.formats import get_format
 from hspi_kernels.reveal.targets import to_format
 
-__all__ = ["Unit", "emulated_unit", "numerics_card", "card_table", "model_params"]
+__all__ = ["Unit", "emulated_unit", "amd_unit", "numerics_card", "card_table", "model_params"]
 
 _F32 = np.float32
 PARAMS = ("G", "F", "out_format", "out_rounding", "emax_floor", "input_low_bits_ignored",
@@ -53,6 +61,16 @@ def emulated_unit(model: TC.BlockModel, blocks: int = 4) -> Unit:
     """The emulator as a simulated GPU: ``chain(model)`` over ``blocks`` blocks."""
     return Unit(f"emulated:{model.name}", model.in_format, model.G * blocks,
                 lambda a, b, c: TC.chain(model, a, b, c), model.arch, model.path)
+
+
+def amd_unit(model: A.AMDModel, blocks: int = 4) -> Unit:
+    """An AMD MFMA preset as a simulated GPU: ``amd.mfma_chain(model)`` over ``blocks`` groups
+    (xf32 operands are tf32 words to the card)."""
+    fmt = {"xf32": "tf32"}.get(model.in_format, model.in_format)
+    if model.in_format_b not in (None, model.in_format):
+        fmt = f"{model.in_format}x{model.in_format_b}"  # mixed operands: no single input format
+    return Unit(f"emulated:{model.name}", fmt, model.G * blocks, lambda a, b, c: A.mfma_chain(model, a, b, c),
+                model.arch, "mfma")
 
 
 def model_params(model: TC.BlockModel) -> dict:
@@ -112,7 +130,9 @@ class _Ops:
         for r, terms in enumerate(rows):
             for idx, sig, e in terms:
                 s = self.split(e)
-                if s is None:
+                # a term past the unit's K (a test needs more terms than the unit has, or more
+                # than fit after the offset) leaves its block unbuilt as well
+                if s is None or not 0 <= self.offset + idx < K:
                     ok[r] = False
                     a[r] = 0
                     break
@@ -186,7 +206,9 @@ def _features(unit: Unit) -> dict:
             mode = {(1.0, -1.0): "truncate toward zero", (1.0, -2.0): "floor", (2.0, -2.0): "nearest"}.get((pos, neg), f"other ({pos}, {neg})")
             ev["term_rounding"] = {"value": mode, "evidence": f"±1.5·2^(E0-F-1) after 2^E0-2^E0 -> ({pos}, {neg}) ulps of 2^(E0-F)"}
     g = G or 4
-    o.offset = K - g if K % g == 0 else 0
+    # the last block, or, where a block holds fewer than the 3 terms the tests below place (a
+    # pairwise unit with G = 2 measures G = 1 or 2), the last 3 slots
+    o.offset = max(0, K - max(g, 3)) if K % g == 0 else 0
     pa = np.zeros((1, K), _F32); pb = np.zeros((1, K), _F32)
     pa[0, o.offset:o.offset + g] = 1.75; pb[0, o.offset:o.offset + g] = 1.75
     try:
@@ -254,12 +276,12 @@ def _features(unit: Unit) -> dict:
     kbig = min(f.emax, 100)
     shift = max(1, min(f.frac_bits, 4))  # the subnormal probe sits `shift` binades below emin
     pa = np.zeros((3, K), _F32); pb = np.zeros((3, K), _F32)
-    q = K - g if K % g == 0 else 0  # the last block
+    q = max(0, K - max(g, 2)) if K % g == 0 else 0  # the last block (2 slots at least)
     pa[0, q] = sub; pb[0, q] = 2.0 ** kbig
     # alignment of a subnormal: product 2^(emin-shift+kbig) (aligned there, "actual", or at
     # emin+kbig, "emin") plus 2^(emin+kbig-F-1), which only the finer grid of "actual" keeps
     sub_probe = False
-    if F:
+    if F and q + 1 < K:
         pa[1, q] = 2.0 ** (f.emin - shift); pb[1, q] = 2.0 ** kbig
         s = o.split(f.emin + kbig - F - 1)
         if s is not None:
@@ -394,6 +416,98 @@ def _validated(model: TC.BlockModel, a, b):
             E._check_block_operands(model, np.ascontiguousarray(b, _F32), "b"))
 
 
+# -- the pairwise family (AMD CDNA1/CDNA2 MFMA) ------------------------------------------------------
+PAIRWISE_FORMATS = ("fp16", "bf16")
+PAIRWISE_G = (1, 2, 4, 8, 16, 32, 64)
+PAIRWISE_PARAMS = ("G", "flush_denormals")
+
+
+def _verify(unit: Unit, predict, va, vb, vc):
+    """One verification round of a closed loop: (ok per fresh block: the prediction's bits == the
+    unit's, the unit's bits)."""
+    vwant = np.asarray(unit.mma(va, vb, vc), dtype=_F32).view(np.uint32)
+    return np.asarray(predict(va, vb, vc), dtype=_F32).view(np.uint32) == vwant, vwant
+
+
+def _grow(unit: Unit, fit_data, va, vb, vc, vwant, bad):
+    """The fit data (a, b, c, want_c, want_0) grown by the mismatching blocks ``bad``, with the
+    unit's bits for them with their c and with c = 0."""
+    a, b, c, want_c, want_0 = fit_data
+    zero_c = np.asarray(unit.mma(va[bad], vb[bad], np.zeros(int(bad.sum()), _F32)), dtype=_F32).view(np.uint32)
+    return (np.concatenate([a, va[bad]]), np.concatenate([b, vb[bad]]), np.concatenate([c, vc[bad]]),
+            np.concatenate([want_c, vwant[bad]]), np.concatenate([want_0, zero_c]))
+
+
+def _pairwise_model(unit: Unit, G: int, flush: bool) -> A.AMDModel:
+    return A.AMDModel(f"card:{unit.name}", unit.arch, "unknown", unit.in_format, "pairwise", G, "hspi card",
+                      flush_denormals=flush)
+
+
+def _pairwise_candidates(unit: Unit) -> list[A.AMDModel]:
+    return [_pairwise_model(unit, G, fl) for G in PAIRWISE_G if unit.K % G == 0 for fl in (False, True)]
+
+
+def _pairwise_card(unit: Unit, a, b, c, want_c, want_0, n_verify: int, seed: int, rounds: int = 2) -> dict:
+    """Closed loop over the pairwise family: every candidate scored on the fit blocks (c = 0 and
+    with c), the best verified on fresh blocks; mismatching blocks join the fit data (at most
+    ``rounds`` times) and the search runs again."""
+    cands = _pairwise_candidates(unit)
+    zero = np.zeros_like(c)
+
+    def score(m):
+        return (int(np.sum(A.mfma_chain(m, a, b, zero).view(np.uint32) == want_0))
+                + int(np.sum(A.mfma_chain(m, a, b, c).view(np.uint32) == want_c)))
+
+    history = []
+    for r in range(rounds + 1):
+        scores = [score(m) for m in cands]
+        best = max(scores)
+        model = cands[scores.index(best)]
+        history.append({"model": {k: getattr(model, k) for k in PAIRWISE_PARAMS}, "matches": best,
+                        "of": 2 * len(c), "searched": len(cands)})
+        va, vb, vc = _blocks(unit, max(n_verify, 100), seed + 101 + r)
+        ok, vwant = _verify(unit, lambda x, y, z: A.mfma_chain(model, x, y, z), va, vb, vc)
+        if ok.all() or r == rounds:
+            break
+        a, b, c, want_c, want_0 = _grow(unit, (a, b, c, want_c, want_0), va, vb, vc, vwant, ~ok)
+        zero = np.zeros_like(c)
+    tied = [m for m, s_ in zip(cands, scores) if s_ == best]
+    same = {k: sorted({getattr(m, k) for m in tied}) for k in PAIRWISE_PARAMS}
+    return {"model": model, "fit": history, "indistinguishable": same, "ok": ok, "vc": vc, "rounds": r + 1}
+
+
+def _counts(ok, vc) -> dict:
+    c0 = vc == 0
+    return {"verify": {"matches": int(ok.sum()), "total": int(ok.size)},
+            "verify_c0": {"matches": int(ok[c0].sum()), "total": int(c0.sum())},
+            "verify_c": {"matches": int(ok[~c0].sum()), "total": int((~c0).sum())}}
+
+
+def _format_reason(fmt: str) -> str:
+    """Why no family of the card takes input format ``fmt``."""
+    takes = f"the block model takes {', '.join(TC._IN_FORMATS)}; the pairwise family {', '.join(PAIRWISE_FORMATS)}"
+    if fmt in ("fp32", "fp64"):
+        why = (f"{fmt} operands are no input format of the card's parameter models ({takes}). A dot product on "
+               f"full {fmt} operands without block alignment (an AMD {fmt} MFMA: an fma chain in k order) is a "
+               f"summation plan: compare it with numerics.plans.Sequential({fmt!r}, fma=True) or reveal its order "
+               f"with hspi reveal")
+    elif "fnuz" in fmt:
+        why = (f"{fmt}: the fnuz fp8 formats (bias 8 / 16, no -0, one NaN, no inf) are no input format of the "
+               f"card's parameter models ({takes}); numerics.amd models these MFMAs (fused_rd_evenodd)")
+    else:
+        why = f"input format {fmt!r} is none of the card's parameter models' ({takes})"
+    return why + "; no feature test was run and no model is claimed"
+
+
+def _undescribed(unit: Unit, reason: str, t0: float) -> dict:
+    empty = {"matches": 0, "total": 0}
+    return {"unit": unit.name, "in_format": unit.in_format, "K": unit.K, "family": None, "described": False,
+            "reason": reason, "params": {}, "features": {}, "fit": [], "indistinguishable": {},
+            "emax_floor_indistinguishable": [], "verify": dict(empty), "verify_c0": dict(empty),
+            "verify_c": dict(empty), "exact": False, "verify_rounds": 0,
+            "seconds": round(time.perf_counter() - t0, 3)}
+
+
 def numerics_card(unit: Unit, n_verify: int = 100_000, seed: int = 0, fit_blocks: int = 20_000,
                   epilogue: str = "auto") -> dict:
     """The card of ``unit``: parameters, per-feature evidence, fit and verification counts.
@@ -401,8 +515,16 @@ def numerics_card(unit: Unit, n_verify: int = 100_000, seed: int = 0, fit_blocks
     The core parameters are fitted on the blocks with c = 0 and on the same blocks with their c;
     ``epilogue`` (``auto``: both tried, ``fused`` preferred on a tie) says how c joins: inside
     the first block, or added in fp32 after the core (library GEMMs computing ``A @ B + C``).
-    Verification counts are reported for all blocks and separately for those with c = 0."""
+    Verification counts are reported for all blocks and separately for those with c = 0.
+
+    When no block model verifies, an fp16/bf16 unit is fitted against the pairwise family (module
+    docstring); ``family`` is the family that verified ("block" | "pairwise"), ``described``
+    whether one did, ``reason`` why not (also for input formats no family takes: then no test
+    runs). A pairwise card's ``params`` are the pairwise unit's; ``block_model`` keeps the best
+    block model the closed loop found, with its verification counts."""
     t0 = time.perf_counter()
+    if unit.in_format not in TC._IN_FORMATS:
+        return _undescribed(unit, _format_reason(unit.in_format), t0)
     ev = _features(unit)
     proposal = _propose(unit, ev)
     a, b, c = _blocks(unit, fit_blocks, seed)
@@ -441,47 +563,67 @@ def numerics_card(unit: Unit, n_verify: int = 100_000, seed: int = 0, fit_blocks
     for r in range(rounds + 1):
         va, vb, vc = _blocks(unit, max(n_verify, 100), seed + 1 + r)
         va, vb = _validated(model, va, vb)
-        vwant = np.asarray(unit.mma(va, vb, vc), dtype=_F32).view(np.uint32)
-        ok = _predict(model, ep, va, vb, vc).view(np.uint32) == vwant
+        ok, vwant = _verify(unit, lambda x, y, z: _predict(model, ep, x, y, z), va, vb, vc)
         if ok.all() or r == rounds:
             break
-        bad = ~ok
-        a, b, c = np.concatenate([a, va[bad]]), np.concatenate([b, vb[bad]]), np.concatenate([c, vc[bad]])
+        a, b, c, want_c, want_0 = _grow(unit, (a, b, c, want_c, want_0), va, vb, vc, vwant, ~ok)
         zero = np.zeros_like(c)
-        want_c = np.concatenate([want_c, vwant[bad]])
-        want_0 = np.concatenate([want_0, np.asarray(unit.mma(va[bad], vb[bad], np.zeros(int(bad.sum()), _F32)),
-                                                    dtype=_F32).view(np.uint32)])
         model, ep, best = fit(model)
     # values the data cannot tell apart
     same: dict = {}
     for key, values in SEARCHED.items():
         same[key] = [v for v in values if v == getattr(model, key) or score(replace(model, **{key: v}), ep) == best]
     same["epilogue"] = [e for e in epilogues if e == ep or score(model, e) == best]
-    c0 = vc == 0
     params = model_params(model)
     params["epilogue"] = ep
-    return {
-        "unit": unit.name, "in_format": unit.in_format, "K": unit.K, "params": params,
+    card = {
+        "unit": unit.name, "in_format": unit.in_format, "K": unit.K, "family": "block",
+        "described": bool(ok.all()), "reason": None, "params": params,
         "features": ev, "fit": history, "indistinguishable": same,
         "emax_floor_indistinguishable": same["emax_floor"],
-        "verify": {"matches": int(ok.sum()), "total": int(ok.size)},
-        "verify_c0": {"matches": int(ok[c0].sum()), "total": int(c0.sum())},
-        "verify_c": {"matches": int(ok[~c0].sum()), "total": int((~c0).sum())},
+        **_counts(ok, vc),
         "exact": bool(ok.all()), "verify_rounds": r + 1,
-        "seconds": round(time.perf_counter() - t0, 3),
     }
+    if not ok.all():
+        block = f"the best block model verifies {int(ok.sum())}/{ok.size} blocks"
+        if unit.in_format in PAIRWISE_FORMATS:
+            pw = _pairwise_card(unit, a, b, c, want_c, want_0, max(n_verify, 100), seed)
+            pok, pm = pw["ok"], pw["model"]
+            if pok.all():
+                card.update({
+                    "family": "pairwise", "described": True, "exact": True,
+                    "params": {"family": "pairwise", "in_format": unit.in_format, "out_format": "fp32",
+                               "G": pm.G, "flush_denormals": pm.flush_denormals},
+                    "block_model": {"params": params, **_counts(ok, vc)},
+                    "fit": history + pw["fit"], "indistinguishable": pw["indistinguishable"],
+                    "emax_floor_indistinguishable": [], **_counts(pok, pw["vc"]), "verify_rounds": pw["rounds"],
+                    "reason": f"no block model describes the unit ({block}); the pairwise unit (a pairwise "
+                              f"fp32-RNE tree per group of G = {pm.G} products, each group sum added to the "
+                              f"accumulator in fp32 RNE, subnormals {'flushed' if pm.flush_denormals else 'kept'}) "
+                              f"verifies {int(pok.sum())}/{pok.size}"})
+            else:
+                card["reason"] = (f"not described by the card's parameter models: {block}; the best pairwise unit "
+                                  f"(G = {pm.G}, flush_denormals = {pm.flush_denormals}) {int(pok.sum())}/{pok.size}")
+                card["pairwise"] = {"params": {k: getattr(pm, k) for k in PAIRWISE_PARAMS}, **_counts(pok, pw["vc"])}
+        else:
+            card["reason"] = (f"not described by the card's parameter models: {block} (the pairwise family takes "
+                              f"{', '.join(PAIRWISE_FORMATS)} only)")
+    card["seconds"] = round(time.perf_counter() - t0, 3)
+    return card
 
 
 def card_table(card: dict):
     from rich.table import Table
 
     t = Table(title=f"numerics card — {card['unit']} ({card['in_format']}), verify "
-                    f"{card['verify']['matches']}/{card['verify']['total']}")
+                    f"{card['verify']['matches']}/{card['verify']['total']}"
+                    + (f", family {card['family']}" if card.get("family") else ""))
     t.add_column("feature / parameter")
     t.add_column("value")
     t.add_column("evidence", overflow="fold")
+    block = card.get("family", "block") == "block"
     for k, v in card["params"].items():
-        e = card["features"].get(k, {})
+        e = card["features"].get(k, {}) if block else {}  # a pairwise card's params: the fit alone
         t.add_row(k, str(v), str(e.get("evidence", "closed-loop fit")))
     for k, e in card["features"].items():
         if k not in card["params"]:
@@ -489,6 +631,9 @@ def card_table(card: dict):
     for k, values in card.get("indistinguishable", {}).items():
         if len(values) > 1:
             t.add_row(f"{k}: equal on the data", str(values), "")
+    if card.get("reason"):
+        t.add_row("described" if card.get("described") else "NOT DESCRIBED", str(card.get("described", True)),
+                  card["reason"])
     t.add_row("verify c = 0 / c != 0", f"{card['verify_c0']['matches']}/{card['verify_c0']['total']} / "
                                        f"{card['verify_c']['matches']}/{card['verify_c']['total']}", "")
     return t
