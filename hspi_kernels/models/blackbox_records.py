@@ -9,7 +9,6 @@ The H200 curves of issue 21 are not measured here (this is a CPU machine, a tiny
 
 from __future__ import annotations
 
-import json
 import platform as _platform
 import sys
 import time
@@ -18,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from hspi_kernels.platform.files import atomic_write_json
 from hspi_kernels.models import power, prompts, sampled
 
 BASE = "fp32.torch.batched"
@@ -105,7 +105,7 @@ def run(out_dir: str | Path, quick: bool = False) -> dict[str, Any]:
     rec["seconds"] = round(time.time() - t0, 1)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "cpu_power.json").write_text(json.dumps(rec, indent=1) + "\n")
+    atomic_write_json(out / "cpu_power.json", rec, allow_nan=True)
     return rec
 
 
@@ -152,8 +152,8 @@ def markdown(rec: dict[str, Any]) -> str:
                              f"{r['seed_sync_accuracy']:.3f} | {r['seed_sync_power']:.3f} |")
     d = rec["deterministic_mode"]["use_deterministic_algorithms"]
     lines += ["", "## Deterministic modes", "",
-              f"- row-by-row (batch-invariant serving, batch 1) vs batched decode: the rows above with "
-              f"`fp32.torch.rowwise`.",
+              "- row-by-row (batch-invariant serving, batch 1) vs batched decode: the rows above with "
+              "`fp32.torch.rowwise`.",
               "- fixed-order linears (sequential-K fp32, batch-invariant) vs torch: the rows with `fp32.fixed.batched`.",
               f"- `torch.use_deterministic_algorithms(True)` on CPU: {d['bits_differ']} of {d['logits_compared']} "
               f"logits differ in bits. {d['note']}.", ""]

@@ -32,11 +32,11 @@ GPU, so a cut is visible, never silent). Then, on any CPU machine:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import traceback
 from pathlib import Path
+from hspi_kernels.platform.files import atomic_write_json
 from hspi_kernels import platform as plat
 from hspi_kernels.models import collect as mc
 from hspi_kernels.models import eqc as meqc
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def save_summary():
         summary["elapsed_s"] = elapsed()
-        sum_path.write_text(json.dumps(summary, indent=1, default=str))
+        atomic_write_json(sum_path, summary, default=str, allow_nan=True)
 
     def on_run(rec):
         print(f"[{elapsed():6.1f}s]   {rec['status']:>11} {rec['label']} "

@@ -16,6 +16,8 @@ import re
 import sys
 from pathlib import Path
 
+from hspi_kernels.platform.files import atomic_write_json
+
 
 def main(rec: str, out: str) -> None:
     rec_dir = Path(rec)
@@ -46,8 +48,8 @@ def main(rec: str, out: str) -> None:
         idents.append({"file": path.name, "status": r.get("status"), "platform": r.get("platform"),
                        "reference": r.get("reference"), "summary": r.get("summary")})
     env = json.loads((rec_dir / "env.json").read_text()) if (rec_dir / "env.json").exists() else None
-    Path(out).write_text(json.dumps({"kind": "hspi_probe_runs", "platform": env, "runs": runs, "identify": idents},
-                                    indent=1) + "\n")
+    atomic_write_json(out, {"kind": "hspi_probe_runs", "platform": env, "runs": runs, "identify": idents},
+                      allow_nan=True)
 
 
 if __name__ == "__main__":

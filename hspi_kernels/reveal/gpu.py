@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import signal
 import sys
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hspi_kernels.platform.files import atomic_write_json
 from hspi_kernels import platform as plat
 from hspi_kernels.kernels.cuda import gemm_tensor_core as tc
 from hspi_kernels.numerics.tensor_core import get_preset
@@ -149,7 +149,7 @@ def session(out_dir: str, budget: float = 240.0) -> int:
 
     def save():
         record["total_s"] = round(time.perf_counter() - t_start, 1)
-        (out / "card_reveal.json").write_text(json.dumps(record, indent=1, default=str))
+        atomic_write_json(out / "card_reveal.json", record, default=str, allow_nan=True)  # rewritten per step
 
     def step(kind, label, fn, box):
         t0 = time.perf_counter()
