@@ -30,7 +30,7 @@ from hspi_kernels.identify import Reference, stack as ident_stack  # noqa: E402
 from hspi_kernels.kernels import bench as kbench, validation  # noqa: E402
 from hspi_kernels.models import analysis, collect as mc, crossplatform as cp, eqc as meqc  # noqa: E402
 from hspi_kernels.models import hspi_bi, hspi_ld, matching, zoo  # noqa: E402
-from hspi_kernels.numerics import tensor_core as TC  # noqa: E402
+from hspi_kernels.numerics import amd as AMD, tensor_core as TC  # noqa: E402
 from hspi_kernels.platform.capabilities import capabilities  # noqa: E402
 from hspi_kernels.platform.files import OutputPathError, atomic_write_text, check_output_dir, check_output_path  # noqa: E402
 from hspi_kernels.probes import cache as probe_cache, server as srv  # noqa: E402
@@ -755,7 +755,8 @@ CARD_MIN_VERIFY = 100
 
 
 @app.command(help="Tensor-core numerics card: block-model parameters from feature tests, closed-loop verified.\n\n"
-             "Presets for --path emulated:<preset>: " + ", ".join(sorted(TC.PRESETS)))
+             "Presets for --path emulated:<preset>: " + ", ".join(sorted(TC.PRESETS)) + "; AMD MFMA: "
+             + ", ".join(sorted(AMD.AMD_PRESETS)))
 def card(
     path: str = typer.Option("emulated:sm_90.mma/bf16->fp32", "--path",
                              help="GPU: " + " | ".join(CARD_GPU_PATHS) + "; anywhere: emulated:<preset> "
@@ -774,9 +775,12 @@ def card(
         _fail(f"unknown --out-format {out_format!r}: expected one of {', '.join(CARD_OUT_FORMATS)}", 2)
     if path.startswith("emulated:"):
         name = path.split(":", 1)[1]
-        if name not in TC.PRESETS:
-            _fail(f"unknown preset {name!r}; known: {', '.join(sorted(TC.PRESETS))}", 2)
-        unit = C.emulated_unit(TC.PRESETS[name])
+        if name in TC.PRESETS:
+            unit = C.emulated_unit(TC.PRESETS[name])
+        elif name in AMD.AMD_PRESETS:  # pairwise CDNA units are fitted by the card's pairwise family
+            unit = C.amd_unit(AMD.AMD_PRESETS[name])
+        else:
+            _fail(f"unknown preset {name!r}; known: {', '.join(sorted(TC.PRESETS) + sorted(AMD.AMD_PRESETS))}", 2)
     else:
         if path not in CARD_GPU_PATHS:
             _fail(f"unknown --path {path!r}: expected one of {', '.join(CARD_GPU_PATHS)} (GPU) or emulated:<preset>", 2)

@@ -117,3 +117,20 @@ def test_negative_control_families():
     assert nv["family"] == "block" and nv["exact"] and nv["described"] and nv["reason"] is None
     assert "pairwise" not in nv and "block_model" not in nv
     assert _card("cdna3.mfma/fp16->fp32")["family"] == "block"
+
+
+def test_card_cli_takes_amd_presets():
+    """`hspi card --path emulated:<AMD preset>`: a CDNA1 fp16 unit comes back as the pairwise
+    family, exact on the fresh verification blocks; an unknown preset is a usage error."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from hspi_kernels.cli import app
+
+    r = CliRunner().invoke(app, ["card", "--path", "emulated:cdna1.mfma/fp16->fp32", "--verify", "300", "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["exact"] and res.get("family") == "pairwise"
+    bad = CliRunner().invoke(app, ["card", "--path", "emulated:cdna9.mfma/fp16->fp32"])
+    assert bad.exit_code == 2 and "unknown preset" in bad.output
