@@ -234,6 +234,8 @@ def render(refs: list[Reference], progress=None) -> tuple[str, dict[str, Any]]:
         series = []
         for i in range(len(refs)):
             for j in range(i + 1, len(refs)):
+                if pid not in recs[i] and pid not in recs[j]:
+                    continue  # a probe only another reference ran (e.g. the H200's stack probes)
                 row = compare_records(recs[i].get(pid), recs[j].get(pid))
                 if row["verdict"] == "differs" and row["ulp"]:
                     u = row["ulp"]

@@ -78,7 +78,7 @@ def test_forked_child_after_openmp_does_not_hang():
     assert r.returncode == 0, r.stderr.decode()[-2000:]
 
 
-def test_fork_ready_refuses_after_a_probe_ran():
+def test_fork_ready_refuses_after_a_probe_ran(tmp_path):
     """The guard against the hang above: in a fresh process fork is allowed; once a probe ran
     (CPU ops, the native feature extractor: OpenMP teams), fork_ready says no with the reason
     (probes.parallel.start then spawns its workers instead of forking them)."""
@@ -92,6 +92,7 @@ def test_fork_ready_refuses_after_a_probe_ran():
         assert not ok and "OpenMP" in why, why
         print("REFUSED", why)
     """)
-    r = subprocess.run([sys.executable, "-c", code], timeout=120, capture_output=True)
+    # outside the checkout: its uncompiled source tree must not shadow the installed package
+    r = subprocess.run([sys.executable, "-c", code], timeout=120, capture_output=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr.decode()[-2000:]
     assert b"REFUSED" in r.stdout

@@ -184,26 +184,34 @@ def test_peer_of_another_user_is_refused():
     listener.listen(1)
     address = listener.getsockname()
     me = srv.identity()  # computed here: the child cannot read this user's cache as nobody
+    rfd, wfd = os.pipe()  # the child's error, if any, for the assertion message
     pid = os.fork()
     if pid == 0:  # the child becomes nobody, then connects (SO_PEERCRED is taken at connect)
         code = 3
         try:
+            os.close(rfd)
             listener.close()
             os.setuid(65534)
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
                 c.connect(address)
-                c.sendall(json.dumps({"hello": me, "ping": True}).encode() + b"\n")
+                srv._send_request(c, {"hello": me, "ping": True})  # the refusal may come before it is read
                 answer = json.loads(c.makefile("rb").readline())
             code = 0 if "refused" in answer.get("error", "") else 1
+        except BaseException as exc:  # noqa: BLE001 -- reported to the parent
+            os.write(wfd, repr(exc).encode()[:2000])
         finally:
             os._exit(code)
+    os.close(wfd)
     conn, _ = listener.accept()
     with conn:
         assert srv.peer_uid(conn) == 65534
         srv._handle(conn, me, {})
     listener.close()
     _, status = os.waitpid(pid, 0)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"another user's ping was not refused ({status})"
+    with os.fdopen(rfd, "rb") as r:
+        child_error = r.read().decode(errors="replace")
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, \
+        f"another user's ping was not refused ({status}): {child_error}"
     # negative control: the same check passes this user's own peer
     a, b = socket.socketpair()
     with a, b:

@@ -26,10 +26,11 @@ VERBS = {
 }
 
 
-def _kill_at(args, delay, env) -> bool:
-    """Run the verb, SIGKILL it after ``delay`` s (process group); True when it had already ended."""
+def _kill_at(args, delay, env, cwd) -> bool:
+    """Run the verb in ``cwd`` (outside the checkout: its source tree must not shadow the installed
+    package), SIGKILL it after ``delay`` s (process group); True when it had already ended."""
     p = subprocess.Popen([sys.executable, "-m", "hspi_kernels", *args], env=env, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, start_new_session=True)
+                         stderr=subprocess.DEVNULL, start_new_session=True, cwd=cwd)
     try:
         p.wait(timeout=delay)
         return True
@@ -48,7 +49,7 @@ def test_sigkill_never_leaves_a_half_written_output(verb, tmp_path):
     full = []
     for _ in range(2):  # the first run warms the page cache; the kills are timed on the faster one
         t0 = time.perf_counter()
-        assert _kill_at([*args, "--out", str(out)], 300, env), f"hspi {verb} did not finish"
+        assert _kill_at([*args, "--out", str(out)], 300, env, tmp_path), f"hspi {verb} did not finish"
         full.append(time.perf_counter() - t0)
     full = min(full)
     old = out.read_bytes()
@@ -61,7 +62,7 @@ def test_sigkill_never_leaves_a_half_written_output(verb, tmp_path):
         target.parent.mkdir()
         if i % 2:
             target.write_bytes(old)
-        finished = _kill_at([*args, "--out", str(target)], float(rng.uniform(0.2, 1.0) * full), env)
+        finished = _kill_at([*args, "--out", str(target)], float(rng.uniform(0.2, 1.0) * full), env, tmp_path)
         if not target.exists():
             assert not i % 2, "the old file vanished"
             outcomes["absent"] += 1

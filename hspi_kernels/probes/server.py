@@ -271,11 +271,20 @@ def _lines(s: socket.socket):
             yield line
 
 
+def _send_request(s: socket.socket, req: dict) -> None:
+    """Send one request line. The server may answer and close before reading it (a refused peer):
+    then the write fails with EPIPE while its answer waits to be read, so that is not an error."""
+    try:
+        s.sendall((json.dumps(req) + "\n").encode())
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+
+
 def ping(path: str | os.PathLike | None = None, timeout: float = 5.0) -> dict:
     """The server's identity and pid; ServerUnavailable / ServerError."""
     path = Path(path) if path is not None else socket_path()
     with _connect(path, timeout) as s:
-        s.sendall((json.dumps({"hello": identity(), "ping": True}) + "\n").encode())
+        _send_request(s, {"hello": identity(), "ping": True})
         for line in _lines(s):
             msg = json.loads(line)
             if "error" in msg:
@@ -294,7 +303,7 @@ def request(ids: list[str], *, profile_kernels: bool = False, use_cache: bool = 
     req = {"hello": identity(), "ids": list(ids), "profile_kernels": profile_kernels, "use_cache": use_cache}
     records: dict[str, dict] = {}
     with _connect(path, 10.0) as s:
-        s.sendall((json.dumps(req) + "\n").encode())
+        _send_request(s, req)
         s.settimeout(timeout)
         for line in _lines(s):
             msg: dict[str, Any] = json.loads(line)
