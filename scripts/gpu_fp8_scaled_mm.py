@@ -26,6 +26,7 @@ import traceback
 import numpy as np
 
 from hspi_kernels import platform as plat
+from hspi_kernels.numerics import plans as P
 from hspi_kernels.numerics.evaluate import gemm
 from hspi_kernels.platform.files import atomic_write_json, check_output_dir
 from hspi_kernels.reveal import fp8
@@ -120,7 +121,7 @@ def main(argv=None) -> int:
                     Ds = fn(a, b, torch.from_numpy(np.asarray(sa_v)).cuda().reshape(sa.shape),
                             torch.from_numpy(np.asarray(sb_v)).cuda().reshape(sb.shape)).float().cpu().numpy()
                     sel = np.arange(rows)
-                    acc = gemm(_plan(exact[0]), A[sel], B)
+                    acc = gemm(P.plan_from_json(exact[0]["plan_json"]), A[sel], B)
                     want = np.ascontiguousarray(Ds[sel]).view(np.uint32)
                     ep = {}
                     for en in fp8.EPILOGUES:
@@ -144,12 +145,6 @@ def main(argv=None) -> int:
               f"{str(ex.get('split_k', '-')):>6} {ex.get('full', r.get('best_screen', '-')):>13} {best} {ep.get(best, '')}")
     print(f"total {rec.get('total_s')} s")
     return 0
-
-
-def _plan(entry):
-    from hspi_kernels.numerics import plans as P
-
-    return P.plan_from_json(entry["plan_json"])
 
 
 if __name__ == "__main__":

@@ -36,10 +36,10 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from hspi_kernels.platform.files import atomic_write_json
 from hspi_kernels import platform as plat
 from hspi_kernels.models import collect as mc
 from hspi_kernels.models import eqc as meqc
+from hspi_kernels.platform.files import atomic_write_json
 
 START = time.perf_counter()
 GRID = [f"{d}.{a}.{g}.b{b}" for g in ("torch", "fixed") for a in ("sdpa", "eager") for d in ("bf16", "fp16")

@@ -256,7 +256,7 @@ def _reduce(plan: P.Plan, t: _Terms, c):
         if m > plan.size:
             raise ValueError(f"{plan!r} reduces at most {plan.size} values, got {m}")
         v = t.values()
-        size = min(plan.size, 1 << max(0, (m - 1).bit_length()))  # strides >= m pass through
+        size = P.tree_slots(plan.size, m)
         slots = [v[:, i] for i in range(m)] + [None] * (size - m)
         stride = size // 2
         while stride:  # for (s = size/2; s > 0; s >>= 1) if (tid < s) v[tid] += v[tid + s]
@@ -268,9 +268,7 @@ def _reduce(plan: P.Plan, t: _Terms, c):
         if m > plan.width:
             raise ValueError(f"{plan!r} reduces at most {plan.width} values, got {m}")
         v = t.values()
-        # lane 0 ends with the BlockTree(width) sum, and offsets >= m pass it through: the same
-        # result with the smallest power of two >= m lanes
-        width = min(plan.width, 1 << max(0, (m - 1).bit_length()))
+        width = P.tree_slots(plan.width, m)
         lanes = [v[:, i] for i in range(m)] + [None] * (width - m)
         offset = width // 2
         while offset:  # every lane: v += __shfl_xor_sync(v, offset)

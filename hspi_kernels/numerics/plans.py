@@ -581,9 +581,7 @@ class _Lowering:
             size = plan.size if isinstance(plan, BlockTree) else plan.width
             if m > size:
                 raise ValueError(f"{plan!r} reduces at most {size} values, got {m}")
-            # strides >= m only pass values through (their partners are absent): the same tree as
-            # the smallest power of two >= m, without a slot list of a hostile size
-            size = min(size, 1 << max(0, (m - 1).bit_length()))
+            size = tree_slots(size, m)
             slots = list(items) + [None] * (size - m)
             stride = size // 2
             while stride:
@@ -602,6 +600,14 @@ class _Lowering:
 
             return self.add_c(self.value(rec(plan.nodes)), c)
         raise ValueError(f"cannot lower plan {plan!r}")
+
+
+def tree_slots(size: int, m: int) -> int:
+    """Slots a ``BlockTree(size)`` / ``WarpButterfly(size)`` over ``m <= size`` values needs: the
+    strides (offsets) >= m only pass values through (their partners are absent; lane 0 of the
+    butterfly ends with the block-tree sum), so the tree is that of the smallest power of two
+    >= m, without a slot list of a hostile size."""
+    return min(size, 1 << max(0, (m - 1).bit_length()))
 
 
 def split_k_indices(plan: SplitK, m: int) -> list[np.ndarray]:

@@ -258,7 +258,8 @@ def open_npz_bounded(path: str | os.PathLike, max_bytes: int, *, kind: str = "np
 
     import numpy as np
 
-    if isinstance(path, (str, os.PathLike)):
+    is_file_object = not isinstance(path, (str, os.PathLike))
+    if not is_file_object:
         check_input_size(path, max_bytes, kind=kind)
     else:  # an open binary file (BytesIO...): the same bound on what is left of it
         start = path.tell()
@@ -268,12 +269,10 @@ def open_npz_bounded(path: str | os.PathLike, max_bytes: int, *, kind: str = "np
             raise InputFileError(f"{path}: {kind} of {size} bytes is larger than the {max_bytes}-byte limit")
     limit = NPZ_UNPACK_RATIO * max_bytes if max_unpacked is None else max_unpacked
     try:
-        if not isinstance(path, (str, os.PathLike)):
-            start = path.tell()
         with zipfile.ZipFile(path) as zf:
             unpacked = sum(info.file_size for info in zf.infolist())
-        if not isinstance(path, (str, os.PathLike)):
-            path.seek(start)
+        if is_file_object:
+            path.seek(start)  # back to where np.load must start reading
     except (zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
         raise InputFileError(f"{path}: truncated or corrupt {kind}, not a readable npz archive "
                              f"({type(exc).__name__}: {exc})") from None

@@ -122,7 +122,7 @@ def epilogue(name: str, acc: np.ndarray, sa, sb, out_format: str) -> np.ndarray:
     sb = np.asarray(sb, dtype=np.float32)
     with np.errstate(over="ignore"):
         y = np.asarray(EPILOGUES[name](np.asarray(acc, np.float32), sa, sb), dtype=np.float32)
-    return to_format(y, out_format) if out_format != "fp32" else y
+    return to_format(y, out_format)
 
 
 def find_plans(D: np.ndarray, A: np.ndarray, B: np.ndarray, candidates, out_format: str = "fp32",
@@ -140,7 +140,7 @@ def find_plans(D: np.ndarray, A: np.ndarray, B: np.ndarray, candidates, out_form
     results = []
     for desc, plan in candidates:
         got = gemm(plan, A[rows], B[:, cols])
-        got = to_format(got, out_format) if out_format != "fp32" else got
+        got = to_format(got, out_format)
         m = int(np.sum(got.view(np.uint32) == want))
         results.append({**desc, "plan": repr(plan), "plan_json": plan.to_json(), "screen": f"{m}/{want.size}",
                         "_m": m, "_plan": plan})
@@ -150,7 +150,7 @@ def find_plans(D: np.ndarray, A: np.ndarray, B: np.ndarray, candidates, out_form
     for r in results:
         if r["_m"] == want.size:
             got = gemm(r["_plan"], A[fr], B)
-            got = to_format(got, out_format) if out_format != "fp32" else got
+            got = to_format(got, out_format)
             r["full"] = f"{int(np.sum(got.view(np.uint32) == want_full))}/{want_full.size}"
         r.pop("_m")
         r.pop("_plan")

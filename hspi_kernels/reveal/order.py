@@ -75,13 +75,16 @@ class QueryEngine:
             raise RevealError(f"{target.name}: M = 2^{e} (accumulation {self.acc_bits} bits, n={self.n}) is not "
                               f"representable in the input format (max 2^{target.max_exponent})")
         self.M = float(2.0 ** e)
-        cap = 2 ** min(target.out_bits, 24)
-        self.window = self.n if self.n <= cap else cap
-        self.windows = [(s, min(s + self.window, self.n)) for s in range(0, self.n, self.window)]
+        self.cap = 2 ** min(target.out_bits, 24)  # ones per call that the output counts exactly
         self.batch = batch
         self.calls = 0  # vectors evaluated
         self.launches = 0  # op invocations (batched)
         self.queries = 0
+
+    @property
+    def windows(self) -> list[tuple[int, int]]:
+        """The (start, end) runs of at most ``cap`` terms that a query with ones on every term uses."""
+        return [(s, min(s + self.cap, self.n)) for s in range(0, self.n, self.cap)]
 
     def sizes(self, i: int, js) -> np.ndarray:
         """|subtree(lca(i, j))| for each j in js."""
@@ -103,8 +106,7 @@ class QueryEngine:
         iis = np.asarray(iis, dtype=np.int64)
         js = np.asarray(js, dtype=np.int64)
         ones = np.asarray(ones, dtype=np.int64)
-        cap = 2 ** min(self.target.out_bits, 24)
-        windows = [ones[s:s + cap] for s in range(0, len(ones), cap)] or [ones]
+        windows = [ones[s:s + self.cap] for s in range(0, len(ones), self.cap)] or [ones]
         out = np.zeros(len(js), dtype=np.int64)
         self.queries += len(js)
         for start in range(0, len(js), self.batch):
@@ -520,7 +522,7 @@ def pivot_row(root: int, pivot: int, tables, n: int) -> np.ndarray:
     return row
 
 
-def family_max_parts(n: int, G: int = 16) -> int:
+def family_max_parts(n: int) -> int:
     """Largest split-K factor searched for K = n: 16, and up to 32 for long K (a part keeps at least
     512 terms, what split-K kernels need to be worth their combine)."""
     return int(max(16, min(32, n // 512)))
@@ -767,7 +769,8 @@ def _reveal_structured(target, replay_count: int, seed: int, t0: float) -> Revea
         near = ", ".join(f"{plan!r} ({wrong}/{tot} counts wrong)" for plan, wrong, tot in closest)
         note = (f"ruled out all {len(family)} plans of the split-K family (factors 1..{family_max_parts(n)}, "
                 f"contiguous/interleaved, tiles {sorted({getattr(f, 'tile', 0) for f in family} - {0})}, "
-                f"5 combines) on {queries} masked queries; closest: {near}; not revealed")
+                f"combines {sorted({type(f.combine).__name__ for f in family if isinstance(f, P.SplitK)})}) on "
+                f"{queries} masked queries; closest: {near}; not revealed")
     G = target.block.model().G if target.block is not None else None
     return RevealResult(target.name, n, chosen, chosen is not None, engine.calls, engine.launches,
                         time.perf_counter() - t0, matches, total, basic_fprev_calls(n), 0, G, note, tried)

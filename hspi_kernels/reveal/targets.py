@@ -128,7 +128,7 @@ class Target:
             D = np.asarray(self.gemm(A, B), dtype=np.float32)
             E = self.finish(gemm(plan, A[rows], B[:, :cols]))
             got, want = E.view(np.uint32).reshape(-1), D[rows, :cols].view(np.uint32).reshape(-1)
-            take = min(got.size, count - total)
+            take = min(got.size, need)
             matches += int(np.sum(got[:take] == want[:take]))
             total += take
         return matches, total
