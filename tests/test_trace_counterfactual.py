@@ -192,3 +192,127 @@ def test_cli_explain_bad_input_is_one_line_no_traceback(saved, traces):
     r = runner.invoke(app, ["trace", "explain", str(pa), str(q)])
     assert r.exit_code == 2 and "different models" in r.output and "Traceback" not in r.output
     assert len(r.output.strip().splitlines()) == 1
+
+
+# -- input layout: equal values, another memory layout, other bits (the cuDNN SDPA case on a GPU) --
+class _RowSum:
+    """A tiny module: h = x @ W (mm), then a row sum of h in row-major (A) or column-major (B)
+    storage. The CPU sum kernel walks a strided row in another order, so B's sum gives other bits
+    from the same values (55 of 64 rows for this seed)."""
+
+    @staticmethod
+    def trace(column_major: bool, seed: int = 0):
+        import torch
+        from hspi_kernels import platform as plat
+
+        class M(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                g = torch.Generator().manual_seed(seed)
+                self.w = torch.nn.Parameter(torch.randn(96, 1000, generator=g), requires_grad=False)
+
+            def forward(self, x):
+                h = x @ self.w
+                if column_major:
+                    h = h.t().contiguous().t()  # same values, strides (1, 64)
+                return h.sum(-1)
+
+        m = M()
+        x = torch.randn(64, 96, generator=torch.Generator().manual_seed(seed + 1))
+        meta, arrays = T.record(m, lambda: m(x), keep="all", profile=False, regenerable=False)
+        meta.update({"model": {"name": "rowsum", "seed": seed, "spec": {}}, "platform": plat.collect(),
+                     "run": {"device": "cpu", "batch": 64, "length": 96, "tokens": [], "gemm": "torch"},
+                     "label": "column-major" if column_major else "row-major"})
+        return T.Trace(meta, arrays, "B" if column_major else "A")
+
+
+def test_layout_is_recorded_and_diff_names_it():
+    a, b = _RowSum.trace(False), _RowSum.trace(True)
+    (sa,) = [o for o in a.ops if o["op"] == "sum"]
+    (sb,) = [o for o in b.ops if o["op"] == "sum"]
+    assert sa["inputs"][0]["layout"][0] == [1000, 1] and sb["inputs"][0]["layout"][0] == [1, 64]
+    d = T.diff(a, b)
+    (o,) = d["origins"]
+    assert o["key"] == sa["key"] and o["input_layouts_differ"] == {"0": {"stride": [[1000, 1], [1, 64]]}}
+
+
+def test_input_layout_cause_found_and_checked_by_replay():
+    a, b = _RowSum.trace(False), _RowSum.trace(True)
+    m = C.counterfactual(a, b)
+    (r,) = m["own_divergences"]
+    assert r["cause"]["category"] == "input layout" and r["cause"]["layouts"] == {"0": {"stride": [[1000, 1], [1, 64]]}}
+    # B's kernel call (its layout) on A's values gives B's bits, not A's: an own divergence, all outputs
+    assert r["b_on_a"]["n"] == 64 and 0 < r["b_on_a"]["n_diff"] <= 64 and r["b_on_a"]["gives_own"]
+    assert C.SYMBOLS["input layout"] in "".join("".join(g.values()) for g in m["grid"].values())
+
+
+def test_same_layout_is_not_a_layout_cause():
+    # negative control: two row-major runs have no divergence; a layout change that leaves the
+    # bits alone (the mm of B reads the same row-major x) is not reported
+    a, a2, b = _RowSum.trace(False), _RowSum.trace(False), _RowSum.trace(True)
+    assert C.counterfactual(a, a2)["summary"]["differ"] == 0
+    mm = [r for r in T.diff(a, b)["ops"] if r["op"] == "mm"]
+    assert mm and all(r["status"] == "equal" for r in mm)
+    # and the placement really rebuilds strides: A's op re-run in B's layout gives B's bits
+    (ob,) = [o for o in b.ops if o["op"] == "sum"]
+    vals = C._input_values(a, [o for o in a.ops if o["op"] == "sum"][0])
+    assert C._kernel_reproduces(ob, C._run_kernel(ob, vals, b))
+
+
+# -- attention regions: a fused op on one side, the math decomposition on the other ---------------------
+@pytest.fixture(scope="module")
+def fused_vs_math():
+    kw = dict(dtype="bf16", batch=2, length=16, profile=False)
+    return T.run_model("tiny-llama", **kw), T.run_model("tiny-llama", **kw, attn="sdpa-math")
+
+
+def test_fused_attention_region_own_divergence(fused_vs_math):
+    a, b = fused_vs_math
+    m = C.counterfactual(a, b)
+    regions = m["regions"]
+    assert [x["key"].split(".")[2] for x in regions] == ["0", "1"] and all(x["side"] == "A" for x in regions)
+    for x in regions:
+        assert x["kernel_reproduces"] and x["own"] is True and x["cause"]["category"] == "attention backend"
+        assert x["other_backend"] == "math (decomposed)"
+        n = 2 * 4 * 16 * 16  # batch x heads x length x head_dim: every output of the region
+        assert x["other_on_this"]["n"] == n and 0 < x["other_on_this"]["n_diff"] < n
+    # layer 0 sees equal q, k, v on both sides: the math replay must be B's own region output
+    assert regions[0]["other_region_output_equal"] is True and "other_region_output_equal" not in regions[1]
+    assert m["summary"]["regions_own"] == 2 and m["summary"]["regions_undetermined"] == []
+
+
+def test_region_replay_of_the_same_backend_gives_the_recorded_output(fused_vs_math):
+    # negative control of the replay: the fused side's own backend on its own inputs is not a divergence
+    a, _ = fused_vs_math
+    op = [o for o in a.ops if o["op"] == "_scaled_dot_product_flash_attention_for_cpu"][0]
+    x = C._input_values(a, op)
+    got = C._sdpa_under("FLASH_ATTENTION", x, op, a)
+    assert T._digest(got, "bf16") == op["outputs"][0]["digest"]
+    assert T._digest(C._sdpa_under("MATH", x, op, a), "bf16") != op["outputs"][0]["digest"]
+    assert C.counterfactual(a, a)["regions"] == []
+
+
+def test_sdpa_rng_state_outputs_are_not_results():
+    # a fused SDPA op returns the CUDA generator's philox seed/offset (int64) next to its output and
+    # log-sum-exp: two calls that differ only there computed the same attention
+    def op(out, seed):
+        return {"op": "_scaled_dot_product_cudnn_attention",
+                "outputs": [{"digest": out, "dtype": "bfloat16"}, {"digest": "lse", "dtype": "float32"},
+                            {"digest": seed, "dtype": "int64"}, {"digest": "off", "dtype": "int64"}]}
+    assert T.result_outputs(op("o", "s")) == [0, 1]
+    assert T._results_equal(op("o", "s1"), op("o", "s2"))
+    assert not T._results_equal(op("o1", "s"), op("o2", "s"))  # the control: a result that differs
+    mm = {"op": "mm", "outputs": [{"digest": "x", "dtype": "int64"}]}
+    assert T.result_outputs(mm) == [0]  # other ops: every output is a result
+
+
+def test_attention_call_reads_each_backends_signature():
+    q = {"tensor": True}
+    # flash: (q, k, v, dropout_p, is_causal, return_debug_mask); cuDNN / efficient: (q, k, v, attn_bias,
+    # compute_log_sumexp, dropout_p, is_causal, ...): is_causal sits at 4 and at 6
+    flash = T.attention_call("_scaled_dot_product_flash_attention", [q, q, q, 0.0, True, False], {"scale": 0.125})
+    cudnn = T.attention_call("_scaled_dot_product_cudnn_attention", [q, q, q, None, False, 0.0, True, False], {})
+    eff = T.attention_call("_scaled_dot_product_efficient_attention", [q, q, q, None, True, 0.0, False], {})
+    assert (flash["causal"], flash["scale"], cudnn["causal"], eff["causal"]) == (True, 0.125, True, False)
+    assert not cudnn["mask"] and T.attention_call("_scaled_dot_product_cudnn_attention",
+                                                  [q, q, q, q, False, 0.0, True], {})["mask"]

@@ -46,7 +46,7 @@ __all__ = ["counterfactual", "render_map", "explain_with_map", "SYMBOLS"]
 
 SYMBOLS = {"equal": ".", "propagated": "~", "split-K factor": "S", "tile": "T", "tensor-core arithmetic": "C",
            "accumulation order": "R", "kernel choice": "K", "attention order": "A", "attention backend": "B",
-           "elementwise library": "E", "undetermined": "?", "unmatched": "u"}
+           "elementwise library": "E", "input layout": "L", "undetermined": "?", "unmatched": "u"}
 _MARK = "{'tensor': True}"
 
 
@@ -110,17 +110,29 @@ def _here() -> dict:
     return _PLATFORM
 
 
+def _gpu_name(pf: dict) -> str | None:
+    gpus = (pf.get("torch") or {}).get("gpus") or []
+    return gpus[0].get("name") if gpus else None
+
+
 def kernel_replayable(trace: T.Trace) -> str | None:
-    """None when the trace's recorded kernels can be re-executed here, else why not."""
+    """None when the trace's recorded kernels can be re-executed here, else why not: same torch,
+    and the same CPU model (CPU traces) or the same GPU model with CUDA available (GPU traces)."""
     run, pf = trace.meta.get("run", {}), trace.meta.get("platform", {})
-    if run.get("device") != "cpu":
-        return f"recorded on {run.get('device')}, this process runs CPU kernels only"
     here = _here()
     tv, hv = (pf.get("torch") or {}).get("version"), (here.get("torch") or {}).get("version")
+    device = str(run.get("device"))
+    if device.startswith("cuda"):
+        if _gpu_name(here) is None:
+            return f"recorded on {device} ({_gpu_name(pf)}), this process has no GPU"
+        if _gpu_name(here) != _gpu_name(pf):
+            return f"recorded on {_gpu_name(pf)!r}, here {_gpu_name(here)!r}"
+    elif device != "cpu":
+        return f"recorded on {device}, this process runs CPU and CUDA kernels only"
+    elif pf.get("cpu_model") != here.get("cpu_model"):
+        return f"recorded on CPU {pf.get('cpu_model')!r}, here {here.get('cpu_model')!r}"
     if tv != hv:
         return f"recorded with torch {tv}, here {hv}"
-    if pf.get("cpu_model") != here.get("cpu_model"):
-        return f"recorded on CPU {pf.get('cpu_model')!r}, here {here.get('cpu_model')!r}"
     return None
 
 
@@ -150,8 +162,48 @@ def _rebuild(x, tensors: list, torch):
     return x
 
 
-def _run_kernel(op: dict, values: list[np.ndarray]) -> list[np.ndarray]:
-    """Re-execute the recorded aten op on ``values`` (its tensor inputs): raw output bits per output."""
+def _placed(t, info: dict, device: str):
+    """``t`` on ``device`` in the recorded layout of ``info`` (strides, storage offset, address mod
+    256), or contiguous when the trace has no layout or the layout cannot be rebuilt (overlapping
+    strides): the kernel then sees what the recording side's kernel saw."""
+    import torch
+
+    lay = info.get("layout")
+    t = t.to(device)
+    if not lay or not t.numel():
+        return t
+    stride, offset, mod = lay
+    if len(stride) != t.ndim or any(st == 0 and n > 1 for st, n in zip(stride, t.shape)) or any(st < 0 for st in stride):
+        return t.contiguous()
+    span = offset + 1 + sum((n - 1) * st for n, st in zip(t.shape, stride))
+    esize = t.element_size()
+    slack = T.ALIGN_MOD // esize
+    buf = torch.empty(span + slack, dtype=t.dtype, device=device)
+    shift = next((k for k in range(slack) if (buf.data_ptr() + (k + offset) * esize) % T.ALIGN_MOD == mod), 0)
+    view = buf.as_strided(tuple(t.shape), tuple(stride), shift + offset)
+    try:
+        view.copy_(t)
+    except RuntimeError:  # strides that alias elements: give the kernel a contiguous copy
+        return t.contiguous()
+    return view
+
+
+def _kernel_context(trace: T.Trace | None):
+    """What wraps a re-execution of the trace's kernels: the fixed-order GEMM override when the
+    side ran under it (``--gemm fixed`` on a GPU), else nothing."""
+    import contextlib
+
+    run = (trace.meta.get("run") if trace is not None else None) or {}
+    if run.get("gemm") == "fixed" and str(run.get("device", "cpu")).startswith("cuda"):
+        from hspi_kernels.kernels.triton.torch_override import fixed_order_matmul
+
+        return fixed_order_matmul()
+    return contextlib.nullcontext()
+
+
+def _run_kernel(op: dict, values: list[np.ndarray], trace: T.Trace | None = None) -> list[np.ndarray]:
+    """Re-execute the recorded aten op on ``values`` (its tensor inputs) on the recording device,
+    each input in the layout ``op`` recorded for it: raw output bits per output."""
     import torch
 
     name = op["aten"]
@@ -160,21 +212,23 @@ def _run_kernel(op: dict, values: list[np.ndarray]) -> list[np.ndarray]:
     parts = name.split(".")
     fn = getattr(torch.ops.aten, parts[1])
     fn = getattr(fn, parts[2] if len(parts) > 2 else "default")
+    device = str(((trace.meta.get("run") if trace is not None else None) or {}).get("device", "cpu"))
     tensors = []
     for v, info in zip(values, op["inputs"]):
         dt = getattr(torch, info["dtype"])
-        t = torch.from_numpy(np.ascontiguousarray(v))
+        v = np.ascontiguousarray(v)
+        t = torch.from_numpy(v if v.flags.writeable else v.copy()).to(device)  # cached params: read-only
         t = t.to(dt) if t.dtype != dt else t
         if tuple(t.shape) != tuple(info["shape"]):
             raise _Unavailable("input shape differs from the record")
-        tensors.append(t)
+        tensors.append(_placed(t, info, device))
     if not isinstance(op["args"], list) or len(op["args"]) != 2:
         raise _Unavailable("arguments not recorded")
     args = _rebuild(op["args"][0], tensors, torch)
     kwargs = _rebuild(op["args"][1], tensors, torch) if op["args"][1] else {}
     if tensors or not isinstance(kwargs, dict):
         raise _Unavailable("arguments cannot be matched to the recorded tensors")
-    with torch.no_grad():
+    with torch.no_grad(), _kernel_context(trace):
         out = fn(*args, **kwargs)
     from torch.utils._pytree import tree_flatten
 
@@ -182,9 +236,11 @@ def _run_kernel(op: dict, values: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def _kernel_reproduces(op: dict, outs: list[np.ndarray]) -> bool:
+    """Every result output (not an SDPA op's RNG state: tracer.result_outputs) digest-equal."""
     if len(outs) != len(op["outputs"]):
         return False
-    return all(T._digest(o, T._FMT.get(info["dtype"])) == info["digest"] for o, info in zip(outs, op["outputs"]))
+    return all(T._digest(outs[j], T._FMT.get(op["outputs"][j]["dtype"])) == op["outputs"][j]["digest"]
+               for j in T.result_outputs(op))
 
 
 # -- plans --------------------------------------------------------------------------------------------
@@ -221,6 +277,26 @@ def _gemm_eval(plan, epilogue: str, a, b, c, fmt: str, chunk_bytes: int, rows: i
     return np.concatenate(out) if out else np.zeros((0, N), np.uint32)
 
 
+def _full_check(e: dict, a, b, c, bits, fmt, chunk_bytes) -> dict | None:
+    plan = P.plan_from_json(e["plan_json"])
+    full = _gemm_eval(plan, e["epilogue"], a, b, c, fmt, chunk_bytes)
+    n_eq = int(np.count_nonzero(full.reshape(-1) == bits.reshape(-1)))
+    if n_eq != bits.size:
+        return None
+    return {"kind": "plan", "plan": repr(plan), "plan_json": e["plan_json"], "epilogue": e["epilogue"],
+            "matches": n_eq, "total": int(bits.size)}
+
+
+# plans that reproduced an op of the same kind, shapes and kernels earlier in this map: tried first
+# (checked N/N on all kept outputs like any candidate), the search runs only when none holds
+_PLAN_CACHE: dict = {}
+
+
+def _cache_key(trace: T.Trace, op: dict) -> tuple:
+    return (op["op"], tuple(tuple(i["shape"]) for i in op["inputs"]), tuple(sorted(set(op.get("kernels", [])))),
+            (trace.meta.get("run") or {}).get("gemm"), (trace.meta.get("run") or {}).get("device"))
+
+
 def _gemm_plans(trace: T.Trace, op: dict, values, max_exact: int, chunk_bytes: int, extra=()) -> tuple[list[dict], int]:
     got = _output_bits(trace, op, 0)
     if got is None:
@@ -229,6 +305,10 @@ def _gemm_plans(trace: T.Trace, op: dict, values, max_exact: int, chunk_bytes: i
     a, b, c = _gemm_parts(op, values)
     rows = min(a.shape[0], bits.shape[0])
     a, bits = a[:rows], bits[:rows]
+    key = _cache_key(trace, op)
+    cached = [x for e in _PLAN_CACHE.get(key, []) if (x := _full_check(e, a, b, c, bits, fmt, chunk_bytes))]
+    if cached:
+        return [dict(x, cached=True) for x in cached], 0
     K = a.shape[1]
     in_fmt = T._FMT.get(op["inputs"][-1]["dtype"])
     on_gpu = trace.meta["run"].get("device", "cpu") != "cpu"
@@ -238,14 +318,9 @@ def _gemm_plans(trace: T.Trace, op: dict, values, max_exact: int, chunk_bytes: i
     eps = ("none",) if c is None else ("bias-as-c", "bias-after")
     screen = E._positions((len(pos),), min(16, len(pos)), 1)
     found = E._search(cands, av, bv, cv, {"s": bits.reshape(-1)[pos]}, fmt, screen, eps, max_exact=max_exact)["s"]
-    exact = []
-    for e in found["exact"]:  # N/N on all kept outputs, in row chunks
-        plan = P.plan_from_json(e["plan_json"])
-        full = _gemm_eval(plan, e["epilogue"], a, b, c, fmt, chunk_bytes)
-        n_eq = int(np.count_nonzero(full.reshape(-1) == bits.reshape(-1)))
-        if n_eq == bits.size:
-            exact.append({"kind": "plan", "plan": repr(plan), "plan_json": e["plan_json"], "epilogue": e["epilogue"],
-                          "matches": n_eq, "total": int(bits.size)})
+    exact = [x for e in found["exact"] if (x := _full_check(e, a, b, c, bits, fmt, chunk_bytes))]  # N/N, row chunks
+    if exact:
+        _PLAN_CACHE[key] = exact
     return exact, len(cands)
 
 
@@ -378,28 +453,31 @@ def _side(trace, op, values, kernel_why):
     if kernel_why:
         return {"kernel": False, "why": kernel_why}
     try:
-        outs = _run_kernel(op, values)
+        outs = _run_kernel(op, values, trace)
     except _Unavailable as exc:
         return {"kernel": False, "why": str(exc)}
     except Exception as exc:  # an op that cannot be called like this
         return {"kernel": False, "why": f"re-execution failed: {type(exc).__name__}: {str(exc)[:120]}"}
     if _kernel_reproduces(op, outs):
         return {"kernel": True, "label": f"recorded kernel {op['aten']} (re-executed, all "
-                                          f"{len(outs)} output(s) bit-equal)"}
+                                          f"{len(T.result_outputs(op))} result output(s) bit-equal)"}
     return {"kernel": False, "why": f"re-executing {op['aten']} here does not reproduce this side's outputs"}
 
 
-def _cross(impl_kind, op_self, op_other, trace_other, values_other, plan=None) -> dict | None:
-    """Compare the side's implementation on the other side's inputs with the other side's outputs."""
+def _cross(impl_kind, op_self, op_other, trace_other, values_other, plan=None, trace_self=None) -> dict | None:
+    """Compare the side's implementation on the other side's inputs with the other side's outputs
+    (a kernel replay also says whether it gave the implementing side's own recorded outputs:
+    ``gives_own``, the determinism check behind an "input layout" cause)."""
     if values_other is None:
         return None
     try:
         if impl_kind == "kernel":
-            outs = _run_kernel(op_self, values_other)
+            outs = _run_kernel(op_self, values_other, trace_self)
             if _kernel_reproduces(op_other, outs):
                 return {"impl": "kernel", "n_diff": 0, "outputs": "all (digests equal)"}
-            res = {"impl": "kernel", "n": 0, "n_diff": 0}
-            for j, o in enumerate(outs):
+            res = {"impl": "kernel", "n": 0, "n_diff": 0, "gives_own": _kernel_reproduces(op_self, outs)}
+            for j in T.result_outputs(op_other):
+                o = outs[j]
                 ref = _output_bits(trace_other, op_other, j)
                 if ref is None:
                     res["n_diff"] = None
@@ -509,8 +587,8 @@ def _op_row(ta, tb, oa, ob, d_row, max_exact, chunk_bytes, why_a, why_b) -> dict
 
     ka_kind, ka_plan = impl_of(sa)
     kb_kind, kb_plan = impl_of(sb)
-    b_on_a = _cross(kb_kind, ob, oa, ta, xa, kb_plan) if kb_kind else None
-    a_on_b = _cross(ka_kind, oa, ob, tb, xb, ka_plan) if ka_kind else None
+    b_on_a = _cross(kb_kind, ob, oa, ta, xa, kb_plan, tb) if kb_kind else None
+    a_on_b = _cross(ka_kind, oa, ob, tb, xb, ka_plan, ta) if ka_kind else None
     row["b_on_a"], row["a_on_b"] = b_on_a, a_on_b
     checks = [c for c in (b_on_a, a_on_b) if c is not None and c.get("n_diff") is not None]
     if any(c["n_diff"] for c in checks):
@@ -523,7 +601,10 @@ def _op_row(ta, tb, oa, ob, d_row, max_exact, chunk_bytes, why_a, why_b) -> dict
             f"A: {sa.get('why', '')} {sa.get('plan_note') or ''}".strip() if not ka_kind else "",
             f"B: {sb.get('why', '')} {sb.get('plan_note') or ''}".strip() if not kb_kind else ""])) or \
             "the cross replays could not run"
-    if row["own"]:
+    layout = _layout_cause(oa, ob, d_row, sa, sb, b_on_a, a_on_b) if row["own"] else None
+    if layout:
+        row["cause"] = layout
+    elif row["own"]:
         for side, tr, op_, x in ((sa, ta, oa, xa), (sb, tb, ob, xb)):
             if "plans" not in side and x is not None:
                 side["plans"], side["candidates"], side["plan_note"] = _find_plans(tr, op_, x, max_exact, chunk_bytes)
@@ -534,6 +615,31 @@ def _op_row(ta, tb, oa, ob, d_row, max_exact, chunk_bytes, why_a, why_b) -> dict
     return row
 
 
+def _layout_cause(oa, ob, d_row, sa, sb, b_on_a, a_on_b) -> dict | None:
+    """The "input layout" cause: equal input values, the same aten call and kernel names, inputs
+    in other layouts, and each side's kernel, re-executed on the other side's values in its own
+    layout, gives its own recorded outputs bit for bit (so the layout, not the values or chance,
+    selects the other bits)."""
+    if d_row["status"] != "origin" or oa["aten"] != ob["aten"] or oa["args"] != ob["args"]:
+        return None
+    if sorted(set(oa.get("kernels", []))) != sorted(set(ob.get("kernels", []))):
+        return None
+    if not (sa.get("kernel") and sb.get("kernel")):
+        return None
+    if not all(c is not None and c.get("gives_own") for c in (b_on_a, a_on_b)):
+        return None
+    lays = {j: dl for j, (x, y) in enumerate(zip(oa["inputs"], ob["inputs"])) if (dl := T.layout_diff(x, y))}
+    if not lays:
+        return None
+    detail = "; ".join(f"input {j}: " + ", ".join(f"{k} {va} vs {vb}" for k, (va, vb) in dl.items())
+                       for j, dl in lays.items())
+    kern = ", ".join(sorted(set(oa.get("kernels", []))))[:120] or oa["aten"]
+    return {"category": "input layout",
+            "detail": f"same values, same call and kernel ({kern}); {detail}; each side's kernel re-run on the "
+                      "other side's values in its own layout gives its own outputs bit for bit",
+            "layouts": {str(j): dl for j, dl in lays.items()}}
+
+
 def _impl_summary(side: dict) -> dict:
     out = {"kernel": side["kernel"]}
     for k in ("label", "why", "candidates", "plan_note"):
@@ -542,6 +648,106 @@ def _impl_summary(side: dict) -> dict:
     if side.get("plans"):
         out["plans"] = [{k: p[k] for k in ("plan", "matches", "total", "epilogue") if k in p} for p in side["plans"]]
     return out
+
+
+# -- attention regions present on one side only (another SDPA backend) -------------------------------------
+_BACKENDS = {"_scaled_dot_product_flash_attention": "FLASH_ATTENTION",
+             "_scaled_dot_product_flash_attention_for_cpu": "FLASH_ATTENTION",
+             "_scaled_dot_product_efficient_attention": "EFFICIENT_ATTENTION",
+             "_scaled_dot_product_cudnn_attention": "CUDNN_ATTENTION"}
+
+
+def _module_of(key: str) -> str:
+    return key.rsplit(":", 1)[0]
+
+
+def _other_backend(op: dict, other: T.Trace) -> tuple[str, str]:
+    """(SDPBackend name, label) that the other trace ran for the attention of ``op``'s module:
+    its fused op there, or the math backend when it has none (a decomposed attention)."""
+    mod = _module_of(op["key"])
+    fused = [o["op"] for o in other.ops if _module_of(o["key"]) == mod and o["op"] in _BACKENDS]
+    if fused:
+        return _BACKENDS[fused[0]], fused[0]
+    return "MATH", "math (decomposed)"
+
+
+def _sdpa_under(backend: str, values: list[np.ndarray], op: dict, trace: T.Trace) -> np.ndarray:
+    """F.scaled_dot_product_attention of ``op``'s q, k, v (in its recorded layouts) under one SDPA
+    backend, on the device ``trace`` was recorded on (the backend's side): the output's raw bits."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    call = _attention_call(op)
+    device = str((trace.meta.get("run") or {}).get("device", "cpu"))
+    qkv = []
+    for v, info in zip(values[:3], op["inputs"][:3]):
+        t = torch.from_numpy(np.ascontiguousarray(v)).to(device).to(getattr(torch, info["dtype"]))
+        qkv.append(_placed(t, info, device))
+    q, k, v = qkv
+    kw = {"is_causal": call["causal"], "scale": call["scale"]}
+    if q.shape[-3] != k.shape[-3]:
+        kw["enable_gqa"] = True
+    with torch.no_grad(), sdpa_kernel([getattr(SDPBackend, backend)]):
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, **kw)
+    return T._to_numpy(out)[0]
+
+
+def _region_rows(ta: T.Trace, tb: T.Trace, d: dict, why_a, why_b) -> list[dict]:
+    """One row per fused attention op that only one trace has (the other ran another backend, or
+    the math decomposition): the other side's backend re-run on this side's q, k, v (both on the
+    recording device) against this side's recorded output. An own divergence of the attention
+    region when they differ; the fused kernel itself re-executed must give its recorded output."""
+    rows = []
+    for side, tr, other, why, keys in (("A", ta, tb, why_a or why_b, d["unmatched_a"]),
+                                       ("B", tb, ta, why_b or why_a, d["unmatched_b"])):
+        by = tr.by_key()
+        for key in keys:
+            op = by[key]
+            if op["op"] not in _BACKENDS:
+                continue
+            row = {"key": key, "op": op["op"], "layer": op["layer"], "status": "unmatched", "side": side}
+            backend, label = _other_backend(op, other)
+            row["other_backend"] = label
+            try:
+                if why:
+                    raise _Unavailable(why)
+                x = _input_values(tr, op)
+                ref = _output_bits(tr, op, 0)
+                if ref is None:
+                    raise _Unavailable("the output was not stored")
+                own_ok = _kernel_reproduces(op, _run_kernel(op, x, tr))
+                got = _sdpa_under(backend, x, op, other)  # the other side's backend, on its device
+                c = _compare(got.reshape(ref[0].shape), ref[0], ref[1])
+            except (_Unavailable, RuntimeError, ValueError) as exc:
+                row.update({"own": None, "cause": {"category": "undetermined", "detail": str(exc)[:200]}})
+                rows.append(row)
+                continue
+            row["other_on_this"] = dict(c, impl=f"SDPA {label}")
+            row["kernel_reproduces"] = own_ok
+            # where q, k, v are the other side's too (no divergence before the region), the replay
+            # must be the other side's own region output: its last op of that size in the module
+            ins = {i["digest"] for i in op["inputs"][:3]}
+            mod, shape = _module_of(key), op["outputs"][0]["shape"]
+            theirs = [o for o in other.ops if _module_of(o["key"]) == mod]
+            if ins <= {i["digest"] for o in theirs for i in o["inputs"]} | {i["digest"] for o in other.ops
+                                                                               for i in o["outputs"]}:
+                last = [o for o in theirs if o["outputs"] and o["outputs"][0]["shape"] == shape
+                        and (o["key"] in d["unmatched_a"] + d["unmatched_b"])]
+                if last:
+                    row["other_region_output_equal"] = T._digest(got, ref[1]) == last[-1]["outputs"][0]["digest"]
+            row["own"] = bool(c["n_diff"]) if own_ok else None
+            if row["own"]:  # is the fused kernel's order one of the modelled attention orders?
+                plans, n_cands, note = _find_plans(tr, op, x, 1, _CHUNK[0])
+                row["plans"] = {"found": [{k: p[k] for k in ("plan", "matches", "total")} for p in plans],
+                                "candidates": n_cands, "note": note}
+                row["cause"] = {"category": "attention backend",
+                                "detail": f"{op['op']} vs {label} on the same q, k, v: {c['n_diff']}/{c['n']} "
+                                          f"outputs differ (max {c.get('max_ulp', 0):g} ulp)"}
+            elif row["own"] is None:
+                row["cause"] = {"category": "undetermined",
+                                "detail": f"re-executing {op['aten']} does not reproduce its recorded output"}
+            rows.append(row)
+    return rows
 
 
 # -- the map ----------------------------------------------------------------------------------------------
@@ -560,6 +766,7 @@ def counterfactual(ta: T.Trace, tb: T.Trace, d: dict | None = None, *, max_exact
     T.check_pair(ta, tb)
     d = d or T.diff(ta, tb)
     _CHUNK[0] = int(chunk_bytes)
+    _PLAN_CACHE.clear()
     why_a, why_b = kernel_replayable(ta), kernel_replayable(tb)
     ka, kb = ta.by_key(), tb.by_key()
     rows = []
@@ -589,8 +796,14 @@ def counterfactual(ta: T.Trace, tb: T.Trace, d: dict | None = None, *, max_exact
         if slot not in slots:
             slots.append(slot)
         grid.setdefault(o["layer"], {})[slot] = SYMBOLS["unmatched"]
+    regions = _region_rows(ta, tb, d, why_a, why_b)
+    for x in regions:
+        if x["own"]:
+            grid.setdefault(x["layer"], {})[_slot(x["key"], x["layer"])] = SYMBOLS[x["cause"]["category"]]
     own = [r for r in rows if r["own"]]
     summary = {"ops": d["n_ops"], "differ": len(rows), "own": len(own),
+               "attention_regions": len(regions), "regions_own": sum(1 for x in regions if x["own"]),
+               "regions_undetermined": [x["key"] for x in regions if x["own"] is None],
                "own_explained": sum(1 for r in own if r["cause"]["category"] != "undetermined"),
                "propagated_only": sum(1 for r in rows if r["own"] is False),
                "undetermined": [r["key"] for r in rows if r["own"] is None or
@@ -598,6 +811,7 @@ def counterfactual(ta: T.Trace, tb: T.Trace, d: dict | None = None, *, max_exact
                "unmatched": d["unmatched_a"] + d["unmatched_b"],
                "kernel_replay": {"a": why_a or "yes", "b": why_b or "yes"}}
     return {"a": d["a"], "b": d["b"], "summary": summary, "slots": slots, "grid": grid, "ops": rows,
+            "regions": regions,
             "own_divergences": [{"key": r["key"], "layer": r["layer"], "cause": r["cause"],
                                  "b_on_a": r["b_on_a"], "a_on_b": r["a_on_b"]} for r in own]}
 
@@ -635,6 +849,11 @@ def render_map(cmap: dict, width: int = 80) -> str:
         lines.append(f"    {c['category']}: {c['detail']}"[:width])
         if nn:
             lines.append(f"    cross replay: {nn}"[:width])
+    for x in cmap.get("regions", []):
+        if x["own"] is False:
+            continue
+        lines.append(f"[region {x['side']}] {x['key']}"[:width])
+        lines.append(f"    {x['cause']['category']}: {x['cause']['detail']}"[:width])
     return "\n".join(lines)
 
 

@@ -26,6 +26,8 @@ A plan *explains* a side when it matches N/N of the evaluated positions.
 
 from __future__ import annotations
 
+import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -154,18 +156,42 @@ class MissingInputs(RuntimeError):
     pass
 
 
+# regenerated, digest-checked parameters (float32 values, read-only), least recently used dropped
+# past HSPI_PARAM_CACHE_MIB (default 4096): a whole-model map regenerates each weight once, not per op
+_PARAMS: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
+
+
+def _remember_param(key: tuple, vals: np.ndarray) -> None:
+    budget = int(os.environ.get("HSPI_PARAM_CACHE_MIB", "4096")) << 20
+    if vals.nbytes > budget:
+        return
+    _PARAMS[key] = vals
+    while sum(v.nbytes for v in _PARAMS.values()) > budget:
+        _PARAMS.popitem(last=False)
+
+
 def _operand(trace: T.Trace, info: dict) -> tuple[np.ndarray, int | None]:
     """(float32 values, stored leading rows or None for the full array) of an op input."""
     import torch
 
     if "param" in info and trace.meta["policy"].get("params_by_reference"):
         p = info["param"]
+        key = (trace.meta["model"]["name"], trace.meta["model"]["seed"], trace.meta["model"]["spec"].get("std"),
+               trace.meta["run"]["torch_dtype"], p["name"], tuple(info["shape"]), tuple(p["stride"]), p["offset"],
+               info["digest"])
+        hit = _PARAMS.get(key)
+        if hit is not None:
+            _PARAMS.move_to_end(key)
+            return hit, None
         w = T.regenerate_param(trace.meta, p["name"])
         view = torch.as_strided(w, info["shape"], p["stride"], p["offset"])
         arr, fmt = T._to_numpy(view)
         if T._digest(arr, fmt) != info["digest"]:
             raise MissingInputs(f"regenerated parameter {p['name']} does not match the traced digest")
-        return T.array_of(arr, fmt).astype(np.float32), None
+        vals = T.array_of(arr, fmt).astype(np.float32)
+        vals.setflags(write=False)
+        _remember_param(key, vals)
+        return vals, None
     got = trace.stored(info["digest"])
     if got is None:
         raise MissingInputs(f"input {info['digest']} ({info['shape']}) was not stored (keep policy: "
@@ -204,9 +230,9 @@ def _gemm_problem(ta: T.Trace, tb: T.Trace, oa: dict, ob: dict):
         alpha_beta = {k: kw.get(k, 1) for k in ("alpha", "beta")} if isinstance(kw, dict) else {}
         if alpha_beta.get("alpha", 1) != 1 or alpha_beta.get("beta", 1) != 1:
             raise MissingInputs(f"{op} with alpha/beta {alpha_beta} is not modelled")
-        (c, _), (a, ra), (b, rb) = (_operand(ta, ins[0]), _operand(ta, ins[1]), _operand(ta, ins[2]))
+        (c, _), (a, _), (b, rb) = (_operand(ta, ins[0]), _operand(ta, ins[1]), _operand(ta, ins[2]))
     else:
-        (a, ra), (b, rb) = _operand(ta, ins[0]), _operand(ta, ins[1])
+        (a, _), (b, rb) = _operand(ta, ins[0]), _operand(ta, ins[1])
         c = None
     bits_a, fmt, rows_a = _output_bits(ta, oa["outputs"][0])
     bits_b, fmt_b, rows_b = _output_bits(tb, ob["outputs"][0])

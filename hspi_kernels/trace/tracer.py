@@ -57,10 +57,13 @@ from hspi_kernels.numerics.attention_plan import AttentionPlan
 from hspi_kernels.numerics.attention_plan import evaluate_attention
 
 __all__ = ["SCHEMA", "Trace", "record", "run_model", "load", "check_pair", "diff", "plot_propagation", "html_view",
-           "regenerate_param", "array_of", "GEMM_OPS", "REDUCTION_OPS", "TRANSCENDENTAL_OPS"]
+           "regenerate_param", "array_of", "layout_of", "layout_diff", "result_outputs", "GEMM_OPS", "REDUCTION_OPS",
+           "TRANSCENDENTAL_OPS"]
 
 SCHEMA = "hspi-trace/1"
 SAMPLE = 512
+ALIGN_MOD = 256  # addresses are recorded mod 256 bytes (the widest alignment a kernel selects on)
+ALIGN_CMP = 64   # ... and their alignment compared up to 64 bytes (layout_diff)
 GEMM_OPS = {"mm", "addmm", "bmm", "baddbmm"}
 REDUCTION_OPS = {"sum", "mean"}
 TRANSCENDENTAL_OPS = {"exp", "rsqrt", "sqrt", "silu", "sigmoid", "tanh", "gelu", "log", "_softmax", "_safe_softmax",
@@ -107,6 +110,54 @@ def _to_numpy(t) -> tuple[np.ndarray, str | None]:
         view_dtype = {2: torch.int16, 4: torch.int32, 8: torch.int64}[itemsize]
         return t.view(view_dtype).numpy().view(_BITS[fmt]), fmt
     return t.numpy(), None
+
+
+def layout_of(t) -> list[int | list[int]]:
+    """[strides, storage offset, data address mod 256] of a tensor: what a kernel sees besides the
+    values (cuDNN and cuBLAS choose plans by strides and alignment; two tensors of equal digest can
+    differ here)."""
+    try:
+        return [list(t.stride()), int(t.storage_offset()), int(t.data_ptr() % ALIGN_MOD)]
+    except (RuntimeError, NotImplementedError):  # sparse / meta tensors
+        return [[], 0, 0]
+
+
+def layout_diff(a: dict, b: dict) -> dict | None:
+    """The fields of two recorded tensor layouts that differ ({} for traces without layouts: None)."""
+    la, lb = a.get("layout"), b.get("layout")
+    if la is None or lb is None:
+        return None
+    out = {}
+    for name, x, y in zip(("stride", "offset", "align"), la, lb):
+        if name == "align":
+            x, y = _alignment(x), _alignment(y)
+        if x != y:
+            out[name] = [x, y]
+    return out
+
+
+def _alignment(mod: int) -> int:
+    """Largest power of two (<= ALIGN_CMP) that divides an address with this residue mod ALIGN_MOD.
+    Compared up to 64 bytes: CPU allocations are 64-byte aligned and wider alignment is chance
+    there; the replays rebuild the full residue mod 256 whatever is compared."""
+    return ALIGN_CMP if mod % ALIGN_CMP == 0 else mod & -mod
+
+
+def result_outputs(op: dict) -> list[int]:
+    """Indices of an op's outputs that carry its numerical result. A fused SDPA op also returns
+    the CUDA generator's philox seed and offset (int64 tensors, even at dropout 0) and integer
+    bookkeeping (cumulative sequence lengths): they change with the generator's state between two
+    runs in one process (or after anything that drew random numbers), not with the attention's
+    arithmetic, so only its floating outputs (output, log-sum-exp) are compared."""
+    outs = op.get("outputs", [])
+    if "scaled_dot_product" in op.get("op", ""):
+        return [j for j, o in enumerate(outs) if o["dtype"] in _FMT]
+    return list(range(len(outs)))
+
+
+def _results_equal(oa: dict, ob: dict) -> bool:
+    ja, jb = result_outputs(oa), result_outputs(ob)
+    return len(ja) == len(jb) and all(oa["outputs"][x]["digest"] == ob["outputs"][y]["digest"] for x, y in zip(ja, jb))
 
 
 def _digest(arr: np.ndarray, fmt: str | None) -> str:
@@ -243,7 +294,8 @@ class _Recorder:
             dg = _digest(arr, fmt)
             if ck is not None:
                 self._digest_cache[ck] = dg
-        info: dict[str, Any] = {"digest": dg, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
+        info: dict[str, Any] = {"digest": dg, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", ""),
+                                "layout": layout_of(t)}
         if param is not None:
             info["param"] = {"name": param, "stride": list(t.stride()), "offset": int(t.storage_offset())}
         return info, arr, fmt
@@ -266,7 +318,7 @@ class _Recorder:
             return "forced"
         ref = self.reference.get(key) if self.reference else None
         if ref is not None and [i["digest"] for i in ins] == [i["digest"] for i in ref["inputs"]] \
-                and [o["digest"] for o in outs] != [o["digest"] for o in ref["outputs"]]:
+                and not _results_equal({"op": op, "outputs": outs}, ref):
             return "forced"  # an origin against the reference platform: the explainer needs it
         if self.keep == "all":
             return True
@@ -381,10 +433,15 @@ def attention_call(op: str, args, kwargs) -> dict:
     its positional and keyword arguments (torch objects or their JSON record)."""
     args = list(args)
     kw = dict(kwargs or {})
-    dropout = args[3] if len(args) > 3 else kw.get("dropout_p", 0.0)
-    causal = args[4] if len(args) > 4 else kw.get("is_causal", False)
+    # positions differ by op: flash / flash_for_cpu (q, k, v, dropout_p, is_causal, ...); cuDNN and
+    # efficient (q, k, v, attn_bias, compute_log_sumexp, dropout_p, is_causal, ...)
+    biased = op in ("_scaled_dot_product_cudnn_attention", "_scaled_dot_product_efficient_attention")
+    i_drop, i_causal = (5, 6) if biased else (3, 4)
+    dropout = args[i_drop] if len(args) > i_drop else kw.get("dropout_p", 0.0)
+    causal = args[i_causal] if len(args) > i_causal else kw.get("is_causal", False)
+    bias = (args[3] if len(args) > 3 else kw.get("attn_bias")) if biased else kw.get("attn_mask")
     return {"causal": bool(causal), "dropout": float(dropout or 0.0), "scale": kw.get("scale"),
-            "mask": kw.get("attn_mask") is not None}
+            "mask": bias is not None}
 
 
 def _injected_attention(key, op, plan, args, kwargs, injected: list):
@@ -735,8 +792,7 @@ def diff(a: Trace, b: Trace) -> dict:
             continue
         ins_eq = len(oa["inputs"]) == len(ob["inputs"]) and all(
             x["digest"] == y["digest"] for x, y in zip(oa["inputs"], ob["inputs"]))
-        outs_eq = len(oa["outputs"]) == len(ob["outputs"]) and all(
-            x["digest"] == y["digest"] for x, y in zip(oa["outputs"], ob["outputs"]))
+        outs_eq = _results_equal(oa, ob)  # RNG-state outputs of SDPA ops are not results
         status = "equal" if outs_eq else ("origin" if ins_eq else "propagated")
         if not ins_eq and not seen_diff and first_region is None:
             first_region = {"before": oa["key"], "unmatched_a": list(unmatched_a),
@@ -753,6 +809,11 @@ def diff(a: Trace, b: Trace) -> dict:
         row = {"i": oa["i"], "key": oa["key"], "op": oa["op"], "layer": oa["layer"], "status": status,
                "inputs_equal": ins_eq, "kernels_a": oa.get("kernels", []), "kernels_b": ob.get("kernels", []),
                "ulp": ulp}
+        if status == "origin":  # equal values in: do the inputs reach the kernel in other layouts?
+            lay = {str(j): dl for j, (x, y) in enumerate(zip(oa["inputs"], ob["inputs"]))
+                   if (dl := layout_diff(x, y))}
+            if lay:
+                row["input_layouts_differ"] = lay
         rows.append(row)
         if status == "origin":
             origins.append(row)
