@@ -24,21 +24,37 @@ which gives the candidate's next-token sampling distribution at every observed s
 - :func:`identify`: posterior over candidates (uniform prior, the ``q`` likelihoods) plus every
   test above, each reporting its name, statistic and p-value.
 
-Candidate stacks on CPU (:class:`Stack`): dtype (fp32 | bf16), GEMM (torch | fixed: every linear
-layer as a sequential-K fp32 sum, the batch-invariant fixed-order path), batch mode (batched: the
-requests decoded together | rowwise: every request alone, batch 1), and an injected ±1-ulp
-perturbation of the fp32 logits on a fixed half of the vocabulary.
+Candidate stacks (:class:`Stack`): dtype (fp32 | bf16), attention (sdpa: the default SDPA
+backend choice | sdpa-math | sdpa-flash | sdpa-efficient | sdpa-cudnn | eager, applied through
+:func:`hspi_kernels.models.eqc.applied`), GEMM (torch | fixed: on the CPU every fp32 linear layer as a
+sequential-K fp32 sum; on CUDA the project's fixed-order Triton GEMM through ``eqc.applied``, both
+batch-invariant fixed orders), batch mode (batched: the rows of one call decoded together | rowwise:
+every row alone, batch 1 | b<N>: consecutive chunks of N rows), and an injected ±1-ulp perturbation of
+the fp32 logits on a fixed half of the vocabulary. A stack the device cannot run (a CUDA backend on
+the CPU, Triton missing, ...) is refused by :func:`unsupported_reason` / :class:`StackUnsupported`
+with a message, never a traceback from deep inside a forward.
+
+:class:`Platform` runs the tiny seeded Llama on the CPU by default (the tests' reference) or any zoo
+model (``spec="qwen2.5-0.5b"``) on CUDA when available. :meth:`Platform.decoder` is the decode loop
+itself (prefill, then one KV-cache step per token, per batch chunk): :meth:`Platform.generate`,
+:meth:`Platform.replay` and the GPU driver (:mod:`hspi_kernels.models.gpu_blackbox`, lockstep decoding
+of several candidates on the same prefixes) all go through it.
 
 The sampler is the project's own (documented, not vLLM's): probabilities in float64 from the fp32
 logits, ``softmax(logits / T)``, top-p keeps the smallest prefix of the probability-sorted vocabulary
 (ties by token id) whose mass reaches ``top_p``, renormalised; a token is drawn by inverse CDF in
 that order from ``u ~ U(0, 1)`` of ``numpy.random.default_rng([seed, request, step])``; T = 0 is
-argmax (lowest id on ties).
+argmax (lowest id on ties). :func:`sampling_probs_torch` / :func:`draw_torch` are the same definition
+in torch float64 on the logits' device (the GPU driver); their sums run in another order than numpy's,
+so a probability can differ from :func:`sampling_probs` in the last bits (a top-p boundary or an
+inverse-CDF draw exactly at such a tie can differ; generation and replay inside one run use one
+implementation, so they agree bit for bit).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -46,8 +62,11 @@ from typing import Any, Sequence
 import numpy as np
 from hspi_kernels.models import zoo
 
-__all__ = ["Stack", "Platform", "tiny_spec", "sampling_probs", "uniforms", "draw", "lr_test",
-           "rank_test", "seed_sync", "identify", "log_likelihood"]
+__all__ = ["Stack", "StackUnsupported", "unsupported_reason", "Platform", "Decoder", "tiny_spec", "sampling_probs",
+           "sampling_probs_torch", "uniforms", "draw", "draw_torch", "lr_test", "rank_test", "seed_sync", "identify",
+           "log_likelihood"]
+
+ATTNS = ("sdpa", "sdpa-math", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "eager")
 
 
 def tiny_spec(std: float = 0.3):
@@ -61,16 +80,29 @@ def tiny_spec(std: float = 0.3):
 
 @dataclass(frozen=True)
 class Stack:
-    """One CPU serving stack (a candidate platform)."""
+    """One serving stack (a candidate platform). Names are dot-joined tokens, order-free when
+    parsed; the default attention (``sdpa``) is left out of the name, so the CPU names
+    (``fp32.torch.batched``) are unchanged: ``Stack.parse(s.name) == s`` for every stack."""
 
     dtype: str = "fp32"       # fp32 | bf16
-    gemm: str = "torch"       # torch | fixed (sequential-K fp32 linears)
-    batch: str = "batched"    # batched | rowwise
+    gemm: str = "torch"       # torch | fixed (CPU: sequential-K fp32 linears; CUDA: fixed-order Triton GEMM)
+    batch: str = "batched"    # batched | rowwise | b<N> (chunks of N rows)
     ulp: int = 0              # logits += ulp * 1 ulp on the even token ids (fp32 logits)
+    attn: str = "sdpa"        # sdpa | sdpa-math | sdpa-flash | sdpa-efficient | sdpa-cudnn | eager
+
+    def __post_init__(self):
+        if self.dtype not in ("fp32", "bf16"):
+            raise ValueError(f"dtype {self.dtype!r} not in ('fp32', 'bf16')")
+        if self.gemm not in ("torch", "fixed"):
+            raise ValueError(f"gemm {self.gemm!r} not in ('torch', 'fixed')")
+        if self.attn not in ATTNS:
+            raise ValueError(f"attention {self.attn!r} not in {ATTNS}")
+        if not (self.batch in ("batched", "rowwise") or _chunk_of(self.batch) is not None):
+            raise ValueError(f"batch {self.batch!r}: batched | rowwise | b<N> with N >= 1")
 
     @property
     def name(self) -> str:
-        parts = [self.dtype, self.gemm, self.batch]
+        parts = [self.dtype] + ([self.attn] if self.attn != "sdpa" else []) + [self.gemm, self.batch]
         if self.ulp:
             parts.append(f"ulp{self.ulp:+d}")
         return ".".join(parts)
@@ -83,13 +115,71 @@ class Stack:
                 kw["dtype"] = tok
             elif tok in ("torch", "fixed"):
                 kw["gemm"] = tok
-            elif tok in ("batched", "rowwise"):
+            elif tok in ATTNS:
+                kw["attn"] = tok
+            elif tok in ("batched", "rowwise") or _chunk_of(tok) is not None:
                 kw["batch"] = tok
-            elif tok.startswith("ulp"):
+            elif tok.startswith("ulp") and tok[3:].lstrip("+-").isdigit():
                 kw["ulp"] = int(tok[3:])
             elif tok:
-                raise ValueError(f"unknown stack token {tok!r}")
+                raise ValueError(f"unknown stack token {tok!r} in {text!r}")
         return cls(**kw)
+
+    def chunk(self, rows: int) -> int:
+        """Rows per forward for a call of ``rows`` rows."""
+        if self.batch == "batched":
+            return max(1, rows)
+        if self.batch == "rowwise":
+            return 1
+        return int(_chunk_of(self.batch))
+
+    def eqc(self, device: str):
+        """The EQC that :func:`hspi_kernels.models.eqc.applied` switches for this stack on ``device``
+        (on the CPU the fixed order is this module's own fp32 linears, not the CUDA Triton override)."""
+        from hspi_kernels.models.eqc import EQC
+
+        gemm = self.gemm if str(device).startswith("cuda") else "torch"
+        return EQC(dtype=self.dtype, attn=self.attn, gemm=gemm)
+
+
+def _chunk_of(tok: str) -> int | None:
+    if len(tok) > 1 and tok[0] == "b" and tok[1:].isdigit() and int(tok[1:]) >= 1:
+        return int(tok[1:])
+    return None
+
+
+class StackUnsupported(RuntimeError):
+    """This stack cannot run on this device (the message says why; callers print it and skip)."""
+
+
+def unsupported_reason(stack: "Stack | str", device: str) -> str | None:
+    """Why ``stack`` cannot run on ``device`` ("cpu" | "cuda[:i]"), or None (the EQC rules of
+    :func:`hspi_kernels.models.eqc.unsupported_reason`, plus CUDA/Triton availability)."""
+    stack = Stack.parse(stack) if isinstance(stack, str) else stack
+    try:
+        import torch
+    except ImportError as exc:
+        return f"torch is not importable ({exc})"
+    device = str(device)
+    cuda = device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        return f"{stack.name}: device {device!r} asked for but CUDA is not available (torch {torch.__version__})"
+    if not cuda and device != "cpu":
+        return f"{stack.name}: unknown device {device!r} (cpu | cuda)"
+    from hspi_kernels.models import eqc as meqc
+
+    reason = meqc.unsupported_reason(stack.eqc(device), device)
+    if reason:
+        return f"{stack.name}: {reason}"
+    if cuda and stack.gemm == "fixed":
+        try:
+            import triton  # noqa: F401
+        except ImportError as exc:
+            return (f"{stack.name}: the fixed-order GEMM needs Triton (pip install triton==3.6.0), "
+                    f"not importable here ({exc})")
+    if not cuda and stack.gemm == "fixed" and stack.dtype != "fp32":
+        return f"{stack.name}: the CPU fixed-order linears are fp32 only (bf16 would silently run torch's GEMM)"
+    return None
 
 
 @contextlib.contextmanager
@@ -116,83 +206,157 @@ def _fixed_order_linears():
         yield
 
 
-class Platform:
-    """A seeded tiny LLM served by one :class:`Stack`: greedy/sampled generation and the
-    teacher-forced replay of observed continuations, through one decode loop (so the replay is
-    the generation's computation, bit for bit)."""
+def _cache_kwarg(model) -> str:
+    """The keyword the model's forward takes its KV cache by (``cache`` in transformers >= 5.2x,
+    ``past_key_values`` before): passing the wrong one is silently swallowed by ``**kwargs``."""
+    import inspect
 
-    def __init__(self, stack: Stack | str, spec=None, seed: int = 0, _models: dict | None = None):
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _out_cache(out):
+    cache = out.get("cache") if hasattr(out, "get") else None  # ModelOutput: a dict of the set fields
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
+class Decoder:
+    """One candidate's decode state over a block of rows: :meth:`first` runs the prefill and
+    returns the fp32 logits [B, V] of the next token, :meth:`step` feeds one token per row and
+    returns the next logits. Rows are split into the stack's chunks (batched: one chunk;
+    rowwise: one row each; b<N>: N rows), each its own batch with its own KV cache. Logits are
+    torch fp32 tensors on the platform's device."""
+
+    def __init__(self, platform: "Platform", prompts):
+        torch = platform.torch
+        self.p = platform
+        x = prompts if isinstance(prompts, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(prompts, dtype=np.int64))
+        self.prompts = x.to(device=platform.device, dtype=torch.long)
+        rows = int(self.prompts.shape[0])
+        c = platform.stack.chunk(rows)
+        self.slices = [slice(i, min(rows, i + c)) for i in range(0, rows, c)]
+        self.caches: list = [None] * len(self.slices)
+
+    def _run(self, inputs) -> Any:
+        p, torch = self.p, self.p.torch
+        outs = []
+        with p.applied():
+            for i, sl in enumerate(self.slices):
+                kw: dict[str, Any] = {"use_cache": True}
+                if p.device != "cpu":  # the prefill's head on the last position only (memory at V = 152k);
+                    kw["logits_to_keep"] = 1  # the CPU keeps the full head GEMM (its record's bits)
+                if self.caches[i] is not None:
+                    kw[p.cache_kwarg] = self.caches[i]
+                out = p.model(inputs[sl], **kw)
+                self.caches[i] = _out_cache(out)
+                outs.append(out.logits[:, -1])
+        return p.final_logits(torch.cat(outs) if len(outs) > 1 else outs[0])
+
+    def first(self):
+        return self._run(self.prompts)
+
+    def step(self, tokens):
+        torch = self.p.torch
+        t = tokens if isinstance(tokens, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64))
+        return self._run(t.to(device=self.p.device, dtype=torch.long).reshape(-1, 1))
+
+
+class Platform:
+    """A seeded LLM served by one :class:`Stack`: greedy/sampled generation and the teacher-forced
+    replay of observed continuations, through one decode loop (:class:`Decoder`, so the replay is
+    the generation's computation, bit for bit).
+
+    ``spec``: a zoo spec or name (default: :func:`tiny_spec`, the CPU tests' model); ``device``:
+    None = CUDA when available for a named zoo model, the CPU for the default tiny model.
+    Raises :class:`StackUnsupported` when the device cannot run the stack."""
+
+    def __init__(self, stack: Stack | str, spec=None, seed: int = 0, _models: dict | None = None,
+                 device: str | None = None):
         import torch
 
-
         self.stack = Stack.parse(stack) if isinstance(stack, str) else stack
+        if isinstance(spec, str):
+            spec = zoo.get_spec(spec)
+        default_model = spec is None
         self.spec = spec if spec is not None else tiny_spec()
+        if device is None:
+            device = "cuda" if (not default_model and torch.cuda.is_available()) else "cpu"
+        self.device = str(device)
+        reason = unsupported_reason(self.stack, self.device)
+        if reason:
+            raise StackUnsupported(reason)
         self.seed = seed
         self.torch = torch
+        self._eqc = self.stack.eqc(self.device)
         cache = _models if _models is not None else {}
-        key = (self.spec.name, seed, self.stack.dtype)
+        key = (self.spec.name, seed, self.stack.dtype, self.device)
         if key not in cache:
-            model, _ = zoo.build(self.spec, seed)
-            cache[key] = model.to(torch.bfloat16 if self.stack.dtype == "bf16" else torch.float32).eval()
+            master_key = (self.spec.name, seed, "master")
+            if master_key not in cache:
+                cache[master_key] = zoo.build(self.spec, seed)[0]
+            dtype = torch.bfloat16 if self.stack.dtype == "bf16" else torch.float32
+            master = cache[master_key]  # fp32 on the CPU, never modified: the fp32 CPU copy is itself
+            model = master if (self.device == "cpu" and dtype == torch.float32) else copy.deepcopy(master)
+            cache[key] = model.to(device=self.device, dtype=dtype).eval()
         self.model = cache[key]
+        self.cache_kwarg = _cache_kwarg(self.model)
         self.vocab = int(self.model.config.vocab_size)
-        self._mask = (np.arange(self.vocab) % 2 == 0)
+        self._mask_t = torch.from_numpy(np.arange(self.vocab) % 2 == 0).to(self.device)
 
     @property
     def name(self) -> str:
         return self.stack.name
 
-    def _final_logits(self, logits) -> np.ndarray:
-        out = logits.float().numpy().astype(np.float32)
+    @contextlib.contextmanager
+    def applied(self):
+        """The stack's switches around a forward: attention backend and (CUDA) the fixed-order
+        Triton GEMM through ``eqc.applied``; on the CPU the fixed order is :func:`_fixed_order_linears`."""
+        from hspi_kernels.models.eqc import applied
+
+        with contextlib.ExitStack() as st:
+            st.enter_context(self.torch.inference_mode())
+            st.enter_context(applied(self._eqc, self.model, self.device))
+            if self.stack.gemm == "fixed" and self.device == "cpu":
+                st.enter_context(_fixed_order_linears())
+            yield
+
+    def final_logits(self, logits):
+        """fp32 logits [B, V] (torch, on the device), with the stack's injected ulps."""
+        torch = self.torch
+        out = logits.float()
         if self.stack.ulp:
-            direction = np.float32(np.inf if self.stack.ulp > 0 else -np.inf)
+            direction = torch.tensor(math.inf if self.stack.ulp > 0 else -math.inf, dtype=torch.float32,
+                                     device=out.device)
+            out = out.clone()
             for _ in range(abs(self.stack.ulp)):
-                out[..., self._mask] = np.nextafter(out[..., self._mask], direction)
+                out[..., self._mask_t] = torch.nextafter(out[..., self._mask_t], direction)
         return out
 
+    def decoder(self, prompts) -> Decoder:
+        return Decoder(self, prompts)
+
     def _decode(self, prompts: np.ndarray, n: int, choose) -> tuple[np.ndarray, np.ndarray]:
-        """Run prefill + n decode steps on rows ``prompts`` [B, L]; ``choose(t, logits [B, V])``
+        """Prefill + n decode steps on rows ``prompts`` [B, L]; ``choose(t, logits [B, V])``
         returns the B next tokens. Returns (tokens [B, n], logits [B, n, V] fp32)."""
-        torch = self.torch
-        ctx = _fixed_order_linears() if self.stack.gemm == "fixed" else contextlib.nullcontext()
         toks = np.zeros((prompts.shape[0], n), dtype=np.int64)
         logs = np.zeros((prompts.shape[0], n, self.vocab), dtype=np.float32)
-        with torch.inference_mode(), ctx:
-            out = self.model(torch.from_numpy(np.ascontiguousarray(prompts, dtype=np.int64)), use_cache=True)
-            for t in range(n):
-                lo = self._final_logits(out.logits[:, -1])
-                logs[:, t] = lo
-                toks[:, t] = choose(t, lo)
-                if t + 1 < n:
-                    out = self.model(torch.from_numpy(toks[:, t:t + 1].copy()), cache=out.past_key_values,
-                                     use_cache=True)
+        dec = self.decoder(prompts)
+        for t in range(n):
+            lo = (dec.first() if t == 0 else dec.step(toks[:, t - 1])).cpu().numpy()
+            logs[:, t] = lo
+            toks[:, t] = choose(t, lo)
         return toks, logs
-
-    def _rows(self, prompts: np.ndarray, n: int, choose_rows):
-        """Batched: one decode over all rows. Rowwise: every row alone (batch 1)."""
-        if self.stack.batch == "batched":
-            return self._decode(prompts, n, lambda t, lo: choose_rows(t, lo, slice(None)))
-        toks, logs = [], []
-        for r in range(prompts.shape[0]):
-            tk, lg = self._decode(prompts[r:r + 1], n, lambda t, lo, r=r: choose_rows(t, lo, slice(r, r + 1)))
-            toks.append(tk)
-            logs.append(lg)
-        return np.concatenate(toks), np.concatenate(logs)
 
     def generate(self, prompts: np.ndarray, n: int, temperature: float, top_p: float = 0.9,
                  seed: int = 0) -> np.ndarray:
         """Sampled continuations [B, n] (int64); request r uses the uniforms of (seed, r)."""
         u = uniforms(seed, prompts.shape[0], n)
-
-        def choose(t, lo, rows):
-            return draw(sampling_probs(lo, temperature, top_p), u[rows, t])
-
-        return self._rows(prompts, n, choose)[0]
+        return self._decode(prompts, n, lambda t, lo: draw(sampling_probs(lo, temperature, top_p), u[:, t]))[0]
 
     def replay(self, prompts: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         """The candidate's fp32 logits [B, n, V] at every observed step (teacher forcing)."""
         tokens = np.asarray(tokens, dtype=np.int64)
-        return self._rows(prompts, tokens.shape[1], lambda t, lo, rows: tokens[rows, t])[1]
+        return self._decode(prompts, tokens.shape[1], lambda t, lo: tokens[:, t])[1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -219,6 +383,49 @@ def sampling_probs(logits: np.ndarray, temperature: float, top_p: float = 0.9) -
         p = np.where(keep, p, 0.0)
         p /= p.sum(-1, keepdims=True)
     return p
+
+
+def sampling_probs_torch(logits, temperature: float, top_p: float = 0.9, *, with_order: bool = False):
+    """:func:`sampling_probs` in torch float64 on the logits' device ([..., V] -> [..., V]).
+    ``with_order=True``: ``(p, sorted_p, order)`` with the probability order of the sampler (ties
+    by token id), for :func:`draw_torch` without a second sort (None, None at T = 0)."""
+    import torch
+
+    lo = logits.double()
+    if temperature == 0:
+        out = torch.zeros_like(lo)
+        out.scatter_(-1, lo.argmax(-1, keepdim=True), 1.0)  # the first maximal index: lowest id
+        return (out, None, None) if with_order else out
+    z = lo / temperature
+    z = z - z.max(-1, keepdim=True).values
+    p = z.exp_()
+    p = p / p.sum(-1, keepdim=True)
+    ps, order = torch.sort(p, dim=-1, descending=True, stable=True)  # ties by token id
+    if top_p < 1.0:
+        keep_sorted = (ps.cumsum(-1) - ps) < top_p  # the token that crosses top_p is kept
+        keep = torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
+        total = torch.where(keep, p, 0.0).sum(-1, keepdim=True)
+        p = torch.where(keep, p, 0.0) / total
+        # the same values in the same order (the kept prefix keeps its order; zeros go last,
+        # where the draw never lands): what sorting the renormalised p again would give
+        ps = torch.where(keep_sorted, ps, 0.0) / total
+    return (p, ps, order) if with_order else p
+
+
+def draw_torch(p, u, sorted_p=None, order=None):
+    """:func:`draw` in torch: ``p`` [B, V] float64, ``u`` [B] (float64 tensor) -> token ids [B].
+    ``sorted_p``/``order`` from :func:`sampling_probs_torch` skip the sort."""
+    import torch
+
+    if sorted_p is None:
+        if bool((p.max(-1).values == 1.0).all()) and bool(((p > 0).sum(-1) == 1).all()):
+            return p.argmax(-1)  # one-hot rows (T = 0): the token itself
+        sorted_p, order = torch.sort(p, dim=-1, descending=True, stable=True)
+    cs = sorted_p.cumsum(-1)
+    idx = (cs <= u.reshape(-1, 1)).sum(-1)
+    last = (sorted_p > 0).sum(-1) - 1
+    idx = torch.minimum(torch.minimum(idx, torch.full_like(idx, p.shape[-1] - 1)), last)
+    return order.gather(-1, idx.reshape(-1, 1)).reshape(-1)
 
 
 def uniforms(seed: int, rows: int, n: int) -> np.ndarray:
@@ -383,7 +590,8 @@ def replay_dists(platform: Platform, prompts: np.ndarray, tokens: np.ndarray, te
     return sampling_probs(platform.replay(prompts, tokens), temperature, top_p)
 
 
-def candidates(names: Sequence[str], spec=None, seed: int = 0) -> dict[str, Platform]:
-    """Platforms for stack names, sharing model copies per dtype."""
+def candidates(names: Sequence[str], spec=None, seed: int = 0, device: str | None = None) -> dict[str, Platform]:
+    """Platforms for stack names, sharing model copies per (dtype, device); raises
+    :class:`StackUnsupported` for a stack the device cannot run."""
     shared: dict = {}
-    return {n: Platform(n, spec, seed, shared) for n in names}
+    return {n: Platform(n, spec, seed, shared, device=device) for n in names}
