@@ -8,8 +8,11 @@ the op has an *own divergence* when that output differs from the other side's re
 implementation is, in this order of preference:
 
 - ``kernel``: the recorded aten op re-executed here, when the trace was recorded on this platform
-  (CPU, same torch version and CPU model) and the re-execution reproduces that side's recorded
-  outputs on its own inputs (digest equality of **every** output of the op);
+  (same torch version and the same CPU model, or the same GPU model with CUDA here; a ``--gemm
+  fixed`` GPU side re-runs under the fixed-order GEMM override), each input rebuilt in its recorded
+  layout (strides, storage offset, address mod 256), and the re-execution reproduces that side's
+  recorded outputs on its own inputs (digest equality of every *result* output: an SDPA op's
+  RNG-state outputs are not results, :func:`tracer.result_outputs`);
 - ``plan``: the first candidate that reproduces the side's bits N/N on all kept outputs of the op
   on its own inputs: GEMMs (mm / addmm) the plans :func:`explain.gemm_candidates` searches (split-K
   factors, layouts, tiles, tensor-core chains, CUDA-core orders), row reductions
@@ -23,7 +26,14 @@ Plans are also searched for each side of an op with an own divergence, to name t
 reductions, from the two plans), ``kernel choice`` (the kernel names differ, or one side is
 reproduced only by its recorded kernel), ``attention order`` (two attention plans: the fields
 that differ) / ``attention backend`` (another kernel), ``elementwise library`` (other ops), and
+``input layout`` (equal values, the same call and kernel, other strides/offset/alignment, and each
+side's kernel re-run on the other side's values in its own layout gives its own bits), and
 ``undetermined`` (some side has no implementation here: the reason is given).
+
+Fused attention ops present on one side only (another SDPA backend, or the math decomposition on
+the other side) are *attention regions*: the other side's backend is re-run on this side's q, k, v
+on its own device (``regions``: own divergence, N/N, the attention plans searched), and where q, k,
+v are equal on both sides the replay is checked against the other side's own region output.
 """
 
 from __future__ import annotations
