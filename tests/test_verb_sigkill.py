@@ -1,5 +1,5 @@
-"""SIGKILL of the writing verbs at a random point (issue 18): `hspi probe --out` and `hspi trace
-run --out` killed after a random delay never leave a truncated or half-valid file: the output is
+"""SIGKILL of the writing verbs at a random point (issue 18): `hspi probe --out`, `hspi trace
+run --out` and `hspi model collect --out` killed after a random delay never leave a truncated or half-valid file: the output is
 absent, the old file (when one existed) byte for byte, or a new file that loads. A kill after the
 verb finished is counted apart (the file must be new and valid then). The per-writer fault
 injection with >= 100 runs is tests/test_files_atomic.py; this checks the verbs end to end."""
@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from hspi_kernels import fingerprint
+from hspi_kernels.models import collect
 from hspi_kernels.trace import tracer
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SIGKILL semantics: Linux")
@@ -23,6 +24,8 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SI
 VERBS = {
     "probe": (["probe", "--only", "numpy/", "--server", "off", "--no-cache"], fingerprint.load, "fp.json"),
     "trace": (["trace", "run", "-m", "tiny-llama", "--dtype", "fp32", "--no-profile"], tracer.load, "t.npz"),
+    "collect": (["model", "collect", "-m", "tiny-llama", "-e", "fp32.sdpa.b1", "-e", "bf16.sdpa.b1",
+                 "--n-random", "8", "--n-text", "0"], collect.load, "c.npz"),
 }
 
 
