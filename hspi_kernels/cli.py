@@ -35,7 +35,7 @@ from hspi_kernels.platform.capabilities import capabilities  # noqa: E402
 from hspi_kernels.platform.files import OutputPathError, atomic_write_text, check_output_dir, check_output_path  # noqa: E402
 from hspi_kernels.probes import cache as probe_cache, server as srv  # noqa: E402
 from hspi_kernels.reveal import card as C, order as R, targets as reveal_targets  # noqa: E402
-from hspi_kernels.trace import counterfactual as C_map, tracer as T  # noqa: E402
+from hspi_kernels.trace import batch as TB, counterfactual as C_map, tracer as T  # noqa: E402
 
 IMPORTS_S = time.perf_counter() - _IMPORTS_START  # the package's imports: `hspi probe`'s "imports" phase
 
@@ -872,13 +872,22 @@ def trace_run(
         console.print(f"{summary['label']}: {summary['ops']} ops, {summary['file_bytes'] / 2**20:.2f} MiB -> {out}")
 
 
-def _load_traces(a: Path, b: Path):
-    """Both traces (exit 1 when one cannot be read), checked to be one model and prompt (exit 2)."""
+def _load_traces(a: Path, b: Path, row: int = 0):
+    """Both traces (exit 1 when one cannot be read), checked to be one model and prompt (exit 2).
+    A batch-1 trace against a batch-B trace: row ``row`` of the batch (trace.batch.row_trace)."""
     try:
         ta, tb = T.load(a), T.load(b)
     except (OSError, ValueError) as exc:
         _fail(f"invalid trace: {exc}", 1)
     try:
+        na, nb = (int((t.meta.get("run") or {}).get("batch", 0)) for t in (ta, tb))
+        if na != nb and 1 in (na, nb):
+            if na == 1:
+                tb = TB.row_trace(tb, ta, row)
+            else:
+                ta = TB.row_trace(ta, tb, row)
+            err_console.print(f"batch {na} vs {nb}: comparing row {row} of the batch-{max(na, nb)} trace "
+                              "(its batch kernels re-run with the other side's row in place)")
         T.check_pair(ta, tb)
     except ValueError as exc:
         _fail(f"{exc}", 2)
@@ -913,11 +922,12 @@ def trace_diff(
     plot: Optional[Path] = typer.Option(None, "--plot", help="propagation PNG"),
     html: Optional[Path] = typer.Option(None, "--html", help="single-file HTML view"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the diff JSON here"),
+    row: int = typer.Option(0, "--row", help="batch row compared when one trace is batch 1 and the other is not"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """First op whose output differs while its inputs are equal; per-layer ULP propagation."""
     plot, html, out = _trace_outputs(plot, html, out)
-    ta, tb = _load_traces(a, b)
+    ta, tb = _load_traces(a, b, row)
     d = T.diff(ta, tb)
     _write_trace_outputs("the diff outputs", d, None, d, plot, html, out)
     if as_json:
@@ -956,6 +966,7 @@ def trace_explain(
     html: Optional[Path] = typer.Option(None, "--html"),
     plot: Optional[Path] = typer.Option(None, "--plot"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the explanation JSON here"),
+    row: int = typer.Option(0, "--row", help="batch row compared when one trace is batch 1 and the other is not"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Replay the origin ops' inputs under candidate plans: which plan gives each platform's bits."""
@@ -965,7 +976,7 @@ def trace_explain(
     for path in reveal or []:
         if not Path(path).is_file():
             _fail(f"--reveal {path}: no such file", 1)
-    ta, tb = _load_traces(a, b)
+    ta, tb = _load_traces(a, b, row)
     d = T.diff(ta, tb)
     try:
         x = C_map.explain_with_map(ta, tb, d, revealed_paths=reveal or [], max_ops=max_ops,

@@ -216,6 +216,8 @@ def _run_kernel(op: dict, values: list[np.ndarray], trace: T.Trace | None = None
     each input in the layout ``op`` recorded for it: raw output bits per output."""
     import torch
 
+    if getattr(trace, "slices", None) and op["key"] in trace.slices:  # a row of a batch: its batch kernel
+        return trace.run_embedded(op, values, _run_kernel)
     name = op["aten"]
     if not name.startswith("aten."):
         raise _Unavailable(f"{name}: not an aten op")
