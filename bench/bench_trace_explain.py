@@ -1,4 +1,4 @@
-"""Explain time of the per-op counterfactual map on tiny-llama (CPU), against the time to record
+"""Explain time of the per-op counterfactual map on tiny-llama and on the 1B model (CPU), against the time to record
 the traces in the same run.
 
     pytest bench/bench_trace_explain.py --benchmark-json docs/results/bench_trace_explain.json
@@ -63,3 +63,39 @@ def test_one_gemm_op(benchmark, pair, platform_meta):
     s = benchmark.stats.stats.median
     benchmark.extra_info.update({"platform": platform_meta, "record_seconds": record_s, "op_seconds": s,
                                  "op_vs_record": s / record_s})
+
+
+# -- the 1B model: llama-3.2-1b (seeded), bf16, batch 1, 16 tokens, every op's arrays kept ---------------
+K1B = "model.layers.0.mlp.down_proj:mm#0"  # [16, 8192] x [8192, 2048]
+FULL = dict(dtype="bf16", batch=1, length=16, profile=False, keep="all", keep_layers=1 << 10, max_bytes=8 << 30,
+            row_cap_bytes=1 << 40)
+
+
+@pytest.fixture(scope="module")
+def pair_1b():
+    """Two CPU traces of the 1B model: B computes layer 0's down_proj by SplitK(3) (what cuBLAS
+    does on the H200), everything after it differs by propagation."""
+    import torch
+
+    from hspi_kernels.models import zoo
+
+    pytest.importorskip("transformers")
+    model, _ = zoo.build("llama-3.2-1b", 0)
+    model = model.to(torch.bfloat16).eval()
+    t0 = time.perf_counter()
+    a = T.run_model("llama-3.2-1b", model=model, **FULL)
+    record_s = time.perf_counter() - t0
+    b = T.run_model("llama-3.2-1b", model=model, **FULL, inject={K1B: P.SplitK(3)})
+    return a, b, record_s
+
+
+def test_whole_model_map_1b(benchmark, pair_1b, platform_meta):
+    a, b, record_s = pair_1b
+    m = benchmark.pedantic(C.counterfactual, args=(a, b), rounds=1, iterations=1)
+    assert {r["key"] for r in m["own_divergences"]} == {K1B} and m["summary"]["undetermined"] == []
+    s = benchmark.stats.stats.median
+    benchmark.extra_info.update({"platform": platform_meta, "model": "llama-3.2-1b", "record_seconds": record_s,
+                                 "map_seconds": s, "ops": m["summary"]["ops"],
+                                 "differing_ops": m["summary"]["differ"],
+                                 "seconds_per_differing_op": s / max(1, m["summary"]["differ"]),
+                                 "map_vs_record": s / record_s})
