@@ -338,7 +338,7 @@ def load(path: str | Path) -> Collection:
             arrays = {k: z[k] for k in z.files if k != "__meta__"}
     except InputFileError:  # too large, truncated, not an npz: the message names the file already
         raise
-    except (OSError, EOFError, KeyError, ValueError, TypeError, RecursionError, zipfile.BadZipFile) as exc:
+    except (OSError, EOFError, KeyError, ValueError, TypeError, RecursionError, NotImplementedError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{path}: not a readable {SCHEMA} collection ({type(exc).__name__}: {exc})") from None
     schema = meta.get("schema") if isinstance(meta, dict) else None
     if schema != SCHEMA:

@@ -60,7 +60,7 @@ import xxhash
 
 from hspi_kernels.models import power, prompts as prompt_sets, sampled
 
-START = time.perf_counter()
+START = time.perf_counter()  # reset by main(): the budget counts from the job's start, not the import
 BASE = "bf16.torch.batched"
 AXES = {  # axis -> the stacks that change it (each compared with BASE)
     "gemm": ["bf16.fixed.batched"],
@@ -305,6 +305,8 @@ def short_table(rec: dict[str, Any]) -> str:
 # the job
 # --------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
+    global START
+    START = time.perf_counter()  # an importer that calls main() late (a test session) gets its whole budget
     ap = argparse.ArgumentParser(prog="python -m hspi_kernels.models.gpu_blackbox")
     ap.add_argument("out_dir", type=Path)
     ap.add_argument("--model", default="qwen2.5-0.5b", help="zoo model (tiny-llama for a CPU smoke test)")

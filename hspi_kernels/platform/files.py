@@ -273,15 +273,57 @@ def open_npz_bounded(path: str | os.PathLike, max_bytes: int, *, kind: str = "np
             unpacked = sum(info.file_size for info in zf.infolist())
         if is_file_object:
             path.seek(start)  # back to where np.load must start reading
-    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError, NotImplementedError) as exc:
         raise InputFileError(f"{path}: truncated or corrupt {kind}, not a readable npz archive "
                              f"({type(exc).__name__}: {exc})") from None
     if unpacked > limit:
         raise InputFileError(f"{path}: {kind} unpacks to {unpacked} bytes, more than the {limit}-byte limit")
     try:
         z = np.load(path, allow_pickle=False)
-    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError, NotImplementedError) as exc:
         raise InputFileError(f"{path}: truncated or corrupt {kind} ({type(exc).__name__}: {exc})") from None
     if not hasattr(z, "files"):  # a bare .npy: not an archive of named arrays
         raise InputFileError(f"{path}: {kind} is a single .npy array, not an npz archive")
-    return z
+    return BoundedNpz(z, path, kind)
+
+
+class BoundedNpz:
+    """An open npz archive whose member reads turn what a damaged member raises (a bad CRC, an
+    unknown compression or zip version, a cut deflate stream, a bad .npy header) into an
+    :class:`InputFileError` naming the file and the member; a missing member stays a KeyError."""
+
+    def __init__(self, npz, path, kind: str):
+        self._npz, self._path, self._kind = npz, path, kind
+        self.files = list(npz.files)
+
+    def __getitem__(self, key: str):
+        import zipfile
+        import zlib
+
+        if key not in self.files:
+            raise KeyError(key)
+        try:
+            return self._npz[key]
+        except (zipfile.BadZipFile, EOFError, ValueError, OSError, NotImplementedError, zlib.error) as exc:
+            if isinstance(exc, InputFileError):
+                raise
+            raise InputFileError(f"{self._path}: corrupt {self._kind}, member {key!r} is unreadable "
+                                 f"({type(exc).__name__}: {str(exc)[:120]})") from None
+
+    def __contains__(self, key) -> bool:
+        return key in self.files
+
+    def __iter__(self):
+        return iter(self.files)
+
+    def keys(self):
+        return list(self.files)
+
+    def close(self) -> None:
+        self._npz.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

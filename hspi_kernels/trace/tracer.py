@@ -555,7 +555,7 @@ def load(path: str | Path) -> Trace:
             raise
         raise ValueError(f"{path}: truncated or corrupt trace file, not a readable {SCHEMA} npz "
                          f"({type(exc).__name__}: {str(exc)[:120]})") from None
-    except (zipfile.BadZipFile, EOFError, KeyError, OSError, TypeError, RecursionError, zlib_error()) as exc:
+    except (zipfile.BadZipFile, EOFError, KeyError, OSError, TypeError, RecursionError, NotImplementedError, zlib_error()) as exc:
         raise ValueError(f"{path}: truncated or corrupt trace file ({type(exc).__name__}: {exc})") from None
     missing = [k for k in ("ops", "arrays", "model", "run", "policy") if k not in meta]
     if missing:
