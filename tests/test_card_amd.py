@@ -134,3 +134,21 @@ def test_card_cli_takes_amd_presets():
     assert res["exact"] and res.get("family") == "pairwise"
     bad = CliRunner().invoke(app, ["card", "--path", "emulated:cdna9.mfma/fp16->fp32"])
     assert bad.exit_code == 2 and "unknown preset" in bad.output
+
+
+def test_pairwise_card_table_lists_no_block_model_features():
+    """A pairwise card's table shows the pairwise parameters only: none of the block model's
+    feature rows (F, term rounding, carries, ...) that the block-family table lists."""
+    from rich.console import Console
+
+    def text(card):
+        con = Console(record=True, width=200)
+        con.print(C.card_table(card))
+        return con.export_text()
+
+    pw = text(_card("cdna1.mfma/fp16->fp32"))
+    assert "flush_denormals" in pw and "block-model feature tests" in pw
+    for row in ("term_rounding", "carries", "monotonic", "product_exact", "out_fraction_bits"):
+        assert row not in pw, row
+    nv = text(C.numerics_card(C.emulated_unit(TC.PRESETS["sm_80.mma/bf16->fp32"]), n_verify=300, fit_blocks=500))
+    assert "term_rounding" in nv and "carries" in nv  # negative control: a block card keeps them

@@ -23,12 +23,24 @@ on integers / IEEE float32 here:
   the even-k and the odd-k products each as above (F = 24), both rounded down onto the larger
   exponent's grid and added, then c as above, except that c is dropped when its exponent is
   more than 25 below E.
-- ``fma`` (fp32, fp64 MFMA on every CDNA): an fma chain in k order in the accumulation format;
-  the plans ``Sequential("fp32", fma=True)`` / ``Sequential("fp64", fma=True)``.
+- ``fma`` (fp32 MFMA on CDNA1-3, fp64 MFMA on CDNA2-3: MI100 has none): an fma chain in k
+  order in the accumulation format; the plans ``Sequential("fp32", fma=True)`` /
+  ``Sequential("fp64", fma=True)`` (:func:`plan_of`).
 
-Presets: :data:`AMD_PRESETS`. They are not :class:`tensor_core.BlockModel` s (c joins late with
-its own rounding, or there is no fused block at all), so they live here; ``hspi card`` on one
-of them recovers what a block model can hold (see ``tests/test_amd_presets.py``).
+Presets: :data:`AMD_PRESETS` (17: CDNA1 fp16/bf16/fp32; CDNA2 fp16/bf16/bf16_1k/fp32/fp64;
+CDNA3 fp16/bf16/xf32, the four fp8/bf8 pairings, fp32/fp64). They are not
+:class:`tensor_core.BlockModel` s (c joins late with its own rounding, or there is no fused
+block at all), so they live here.
+
+Evidence: every preset is *literature only* (no AMD hardware bits checked here). What the tests
+show: the CDNA3 integer model equals a line-by-line Fraction transcription of MMA-Sim's
+``amd_fused_dot_rd_add`` (``tests/test_amd_presets.py``), and hand blocks separate the candidates:
+late c rounded down vs truncated, fp8's dropped c, pairwise vs KM's exact group, CDNA2
+flushing. ``hspi card`` (``card.amd_unit``, ``--path emulated:<preset>``) recovers the five
+pairwise presets, closed loop, as its pairwise family (``tests/test_card_amd.py``). For the
+CDNA3 fused_rd presets it finds G, F = 24 and fp32 RNE but does not verify (no card family holds
+a late c yet). The fnuz fp8 and fp32/fp64 fma presets are reported not described, with the
+reason.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 Written independently of :mod:`rounding`: it works on one rational number at a time and
 follows the definitions directly (find the binade, the grid spacing, the two neighbours on the
 grid, pick one), so agreement between the two is evidence, not tautology. Same overflow and NaN
-conventions as :mod:`rounding` (see its docstring). NaN is represented by ``None`` here,
+conventions as :mod:`rounding` (see its docstring): beyond the largest finite value IEEE formats
+go to ±inf (RNE/RNA, and RU/RD on their side), e4m3 "fn" to NaN there, and the formats with
+neither inf nor NaN (e2m1, e2m3, e3m2) saturate to ±max finite in every mode. NaN is represented by ``None`` here,
 infinities by the strings ``"+inf"`` / ``"-inf"``.
 """
 
@@ -29,7 +31,7 @@ def to_fraction(bits: int, fmt: str | Format):
             if frac:
                 return None
             return "-inf" if negative else "+inf"
-        if frac == (1 << fmt.frac_bits) - 1:
+        if fmt.nan_policy == "fn" and frac == (1 << fmt.frac_bits) - 1:  # "none": every pattern finite
             return None
     if exp_field == 0:
         value = Fraction(frac) * Fraction(2) ** (fmt.emin - fmt.frac_bits)
@@ -94,7 +96,10 @@ def round_fraction(q: Fraction, fmt: str | Format, mode: str = "RNE", negative_z
         goes_infinite = {"RNE": True, "RNA": True, "RZ": False, "RU": not negative, "RD": negative}[mode]
         if not goes_infinite:
             return _pattern(negative, fmt.max_finite_bits, fmt)
-        return _pattern(negative, fmt.inf_bits if fmt.has_inf else fmt.nan_bits, fmt)
+        # IEEE: inf; no inf but a NaN (e4m3 "fn", ml_dtypes' non-saturating float8_e4m3fn): NaN;
+        # neither (the MX FP4/FP6 elements, nan_policy "none"): saturate to max finite
+        beyond = fmt.inf_bits if fmt.has_inf else fmt.nan_bits if fmt.has_nan else fmt.max_finite_bits
+        return _pattern(negative, beyond, fmt)
 
     if chosen < Fraction(2) ** fmt.emin:  # subnormal (or zero)
         return _pattern(negative, int(chosen / Fraction(2) ** (fmt.emin - F)), fmt)

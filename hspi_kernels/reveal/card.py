@@ -625,9 +625,12 @@ def card_table(card: dict):
     for k, v in card["params"].items():
         e = card["features"].get(k, {}) if block else {}  # a pairwise card's params: the fit alone
         t.add_row(k, str(v), str(e.get("evidence", "closed-loop fit")))
-    for k, e in card["features"].items():
-        if k not in card["params"]:
-            t.add_row(k, str(e.get("value")), str(e.get("evidence")))
+    if block:
+        for k, e in card["features"].items():
+            if k not in card["params"]:
+                t.add_row(k, str(e.get("value")), str(e.get("evidence")))
+    elif card["features"]:  # the block model's feature tests measure its parameters, not this family's
+        t.add_row("block-model feature tests", "not this family's", "in the JSON card ('features', 'block_model')")
     for k, values in card.get("indistinguishable", {}).items():
         if len(values) > 1:
             t.add_row(f"{k}: equal on the data", str(values), "")
