@@ -163,6 +163,15 @@ def probe(
                              "(one per group, at most half the cores)"),
     server: str = typer.Option("auto", "--server", help="auto: run the probes in a running `hspi serve` "
                                "(same code) if there is one, else here; on: only there; off: only here"),
+    distributed: Optional[str] = typer.Option(None, "--distributed", help="also run the distributed probes "
+                                              "at these world sizes, e.g. 2,4: all-reduce order and a "
+                                              "row-parallel linear at TP 1 and each size (gloo ranks on the "
+                                              "CPU, or NCCL with one GPU per rank)"),
+    dist_backend: str = typer.Option("auto", "--dist-backend", help="auto (NCCL when there is a GPU per "
+                                     "rank, else gloo), gloo or nccl"),
+    all_gpus: bool = typer.Option(False, "--all-gpus", help="the suite on every GPU of this node at once (one "
+                                  "process per GPU): --out becomes the node summary, each GPU's fingerprint "
+                                  "is written next to it as <name>.gpu<i>.json"),
 ) -> None:
     """Run the registered probes on this machine and write a fingerprint (schema hspi-fingerprint/1).
     A second run is faster: operands, fp64 references and plan evaluations come from the on-disk
@@ -171,10 +180,33 @@ def probe(
     in a resident ``hspi serve`` process when one runs (``--server``)."""
     if suite not in ("default", "stack", "all"):
         _fail(f"--suite must be default, stack or all, got {suite!r}", 2)
+    world_sizes: tuple[int, ...] = ()
+    if distributed is not None:
+        from hspi_kernels.parallel import probes as dist_probes
+
+        try:
+            world_sizes = dist_probes.parse_world_sizes(distributed)
+            dist_backend = dist_probes.resolve_backend(dist_backend, world_sizes)
+        except ValueError as exc:
+            _fail(f"--distributed / --dist-backend: {exc}", 2)
+        from hspi_kernels.parallel.group import backend_unavailable
+
+        reason = backend_unavailable(dist_backend, max(world_sizes))
+        if reason is not None:  # before any probe runs
+            _fail(f"--distributed {distributed} on {dist_backend}: {reason}", 2)
+    elif dist_backend != "auto":
+        _fail("--dist-backend needs --distributed (the world sizes)", 2)
+    if all_gpus:
+        if distributed is not None or as_json:
+            _fail("--all-gpus runs one process per GPU: it does not combine with --distributed or --json", 2)
+        _probe_all_gpus(out, only=only, suite=suite, kernels=kernels, use_cache=use_cache, clear_cache=clear_cache,
+                        jobs=jobs)
+        return
     out = _output(out, "fingerprint")  # before the probes run, not after
     progress_console = err_console if as_json else console
     fp = _take(progress_console, transient=False, only=only, suite=suite, kernels=kernels, use_cache=use_cache,
-               clear_cache=clear_cache, jobs=jobs, server=server, imports_s=IMPORTS_S)
+               clear_cache=clear_cache, jobs=jobs, server=server, imports_s=IMPORTS_S,
+               distributed=world_sizes, dist_backend=dist_backend)
     records, elapsed = fp["probes"], fp["suite"]["wall_s"]
     with _writing(f"fingerprint {out}"):
         fingerprint.save(fp, out)
@@ -187,6 +219,38 @@ def probe(
     if timings:
         _print_timings(fp, progress_console)
     if failed:
+        raise typer.Exit(1)
+
+
+def _probe_all_gpus(out: Path, *, only, suite, kernels, use_cache, clear_cache, jobs) -> None:
+    """`hspi probe --all-gpus`: one `hspi probe` per GPU in parallel and the node summary."""
+    from hspi_kernels.fingerprint import node
+
+    devices = node.gpu_indices()
+    if not devices:
+        _fail("--all-gpus: no CUDA GPU on this machine (torch.cuda.is_available() is False); "
+              "run `hspi probe` without it", 1)
+    out = _output(out, "node summary")
+    for dev in devices:  # every per-GPU file is checked before any GPU starts
+        _output(node.per_gpu_path(out, dev), "fingerprint")
+    args = [*(["--only", only] if only else []), "--suite", suite, "--kernels" if kernels else "--no-kernels",
+            "--cache" if use_cache else "--no-cache", *(["--clear-cache"] if clear_cache else []), "--jobs", str(jobs)]
+    console.print(f"probing {len(devices)} GPU(s) in parallel: {', '.join(devices)}")
+    with _writing(f"node summary {out}"):
+        summary = node.run(devices, out, args,
+                           on_done=lambda g: console.print(f"  GPU {g['device']}: {g['status']} in {g['wall_s']:.1f} s"))
+    table = Table(title=f"hspi probe --all-gpus — {len(devices)} GPU(s), {summary['wall_s']:.1f} s")
+    for col in ("GPU", "status", "label", "probes", "differ from first"):
+        table.add_column(col, overflow="fold")
+    for g in summary["gpus"]:
+        counts = ", ".join(f"{v} {k}" for k, v in sorted(g.get("probes", {}).items()))
+        differ = str(len(g["differing_probes"])) if "differing_probes" in g else "-"
+        table.add_row(escape(g["device"]), g["status"], escape(g.get("label", g.get("error", ""))), counts, differ)
+    console.print(table)
+    verdict = ("bit-identical on every probe" if summary["bit_identical"] else
+               "NOT bit-identical (see differing_probes)" if summary["all_ran"] else "some GPUs failed (see their logs)")
+    console.print(f"wrote {out} (node: {verdict})")
+    if not summary["all_ran"]:
         raise typer.Exit(1)
 
 

@@ -44,7 +44,8 @@ class ServerFailed(TakeError):
 
 def take(only: str | None = None, *, suite: str = "default", kernels: bool = False, use_cache: bool = True, clear_cache: bool = False,
          jobs: int = 0, server: str = "auto", progress: Progress | None = None,
-         note: Callable[[str], None] | None = None, timing: bool = True, imports_s: float = 0.0) -> dict[str, Any]:
+         note: Callable[[str], None] | None = None, timing: bool = True, imports_s: float = 0.0,
+         distributed: tuple[int, ...] = (), dist_backend: str = "auto") -> dict[str, Any]:
     """Probe this machine; the fingerprint (``hspi-fingerprint/1``, validated).
 
     ``only``: run only probes whose id contains it. ``suite``: "default", "stack" (the
@@ -57,7 +58,10 @@ def take(only: str | None = None, *, suite: str = "default", kernels: bool = Fal
     the probes start and again when they restart here after the server failed mid-way; ``note(message)`` when the server
     was there but not used (default: a RuntimeWarning). ``timing``: record the ``suite`` section
     (wall time, phases, cache counts); ``imports_s``: seconds the caller spent importing before
-    the call, recorded as the ``imports`` phase and counted in the wall time.
+    the call, recorded as the ``imports`` phase and counted in the wall time. ``distributed``:
+    world sizes of the distributed probes (``hspi_kernels.parallel.probes``: all-reduce order,
+    row-parallel linear at TP 1 and each size) appended after the suite's records, on
+    ``dist_backend`` ("auto": NCCL with a GPU per rank, else gloo); ``only`` filters them too.
 
     ValueError for a server mode other than auto/on/off, :class:`NoProbesSelected`,
     :class:`ServerFailed` (server="on")."""
@@ -75,13 +79,34 @@ def take(only: str | None = None, *, suite: str = "default", kernels: bool = Fal
     if clear_cache:
         cache.clear()
     selected = catalog.select(only, suite)
-    if not selected:
+    dist_ids: list[str] = []
+    if distributed:
+        from hspi_kernels.parallel import probes as dist_probes
+
+        dist_backend = dist_probes.resolve_backend(dist_backend, distributed)
+        dist_ids = [pid for pid in dist_probes.probe_ids(distributed, dist_backend) if only is None or only in pid]
+    if not selected and not dist_ids:
         raise NoProbesSelected(f"no probe id contains {only!r}")
     phases: dict[str, Any] = {"imports": imports_s + time.perf_counter() - start}
     t0 = time.perf_counter()
-    records, meta, suite_timing = _run(selected, kernels=kernels, use_cache=use_cache, jobs=jobs, server=server,
-                                       phases=phases, progress=progress, note=note)
+    if selected:
+        records, meta, suite_timing = _run(selected, kernels=kernels, use_cache=use_cache, jobs=jobs, server=server,
+                                           phases=phases, progress=progress, note=note)
+    else:  # only distributed probes selected
+        records, meta, suite_timing = [], plat.collect(), {}
     phases["probes"] = time.perf_counter() - t0 - phases.get("shared_imports", 0.0)
+    if dist_ids:
+        t0 = time.perf_counter()
+        done = [len(records)]
+        total = len(records) + len(dist_ids)
+
+        def on_dist(record: dict) -> None:
+            done[0] += 1
+            if progress is not None:
+                progress(done[0], total, record)
+
+        records = records + dist_probes.records(distributed, backend=dist_backend, only=only, on_record=on_dist)
+        phases["distributed"] = time.perf_counter() - t0
     suite = None
     if timing:
         cache_counts = suite_timing.pop("cache", {})

@@ -36,13 +36,13 @@ def _task_allreduce(rank, world_size, arg, state):
     import torch.distributed as dist
 
     x, dtype = arg
-    t = torch.from_numpy(np.ascontiguousarray(x))
+    t = torch.from_numpy(np.ascontiguousarray(x)).to(state.get("device", "cpu"))
     if dtype == "bf16":
         t = t.to(torch.bfloat16)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     if rank != 0:
         return None
-    return t.float().numpy() if dtype == "bf16" else t.numpy()
+    return t.float().cpu().numpy()
 
 
 TASKS["allreduce"] = _task_allreduce

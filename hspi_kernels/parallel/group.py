@@ -1,4 +1,5 @@
-"""A persistent pool of gloo ranks (``torch.multiprocessing`` spawn) that runs tasks collectively.
+"""A persistent pool of ranks (gloo on the CPU, or NCCL with one GPU per rank; ``torch.multiprocessing``
+spawn) that runs tasks collectively.
 
 :class:`RankGroup` starts ``world_size`` worker processes once (a free TCP port on 127.0.0.1, one
 torch thread each), then :meth:`RankGroup.call` sends every rank the same task name with its own
@@ -16,7 +17,7 @@ import socket
 import time
 import traceback
 
-__all__ = ["WorkerError", "RankGroup", "free_port", "TASKS"]
+__all__ = ["WorkerError", "RankGroup", "free_port", "TASKS", "BACKENDS", "backend_unavailable"]
 
 
 class WorkerError(RuntimeError):
@@ -34,23 +35,53 @@ TASKS: dict = {}  # name -> fn(rank, world_size, arg, state) -> result (register
 
 def _register_defaults() -> None:
     # imported in the worker: the task modules register themselves
-    from hspi_kernels.parallel import allreduce, tp  # noqa: F401
+    from hspi_kernels.parallel import allreduce, probes, tp  # noqa: F401
 
 
-def _worker(rank: int, world_size: int, port: int, tasks, results, threads: int, timeout: float) -> None:
+BACKENDS = ("gloo", "nccl")
+
+
+def backend_unavailable(backend: str, world_size: int) -> str | None:
+    """Why a group of ``world_size`` ranks cannot run on ``backend`` here (None: it can). gloo:
+    the CPU, any world size; NCCL: one GPU per rank."""
+    if backend not in BACKENDS:
+        return f"unknown distributed backend {backend!r} (gloo or nccl)"
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return "torch is not installed"
+    if not dist.is_available():
+        return "this torch build has no torch.distributed"
+    if backend == "gloo":
+        return None if dist.is_gloo_available() else "this torch build has no gloo backend"
+    import torch
+
+    if not dist.is_nccl_available():
+        return "this torch build has no NCCL backend"
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus < world_size:
+        return f"NCCL world size {world_size} needs {world_size} GPUs, this machine has {gpus}"
+    return None
+
+
+def _worker(rank: int, world_size: int, port: int, tasks, results, threads: int, timeout: float,
+            backend: str = "gloo") -> None:
     import torch
     import torch.distributed as dist
 
     torch.set_num_threads(threads)
+    state: dict = {"device": "cpu"}
     try:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
+        if backend == "nccl":  # one GPU per rank; the tasks put their tensors on state["device"]
+            torch.cuda.set_device(rank)
+            state["device"] = f"cuda:{rank}"
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(seconds=timeout))
         _register_defaults()
     except Exception:
         results.put((rank, -1, "error", traceback.format_exc()))
         return
     results.put((rank, -1, "ok", os.getpid()))
-    state: dict = {}
     while True:
         task_id, name, arg = tasks.get()
         if name == "__stop__":
@@ -70,14 +101,16 @@ def _worker(rank: int, world_size: int, port: int, tasks, results, threads: int,
 class RankGroup:
     """``with RankGroup(4) as g: g.call("allreduce", [x0, x1, x2, x3])``."""
 
-    def __init__(self, world_size: int, *, timeout: float = 120.0, threads: int = 1, start_timeout: float = 180.0):
-        import torch.distributed as dist
+    def __init__(self, world_size: int, *, timeout: float = 120.0, threads: int = 1, start_timeout: float = 180.0,
+                 backend: str = "gloo"):
         import torch.multiprocessing as mp
 
-        if not (dist.is_available() and dist.is_gloo_available()):
-            raise WorkerError("torch.distributed with the gloo backend is not available in this torch build")
         if world_size < 1:
             raise ValueError(f"world_size must be >= 1, got {world_size}")
+        reason = backend_unavailable(backend, world_size)
+        if reason is not None:
+            raise WorkerError(reason)
+        self.backend = backend
         self.world_size, self.timeout = int(world_size), float(timeout)
         ctx = mp.get_context("spawn")
         self.port = free_port()
@@ -86,7 +119,8 @@ class RankGroup:
         self._next = 0
         self.closed = False
         self.procs = [ctx.Process(target=_worker, daemon=True,
-                                  args=(r, world_size, self.port, self._tasks[r], self._results, threads, timeout))
+                                  args=(r, world_size, self.port, self._tasks[r], self._results, threads, timeout,
+                                        backend))
                       for r in range(world_size)]
         for p in self.procs:
             p.start()
