@@ -32,7 +32,8 @@ from hspi_kernels.models import analysis, collect as mc, crossplatform as cp, eq
 from hspi_kernels.models import hspi_bi, hspi_ld, matching, zoo  # noqa: E402
 from hspi_kernels.numerics import amd as AMD, tensor_core as TC  # noqa: E402
 from hspi_kernels.platform.capabilities import capabilities  # noqa: E402
-from hspi_kernels.platform.files import OutputPathError, atomic_write_text, check_output_dir, check_output_path  # noqa: E402
+from hspi_kernels.platform.files import (OutputPathError, atomic_write_json, atomic_write_text, check_output_dir,  # noqa: E402
+                                         check_output_path)
 from hspi_kernels.probes import cache as probe_cache, server as srv  # noqa: E402
 from hspi_kernels.reveal import card as C, order as R, targets as reveal_targets  # noqa: E402
 from hspi_kernels.trace import batch as TB, counterfactual as C_map, tracer as T  # noqa: E402
@@ -1016,6 +1017,78 @@ def trace_diff(
     for L in d["layers"]:
         layers.add_row(L["layer"], str(L["ops"]), str(L["differ"]), f"{L['max_ulp']:.0f}")
     console.print(layers)
+
+
+@trace_app.command("tp")
+def trace_tp(
+    model: str = typer.Option("tiny-llama", "--model", "-m", help="zoo llama (row/column-parallel sharding)"),
+    degree: int = typer.Option(2, "--degree", help="the TP degree compared with TP 1 (2..8)"),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32 (explained by the plan) or bf16 (divergence only)"),
+    seed: int = typer.Option(0, "--seed"),
+    length: int = typer.Option(8, "--length", help="tokens of the traced prompt"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="JSON record of the trace"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """TP 1 vs TP N of one model (gloo ranks on the CPU): the first op whose output bits differ
+    and its explanation by the plan (per-rank partial GEMMs + the all-reduce order revealed on the
+    group, N/N on the op's outputs), with the negative controls that must not reproduce it."""
+    if not 2 <= degree <= 8:
+        _fail(f"--degree must be in 2..8, got {degree}", 2)
+    if dtype not in ("fp32", "bf16"):
+        _fail(f"--dtype must be fp32 or bf16, got {dtype!r}", 2)
+    if not 1 <= length <= 4096:
+        _fail(f"--length must be in 1..4096, got {length}", 2)
+    _need("transformers", "hspi trace tp")
+    from hspi_kernels.models import zoo
+
+    try:
+        spec = zoo.get_spec(model)
+    except (KeyError, ValueError) as exc:
+        _fail(f"--model: {exc}", 2)
+    if spec.arch != "llama" or "vocab_size" not in spec.config:
+        _fail(f"--model {model}: the TP sharding is written for the zoo's llama configs "
+              f"({', '.join(n for n, s_ in zoo.SPECS.items() if s_.arch == 'llama')}), not {spec.arch}", 2)
+    if out is not None:
+        out = _output(out, "TP trace record")
+    import numpy as np
+
+    from hspi_kernels.parallel import tp as tp_mod
+    from hspi_kernels.parallel.group import WorkerError
+
+    tokens = np.random.default_rng(seed).integers(3, int(spec.config["vocab_size"]), size=(1, length))
+    try:
+        with tp_mod.TPSession(1, spec.name, seed, dtype) as s1, tp_mod.TPSession(degree, spec.name, seed, dtype) as sw:
+            tr = tp_mod.trace_tp_pair(s1, sw, tokens)
+    except WorkerError as exc:
+        _fail(f"hspi trace tp: {str(exc).splitlines()[0]}", 1)
+    rec = {"model": spec.name, "dtype": dtype, "seed": seed, "degrees": [1, degree], "length": length, **tr}
+    if out is not None:
+        with _writing(f"TP trace record {out}"):
+            atomic_write_json(out, rec)
+    if as_json:
+        _print_json(rec)
+        return
+    first = tr["first_divergence"]
+    if first["op"] is None:
+        console.print(f"TP 1 vs TP {degree}: every traced op bit-identical ({len(first['ops_equal'])} ops)")
+        return
+    console.print(f"TP 1 vs TP {degree} ({spec.name}, {dtype}): first diverging op [bold]{first['op']}[/bold] "
+                  f"({first['kind']}, {first['differing']}/{first['total']} outputs differ; "
+                  f"{len(first['ops_equal_before'])} ops equal before it)")
+    if "emulation_torch_partials" in tr:
+        emu, wrong = tr["emulation_torch_partials"], tr["emulation_wrong_combine"]
+        table = Table(title="explanation by the plan")
+        for col in ("model of the op", "partials", "outputs"):
+            table.add_column(col)
+        table.add_row("rank partial GEMMs + all-reduce order " + " ".join(tr["allreduce_order"]),
+                      emu["partial_match"], emu["combine_match"])
+        table.add_row(f"control: {tr['negative_control_combine']}", wrong["partial_match"], wrong["combine_match"])
+        table.add_row("control: TP 1's unsplit GEMM", "-", tr["negative_control_unsplit_gemm"])
+        console.print(table)
+    verdict = "explained by the plan" if tr.get("explained") else f"not explained: {tr.get('why_not', 'see the record')}"
+    console.print(verdict + (f"; wrote {out}" if out is not None else ""))
+    if not tr.get("explained"):
+        raise typer.Exit(1)
 
 
 @trace_app.command("explain")

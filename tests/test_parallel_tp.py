@@ -146,3 +146,52 @@ def test_failing_worker_is_a_clear_error():
     with pytest.raises(WorkerError, match="exited with code 3"):
         g.call("exit", [0, 0])
     assert all(not p.is_alive() for p in g.procs)
+
+
+def test_bf16_allreduce_is_the_fp32_trees_with_bf16_additions(tp4):
+    """gloo's bf16 sum: the trees probed in fp32, each addition done in fp32 and rounded to bf16
+    (N/N); rank-order bf16 additions (the wrong-order control) and fp32 additions rounded once at
+    the end (the wrong-arithmetic control) must both miss."""
+    from hspi_kernels.reveal.targets import random_values, to_format
+
+    for numel in (16, 4096):
+        order = AR.probe_order(tp4.group, numel)
+        xs = to_format(random_values(np.random.default_rng(21), (4, numel), "fp32", spread=8), "bf16")
+        want = AR.allreduce(tp4.group, xs, dtype="bf16")
+        assert np.array_equal(bits(AR.combine(order, xs, fmt="bf16")), bits(want))
+        seq = AR.AllReduceOrder(4, numel, [AR.Segment(0, numel, tp._rank_order_tree(4), P.Sequential())], 0)
+        assert np.mean(bits(AR.combine(seq, xs, fmt="bf16")) == bits(want)) < 1.0
+        once = to_format(AR.combine(order, xs), "bf16")
+        assert np.mean(bits(once) == bits(want)) < 1.0
+    with pytest.raises(ValueError, match="AllReduceOrder"):
+        AR.combine(P.Sequential(), xs, fmt="bf16")
+
+
+def test_trace_tp_pair_explains_bf16_tp2():
+    with tp.TPSession(1, "tiny-llama", 0, "bf16", timeout=60) as s1, tp.TPSession(2, "tiny-llama", 0, "bf16",
+                                                                                  timeout=60) as s2:
+        tr = tp.trace_tp_pair(s1, s2, TOKENS[:1])
+    assert tr["first_divergence"]["op"] == "model.layers.0.self_attn.o_proj"
+    assert tr["explained"] and tr["emulation_torch_partials"]["exact"], tr
+    assert not tr["emulation_wrong_combine"]["exact"]  # the interleaved-K control
+    m, t = map(int, tr["negative_control_unsplit_gemm"].split("/"))
+    assert m < t
+
+
+def test_cli_trace_tp(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from hspi_kernels.cli import app
+
+    r = CliRunner()
+    out = tmp_path / "tp4.json"
+    res = r.invoke(app, ["trace", "tp", "--degree", "4", "--out", str(out)])
+    assert res.exit_code == 0 and "explained by the plan" in res.output, res.output
+    rec = json.loads(out.read_text())
+    assert rec["explained"] and rec["degrees"] == [1, 4] and len(rec["allreduce_order"]) == 4
+    for args, code, words in ((["--degree", "1"], 2, "2..8"), (["--dtype", "fp16"], 2, "fp32 or bf16"),
+                              (["--model", "gpt2-small"], 2, "llama"), (["--model", "nope"], 2, "unknown model")):
+        res = r.invoke(app, ["trace", "tp", *args])
+        assert res.exit_code == code and words in res.output and "Traceback" not in res.output, (args, res.output)

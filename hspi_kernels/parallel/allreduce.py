@@ -23,7 +23,7 @@ import numpy as np
 from hspi_kernels.numerics import plans as P
 from hspi_kernels.numerics.evaluate import evaluate
 from hspi_kernels.reveal.order import explicit_plan, match_plan
-from hspi_kernels.reveal.targets import random_values
+from hspi_kernels.reveal.targets import random_values, to_format
 
 from .group import TASKS
 
@@ -174,11 +174,33 @@ def probe_order(group, numel: int, seed: int = 0) -> AllReduceOrder:
     return AllReduceOrder(n, numel, segments, n * (n - 1) // 2 + 1)
 
 
-def combine(order: AllReduceOrder | list[P.Plan] | P.Plan, partials: np.ndarray) -> np.ndarray:
-    """The emulated all-reduce of ``partials[P, ...]`` (fp32): each element's plan over its P
-    rank terms. ``order`` a single plan: that plan for every element (a candidate / control)."""
+def _tree_rounded(node, cols: list[np.ndarray], fmt: str) -> np.ndarray:
+    """A revealed tree evaluated with each addition done in fp32 and rounded to ``fmt``: the
+    arithmetic of gloo's bf16 / fp16 sum (the order is the fp32 one: the trees are probed in fp32
+    and the ring's chunks do not depend on the dtype; measured N/N, tests/test_parallel_tp.py)."""
+    if isinstance(node, int):
+        return cols[node]
+    acc = _tree_rounded(node[0], cols, fmt)
+    for child in node[1:]:
+        acc = to_format(acc + _tree_rounded(child, cols, fmt), fmt)  # fp32 add, RNE to fmt
+    return acc
+
+
+def combine(order: AllReduceOrder | list[P.Plan] | P.Plan, partials: np.ndarray, fmt: str = "fp32") -> np.ndarray:
+    """The emulated all-reduce of ``partials[P, ...]``: each element's plan over its P rank terms
+    (fp32), or with ``fmt`` "bf16" / "fp16" each segment's revealed tree with every addition
+    rounded to that format (partials given as fp32 values of that format). ``order`` a single
+    plan: that plan for every element (a candidate / control; fp32 only)."""
     partials = np.asarray(partials, dtype=np.float32)
     n = partials.shape[0]
+    if fmt != "fp32":
+        if not isinstance(order, AllReduceOrder):
+            raise ValueError(f"combine in {fmt} needs the revealed AllReduceOrder (its trees), not {order!r}")
+        flat = partials.reshape(n, -1)
+        out = np.empty(flat.shape[1], dtype=np.float32)
+        for seg in order.segments:
+            out[seg.start:seg.end] = _tree_rounded(seg.tree, [flat[r, seg.start:seg.end] for r in range(n)], fmt)
+        return out.reshape(partials.shape[1:])
     flat = partials.reshape(n, -1).T  # [numel, P]
     if isinstance(order, P.Plan):
         return evaluate(order, np.ascontiguousarray(flat)).reshape(partials.shape[1:])

@@ -185,6 +185,12 @@ class RankGroup:
             if p.is_alive():
                 p.kill()
                 p.join(timeout=5)
+        # drop the queues now: their semaphores are unregistered from the resource tracker when
+        # freed, which an os._exit() at the end of a CLI verb would otherwise skip (a warning)
+        for q in [*self._tasks, self._results]:
+            q.close()
+            q.join_thread()
+        self._tasks, self._results = [], None
 
     def __enter__(self):
         return self

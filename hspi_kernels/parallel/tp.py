@@ -8,7 +8,9 @@ o_proj/down_proj are row-parallel (each rank's slice of input features; the rank
 then ``dist.all_reduce(SUM)``), embeddings, norms and lm_head are replicated. Rank 0 returns the
 logits. The row-parallel output is emulated bit for bit (:func:`emulate_row_parallel`): per-rank
 partial GEMMs (a revealed plan of torch's CPU GEMM on the K slice, or torch itself when none
-replays) combined by the all-reduce plans of :mod:`hspi_kernels.parallel.allreduce`.
+replays) combined by the all-reduce plans of :mod:`hspi_kernels.parallel.allreduce` (in bf16: the
+same trees, each addition rounded to bf16). :func:`trace_tp_pair` is ``hspi trace tp``: the first
+op whose bits differ between TP 1 and TP w, explained by that emulation with its controls.
 
 ``python -m hspi_kernels.parallel.tp OUT_DIR`` writes ``cpu_tp.json`` / ``cpu_tp.md``.
 """
@@ -239,13 +241,16 @@ class TPSession:
 
 
 # -- emulation of a row-parallel linear --------------------------------------------------------
-def _torch_linear_1thread(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+def _torch_linear_1thread(x: np.ndarray, w: np.ndarray, dtype: str = "fp32") -> np.ndarray:
+    """torch's CPU ``F.linear`` on one thread (the workers' setting), in ``dtype`` (fp32 values
+    of that format in and out)."""
     import torch
 
     n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the workers' setting
+    torch.set_num_threads(1)
+    td = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
     try:
-        return torch.nn.functional.linear(torch.from_numpy(x), torch.from_numpy(w)).numpy()
+        return torch.nn.functional.linear(torch.from_numpy(x).to(td), torch.from_numpy(w).to(td)).float().numpy()
     finally:
         torch.set_num_threads(n)
 
@@ -263,10 +268,12 @@ def reveal_partial_plan(M: int, N: int, K: int, replay: int = 2000):
     return reveal(target, replay_count=replay, digest_seed=None)
 
 
-def emulate_row_parallel(rank_ops: list[dict], order, partial_plan: P.Plan | None = None) -> dict:
+def emulate_row_parallel(rank_ops: list[dict], order, partial_plan: P.Plan | None = None,
+                         dtype: str = "fp32") -> dict:
     """Emulate one row-parallel op from the ranks' captured inputs/weight slices: per-rank partial
-    GEMM (``partial_plan`` via numerics.evaluate.gemm, else torch on the slice), then ``order``
-    (an :class:`AllReduceOrder` or one plan for every element). Compared with the gloo output."""
+    GEMM (``partial_plan`` via numerics.evaluate.gemm, else torch on the slice in ``dtype``), then
+    ``order`` (an :class:`AllReduceOrder`, its additions rounded to ``dtype``, or one fp32 plan
+    for every element). Compared with the gloo output."""
     partials = []
     part_match = part_total = 0
     for ops in rank_ops:
@@ -274,12 +281,12 @@ def emulate_row_parallel(rank_ops: list[dict], order, partial_plan: P.Plan | Non
         if partial_plan is not None:
             p = gemm(partial_plan, np.ascontiguousarray(x), np.ascontiguousarray(w.T))
         else:
-            p = _torch_linear_1thread(np.ascontiguousarray(x), np.ascontiguousarray(w))
+            p = _torch_linear_1thread(np.ascontiguousarray(x), np.ascontiguousarray(w), dtype)
         want = ops["partial"].reshape(p.shape)
         part_match += int(_bits_equal(p, want).sum())
         part_total += p.size
         partials.append(p)
-    got = AR.combine(order, np.stack(partials)) if len(partials) > 1 else partials[0]
+    got = AR.combine(order, np.stack(partials), fmt=dtype) if len(partials) > 1 else partials[0]
     want = rank_ops[0]["out"].reshape(got.shape)
     eq = _bits_equal(got, want)
     return {"partial_match": f"{part_match}/{part_total}", "combine_match": f"{int(eq.sum())}/{eq.size}",
@@ -381,46 +388,9 @@ def tp_lattice(spec="tiny-llama", seed: int = 0, degrees=(1, 2, 4), dtypes=("fp3
                 str(w): int((~_bits_equal(sessions[(w, d)].logits(tokens), logits[w])).sum()) for w in degrees}
             # trace: first divergence TP1 vs TPw, explained by the plan
             if 1 in degrees:
-                cap1 = sessions[(1, d)].forward(tokens[:2], capture=True)
-                rec["trace"] = {}
-                for w in degrees:
-                    if w == 1:
-                        continue
-                    capw = sessions[(w, d)].forward(tokens[:2], capture=True)
-                    first = _first_divergence(cap1, capw, w)
-                    tr: dict[str, Any] = {"first_divergence": first}
-                    if d == "fp32" and first["op"] is not None and first["kind"] == "row-parallel":
-                        name = first["op"]
-                        ops_w = [r[name] for r in capw["rank_ops"]]
-                        numel = ops_w[0]["out"].size
-                        order = AR.probe_order(sessions[(w, d)].group, numel)
-                        tr["allreduce_order"] = order.to_json()["distinct_trees"]
-                        tr["emulation_torch_partials"] = emulate_row_parallel(ops_w, order)
-                        if w > 2:  # a wrong order: ranks 0..P-1 for every element
-                            tr["negative_control_combine"] = "Sequential() in rank order"
-                            tr["emulation_wrong_combine"] = emulate_row_parallel(ops_w, P.Sequential())
-                        else:  # two fp32 terms commute: no order is wrong; a wrong K split instead
-                            tr["negative_control_combine"] = "interleaved K split (rank r: columns r::2)"
-                            tr["emulation_wrong_combine"] = emulate_row_parallel(_interleaved(ops_w), order)
-                        # TP1's op on the same (full) input: the unsplit GEMM
-                        x_full = np.concatenate([o["x"] for o in ops_w], axis=-1)
-                        w_full = np.concatenate([o["w"] for o in ops_w], axis=-1)
-                        unsplit = _torch_linear_1thread(np.ascontiguousarray(x_full.reshape(-1, x_full.shape[-1])),
-                                                        np.ascontiguousarray(w_full))
-                        eq = _bits_equal(unsplit, ops_w[0]["out"].reshape(unsplit.shape))
-                        tr["negative_control_unsplit_gemm"] = f"{int(eq.sum())}/{eq.size}"
-                        if partial_reveal:
-                            x0 = ops_w[0]["x"].reshape(-1, ops_w[0]["x"].shape[-1])
-                            M, K = x0.shape
-                            N = ops_w[0]["w"].shape[0]
-                            res = reveal_partial_plan(M, N, K)
-                            tr["partial_gemm_reveal"] = {"shape": [M, N, K], "revealed": res.revealed,
-                                                         "plan": repr(res.plan) if res.plan is not None else None,
-                                                         "replay": f"{res.replay_matches}/{res.replay_total}",
-                                                         "note": res.note}
-                            if res.revealed:
-                                tr["emulation_plan_partials"] = emulate_row_parallel(ops_w, order, res.plan)
-                    rec["trace"][str(w)] = tr
+                rec["trace"] = {str(w): trace_tp_pair(sessions[(1, d)], sessions[(w, d)], tokens[:2],
+                                                      partial_reveal=partial_reveal)
+                                for w in degrees if w != 1}
             out["models"][d] = rec
     finally:
         for s in sessions.values():
@@ -429,7 +399,67 @@ def tp_lattice(spec="tiny-llama", seed: int = 0, degrees=(1, 2, 4), dtypes=("fp3
     return out
 
 
-def _interleaved(rank_ops: list[dict]) -> list[dict]:
+def trace_tp_pair(s1: "TPSession", sw: "TPSession", tokens, *, partial_reveal: bool = False) -> dict:
+    """TP 1 vs TP ``w`` on ``tokens``: the first op whose rank-0 output differs and, when it is a
+    row-parallel op in fp32, its explanation by the plan: the all-reduce order revealed on the
+    group, the emulated op (per-rank partial GEMMs + that order) N/N, and the negative controls
+    (a wrong combine or K split, TP 1's unsplit GEMM) that must not reproduce it."""
+    w = sw.world_size
+    cap1 = s1.forward(tokens, capture=True)
+    capw = sw.forward(tokens, capture=True)
+    first = _first_divergence(cap1, capw, w)
+    tr: dict[str, Any] = {"first_divergence": first}
+    dt = sw.dtype
+    if first["op"] is not None and first["kind"] == "row-parallel":
+        name = first["op"]
+        ops_w = [r[name] for r in capw["rank_ops"]]
+        numel = ops_w[0]["out"].size
+        order = AR.probe_order(sw.group, numel)  # probed in fp32: the trees are the bf16 ones too
+        tr["allreduce_order"] = order.to_json()["distinct_trees"]
+        tr["allreduce_arithmetic"] = "fp32" if dt == "fp32" else f"each addition in fp32, rounded to {dt}"
+        tr["emulation_torch_partials"] = emulate_row_parallel(ops_w, order, dtype=dt)
+        if w > 2:  # a wrong order: ranks 0..P-1 for every element
+            tr["negative_control_combine"] = "Sequential() in rank order"
+            seq = AR.AllReduceOrder(w, numel, [AR.Segment(0, numel, _rank_order_tree(w), P.Sequential())], 0)
+            tr["emulation_wrong_combine"] = emulate_row_parallel(ops_w, seq, dtype=dt)
+        else:  # two terms commute: no order is wrong; a wrong K split instead
+            tr["negative_control_combine"] = "interleaved K split (rank r: columns r::2)"
+            tr["emulation_wrong_combine"] = emulate_row_parallel(_interleaved(ops_w, dt), order, dtype=dt)
+        # TP1's op on the same (full) input: the unsplit GEMM
+        x_full = np.concatenate([o["x"] for o in ops_w], axis=-1)
+        w_full = np.concatenate([o["w"] for o in ops_w], axis=-1)
+        unsplit = _torch_linear_1thread(np.ascontiguousarray(x_full.reshape(-1, x_full.shape[-1])),
+                                        np.ascontiguousarray(w_full), dt)
+        eq = _bits_equal(unsplit, ops_w[0]["out"].reshape(unsplit.shape))
+        tr["negative_control_unsplit_gemm"] = f"{int(eq.sum())}/{eq.size}"
+        if partial_reveal and dt == "fp32":
+            x0 = ops_w[0]["x"].reshape(-1, ops_w[0]["x"].shape[-1])
+            M, K = x0.shape
+            N = ops_w[0]["w"].shape[0]
+            res = reveal_partial_plan(M, N, K)
+            tr["partial_gemm_reveal"] = {"shape": [M, N, K], "revealed": res.revealed,
+                                         "plan": repr(res.plan) if res.plan is not None else None,
+                                         "replay": f"{res.replay_matches}/{res.replay_total}",
+                                         "note": res.note}
+            if res.revealed:
+                tr["emulation_plan_partials"] = emulate_row_parallel(ops_w, order, res.plan)
+        emu, wrong = tr["emulation_torch_partials"], tr["emulation_wrong_combine"]
+        tr["explained"] = bool(emu["exact"] and not wrong["exact"] and eq.sum() < eq.size)
+    elif first["op"] is not None:
+        tr["explained"] = False
+        tr["why_not"] = f"the first diverging op {first['op']} is not row-parallel"
+    return tr
+
+
+def _rank_order_tree(w: int):
+    """((..((0, 1), 2)..), w-1): ranks added in rank order (the wrong-order control)."""
+    tree = 0
+    for r in range(1, w):
+        tree = [tree, r]
+    return tree
+
+
+def _interleaved(rank_ops: list[dict], dtype: str = "fp32") -> list[dict]:
     """Negative control for the K split: the same op with rank r owning input features r::P
     (instead of a contiguous slice); the captured output (the real TP result) is kept."""
     Pn = len(rank_ops)
@@ -438,7 +468,7 @@ def _interleaved(rank_ops: list[dict]) -> list[dict]:
     out = []
     for r, o in enumerate(rank_ops):
         xr, wr = np.ascontiguousarray(x[..., r::Pn]), np.ascontiguousarray(w[:, r::Pn])
-        out.append({"x": xr, "w": wr, "partial": _torch_linear_1thread(xr.reshape(-1, xr.shape[-1]), wr),
+        out.append({"x": xr, "w": wr, "partial": _torch_linear_1thread(xr.reshape(-1, xr.shape[-1]), wr, dtype),
                     "out": o["out"]})
     return out
 
@@ -477,7 +507,8 @@ def render_markdown(res: dict) -> str:
                   f"`{', '.join(f.get('ops_equal_before', []))}`"]
             if "emulation_torch_partials" in tr:
                 e = tr["emulation_torch_partials"]
-                L += [f"- all-reduce trees at this size: `{' '.join(tr['allreduce_order'])}`",
+                L += [f"- all-reduce trees at this size: `{' '.join(tr['allreduce_order'])}`; arithmetic: "
+                      f"{tr.get('allreduce_arithmetic', 'fp32')}",
                       f"- emulation (torch partial GEMM on each rank's K slice + revealed combine plans): partials "
                       f"{e['partial_match']}, output **{e['combine_match']}**",
                       f"- negative control, combine `{tr['negative_control_combine']}`: "
