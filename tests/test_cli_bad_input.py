@@ -167,6 +167,12 @@ CASES = [
      "Not a directory", ()),
     ("trace run", "missing input", ["trace", "run", "--keep-diverging", "{missing_npz}", "--out", "{dir}/t.npz"], 1,
      "--keep-diverging", ()),
+    ("trace tp", "missing optional dependency", ["trace", "tp"], 1, MODELS_HINT, ("transformers",)),
+    ("trace tp", "unknown name", ["trace", "tp", "--model", "nope"], 2, "unknown model 'nope'", ()),
+    ("trace tp", "out-of-range number", ["trace", "tp", "--degree", "1"], 2, "--degree must be in 2..8", ()),
+    ("trace tp", "unknown name", ["trace", "tp", "--dtype", "fp8"], 2, "fp32 or bf16", ()),
+    ("trace tp", "output is a directory", ["trace", "tp", "--out", "{dir}"], 2, "is a directory", ()),
+    ("trace tp", "unwritable output (under a file)", ["trace", "tp", "--out", "{under_file}"], 2, "Not a directory", ()),
     ("trace diff", "missing input", ["trace", "diff", "{missing_npz}", "{missing_npz}"], 1, "invalid trace", ()),
     ("trace diff", "empty input", ["trace", "diff", "{empty_npz}", "{empty_npz}"], 1, "invalid trace", ()),
     ("trace diff", "input is a directory", ["trace", "diff", "{dir}", "{dir}"], 1, "invalid trace", ()),
@@ -185,7 +191,7 @@ CASES = [
 
 VERBS = {"env", "probe", "serve", "identify", "compare", "report", "card", "reveal", "validate", "bench",
          "model collect", "model classify", "model tables", "model border", "model identify",
-         "trace run", "trace diff", "trace explain"}
+         "trace run", "trace diff", "trace explain", "trace tp"}
 
 
 def test_every_verb_is_covered():

@@ -42,6 +42,16 @@ def gpu_indices() -> list[str]:
     return [str(i) for i in range(n)]
 
 
+def _hspi_command() -> list[str]:
+    """The installed ``hspi`` script next to this interpreter (``python -m`` would put the current
+    folder first on sys.path: run from a source checkout, the child would import the checkout's
+    uncompiled package instead of the installed one); ``python -m hspi_kernels`` without it."""
+    script = Path(sys.executable).parent / "hspi"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "hspi_kernels"]
+
+
 def per_gpu_path(out: Path, device: str) -> Path:
     """fingerprint.json -> fingerprint.gpu<device>.json (next to the node summary)."""
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in device)
@@ -61,7 +71,7 @@ def run(devices: Sequence[str], out: Path, probe_args: Sequence[str] = (), *,
         path = per_gpu_path(out, dev)
         log = path.with_suffix(".log")
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": dev, "COLUMNS": "120"}
-        cmd = [sys.executable, "-m", "hspi_kernels", "probe", "--out", str(path), "--server", "off", *probe_args]
+        cmd = [*_hspi_command(), "probe", "--out", str(path), "--server", "off", *probe_args]
         fh = open(log, "wb")
         procs.append((dev, path, log, fh, time.perf_counter(),
                       subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)))

@@ -33,9 +33,16 @@ def free_port() -> int:
 TASKS: dict = {}  # name -> fn(rank, world_size, arg, state) -> result (registered by the modules that use them)
 
 
+# the modules whose tasks a worker can run: imported by name in the worker, where each registers
+# its tasks in TASKS (they import this module; naming them keeps the import graph one-way)
+TASK_MODULES = ("hspi_kernels.parallel.allreduce", "hspi_kernels.parallel.probes", "hspi_kernels.parallel.tp")
+
+
 def _register_defaults() -> None:
-    # imported in the worker: the task modules register themselves
-    from hspi_kernels.parallel import allreduce, probes, tp  # noqa: F401
+    import importlib
+
+    for name in TASK_MODULES:
+        importlib.import_module(name)
 
 
 BACKENDS = ("gloo", "nccl")
