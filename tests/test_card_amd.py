@@ -1,9 +1,15 @@
-"""``hspi card`` on the AMD CDNA MFMA presets (numerics.amd) as emulated units (issue #19): the
-pairwise (CDNA1/CDNA2) presets are recovered, closed loop, as the card's pairwise family; every
-other preset is reported, with its reason, as not described (no crash, no claimed model); negative
-controls: a card on one preset never reports another."""
+"""``hspi card`` on the AMD CDNA MFMA presets (numerics.amd) as emulated units (issue #19): every
+preset is recovered, closed loop: the pairwise (CDNA1/CDNA2) presets as the card's pairwise
+family, the CDNA3 fused_rd presets (fp16, bf16, xf32, the four fnuz fp8/bf8 pairings) as its
+late-c family, the fp32/fp64 fma chains as its plan family (``Sequential(fmt, fma=True)``).
+Negative controls: a card on one preset never reports another; each family rejects units of the
+other kinds (a pairwise or NVIDIA block unit is no late-c unit, a late-c unit with another c
+rounding / c drop / sum rounding is not the preset's, a non-fused or reversed chain is no fma
+chain in k order)."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -55,33 +61,156 @@ def test_card_recovers_every_pairwise_preset(name):
     assert bm["matches"] < bm["total"] and "no block model describes the unit" in card["reason"]
 
 
-@pytest.mark.parametrize("name", sorted(set(ALL) - set(PAIRWISE)))
-def test_card_reports_every_other_preset_with_a_reason(name):
+LATE_C = sorted(n for n, m in A.AMD_PRESETS.items() if m.kind.startswith("fused"))
+FMA = sorted(n for n, m in A.AMD_PRESETS.items() if m.kind == "fma")
+
+
+@pytest.mark.parametrize("name", LATE_C)
+def test_card_recovers_every_late_c_preset(name):
+    """CDNA3 fp16/bf16/xf32 (after the block and pairwise families miss) and the four fnuz fp8/bf8
+    pairings: the late-c family verifies N/N with the preset's parameters, each the only value of
+    its parameter that fits the data."""
     m = A.AMD_PRESETS[name]
+    want = C.late_c_of(m)
     card = _card(name)
-    assert not card["described"] and not card["exact"] and card["family"] != "pairwise"
-    reason = card["reason"]
-    if m.kind == "fma":  # fp32 / fp64 MFMA: no input format of the card, the plan named
-        assert card["family"] is None and card["features"] == {} and card["verify"]["total"] == 0
-        assert f"{m.in_format} operands are no input format" in reason and "fma=True" in reason
-    elif m.kind == "fused_rd_evenodd":  # fnuz fp8
-        assert card["family"] is None and "fnuz fp8 formats" in reason
-    else:  # CDNA3 fp16 / bf16 / xf32: feature tests and both families ran, neither verifies
-        assert m.kind == "fused_rd" and card["family"] == "block"
-        assert reason.startswith("not described by the card's parameter models")
-        v = card["verify"]
-        assert 0 < v["matches"] < v["total"]
+    assert card["family"] == "late_c" and card["described"] and card["exact"], card["reason"]
+    p = card["params"]
+    assert {k: p[k] for k in C.LATE_C_PARAMS} == {k: getattr(want, k) for k in C.LATE_C_PARAMS}
+    assert (p["in_format"], p["in_format_b"], p["out_format"], p["out_rounding"]) == (want.a_format, want.b_format,
+                                                                                        "fp32", "RNE")
+    assert (p["G"], p["F"], p["split"], p["c_drop"]) == (m.G, 24, "evenodd" if m.in_format.endswith("fnuz") else "none",
+                                                         25 if m.kind == "fused_rd_evenodd" else None)
+    assert card["indistinguishable"] == {k: [getattr(want, k)] for k in C.LATE_C_PARAMS}
+    v = card["verify"]
+    assert v["matches"] == v["total"] >= N_VERIFY
+    assert card["verify_c0"]["total"] > 0 and card["verify_c"]["total"] > 0
+    # the late-c probes measure what the fit finds
+    feats = card["late_c_features"]
+    assert {k: feats[k]["value"] for k in ("G", "split", "c_rounding", "c_drop", "sum_bits", "sum_rounding")} == \
+        {"G": m.G, "split": want.split, "c_rounding": "down", "c_drop": want.c_drop, "sum_bits": 31, "sum_rounding": "down"}
+    if m.in_format.endswith("fnuz"):  # no block model: the feature tests ran on the fnuz operands
+        assert "fnuz fp8 operands" in card["reason"] and "block_model" not in card
+        assert card["features"]["F"]["value"] == 24 and "G" in card["features"]
+    else:  # the block model (and for fp16/bf16 the pairwise unit) ran first and missed
+        bm = card["block_model"]["verify"]
+        assert bm["matches"] < bm["total"] and "no block model describes the unit" in card["reason"]
         if m.in_format in C.PAIRWISE_FORMATS:
-            pw = card["pairwise"]["verify"]
-            assert pw["matches"] < pw["total"]
+            assert card["pairwise"]["verify"]["matches"] < card["pairwise"]["verify"]["total"]
     C.card_table(card)  # renders
 
 
+@pytest.mark.parametrize("name", FMA)
+def test_card_recovers_every_fma_preset(name):
+    """fp32 / fp64 MFMA: the plan family recognises the fma chain in k order seeded with c and
+    reports the plan; every rival candidate mismatches on the fit blocks."""
+    m = A.AMD_PRESETS[name]
+    card = _card(name)
+    assert card["family"] == "plan" and card["described"] and card["exact"], card["reason"]
+    p = card["params"]
+    assert p["plan"] == repr(A.plan_of(m)) == f'Sequential("{m.out_format}", fma=True)'
+    assert (p["order"], p["fma"], p["c"], p["in_format"]) == ("k", True, "seed", m.in_format)
+    v = card["verify"]
+    assert v["matches"] == v["total"] >= N_VERIFY
+    assert card["verify_c0"]["total"] > 0 and card["verify_c"]["total"] > 0
+    fit = card["fit"][-1]
+    assert len(fit["candidates"]) == len(C.PLAN_CANDIDATES) and card["indistinguishable"]["candidate"] == [fit["model"]]
+    assert sorted(fit["candidates"].values())[-2] < fit["of"]  # the best rival misses
+    C.card_table(card)
+
+
 def test_every_preset_is_covered():
-    assert len(ALL) == 17 and len(PAIRWISE) == 5
+    assert len(ALL) == 17 and (len(PAIRWISE), len(LATE_C), len(FMA)) == (5, 7, 5)
+    family = {"pairwise": "pairwise", "fused_rd": "late_c", "fused_rd_evenodd": "late_c", "fma": "plan"}
     for name in ALL:
         card = _card(name)
-        assert card["described"] == (name in PAIRWISE) and isinstance(card["reason"], str) and card["reason"]
+        assert card["described"] and card["family"] == family[A.AMD_PRESETS[name].kind], name
+        assert isinstance(card["reason"], str) and card["reason"]
+
+
+def test_late_c_evaluator_equals_the_presets():
+    """``card.late_c_chain`` at a preset's parameters is ``amd.mfma_chain`` of that preset."""
+    for name in LATE_C:
+        m = A.AMD_PRESETS[name]
+        u = C.amd_unit(m)
+        a, b, c = C._blocks(u, 1000, 9)
+        assert np.array_equal(C.late_c_chain(C.late_c_of(m), a, b, c).view(np.uint32),
+                              A.mfma_chain(m, a, b, c).view(np.uint32)), name
+    with pytest.raises(ValueError):
+        C.late_c_of(A.AMD_PRESETS["cdna1.mfma/fp16->fp32"])
+
+
+def _late_c_direct(unit, fit=FIT, n_verify=N_VERIFY, seed=0):
+    """The late-c family alone on ``unit`` (no block model first): its closed-loop result."""
+    ev = C._features(unit)
+    a, b, c = C._blocks(unit, fit, seed)
+    want_c = unit.mma(a, b, c).view(np.uint32)
+    want_0 = unit.mma(a, b, np.zeros_like(c)).view(np.uint32)
+    return C._late_c_card(unit, ev, a, b, c, want_c, want_0, n_verify, seed)
+
+
+def test_late_c_family_rejects_other_units():
+    """Negative control: on pairwise units (CDNA1 fp16, CDNA2 bf16_1k) and on an NVIDIA block unit
+    (sm_80 bf16: c enters the block as a term) the best late-c unit does not verify."""
+    units = [C.amd_unit(A.AMD_PRESETS["cdna1.mfma/fp16->fp32"]), C.amd_unit(A.AMD_PRESETS["cdna2.mfma/bf16_1k->fp32"]),
+             C.emulated_unit(TC.PRESETS["sm_80.mma/bf16->fp32"])]
+    for u in units:
+        r = _late_c_direct(u)
+        assert r["ok"].sum() < r["ok"].size, u.name
+
+
+def _late_c_unit(name, **change):
+    m = replace(C.late_c_of(A.AMD_PRESETS[name]), **change)
+    return m, C.Unit(f"emulated:{name} {change}", C.amd_unit(A.AMD_PRESETS[name]).in_format, 4 * m.G,
+                     lambda a, b, c: C.late_c_chain(m, a, b, c), "cdna3", "mfma")
+
+
+@pytest.mark.parametrize("name,change", [("cdna3.mfma/fp16->fp32", {"c_rounding": "trunc"}),
+                                         ("cdna3.mfma/fp16->fp32", {"c_rounding": "RNE"}),
+                                         ("cdna3.mfma/bf16->fp32", {"sum_rounding": "trunc"}),
+                                         ("cdna3.mfma/fp8_bf8->fp32", {"c_drop": None})])
+def test_late_c_changed_unit_is_recovered_not_the_preset(name, change):
+    """Negative control: a late-c unit whose c rounding (or sum rounding, or fp8 c drop) differs
+    from the preset's: the preset's parameters mismatch on its fresh blocks, and the family
+    recovers the changed value (closed loop, N/N), the only one that fits."""
+    m, u = _late_c_unit(name, **change)
+    preset = C.late_c_of(A.AMD_PRESETS[name])
+    va, vb, vc = C._blocks(u, N_VERIFY, 5)
+    want = u.mma(va, vb, vc).view(np.uint32)
+    assert np.sum(C.late_c_chain(preset, va, vb, vc).view(np.uint32) == want) < len(want)
+    if name.endswith("fp8_bf8->fp32"):  # fnuz: the whole card (no block model to run first)
+        card = C.numerics_card(u, n_verify=N_VERIFY, fit_blocks=FIT)
+        assert card["family"] == "late_c" and card["exact"], card["reason"]
+        got, same = card["params"], card["indistinguishable"]
+        assert card["verify"]["matches"] == card["verify"]["total"] >= N_VERIFY
+    else:
+        r = _late_c_direct(u)
+        assert r["ok"].all() and r["ok"].size >= N_VERIFY
+        got, same = {k: getattr(r["model"], k) for k in C.LATE_C_PARAMS}, r["indistinguishable"]
+    assert {k: got[k] for k in C.LATE_C_PARAMS} == {k: getattr(m, k) for k in C.LATE_C_PARAMS}
+    for k, v in change.items():
+        assert same[k] == [v]
+
+
+@pytest.mark.parametrize("fmt", ["fp32", "fp64"])
+def test_plan_family_rejects_non_fused_and_reversed_chains(fmt):
+    """Negative control: units that are not an fma chain in k order (rn(a*b) then add in k order;
+    an fma chain in reversed order) are described as what they are, never as
+    Sequential(fmt, fma=True); the fma-chain candidate mismatches on their blocks."""
+    from hspi_kernels.numerics import evaluate as E
+    from hspi_kernels.numerics import plans as P
+
+    fma_k = f"{fmt} fma(a_k, b_k, acc) in k order, seeded with c"
+    units = {("k", False): lambda a, b, c: E.evaluate(P.Sequential(fmt, fma=False), (a, b), c=c),
+             ("reversed", True): lambda a, b, c: E.evaluate(P.Sequential(fmt, fma=True), (a[:, ::-1].copy(),
+                                                                                         b[:, ::-1].copy()), c=c)}
+    for (order, fma), fn in units.items():
+        card = C.numerics_card(C.Unit(f"chain {order} fma={fma}", fmt, 4, fn, "cdna3", "mfma"),
+                               n_verify=N_VERIFY, fit_blocks=FIT)
+        p = card["params"]
+        assert card["family"] == "plan" and card["exact"] and (p["order"], p["fma"], p["c"]) == (order, fma, "seed")
+        assert p["plan"] == (repr(P.Sequential(fmt, fma=False)) if order == "k" else None)
+        fit = card["fit"][-1]
+        assert fit["candidates"][fma_k] < fit["of"], (order, fma)
 
 
 def test_negative_control_no_card_reports_another_preset():
@@ -112,11 +241,16 @@ def test_negative_control_no_card_reports_another_preset():
 
 
 def test_negative_control_families():
-    """An NVIDIA block unit stays a block card (never pairwise); a CDNA3 unit is no pairwise card."""
+    """An NVIDIA block unit stays a block card (never pairwise or late-c); a CDNA3 unit is no
+    pairwise card (the pairwise unit ran and missed) but a late-c one; a pairwise unit is no
+    late-c card (the pairwise family verifies first)."""
     nv = C.numerics_card(C.emulated_unit(TC.PRESETS["sm_80.mma/bf16->fp32"]), n_verify=N_VERIFY, fit_blocks=FIT)
     assert nv["family"] == "block" and nv["exact"] and nv["described"] and nv["reason"] is None
-    assert "pairwise" not in nv and "block_model" not in nv
-    assert _card("cdna3.mfma/fp16->fp32")["family"] == "block"
+    assert "pairwise" not in nv and "block_model" not in nv and "late_c" not in nv
+    cd3 = _card("cdna3.mfma/fp16->fp32")
+    assert cd3["family"] == "late_c" and cd3["pairwise"]["verify"]["matches"] < cd3["pairwise"]["verify"]["total"]
+    for name in PAIRWISE:
+        assert _card(name)["family"] == "pairwise" and "late_c_features" not in _card(name)
 
 
 def test_card_cli_takes_amd_presets():
@@ -132,6 +266,11 @@ def test_card_cli_takes_amd_presets():
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout)
     assert res["exact"] and res.get("family") == "pairwise"
+    for name, family in (("cdna3.mfma/fp8_fp8->fp32", "late_c"), ("cdna3.mfma/fp64->fp64", "plan")):
+        r = CliRunner().invoke(app, ["card", "--path", f"emulated:{name}", "--verify", "300", "--json"])
+        assert r.exit_code == 0, r.output
+        res = json.loads(r.stdout)
+        assert res["exact"] and res["family"] == family and res["verify"]["matches"] == res["verify"]["total"] >= 300
     bad = CliRunner().invoke(app, ["card", "--path", "emulated:cdna9.mfma/fp16->fp32"])
     assert bad.exit_code == 2 and "unknown preset" in bad.output
 

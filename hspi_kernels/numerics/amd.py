@@ -36,11 +36,13 @@ Evidence: every preset is *literature only* (no AMD hardware bits checked here).
 show: the CDNA3 integer model equals a line-by-line Fraction transcription of MMA-Sim's
 ``amd_fused_dot_rd_add`` (``tests/test_amd_presets.py``), and hand blocks separate the candidates:
 late c rounded down vs truncated, fp8's dropped c, pairwise vs KM's exact group, CDNA2
-flushing. ``hspi card`` (``card.amd_unit``, ``--path emulated:<preset>``) recovers the five
-pairwise presets, closed loop, as its pairwise family (``tests/test_card_amd.py``). For the
-CDNA3 fused_rd presets it finds G, F = 24 and fp32 RNE but does not verify (no card family holds
-a late c yet). The fnuz fp8 and fp32/fp64 fma presets are reported not described, with the
-reason.
+flushing. ``hspi card`` (``card.amd_unit``, ``--path emulated:<preset>``) recovers every preset,
+closed loop (``tests/test_card_amd.py``): the five pairwise presets as its pairwise family (G,
+flushing), the seven CDNA3 fused_rd / fused_rd_evenodd presets (fp16, bf16, xf32, the four fnuz
+fp8/bf8 pairings) as its late-c family (``card.LateCModel``: G, the even/odd split, F, the sum's
+grid and rounding, c's grid and rounding, the fp8 c drop), the five fma presets as its plan
+family (``Sequential(fmt, fma=True)``; fp64 operands pass through the card as float64). That is
+the card recovering these models from their own outputs, not evidence about hardware.
 """
 
 from __future__ import annotations
