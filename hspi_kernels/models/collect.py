@@ -26,7 +26,6 @@ from __future__ import annotations
 import copy
 import json
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -338,7 +337,7 @@ def load(path: str | Path) -> Collection:
             arrays = {k: z[k] for k in z.files if k != "__meta__"}
     except InputFileError:  # too large, truncated, not an npz: the message names the file already
         raise
-    except (OSError, EOFError, KeyError, ValueError, TypeError, RecursionError, NotImplementedError, zipfile.BadZipFile) as exc:
+    except (OSError, KeyError, ValueError, TypeError, RecursionError) as exc:  # the archive's damage: InputFileError
         raise ValueError(f"{path}: not a readable {SCHEMA} collection ({type(exc).__name__}: {exc})") from None
     schema = meta.get("schema") if isinstance(meta, dict) else None
     if schema != SCHEMA:

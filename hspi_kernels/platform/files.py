@@ -273,18 +273,28 @@ def open_npz_bounded(path: str | os.PathLike, max_bytes: int, *, kind: str = "np
             unpacked = sum(info.file_size for info in zf.infolist())
         if is_file_object:
             path.seek(start)  # back to where np.load must start reading
-    except (zipfile.BadZipFile, EOFError, ValueError, OSError, NotImplementedError) as exc:
+    except _npz_damage() as exc:
         raise InputFileError(f"{path}: truncated or corrupt {kind}, not a readable npz archive "
                              f"({type(exc).__name__}: {exc})") from None
     if unpacked > limit:
         raise InputFileError(f"{path}: {kind} unpacks to {unpacked} bytes, more than the {limit}-byte limit")
     try:
         z = np.load(path, allow_pickle=False)
-    except (zipfile.BadZipFile, EOFError, ValueError, OSError, NotImplementedError) as exc:
+    except _npz_damage() as exc:
         raise InputFileError(f"{path}: truncated or corrupt {kind} ({type(exc).__name__}: {exc})") from None
     if not hasattr(z, "files"):  # a bare .npy: not an archive of named arrays
         raise InputFileError(f"{path}: {kind} is a single .npy array, not an npz archive")
     return BoundedNpz(z, path, kind)
+
+
+def _npz_damage() -> tuple[type[BaseException], ...]:
+    """What reading a damaged npz archive or member raises (numpy's header checks: ValueError;
+    zipfile: BadZipFile, NotImplementedError for an unknown version or compression method; zlib:
+    error; a cut file: EOFError / OSError)."""
+    import zipfile
+    import zlib
+
+    return (zipfile.BadZipFile, EOFError, ValueError, OSError, NotImplementedError, zlib.error)
 
 
 class BoundedNpz:
@@ -297,14 +307,11 @@ class BoundedNpz:
         self.files = list(npz.files)
 
     def __getitem__(self, key: str):
-        import zipfile
-        import zlib
-
         if key not in self.files:
             raise KeyError(key)
         try:
             return self._npz[key]
-        except (zipfile.BadZipFile, EOFError, ValueError, OSError, NotImplementedError, zlib.error) as exc:
+        except _npz_damage() as exc:
             if isinstance(exc, InputFileError):
                 raise
             raise InputFileError(f"{self._path}: corrupt {self._kind}, member {key!r} is unreadable "
