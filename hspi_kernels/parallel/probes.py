@@ -127,7 +127,7 @@ def _ok(rec: dict, outputs: list[np.ndarray], times: list[float], explained: lis
 
 
 def _matches(a: np.ndarray, b: np.ndarray) -> int:
-    return int(np.sum(np.asarray(a, np.float32).view(np.uint32) == np.asarray(b, np.float32).view(np.uint32)))
+    return int(AR.bits_equal(a, b).sum())
 
 
 def _split(w: int):

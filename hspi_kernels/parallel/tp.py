@@ -44,10 +44,6 @@ def sha(x: np.ndarray) -> str:
     return hashlib.sha256(x.view(np.uint32).tobytes()).hexdigest()
 
 
-def _bits_equal(a, b) -> np.ndarray:
-    return np.asarray(a, np.float32).view(np.uint32) == np.asarray(b, np.float32).view(np.uint32)
-
-
 # -- sharding ---------------------------------------------------------------------------------
 def _row_parallel_class():
     import torch
@@ -283,12 +279,12 @@ def emulate_row_parallel(rank_ops: list[dict], order, partial_plan: P.Plan | Non
         else:
             p = _torch_linear_1thread(np.ascontiguousarray(x), np.ascontiguousarray(w), dtype)
         want = ops["partial"].reshape(p.shape)
-        part_match += int(_bits_equal(p, want).sum())
+        part_match += int(AR.bits_equal(p, want).sum())
         part_total += p.size
         partials.append(p)
     got = AR.combine(order, np.stack(partials), fmt=dtype) if len(partials) > 1 else partials[0]
     want = rank_ops[0]["out"].reshape(got.shape)
-    eq = _bits_equal(got, want)
+    eq = AR.bits_equal(got, want)
     return {"partial_match": f"{part_match}/{part_total}", "combine_match": f"{int(eq.sum())}/{eq.size}",
             "exact": bool(eq.all()) and part_match == part_total, "matching": int(eq.sum()), "total": int(eq.size)}
 
@@ -303,7 +299,7 @@ def _first_divergence(ref: dict, other: dict, world: int) -> dict:
     for name in order:
         a, b = r1[name]["out"], rt[name]["out"]
         a = a[..., :b.shape[-1]]
-        eq = _bits_equal(a, b)
+        eq = AR.bits_equal(a, b)
         compared.append(name)
         if not eq.all():
             return {"op": name, "kind": "row-parallel" if name.rsplit(".", 1)[-1] in ROW else "other",
@@ -348,7 +344,7 @@ def tp_lattice(spec="tiny-llama", seed: int = 0, degrees=(1, 2, 4), dtypes=("fp3
                 rng = np.random.default_rng(7)
                 xs = random_values(rng, (w, numel), "fp32")
                 want = AR.allreduce(g, xs)
-                seq = _bits_equal(AR.combine(P.Sequential(), xs), want)
+                seq = AR.bits_equal(AR.combine(P.Sequential(), xs), want)
                 rec["control_rank_order_sequential"] = f"{int(seq.sum())}/{seq.size}"
                 recs.append(rec)
             out["allreduce"][str(w)] = recs
@@ -359,11 +355,11 @@ def tp_lattice(spec="tiny-llama", seed: int = 0, degrees=(1, 2, 4), dtypes=("fp3
             logits = {w: sessions[(w, d)].logits(tokens) for w in degrees}
             rec["plain_sha256"] = sha(ref)
             rec["digests"] = {str(w): sha(logits[w]) for w in degrees}
-            rec["tp1_equals_plain"] = bool(_bits_equal(logits[1], ref).all()) if 1 in degrees else None
+            rec["tp1_equals_plain"] = bool(AR.bits_equal(logits[1], ref).all()) if 1 in degrees else None
             pair = {}
             for i, a in enumerate(degrees):
                 for b in degrees[i + 1:]:
-                    eq = _bits_equal(logits[a], logits[b])
+                    eq = AR.bits_equal(logits[a], logits[b])
                     pair[f"{a}-{b}"] = {"differing_logits": int((~eq).sum()), "total": int(eq.size),
                                         "max_abs_diff": float(np.max(np.abs(logits[a] - logits[b])))}
             rec["pairs"] = pair
@@ -374,7 +370,7 @@ def tp_lattice(spec="tiny-llama", seed: int = 0, degrees=(1, 2, 4), dtypes=("fp3
             for true in degrees:
                 obs = [sessions[(true, d)].logits(held[i:i + 1]) for i in range(len(held))]
                 for i in range(len(held)):
-                    match = [w for w in degrees if _bits_equal(cand[w][i], obs[i]).all()]
+                    match = [w for w in degrees if AR.bits_equal(cand[w][i], obs[i]).all()]
                     key = ",".join(map(str, match)) or "none"
                     confusion.setdefault(str(true), {}).setdefault(key, 0)
                     confusion[str(true)][key] += 1
@@ -385,7 +381,7 @@ def tp_lattice(spec="tiny-llama", seed: int = 0, degrees=(1, 2, 4), dtypes=("fp3
                                      "negative_control": "each observation also re-run at its own degree: "
                                                          "the true degree always matches (0 differing bits)"}
             rec["negative_control_same_degree_reruns_differing"] = {
-                str(w): int((~_bits_equal(sessions[(w, d)].logits(tokens), logits[w])).sum()) for w in degrees}
+                str(w): int((~AR.bits_equal(sessions[(w, d)].logits(tokens), logits[w])).sum()) for w in degrees}
             # trace: first divergence TP1 vs TPw, explained by the plan
             if 1 in degrees:
                 rec["trace"] = {str(w): trace_tp_pair(sessions[(1, d)], sessions[(w, d)], tokens[:2],
@@ -430,7 +426,7 @@ def trace_tp_pair(s1: "TPSession", sw: "TPSession", tokens, *, partial_reveal: b
         w_full = np.concatenate([o["w"] for o in ops_w], axis=-1)
         unsplit = _torch_linear_1thread(np.ascontiguousarray(x_full.reshape(-1, x_full.shape[-1])),
                                         np.ascontiguousarray(w_full), dt)
-        eq = _bits_equal(unsplit, ops_w[0]["out"].reshape(unsplit.shape))
+        eq = AR.bits_equal(unsplit, ops_w[0]["out"].reshape(unsplit.shape))
         tr["negative_control_unsplit_gemm"] = f"{int(eq.sum())}/{eq.size}"
         if partial_reveal and dt == "fp32":
             x0 = ops_w[0]["x"].reshape(-1, ops_w[0]["x"].shape[-1])
