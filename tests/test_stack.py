@@ -12,7 +12,7 @@ from hspi_kernels.models import stack as mstack
 from hspi_kernels.numerics.plans import BlockTree, Sequential, Strided
 from hspi_kernels.probes import catalog, runner
 from hspi_kernels.probes import stack as pstack
-from hspi_kernels.probes.registry import Probe, ProbeUnsupported
+from hspi_kernels.probes.registry import ProbeUnsupported
 
 
 def test_stack_probes_registered_and_gpu_ones_skip_with_reason():
@@ -101,11 +101,12 @@ def test_inductor_cpu_sum_plan_replays_compiled_bits():
     assert eager["digest"] != rec["digest"]
 
 
-def test_jax_llama_matches_torch_to_rounding():
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2"])  # qwen2: the llama block with q/k/v biases
+def test_jax_llama_matches_torch_to_rounding(name):
     pytest.importorskip("jax")
     from hspi_kernels.models import jax_llama, zoo
 
-    model, _ = zoo.build("tiny-llama", 0)
+    model, _ = zoo.build(name, 0)
     model.set_attn_implementation("eager")
     tokens = np.random.default_rng(3).integers(3, 512, size=(1, 8))
     r = jax_llama.compare_logits(model, tokens)
@@ -114,11 +115,36 @@ def test_jax_llama_matches_torch_to_rounding():
     assert r["equal"] < r["elements"]  # ... with different bits (XLA's kernels)
 
 
+def test_jax_llama_bf16_serving_knobs():
+    pytest.importorskip("jax")
+    import torch
+
+    from hspi_kernels.models import jax_llama, zoo
+
+    model, _ = zoo.build("tiny-qwen2", 0)
+    model = model.to(torch.bfloat16)
+    model.set_attn_implementation("eager")
+    tokens = np.random.default_rng(4).integers(3, 512, size=(1, 8))
+    params = jax_llama.params_from_torch(model)
+    full = jax_llama.make_forward(model, params, dtype="bf16", precision="default")(tokens)
+    last = jax_llama.make_forward(model, jax_llama.device_params(params, "bf16"), dtype="bf16",
+                                  precision="default", last_only=True)(tokens)
+    assert full.shape == (1, 8, 512) and last.shape == (1, 1, 512) and last.dtype == np.float32
+    with torch.no_grad():
+        ref = model(torch.as_tensor(tokens)).logits[0, -1].float().numpy()
+    # bf16 logits: within a few bf16 steps of torch's bf16 forward, the same greedy token
+    assert np.abs(last[0, -1] - ref).max() < 0.05 * np.abs(ref).max()
+    assert last[0, -1].argmax() == ref.argmax()
+    assert np.array_equal(np.asarray(last[0, -1], np.float32).view(np.uint32) & 0xFFFF, np.zeros(512, np.uint32))
+    with pytest.raises(ValueError, match="precision"):
+        jax_llama.make_forward(model, params, precision="tf32")
+
+
 def test_jax_llama_refuses_other_architectures():
     pytest.importorskip("jax")
     from hspi_kernels.models import jax_llama, zoo
 
-    model, _ = zoo.build("tiny-qwen2", 0)
+    model, _ = zoo.build("tiny-gpt2", 0)
     with pytest.raises(ValueError, match="llama architecture"):
         jax_llama.forward(model, jax_llama.params_from_torch(model), np.zeros((1, 4), dtype=np.int64))
 

@@ -2,7 +2,7 @@
 verifier can tell apart from a model's outputs, white-box and black-box.
 
     python -m hspi_kernels.models.gpu_stack OUT_DIR [--model qwen2.5-0.5b] [--budget-s 300]
-        [--axes attention,blas,quant,gemm,compile] [--n-prompts 64] [--length 16] [--device cuda]
+        [--axes attention,framework,compile,blas,gemm,quant] [--n-prompts 64] [--length 16] [--device cuda]
 
 A seeded zoo model (``zoo.build``: the same weights on every machine), bf16 unless an axis needs
 another dtype, runs ``--n-prompts`` held-out random prompts (``prompts.random_tokens``, seed
@@ -12,7 +12,9 @@ setting is applied for the whole forward and restored after: attention backend /
 / TF32 through :func:`hspi_kernels.models.eqc.applied`, the cuBLAS flags and deterministic mode
 through :func:`hspi_kernels.models.stack.cuda_flags`, fp8 / int8 linears through
 :func:`~hspi_kernels.models.stack.quantize_fp8` / ``eqc.quantize_linears`` /
-:func:`~hspi_kernels.models.stack.quantize_int8_weight_only`, compile through ``torch.compile``.
+:func:`~hspi_kernels.models.stack.quantize_int8_weight_only`, compile through ``torch.compile``, JAX
+through :func:`hspi_kernels.models.jax_llama.make_forward` (the torch copy's weights bit for bit, jit
+arguments; llama and qwen2 architectures; the head at the last position, like ``logits_to_keep=1``).
 
 Per setting: two independent executions (the first is the white-box reference, the repeat is the
 observation, so a nondeterministic setting shows as a white-box miss), the per-prompt digests of
@@ -23,16 +25,28 @@ and per single prompt) and black-box accuracy (top-20 ids + fp32 log-probs, 1 / 
 200 random query sets) from :func:`hspi_kernels.models.stack.identification`; the classes of
 bit-identical settings and the identification among them.
 
-Axes (the run order: cheap first, compile last):
-  attention  sdpa (default dispatch) / sdpa-math / sdpa-flash / sdpa-efficient / sdpa-cudnn / eager
+Axes, in the default run order (the priority under the time box: what the last H200 record lacks first,
+the axes it already measured last):
+  attention  sdpa (default dispatch) / sdpa-math / sdpa-flash / sdpa-efficient (k/v expanded, repeat_kv) /
+             sdpa-cudnn / eager. transformers calls SDPA with enable_gqa=True, which the memory-efficient
+             kernel refuses ("No available kernel"); a serving stack on that kernel expands K/V with
+             transformers' repeat_kv first, and so does this row (math / flash / cuDNN keep enable_gqa)
+  framework  bf16: PyTorch / JAX (XLA defaults) / JAX with xla_gpu_enable_triton_gemm=false (a per-compile
+             XLA option: cuBLAS for every dot) / JAX precision=HIGHEST; fp32: PyTorch fp32 / tf32 (the
+             blas axis's runs) / JAX default precision / JAX HIGHEST. JAX shares the GPU with torch:
+             XLA_PYTHON_CLIENT_PREALLOCATE=false, MEM_FRACTION 0.35, set before JAX starts a backend; no
+             JAX, or a JAX without a GPU backend, is a recorded skip reason per row, never a crash
+  compile    eager / torch.compile (inductor default) / mode="max-autotune-no-cudagraphs" (one compiled
+             shape: batch 1, --length tokens, dynamic=False; the compile seconds and the inductor knobs
+             in effect are recorded; a compile past COMPILE_LIMIT_FACTOR x its estimate, or past the
+             budget, is interrupted and recorded as cut)
   blas       bf16 model: default / allow_bf16_reduced_precision_reduction off / preferred_blas_library
              cublas, cublaslt / use_deterministic_algorithms(True); fp16 model:
              allow_fp16_reduced_precision_reduction on / off; fp32 model: allow_tf32 off / on
+  gemm       cuBLAS (torch) / the project's fixed-order Triton GEMM
   quant      bf16 / fp8 e4m3 _scaled_mm {tensor, row scales} x use_fast_accum {on, off} / fp8 as the
              EQC quant=fp8 (control: = tensor, slow) / int8 torch._int_mm (EQC quant=int8) / int8
              weight-only (dequantised bf16 GEMM)
-  gemm       cuBLAS (torch) / the project's fixed-order Triton GEMM
-  compile    eager / torch.compile (inductor default) / mode="max-autotune-no-cudagraphs"
 
 Time-boxed: a step (model build, one setting) whose estimate would end after ``--budget-s`` (minus a
 reserve for the analysis and the files) is recorded as skipped with the reason, never run; an
@@ -45,9 +59,13 @@ H200, ``cpu`` on the CPU; ``--name`` overrides) and prints a short table last.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import itertools
+import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -66,14 +84,52 @@ from hspi_kernels.platform.files import atomic_write_text, check_output_dir
 __all__ = ["Setting", "AXES", "axis_settings", "run", "render_markdown", "render_table", "main"]
 
 SCHEMA = "hspi-stack-models/1"
-AXES = ("attention", "blas", "quant", "gemm", "compile")
+# the run order is the priority under the time box: what the last H200 record lacks first (attention with
+# the efficient kernel, the JAX rows, max-autotune), the axes it already measured last (a cut is recorded)
+AXES = ("attention", "framework", "compile", "blas", "gemm", "quant")
+EFFICIENT_NAME = "sdpa-efficient (k/v expanded, repeat_kv)"
 QUERY_COUNTS = (1, 4, 32)
 RESERVE_S = 12.0  # analysis + files after the last step
-# compile estimates (first forward = compile) on an H200, qwen2.5-0.5b; refined from the runs
-COMPILE_EST_S = {"default": 45.0, "max-autotune-no-cudagraphs": 120.0}
-# measured 2026-12-03 on an H200 (torch 2.11): inductor default compiled qwen2.5-0.5b in 32 s (first
-# forward); max-autotune-no-cudagraphs not yet measured (the estimate is a guess: with --budget-s 300 it
-# is cut, --budget-s 420 leaves room for it)
+# whole-setting estimates (first forward = compile, two runs, the profiled forward) on an H200, qwen2.5-0.5b.
+# Measured 2026-12-03 (torch 2.11): inductor default compiled in 32.4 s, its runs 1.3 s each (the 65 s of
+# that record included a recompile under the profiler, since fixed): 40 s. max-autotune-no-cudagraphs is
+# not measured yet: 120 s is a guess (7 GEMM shapes autotuned + coordinate-descent tuning of the fused
+# kernels); the compile is interrupted at COMPILE_LIMIT_FACTOR x the estimate (or at the budget), recorded
+COMPILE_EST_S = {"default": 40.0, "max-autotune-no-cudagraphs": 120.0}
+COMPILE_LIMIT_FACTOR = 2.0
+# a JAX setting before one is measured (jit of the unrolled 24-layer graph with XLA's GEMM autotuning,
+# 2 x 64 forwards, the parameter upload); afterwards 1.5 x the slowest measured JAX setting
+JAX_EST_S = 30.0
+# inductor knobs recorded with each compiled setting (what the mode set, and what bounds autotuning)
+INDUCTOR_KNOBS = ("max_autotune", "max_autotune_gemm", "max_autotune_pointwise", "coordinate_descent_tuning",
+                  "max_autotune_gemm_backends", "max_autotune_gemm_search_space", "autotune_in_subproc",
+                  "compile_threads", "fx_graph_cache", "autotune_local_cache")
+# JAX shares the GPU with torch in this process: no 75 % preallocation (set before JAX initialises a backend)
+JAX_ENV = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.35"}
+
+
+class StepTimeout(BaseException):
+    """A step ran past its hard limit (a BaseException: inductor's autotuner catches Exception per choice)."""
+
+
+@contextlib.contextmanager
+def _hard_limit(seconds: float | None):
+    """Raise StepTimeout in the main thread after ``seconds`` (SIGALRM; Python code only, so a long C++ call
+    ends first). No limit off the main thread or without setitimer."""
+    if seconds is None or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def handler(signum, frame):
+        raise StepTimeout(f"interrupted at the hard limit of {seconds:.0f} s")
+
+    old = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, max(float(seconds), 0.01))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0.0)
+        signal.signal(signal.SIGALRM, old)
 
 
 @dataclass(frozen=True)
@@ -92,11 +148,18 @@ class Setting:
     check: tuple[str, str] | None = None
     note: str = ""
     repeat_kv: bool = False  # SDPA without enable_gqa: K/V heads expanded first (transformers' repeat_kv)
+    jax: tuple = ()  # a JAX/XLA setting (jax_llama.make_forward): (("dtype", ..), ("precision", ..), ("xla", ((opt, v),)))
 
     @property
     def key(self) -> str:
+        if self.jax:
+            return "jax|" + "|".join(f"{k}={v}" for k, v in self.jax)
         flags = ",".join(f"{k}={v}" for k, v in self.flags)
         return f"{self.model}|{self.eqc.name}|{flags}|{self.compile or 'eager'}" + ("|repeat_kv" if self.repeat_kv else "")
+
+    @property
+    def framework(self) -> str:
+        return "jax" if self.jax else "torch"
 
 
 BASE = Setting("bf16 default", note="bf16, sdpa (default dispatch), cuBLAS, eager, default flags")
@@ -109,10 +172,12 @@ def axis_settings(axis: str) -> dict[str, list[Setting]]:
         out = [dataclasses_replace(BASE, name="sdpa (default dispatch)")]
         out += [Setting(a, eqc=e.replace(attn=a), check=("attention", a))
                 for a in ("sdpa-math", "sdpa-flash")]
-        # transformers passes enable_gqa=True on CUDA, which the memory-efficient kernel refuses ("No available
-        # kernel"): K/V are expanded with repeat_kv for it (same values; the kernel decides the bits)
-        out += [Setting("sdpa-efficient", eqc=e.replace(attn="sdpa-efficient"), check=("attention", "sdpa-efficient"),
-                        repeat_kv=True, note="K/V expanded with repeat_kv (no enable_gqa): the efficient kernel has no GQA")]
+        # transformers passes enable_gqa=True (no mask, head dim <= 256), which the memory-efficient kernel refuses
+        # ("No available kernel"): a serving stack on that kernel expands K/V with transformers' repeat_kv first
+        # (the same values; the kernel decides the bits). math / flash / cuDNN keep enable_gqa (unchanged)
+        out += [Setting(EFFICIENT_NAME, eqc=e.replace(attn="sdpa-efficient"), check=("attention", "sdpa-efficient"),
+                        repeat_kv=True, note="K/V expanded with transformers' repeat_kv (SDPA without enable_gqa): "
+                                             "the memory-efficient kernel has no GQA")]
         out += [Setting("sdpa-cudnn", eqc=e.replace(attn="sdpa-cudnn"), check=("attention", "sdpa-cudnn"))]
         out += [Setting("eager attention", eqc=e.replace(attn="eager"), check=("attention", "eager"))]
         return {"attention backend (bf16)": out}
@@ -160,6 +225,33 @@ def axis_settings(axis: str) -> dict[str, list[Setting]]:
         return {"GEMM backend (bf16)": [dataclasses_replace(BASE, name="cuBLAS (torch)"),
                                         Setting("fixed-order Triton GEMM", eqc=e.replace(gemm="fixed"),
                                                 check=("gemm", "fixed"))]}
+    if axis == "framework":
+        cpu_note = "the CPU has no TF32"
+
+        def jx(name, dtype, precision, xla=(), note=""):
+            return Setting(name, model=dtype, jax=(("dtype", dtype), ("precision", precision), ("xla", tuple(xla))),
+                           check=("framework", "jax"), note=note)
+
+        return {
+            "framework (bf16)": [
+                dataclasses_replace(BASE, name="PyTorch bf16 (eager, sdpa, cuBLAS)"),
+                jx("JAX bf16 (XLA defaults)", "bf16", "default"),
+                jx("JAX bf16, xla_gpu_enable_triton_gemm=false", "bf16", "default",
+                   (("xla_gpu_enable_triton_gemm", False),), note="every dot through cuBLAS (no XLA Triton GEMM fusions)"),
+                jx("JAX bf16, precision=HIGHEST", "bf16", "highest",
+                   note="Precision.HIGHEST on every dot (= jax_default_matmul_precision='highest')"),
+            ],
+            "framework (fp32)": [
+                # the same runs as the allow_tf32 rows of the blas axis (equal keys); the torch fp32 row also runs on a CPU
+                Setting("PyTorch fp32 (allow_tf32 off)", model="fp32", eqc=e.replace(dtype="fp32")),
+                Setting("PyTorch tf32 (allow_tf32 on)", model="fp32", eqc=e.replace(dtype="tf32"), check=("blas", "allow_tf32")),
+                jx("JAX fp32 (XLA default precision)", "fp32", "default",
+                   note="XLA's DEFAULT dot precision (on an sm_80+ GPU XLA may run fp32 dots as TF32: the bits "
+                        "vs the HIGHEST row say whether it did; " + cpu_note + ")"),
+                jx("JAX fp32, precision=HIGHEST", "fp32", "highest",
+                   note="Precision.HIGHEST on every dot (= jax_default_matmul_precision='highest')"),
+            ],
+        }
     if axis == "compile":
         return {"compile mode (bf16)": [
             dataclasses_replace(BASE, name="eager"),
@@ -249,8 +341,26 @@ def _kernel_summary(names: list[str] | str) -> dict[str, Any]:
             "names": {k[:160]: v for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}}
 
 
-def _run_setting(s: Setting, models: _Models, tokens: np.ndarray, device: str) -> tuple[dict[str, Any], dict]:
-    """(record, {"ref": summarize_run, "obs": summarize_run}) of one setting: two executions."""
+def _inductor_knobs(mode: str) -> dict[str, Any]:
+    """The inductor config a compile in ``mode`` runs under: the mode's own options over the global config."""
+    import torch._inductor
+    import torch._inductor.config as ic
+
+    try:
+        opts = torch._inductor.list_mode_options(None if mode == "default" else mode)
+    except Exception:  # noqa: BLE001
+        opts = {}
+    out = {k: opts.get(k, getattr(ic, k, None)) for k in INDUCTOR_KNOBS if k in opts or hasattr(ic, k)}
+    out.update({k: v for k, v in opts.items() if k not in out})
+    return {k: v if isinstance(v, (bool, int, float, str, type(None))) else str(v) for k, v in out.items()}
+
+
+def _run_setting(s: Setting, models: _Models, tokens: np.ndarray, device: str,
+                 limit_s: float | None = None) -> tuple[dict[str, Any], dict]:
+    """(record, {"ref": summarize_run, "obs": summarize_run}) of one setting: two executions. ``limit_s``:
+    the hard limit of a compile (the first forward), StepTimeout past it."""
+    if s.jax:
+        return _run_jax_setting(s, models, tokens, device)
     import torch
 
     model = models.get(s.model)
@@ -258,6 +368,7 @@ def _run_setting(s: Setting, models: _Models, tokens: np.ndarray, device: str) -
     rec: dict[str, Any] = {}
     if s.compile:
         torch._dynamo.reset()
+        rec["inductor"] = _inductor_knobs(s.compile)
         compiled = torch.compile(model, dynamic=False, **({} if s.compile == "default" else {"mode": s.compile}))
 
     def ctx():
@@ -275,8 +386,15 @@ def _run_setting(s: Setting, models: _Models, tokens: np.ndarray, device: str) -
 
     which = "compiled" if compiled is not None else "eager"
     t = time.perf_counter()
-    if compiled is not None:  # the first forward compiles: timed on its own
-        mstack.logits_under(which, model, tokens[:1], compiled, device=device, context=ctx, last_only=True)
+    if compiled is not None:  # the first forward compiles (one shape: batch 1, --length tokens): timed on its own
+        try:
+            with _hard_limit(limit_s):
+                mstack.logits_under(which, model, tokens[:1], compiled, device=device, context=ctx, last_only=True)
+        except StepTimeout as exc:
+            torch._dynamo.reset()
+            exc.compile_s = round(time.perf_counter() - t, 2)
+            exc.inductor = rec["inductor"]
+            raise
         rec["compile_s"] = round(time.perf_counter() - t, 2)
     t1 = time.perf_counter()
     ref = mstack.logits_under(which, model, tokens, compiled, device=device, context=ctx, last_only=True)
@@ -296,6 +414,12 @@ def _run_setting(s: Setting, models: _Models, tokens: np.ndarray, device: str) -
     if compiled is not None:
         del compiled
         torch._dynamo.reset()
+    return _finished(rec, ref, obs)
+
+
+def _finished(rec: dict, ref, obs) -> tuple[dict, dict]:
+    """A setting's record completed from its two runs (reference, observation): repeatability per
+    prompt, digests, finiteness; and the runs (with the reference logits) for the pair tables."""
     runs = {"ref": mstack.summarize_run(ref), "obs": mstack.summarize_run(obs)}
     rep = [a != b for a, b in zip(runs["ref"]["digests"], runs["obs"]["digests"])]
     rec.update(status="ok", repeatable=not any(rep), prompts_not_repeatable=int(sum(rep)),
@@ -303,6 +427,89 @@ def _run_setting(s: Setting, models: _Models, tokens: np.ndarray, device: str) -
                max_abs_logit=float(np.nanmax(np.abs(ref))) if ref.size else 0.0)
     runs["logits"] = ref
     return rec, runs
+
+
+_JAX_STATE: dict[str, Any] = {}  # per run: {"params": {dtype: device arrays}} (released after each axis)
+
+
+def _jax_backend(device: str) -> tuple[Any, Any, str | None]:
+    """(jax, the jax Device matching ``device``, None) or (None, None, why JAX cannot run there)."""
+    for k, v in JAX_ENV.items():
+        os.environ.setdefault(k, v)
+    try:
+        jax = __import__("hspi_kernels.models.jax_llama", fromlist=["require_jax"]).require_jax()
+    except Exception as exc:  # noqa: BLE001 - FrameworkUnavailable or anything a broken jaxlib raises
+        return None, None, str(exc).splitlines()[0][:300]
+    platform = "gpu" if device.startswith("cuda") else "cpu"
+    try:
+        devs = jax.devices(platform)
+    except Exception as exc:  # noqa: BLE001 - RuntimeError: unknown backend
+        try:
+            have = sorted({d.platform for d in jax.devices()})
+        except Exception:  # noqa: BLE001
+            have = ["none"]
+        return None, None, (f"JAX {jax.__version__} has no {platform.upper()} backend here (backends: {', '.join(have)}; "
+                            f"{_one_line(exc)[:160]}); the JAX rows are not run")
+    if not devs:
+        return None, None, f"JAX {jax.__version__}: no {platform} device"
+    idx = 0
+    if platform == "gpu" and ":" in device:
+        idx = int(device.split(":")[1])
+    return jax, devs[min(idx, len(devs) - 1)], None
+
+
+def _jax_reason(s: Setting, device: str) -> str | None:
+    _, _, why = _jax_backend(device)
+    if why:
+        return why
+    xla = dict(dict(s.jax).get("xla", ()))
+    if not device.startswith("cuda") and any(k.startswith("xla_gpu_") for k in xla):
+        return f"{', '.join(k for k in xla if k.startswith('xla_gpu_'))} is an XLA GPU option; skipped on the CPU"
+    return None
+
+
+def _run_jax_setting(s: Setting, models: _Models, tokens: np.ndarray, device: str) -> tuple[dict[str, Any], dict]:
+    """A JAX setting: jax_llama on the torch model's weights (the bf16 / fp32 copy, bit for bit), the same prompts,
+    batch 1, the head at the last position only; two executions, the kernels (torch.profiler records the CUDA
+    kernels of the whole process, XLA's included)."""
+    from hspi_kernels.models import jax_llama
+
+    jax, jdev, why = _jax_backend(device)
+    if why:
+        raise RuntimeError(why)
+    opts = dict(s.jax)
+    dtype, precision, xla = opts["dtype"], opts["precision"], dict(opts.get("xla", ()))
+    model = models.get(s.model)
+    rec: dict[str, Any] = {"framework": "jax", "jax": jax.__version__, "jax_device": str(jdev), "jax_dtype": dtype,
+                           "jax_precision": precision, "xla_options": xla,
+                           "jax_env": {k: os.environ.get(k) for k in JAX_ENV}}
+    t = time.perf_counter()
+    cache = _JAX_STATE.setdefault("params", {})
+    if dtype not in cache:
+        cache[dtype] = jax_llama.device_params(jax_llama.params_from_torch(model), dtype, jdev)
+    rec["params_s"] = round(time.perf_counter() - t, 2)
+    fn = jax_llama.make_forward(model, cache[dtype], dtype=dtype, precision=precision, compiler_options=xla or None,
+                                device=jdev, last_only=True)
+    t = time.perf_counter()
+    fn(tokens[:1])
+    rec["compile_s"] = round(time.perf_counter() - t, 2)  # jit: trace + XLA compile (+ its GEMM autotuning) + 1 forward
+
+    def logits():
+        return np.stack([fn(p[None])[0, -1] for p in tokens]).astype(np.float32)
+
+    t = time.perf_counter()
+    ref = logits()
+    rec["run_s"] = round(time.perf_counter() - t, 2)
+    t = time.perf_counter()
+    obs = logits()
+    rec["repeat_s"] = round(time.perf_counter() - t, 2)
+    if device.startswith("cuda"):
+        t = time.perf_counter()
+        rec["kernels"] = _kernel_summary(_kernel_names(lambda: fn(tokens[:1])))
+        rec["profile_s"] = round(time.perf_counter() - t, 2)
+    else:
+        rec["kernels"] = {"error": "kernel list not recorded on the CPU"}
+    return _finished(rec, ref, obs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -409,6 +616,9 @@ def run(out_dir: Path, model_name: str = "qwen2.5-0.5b", budget_s: float = 300.0
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+    if "framework" in axes:  # before anything initialises a JAX backend: torch keeps the GPU memory it needs
+        for k, v in JAX_ENV.items():
+            os.environ.setdefault(k, v)
     try:
         meta = plat.collect()
     except Exception as exc:  # noqa: BLE001
@@ -417,7 +627,10 @@ def run(out_dir: Path, model_name: str = "qwen2.5-0.5b", budget_s: float = 300.0
                            "hardware": hw, "device": device, "argv": sys.argv, "model": model_name, "dtype": "bf16",
                            "batch": 1, "length": length, "prompts": n_prompts, "prompt_seed": 10_000 + seed,
                            "weights_seed": seed, "budget_s": budget_s, "query_counts": list(QUERY_COUNTS),
-                           "trials": trials, "axes": {}, "cut": [], "torch": torch.__version__}
+                           "trials": trials, "axes": {}, "cut": [], "torch": torch.__version__,
+                           "axis_order": list(axes)}
+    if "framework" in axes:
+        rec["jax_env"] = {k: os.environ.get(k) for k in JAX_ENV}
     if device.startswith("cuda"):
         m = torch.backends.cuda.matmul
         rec["defaults"] = {"allow_bf16_reduced_precision_reduction": m.allow_bf16_reduced_precision_reduction,
@@ -454,74 +667,99 @@ def run(out_dir: Path, model_name: str = "qwen2.5-0.5b", budget_s: float = 300.0
     runs: dict[str, dict] = {}  # key -> summarize_run pair (+ logits)
     results: dict[str, dict] = {}  # key -> record
     per_setting_s: list[float] = []
-    for axis in axes:
+    jax_s: list[float] = []
+    axis_keys = [{s.key for ss in axis_settings(a).values() for s in ss} for a in axes]
+    for i_axis, axis in enumerate(axes):
         for title, settings in axis_settings(axis).items():
             arec: dict[str, Any] = {"axis": axis, "settings": {}}
             rec["axes"][title] = arec
             t_axis = time.perf_counter()
             for s in settings:
+                reason = None
+                if models is not None:
+                    reason = ((mstack.check_setting(*s.check, device) if s.check else None)
+                              or meqc.unsupported_reason(s.eqc, device) or (_jax_reason(s, device) if s.jax else None))
                 if models is None:
                     r = {"status": "skipped", "reason": "no model (build skipped or failed)"}
+                elif reason:
+                    r = {"status": "skipped", "reason": reason}
+                    log(f"skip {title} / {s.name}: {reason}")
                 elif s.key in results:
                     r = dict(results[s.key], same_run_as=results[s.key]["_name"])
                 else:
-                    reason = ((mstack.check_setting(*s.check, device) if s.check else None)
-                              or meqc.unsupported_reason(s.eqc, device))
-                    if reason:
-                        r = {"status": "skipped", "reason": reason}
-                        log(f"skip {title} / {s.name}: {reason}")
+                    if s.compile:
+                        est = COMPILE_EST_S.get(s.compile, 90.0)
+                    elif s.jax:
+                        est = 1.5 * max(jax_s) if jax_s else JAX_EST_S
                     else:
-                        est = (COMPILE_EST_S.get(s.compile, 90.0) if s.compile else
-                               (2.0 * float(np.median(per_setting_s)) if per_setting_s else 0.0))
-                        if elapsed() + est > deadline:
-                            r = {"status": "skipped", "reason": f"time budget: {elapsed():.0f} s used, estimate "
-                                                                 f"{est:.0f} s, budget {budget_s:.0f} s"}
+                        est = 2.0 * float(np.median(per_setting_s)) if per_setting_s else 0.0
+                    if elapsed() + est > deadline:
+                        r = {"status": "skipped", "reason": f"time budget: {elapsed():.0f} s used, estimate "
+                                                             f"{est:.0f} s, budget {budget_s:.0f} s"}
+                        rec["cut"].append({"step": f"{title} / {s.name}", "reason": r["reason"]})
+                        log(f"skip {title} / {s.name}: {r['reason']}")
+                    else:
+                        t = time.perf_counter()
+                        limit = (min(deadline - elapsed(), COMPILE_LIMIT_FACTOR * est) if s.compile else None)
+                        try:
+                            r, runs[s.key] = _run_setting(s, models, tokens, device, limit_s=limit)
+                        except StepTimeout as exc:  # a compile past its hard limit: a recorded cut
+                            r = {"status": "skipped", "reason": f"time budget: compile {exc} (estimate {est:.0f} s, "
+                                                                f"{elapsed():.0f} s used of {budget_s:.0f} s)",
+                                 "compile_s": getattr(exc, "compile_s", None),
+                                 "inductor": getattr(exc, "inductor", None)}
                             rec["cut"].append({"step": f"{title} / {s.name}", "reason": r["reason"]})
-                            log(f"skip {title} / {s.name}: {r['reason']}")
+                        except Exception as exc:  # noqa: BLE001 - one line, the rest continues
+                            r = {"status": "failed", "error": _one_line(exc),
+                                 "traceback_tail": traceback.format_exc()[-1500:]}
+                            if device.startswith("cuda"):
+                                torch._dynamo.reset()
+                            if ("deterministic", True) in s.flags and "CUBLAS_WORKSPACE_CONFIG" in str(exc):
+                                # the variable was read at the first cuBLAS call: strict mode refuses
+                                # cuBLAS in this process; warn_only runs the deterministic kernels
+                                # of the other ops and says so
+                                log(f"{title} / {s.name}: strict mode refused ({r['error'][:120]}); "
+                                    "retrying with warn_only=True")
+                                s2 = dataclasses_replace(s, flags=(("deterministic", "warn"),))
+                                try:
+                                    r2, runs[s.key] = _run_setting(s2, models, tokens, device)
+                                    r = dict(r2, strict_error=r["error"],
+                                             fallback="use_deterministic_algorithms(True, warn_only=True)")
+                                except Exception as exc2:  # noqa: BLE001
+                                    r["fallback_error"] = _one_line(exc2)
+                        r["seconds"] = round(time.perf_counter() - t, 2)
+                        if r["status"] == "ok" and s.jax:
+                            jax_s.append(r["seconds"])
+                        elif r["status"] == "ok" and not s.compile:
+                            per_setting_s.append(r["seconds"])
+                        if r["status"] == "ok":
+                            msg = (f"ok {r['seconds']} s" + (f" (compile {r['compile_s']} s)" if "compile_s" in r else "")
+                                   + ("" if r["repeatable"] else f", NOT repeatable at {r['prompts_not_repeatable']} prompts"))
+                        elif r["status"] == "skipped":
+                            msg = f"cut: {r['reason']}"
                         else:
-                            t = time.perf_counter()
-                            try:
-                                r, runs[s.key] = _run_setting(s, models, tokens, device)
-                            except Exception as exc:  # noqa: BLE001 - one line, the rest continues
-                                r = {"status": "failed", "error": _one_line(exc),
-                                     "traceback_tail": traceback.format_exc()[-1500:]}
-                                if device.startswith("cuda"):
-                                    torch._dynamo.reset()
-                                if ("deterministic", True) in s.flags and "CUBLAS_WORKSPACE_CONFIG" in str(exc):
-                                    # the variable was read at the first cuBLAS call: strict mode refuses
-                                    # cuBLAS in this process; warn_only runs the deterministic kernels
-                                    # of the other ops and says so
-                                    log(f"{title} / {s.name}: strict mode refused ({r['error'][:120]}); "
-                                        "retrying with warn_only=True")
-                                    s2 = dataclasses_replace(s, flags=(("deterministic", "warn"),))
-                                    try:
-                                        r2, runs[s.key] = _run_setting(s2, models, tokens, device)
-                                        r = dict(r2, strict_error=r["error"],
-                                                 fallback="use_deterministic_algorithms(True, warn_only=True)")
-                                    except Exception as exc2:  # noqa: BLE001
-                                        r["fallback_error"] = _one_line(exc2)
-                            r["seconds"] = round(time.perf_counter() - t, 2)
-                            if r["status"] == "ok" and not s.compile:
-                                per_setting_s.append(r["seconds"])
-                            if r["status"] == "ok":
-                                msg = (f"ok {r['seconds']} s" + (f" (compile {r['compile_s']} s)" if "compile_s" in r else "")
-                                       + ("" if r["repeatable"] else f", NOT repeatable at {r['prompts_not_repeatable']} prompts"))
-                            else:
-                                msg = f"failed: {r['error']}"
-                            log(f"{title} / {s.name}: {msg}")
+                            msg = f"failed: {r['error']}"
+                        log(f"{title} / {s.name}: {msg}")
                     r["_name"] = s.name
                     results[s.key] = r
                 out = {k: v for k, v in r.items() if not k.startswith("_")}
-                out.update(model=s.model, eqc=s.eqc.name, flags=[list(f) for f in s.flags], compile=s.compile or "eager")
+                out.update(model=s.model, eqc=s.eqc.name, flags=[list(f) for f in s.flags], compile=s.compile or "eager",
+                           framework=s.framework)
+                if s.jax:
+                    out.update(eqc="-", compile="jax.jit")
+                if s.repeat_kv:
+                    out["repeat_kv"] = True
                 if s.note:
                     out["note"] = s.note
                 arec["settings"][s.name] = out
             arec.update(_lattice(settings, {s.name: arec["settings"][s.name] for s in settings}, runs, n_prompts, trials))
             arec["seconds"] = round(time.perf_counter() - t_axis, 1)
+        _JAX_STATE.clear()  # the JAX parameter copies on the device
         if models is not None:
             models.release()
-            for k in [k for k in runs if k != BASE.key]:
-                runs.pop(k)  # keep the baseline only (host memory: 2 x 39 MB per setting at 152k vocab)
+            later = set().union(*axis_keys[i_axis + 1:]) if i_axis + 1 < len(axes) else set()
+            for k in [k for k in runs if k != BASE.key and k not in later]:
+                runs.pop(k)  # keep the baseline and the runs a later axis reuses (host memory: 2 x 39 MB per setting)
         try:
             save()
         except Exception as exc:  # noqa: BLE001

@@ -1,11 +1,19 @@
 """A llama-architecture forward pass in JAX (XLA CPU/GPU) on the zoo's seeded weights.
 
-Written against the transformers ``LlamaConfig`` of a zoo spec (``arch == "llama"``): RMSNorm
-(fp32 variance, weight times the normalised activation), rotary embeddings (default rope:
-``inv_freq = 1/theta^(2i/D)``, ``cat(freqs, freqs)``, ``rotate_half``), grouped-query causal
-attention with scale ``1/sqrt(D)``, SiLU-gated MLP, tied head. The weights are the torch model's
-parameters (``zoo.build``), copied bit for bit, so any bit difference in the logits comes from the
-framework's kernels (XLA's dot, reduce, exp, rsqrt and fusions), not from the weights.
+Written against the transformers ``LlamaConfig`` / ``Qwen2Config`` of a zoo spec (``arch`` llama or
+qwen2, the llama block with q/k/v biases): RMSNorm (fp32 variance, weight times the normalised
+activation), rotary embeddings (default rope: ``inv_freq = 1/theta^(2i/D)``, ``cat(freqs, freqs)``,
+``rotate_half``), grouped-query causal attention with scale ``1/sqrt(D)``, SiLU-gated MLP, tied head.
+The weights are the torch model's parameters (``zoo.build``), copied bit for bit, so any bit
+difference in the logits comes from the framework's kernels (XLA's dot, reduce, exp, rsqrt and
+fusions), not from the weights.
+
+:func:`forward` is the fp32 model with ``Precision.HIGHEST`` on every dot (the CPU framework axis);
+:func:`make_forward` adds the serving knobs the GPU lattice measures (``hspi_kernels.models.gpu_stack``):
+bf16 (the transformers bf16 path: RMSNorm and softmax in fp32, rounded to bf16), XLA's default dot
+precision vs HIGHEST, per-compilation XLA options (``xla_gpu_enable_triton_gemm``), a device, and
+the head at the last position only. Parameters are jit arguments (never constants baked into the
+executable).
 
 JAX is optional: :func:`require_jax` raises :class:`FrameworkUnavailable` with the reason.
 """
@@ -16,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FrameworkUnavailable", "require_jax", "params_from_torch", "forward", "compare_logits"]
+__all__ = ["FrameworkUnavailable", "require_jax", "params_from_torch", "device_params", "make_forward", "forward",
+           "compare_logits"]
 
 
 class FrameworkUnavailable(RuntimeError):
@@ -38,10 +47,15 @@ def params_from_torch(model) -> dict[str, np.ndarray]:
     return {k: v.detach().float().cpu().numpy().copy() for k, v in model.state_dict().items()}
 
 
+ARCHS = ("llama", "qwen2")  # qwen2: the llama block with q/k/v biases
+
+
 def _config(model) -> dict[str, Any]:
     c = model.config
-    if c.model_type != "llama":
-        raise ValueError(f"jax_llama implements the llama architecture, not {c.model_type!r}")
+    if c.model_type not in ARCHS:
+        raise ValueError(f"jax_llama implements the llama architecture ({', '.join(ARCHS)}), not {c.model_type!r}")
+    if getattr(c, "use_sliding_window", False):
+        raise ValueError("sliding-window attention is not implemented")
     rope = getattr(c, "rope_parameters", None) or {}
     if rope.get("rope_type", "default") != "default":
         raise ValueError(f"only the default rope is implemented, got {rope.get('rope_type')!r}")
@@ -51,72 +65,109 @@ def _config(model) -> dict[str, Any]:
                 tied=bool(c.tie_word_embeddings))
 
 
+DTYPES = ("fp32", "bf16")
+PRECISIONS = ("highest", "default")
+
 _JITTED: dict[int, Any] = {}
 
 
 def forward(model, params: dict[str, np.ndarray], tokens: np.ndarray) -> np.ndarray:
-    """Logits [B, S, V] (fp32) of the JAX forward on ``tokens`` [B, S] (jit-compiled once per shape;
-    the jitted function is kept per ``params`` object)."""
-    jax = require_jax()
-    import jax.numpy as jnp
-
+    """Logits [B, S, V] (fp32) of the fp32 JAX forward (``precision=HIGHEST`` on every dot) on
+    ``tokens`` [B, S] (jit-compiled once per shape; the forward is kept per ``params`` object)."""
     key = id(params)
     if key not in _JITTED or _JITTED[key][0] is not params:
-        _JITTED[key] = (params, _build(model, params))
-    return np.asarray(_JITTED[key][1](jnp.asarray(tokens, dtype=jnp.int32)))
+        _JITTED[key] = (params, make_forward(model, params))
+    return _JITTED[key][1](tokens)
 
 
-def _build(model, params):
+def device_params(params: dict[str, np.ndarray], dtype: str = "fp32", device=None) -> dict[str, Any]:
+    """The parameters as JAX arrays of ``dtype`` ("fp32" | "bf16") on ``device`` (a jax Device; None:
+    JAX's default). bf16 from a bf16 torch model is exact (its values are bf16 numbers)."""
     jax = require_jax()
     import jax.numpy as jnp
 
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r}: expected one of {DTYPES}")
+    dt = jnp.float32 if dtype == "fp32" else jnp.bfloat16
+    return {k: jax.device_put(jnp.asarray(v, dtype=jnp.float32).astype(dt), device) for k, v in params.items()}
+
+
+def make_forward(model, params, *, dtype: str = "fp32", precision: str = "highest",
+                 compiler_options: dict[str, Any] | None = None, device=None, last_only: bool = False):
+    """A function ``tokens [B, S] -> fp32 numpy logits [B, S, V]`` (``[B, 1, V]`` with ``last_only``:
+    the head GEMM at M = 1, as ``logits_to_keep=1``), jit-compiled on the first call per shape.
+
+    ``params``: numpy (:func:`params_from_torch`) or :func:`device_params` arrays; ``dtype``: "fp32"
+    (every op in fp32) or "bf16" (the transformers bf16 path: bf16 weights and activations, RMSNorm
+    and softmax in fp32, rounded to bf16 after); ``precision``: "highest" (``Precision.HIGHEST`` on
+    every dot, as ``jax_default_matmul_precision='highest'``) or "default" (XLA's default: on a GPU
+    an fp32 dot may use TF32); ``compiler_options``: XLA debug options for this compilation (e.g.
+    ``{"xla_gpu_enable_triton_gemm": False}``: cuBLAS for every dot); ``device``: a jax Device."""
+    jax = require_jax()
+    import jax.numpy as jnp
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {PRECISIONS}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r}: expected one of {DTYPES}")
     cfg = _config(model)
+    dt = jnp.float32 if dtype == "fp32" else jnp.bfloat16
+    if any(isinstance(v, np.ndarray) for v in params.values()):
+        params = device_params(params, dtype, device)
     H, KV, D, eps = cfg["heads"], cfg["kv_heads"], cfg["head_dim"], cfg["eps"]
-    p = {k: jnp.asarray(v) for k, v in params.items()}
-    hi = jax.lax.Precision.HIGHEST
+    prec = jax.lax.Precision.HIGHEST if precision == "highest" else None
 
-    def rms(x, w):
-        var = jnp.mean(x * x, axis=-1, keepdims=True)
-        return w * (x * jax.lax.rsqrt(var + eps))
+    def run(p, tok):
+        def rms(x, w):
+            xf = x.astype(jnp.float32)
+            var = jnp.mean(xf * xf, axis=-1, keepdims=True)
+            return w * (xf * jax.lax.rsqrt(var + eps)).astype(dt)
 
-    def lin(x, name):
-        return jnp.matmul(x, p[name].T, precision=hi)
+        def lin(x, name):
+            y = jnp.matmul(x, p[name + ".weight"].T, precision=prec)
+            return y + p[name + ".bias"] if name + ".bias" in p else y
 
-    def rotate_half(x):
-        return jnp.concatenate([-x[..., D // 2:], x[..., : D // 2]], axis=-1)
+        def rotate_half(x):
+            return jnp.concatenate([-x[..., D // 2:], x[..., : D // 2]], axis=-1)
 
-    @jax.jit
-    def run(tok):
         B, S = tok.shape
         x = p["model.embed_tokens.weight"][tok]
         inv_freq = 1.0 / (cfg["theta"] ** (jnp.arange(0, D, 2, dtype=jnp.float32) / D))
         pos = jnp.arange(S, dtype=jnp.float32)
-        freqs = jnp.matmul(inv_freq[:, None], pos[None, :], precision=hi).T
+        freqs = jnp.matmul(inv_freq[:, None], pos[None, :], precision=jax.lax.Precision.HIGHEST).T
         emb = jnp.concatenate([freqs, freqs], axis=-1)
-        cos, sin = jnp.cos(emb)[None, None], jnp.sin(emb)[None, None]
+        cos, sin = jnp.cos(emb)[None, None].astype(dt), jnp.sin(emb)[None, None].astype(dt)
         mask = jnp.tril(jnp.ones((S, S), dtype=bool))
         for i in range(cfg["layers"]):
             pre = f"model.layers.{i}."
             h = rms(x, p[pre + "input_layernorm.weight"])
-            q = lin(h, pre + "self_attn.q_proj.weight").reshape(B, S, H, D).transpose(0, 2, 1, 3)
-            k = lin(h, pre + "self_attn.k_proj.weight").reshape(B, S, KV, D).transpose(0, 2, 1, 3)
-            v = lin(h, pre + "self_attn.v_proj.weight").reshape(B, S, KV, D).transpose(0, 2, 1, 3)
+            q = lin(h, pre + "self_attn.q_proj").reshape(B, S, H, D).transpose(0, 2, 1, 3)
+            k = lin(h, pre + "self_attn.k_proj").reshape(B, S, KV, D).transpose(0, 2, 1, 3)
+            v = lin(h, pre + "self_attn.v_proj").reshape(B, S, KV, D).transpose(0, 2, 1, 3)
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
             k, v = jnp.repeat(k, H // KV, axis=1), jnp.repeat(v, H // KV, axis=1)
-            s = jnp.matmul(q, k.transpose(0, 1, 3, 2), precision=hi) * (1.0 / np.sqrt(D))
+            s = jnp.matmul(q, k.transpose(0, 1, 3, 2), precision=prec) * jnp.asarray(1.0 / np.sqrt(D), dt)
             s = jnp.where(mask, s, -jnp.inf)
-            a = jnp.matmul(jax.nn.softmax(s, axis=-1), v, precision=hi)
+            a = jnp.matmul(jax.nn.softmax(s.astype(jnp.float32), axis=-1).astype(dt), v, precision=prec)
             a = a.transpose(0, 2, 1, 3).reshape(B, S, H * D)
-            x = x + lin(a, pre + "self_attn.o_proj.weight")
+            x = x + lin(a, pre + "self_attn.o_proj")
             h = rms(x, p[pre + "post_attention_layernorm.weight"])
-            g = lin(h, pre + "mlp.gate_proj.weight")
-            x = x + lin(jax.nn.silu(g) * lin(h, pre + "mlp.up_proj.weight"), pre + "mlp.down_proj.weight")
+            g = lin(h, pre + "mlp.gate_proj")
+            x = x + lin(jax.nn.silu(g) * lin(h, pre + "mlp.up_proj"), pre + "mlp.down_proj")
+        if last_only:
+            x = x[:, -1:]
         x = rms(x, p["model.norm.weight"])
         head = p["model.embed_tokens.weight"] if cfg["tied"] else p["lm_head.weight"]
-        return jnp.matmul(x, head.T, precision=hi)
+        return jnp.matmul(x, head.T, precision=prec).astype(jnp.float32)
 
-    return run
+    jitted = jax.jit(run, compiler_options=dict(compiler_options)) if compiler_options else jax.jit(run)
+
+    def fn(tokens: np.ndarray) -> np.ndarray:
+        tok = jax.device_put(jnp.asarray(np.asarray(tokens), dtype=jnp.int32), device)
+        return np.asarray(jitted(params, tok))
+
+    return fn
 
 
 def compare_logits(model, tokens: np.ndarray) -> dict[str, Any]:
