@@ -27,7 +27,8 @@ def plats():
 # -- stacks ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("text", ["fp32.torch.batched", "bf16.sdpa-math.torch.batched", "bf16.sdpa-flash.fixed.b8",
                                   "bf16.sdpa-efficient.torch.rowwise", "fp32.sdpa-cudnn.fixed.b1.ulp-2",
-                                  "bf16.eager.torch.b64.ulp+1"])
+                                  "bf16.eager.torch.b64.ulp+1", "bf16.torch.batched.det",
+                                  "fp32.sdpa-math.fixed.b8.det.ulp+1"])
 def test_stack_name_round_trip(text):
     s = sampled.Stack.parse(text)
     assert sampled.Stack.parse(s.name) == s
@@ -39,6 +40,7 @@ def test_stack_tokens_parse_in_any_order():
     assert (s.dtype, s.attn, s.gemm, s.batch) == ("bf16", "sdpa-flash", "torch", "b8")
     assert sampled.Stack.parse("bf16.sdpa.torch.batched").name == "bf16.torch.batched"  # default attention omitted
     assert sampled.Stack().name == "fp32.torch.batched"
+    assert sampled.Stack.parse("det.bf16").det and not sampled.Stack.parse("bf16").det
     assert [sampled.Stack.parse(t).chunk(20) for t in ("fp32.batched", "fp32.rowwise", "fp32.b8")] == [20, 1, 8]
     for bad in ("fp32.b0", "fp32.sdpa-fast", "fp32.ulpx", "fp16", "fp32.bx"):
         with pytest.raises(ValueError):
@@ -58,6 +60,29 @@ def test_stack_the_cpu_cannot_run_is_refused_with_a_message(text, word):
 def test_cpu_runnable_stacks_are_accepted():
     for text in (A, M, "fp32.sdpa-flash.torch.b4", "fp32.fixed.rowwise", "bf16.eager.torch.batched"):
         assert sampled.unsupported_reason(text, "cpu") is None, text
+
+
+def test_deterministic_mode_stack_runs_and_restores_the_global_mode():
+    """``det``: the forward under torch.use_deterministic_algorithms(True), the previous mode back
+    afterwards; on the CPU its logits are the default's bit for bit (a CPU cannot tell it apart)."""
+    plats = sampled.candidates([A, A + ".det"])
+    pr = prompts.random_tokens(4, 6, 512, seed=3)
+    tok = np.random.default_rng(1).integers(3, 512, size=(4, 3))
+    seen = []
+    orig = torch.use_deterministic_algorithms
+
+    def spy(mode, **kw):
+        seen.append(mode)
+        return orig(mode, **kw)
+
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms = spy
+        det = plats[A + ".det"].replay(pr, tok)
+    finally:
+        torch.use_deterministic_algorithms = orig
+    assert seen and seen[0] is True and torch.are_deterministic_algorithms_enabled() == before
+    assert np.array_equal(det.view(np.uint32), plats[A].replay(pr, tok).view(np.uint32))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
@@ -198,6 +223,48 @@ def test_pool_resampling_and_disjoint_trials():
         power.pooled_simulation(("a", "b"), 0.7, pools, trials=2, queries=n + 1)
 
 
+# -- generated probes --------------------------------------------------------------------------
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_probe_scores_torch_is_power_probe_scores(temperature):
+    """The driver's device-side scores are power.probe_scores (same definition, torch float64)."""
+    u = "fp32.torch.batched.ulp+1"
+    pl = sampled.candidates([A, u])
+    pool = prompts.random_tokens(24, 8, 512, seed=11)
+    ref = power.probe_scores((A, u), pool, temperature, platforms=pl)
+    got = gpu_blackbox.score_pool(pl, [(A, u)], pool, [temperature], 0.9, block=24)[((A, u), temperature)]
+    assert np.allclose(got, ref, rtol=1e-9, atol=1e-12)
+    assert np.array_equal(np.argsort(-got, kind="stable")[:4], np.argsort(-ref, kind="stable")[:4])
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_probe_selection_on_identical_stacks_stays_at_the_level(plats, temperature):
+    """Negative control: truth = H0 = the other candidate (A vs A). Whatever the probe selection
+    picks, no test may reject more often than the level allows: at every budget of both kinds the
+    LR and rank rejection counts (truth label 1 = A again: its "power" is a false-positive rate)
+    stay inside the 99.9 % binomial interval of 100 trials at alpha, and seed sync never rejects."""
+    trials, q = 100, 8
+    pool = prompts.random_tokens(64, 8, 512, seed=21)
+    scores = gpu_blackbox.score_pool(plats, [(A, A)], pool, [temperature], 0.9, block=64)[((A, A), temperature)]
+    rnd = prompts.random_tokens(trials * q, 8, 512, seed=22)
+    rows, chosen = gpu_blackbox.probe_prompts(scores, pool, rnd, trials, q)
+    assert np.array_equal(rows[:q], pool[chosen]) and np.array_equal(rows[q:2 * q], pool[chosen])  # fixed set
+    assert np.array_equal(rows[trials * q:], rnd)
+    passes = [power.pool_pass(plats, A, [(A, A)], rows, 8, temperature, 0.9, seed=s, block=400, rand_seed=s)
+              for s in (1, 2)]
+    rec = gpu_blackbox.probe_record((A, A), temperature, passes, scores, chosen, trials=trials, queries=[1, 2, 4, 8],
+                                    tokens=[1, 8], top_p=0.9, seed=3)
+    assert rec["probe_scores_top"] == sorted(rec["probe_scores_top"], reverse=True)
+    _, hi = power.binomial_interval(trials, gpu_blackbox.ALPHA)
+    for kind in ("generated", "random"):
+        assert [(r["queries"], r["tokens_per_query"]) for r in rec[kind]] == [(a, b) for a in (1, 2, 4, 8) for b in (1, 8)]
+        for r in rec[kind]:
+            for key in ("lr_power", "lr_fpr", "rank_power", "rank_fpr"):
+                assert round(r[key] * trials) <= hi, (kind, key, r)
+            assert r["seed_sync_power"] == 0 and r["seed_sync_fpr"] == 0
+        for c in rec["calibration"][kind]:
+            assert c["lr_rejections"] <= c["interval"][1] and c["seed_sync_rejections"] == 0
+
+
 # -- the driver ---------------------------------------------------------------------------------
 def _run(tmp_path, capsys, *extra):
     out = tmp_path / "o"
@@ -205,6 +272,8 @@ def _run(tmp_path, capsys, *extra):
                             "--block", "48", "--small-rows", "8", "--tokens", "8", "--trials", "60",
                             "--queries", "1,2,4,8,12", "--base", A,
                             "--small-pairs", f"fp32.torch.b4:fp32.torch.rowwise,fp32.torch.b4:fp32.fixed.b4,{A}:{A}",
+                            "--probe-pool", "96", "--probe-trials", "3", "--probe-small-pool", "16",
+                            "--probe-small-trials", "1", "--probe-small-pairs", "fp32.torch.b4:fp32.fixed.b4",
                             *extra])
     text = capsys.readouterr().out
     return rc, json.loads((out / gpu_blackbox.JSON_NAME).read_text()), (out / gpu_blackbox.MD_NAME).read_text(), text
@@ -214,7 +283,7 @@ def test_driver_on_the_tiny_cpu_model(tmp_path, capsys, plats, monkeypatch):
     # as if the module had been imported 1000 s before main() (a long test session): the budget
     # counts from main()'s start (it once counted from the import and cut every step)
     monkeypatch.setattr(gpu_blackbox, "START", time.perf_counter() - 1000.0)
-    stacks = f"{M},bf16.sdpa-cudnn.torch.batched"
+    stacks = f"{M},bf16.sdpa-cudnn.torch.batched,{A}.det"
     rc, rec, md, text = _run(tmp_path, capsys, "--temperatures", "0.7", "--stacks", stacks, "--workers", "1")
     assert rc == 0 and "Traceback" not in text, (text, [s for s in rec["steps"] if s["status"] != "ok"])
     assert rec["stacks"]["bf16.sdpa-cudnn.torch.batched"]["status"] == "skipped"
@@ -245,6 +314,26 @@ def test_driver_on_the_tiny_cpu_model(tmp_path, capsys, plats, monkeypatch):
     table = lines[done + 1:]  # the short table comes last: a header and one line per measured pair
     assert table[0].split()[:2] == ["pair", "T"] and len(table) == 1 + len(rec["pairs"])
     assert any(ln.startswith(f"{A} vs {M}") for ln in table)
+    # the deterministic-mode stack: in the bits table; on the CPU bit-identical to the default
+    assert rec["bits"]["batched"]["differing_logits"][f"{A} vs {A}.det"] == 0
+    assert f"| {A} vs {A}.det | 0 |" in md and f"{A} vs {A}.det" in rec["identical_pairs"]
+    assert rec["deterministic_mode"][f"{A}.det"]["differing_logits"] == 0
+    # probes: both kinds at every budget (tokens cut to --tokens), scores best first, both groups
+    pr = rec["probes"]
+    assert pr["settings"]["tokens"] == [1, 8] and pr["settings"]["tokens_cut"] == [64]
+    got = {(tuple(p["pair"]), p["temperature"]): p for p in pr["pairs"]}
+    assert set(got) == {((A, M), 0.7), ((A, M), 0.0), (("fp32.torch.b4", "fp32.fixed.b4"), 0.7),
+                        (("fp32.torch.b4", "fp32.fixed.b4"), 0.0)}
+    for p in pr["pairs"]:
+        assert p["probe_scores_top"] == sorted(p["probe_scores_top"], reverse=True)
+        assert p["probe_scores_top"][0] == p["pool_score_quantiles"]["max"]
+        for kind in ("generated", "random"):
+            assert [(r["queries"], r["tokens_per_query"]) for r in p[kind]] == [(q, m) for q in (1, 2, 4, 8) for m in (1, 8)]
+        assert set(p["calibration"]) == {"generated", "random"}
+    assert got[((A, M), 0.7)]["trials_per_label"] == 3 and got[((A, M), 0.7)]["pool_prompts"] == 96
+    assert got[(("fp32.torch.b4", "fp32.fixed.b4"), 0.0)]["group"] == "small block"
+    assert "## Generated probes vs random prompts (equal budget)" in md and "| generated |" in md
+    assert "trials vary only in the sampler seeds" in md
 
 
 def test_driver_records_budget_cuts(tmp_path, capsys):
@@ -257,3 +346,6 @@ def test_driver_records_budget_cuts(tmp_path, capsys):
     assert any("time budget" in s["reason"] and s["step"].startswith("pool") for s in skipped)
     assert any("T=0.0" in s["step"] for s in skipped) and not rec["pairs"]
     assert "time budget" in md
+    probe_steps = [s for s in skipped if s["step"].startswith("probes")]  # the probes step: cut, with its reason
+    assert probe_steps and all("time budget" in s["reason"] for s in probe_steps) and not rec["probes"]["pairs"]
+    assert "No probe comparison was measured" in md

@@ -6,12 +6,19 @@ axis of a real zoo model, in one time-boxed job::
 Candidates (:class:`hspi_kernels.models.sampled.Stack`, bf16, the seeded zoo weights), in two blocks:
 
 - batched (``--block`` rows per forward): the default SDPA choice (``bf16.torch.batched``, the H0),
-  the attention backends (``sdpa-math`` / ``sdpa-flash`` / ``sdpa-efficient`` / ``sdpa-cudnn``) and
-  the fixed-order Triton GEMM of ``eqc.applied`` (``fixed``); every pair of bit-distinct stacks;
+  the attention backends (``sdpa-math`` / ``sdpa-flash`` / ``sdpa-efficient`` / ``sdpa-cudnn``),
+  the fixed-order Triton GEMM of ``eqc.applied`` (``fixed``) and the deterministic mode
+  (``bf16.torch.batched.det``: every forward under ``torch.use_deterministic_algorithms(True)``);
+  every pair of bit-distinct stacks;
 - small (``--small-rows`` rows, ``--small-pairs``): cuBLAS vs the fixed-order GEMM at batch 8
   (``bf16.torch.b8`` vs ``bf16.fixed.b8``; at large batches they are known to agree in bf16), and
   the batch axis: real batches of 8 rows vs every row alone (``rowwise``), 16 vs 8. Every forward
   costs about the same at these sizes (launch bound), so these pools are small and their q short.
+
+The deterministic mode needs ``CUBLAS_WORKSPACE_CONFIG`` (``:4096:8`` or ``:16:8``) before the
+process's first cuBLAS call: when a ``det`` stack is listed and the variable is unset, the job sets
+``:4096:8`` at its start, for every stack of the run (det and default then run under the same cuBLAS
+workspace); the record says the value and who set it.
 
 A stack the device cannot run (a refusal by ``sampled.unsupported_reason``, or a backend that
 refuses the model's shapes at run time, e.g. "No available kernel") is recorded as skipped with
@@ -23,7 +30,9 @@ skipped, never silently dropped):
 1. **bits**: every stack teacher-forced twice on the same held-out prompts and tokens, in the
    pools' batch layout; the number of fp32 logits whose bits differ, per pair and between the two
    runs of one stack (repeatability). Pairs whose logits are bit-identical cannot be told apart by
-   any test on outputs: no curve is measured for them (power = chance by construction).
+   any test on outputs: no curve is measured for them (power = chance by construction). Each
+   ``det`` stack is also recorded against the same stack without the mode
+   (``deterministic_mode``: bit-distinct or not on this device).
 2. **pools**: per (truth stack, T) one pool of ``--rows`` completions of ``--tokens`` tokens on
    held-out random prompts with fresh sampler seeds, generated in blocks of ``--block`` rows (one
    batched forward per step over a block) while every candidate it is paired with replays the same
@@ -38,17 +47,32 @@ skipped, never silently dropped):
    **Calibration** (identical platforms: truth = H0) on *disjoint* trials (each pool row used once,
    independent trials: the binomial interval is exact) at q = 1 and q = 2, and on the resampled
    trials at the largest q (approximate: overlapping trials).
+4. **probes** (after the curves; each scoring pass, pool pass and record its own time-boxed step):
+   generated probes vs random prompts at equal budget, per bit-distinct batched pair and the small
+   ``--probe-small-pairs`` (cuBLAS vs fixed at b8) when bit-distinct, at ``--probe-temperatures``
+   (0.7, 0). A pool of ``--probe-pool`` random prompts (``--probe-small-pool`` for the small block)
+   is scored by the two candidates' own first-token replays on the device in blocks of the pool
+   passes' batch (:func:`probe_scores_torch`, :func:`power.probe_scores`' definition in torch); the
+   top q_max of ``--probe-queries`` (1, 2, 4, 8) are the probes. Per truth stack one pool pass
+   (:func:`power.pool_pass`, fresh sampler seeds, the other candidate replaying in lockstep) over
+   ``trials x q_max`` rows of the probes (the SAME probe set in every trial: trials vary only the
+   sampler seeds) followed by ``trials x q_max`` fresh held-out random prompts (a trial each), so
+   ``2 x --probe-trials x q_max`` rows (512 at the defaults: one block). Curves (LR / rank /
+   sync, shuffled-label control) at q x ``--probe-tokens`` (1, 8, 64; kept where <= ``--tokens``)
+   for both kinds, and calibration on the truth = H0 trials of both kinds (``probes`` in the JSON).
 
 Writes two files, atomically, rewritten after every step: ``OUT_DIR/h200_power.json`` (platform
 metadata of :func:`hspi_kernels.platform.collect`, settings, every number, seconds per step, what
-was skipped and why) and ``OUT_DIR/h200_power.md`` (the tables); prints a short table last.
+was skipped and why; the probe comparison in ``probes``) and ``OUT_DIR/h200_power.md`` (the tables); prints a short table last.
 The file names are fixed (issue 21's record); the machine actually used is in the metadata.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
+import os
 import sys
 import time
 import traceback
@@ -66,6 +90,7 @@ AXES = {  # axis -> the stacks that change it (each compared with BASE)
     "gemm": ["bf16.fixed.batched"],
     "attention": ["bf16.sdpa-math.torch.batched", "bf16.sdpa-efficient.torch.batched",
                   "bf16.sdpa-cudnn.torch.batched", "bf16.sdpa-flash.torch.batched"],
+    "deterministic mode": ["bf16.torch.batched.det"],  # torch.use_deterministic_algorithms(True)
 }
 # small-batch pairs, on their own small block (every forward costs about the same at these batch
 # sizes, so their pools are small): the GEMM axis where cuBLAS and the fixed order can differ (at
@@ -77,6 +102,27 @@ TEMPERATURES = (0.7, 0.0, 1.0)  # T = 0.7 (the goal) first: a budget cut falls o
 ALPHA = 0.05
 GOAL = 0.95
 JSON_NAME, MD_NAME = "h200_power.json", "h200_power.md"
+# generated probes vs random prompts: budgets q x tokens, temperatures, and the small-block pairs probed
+PROBE_QUERIES = (1, 2, 4, 8)
+PROBE_TOKENS = (1, 8, 64)
+PROBE_TEMPERATURES = (0.7, 0.0)
+PROBE_SMALL_PAIRS = (("bf16.torch.b8", "bf16.fixed.b8"),)  # cuBLAS vs the fixed-order GEMM at batch 8
+DET_WORKSPACE = ":4096:8"  # CUBLAS_WORKSPACE_CONFIG for torch.use_deterministic_algorithms on CUDA
+PROBE_METHOD = (
+    "per (pair, T) a pool of random prompts used nowhere else is scored by the two candidates' own first-token "
+    "replays on the device, in blocks of the pool passes' batch (power.probe_scores' definition evaluated in torch: "
+    "T = 0: 1 where the two argmaxes differ, minus 1e-3 x A's top-2 logit gap; T > 0: KL(q_B || q_A) of the "
+    "floored first-token sampling distributions); the top q_max prompts, best first, are the generated probes. "
+    "GENERATED trials: every trial sends the SAME q_max probes (a budget of q uses the best q), a fixed set, so "
+    "trials vary only in the sampler seeds (fresh uniforms per row) and the PIT randomisation; at T = 0 the "
+    "completions are greedy, so all generated trials of a label are the same completion and their accuracy is "
+    "one outcome repeated (0 or 1 up to tie coins), not an average over prompts. RANDOM trials: each trial its "
+    "own q_max fresh held-out random prompts (independent trials, no row shared). Both kinds: the same trials "
+    "per truth label and the same budgets, generated by the truth stack in one batched pool pass (generated rows "
+    "first, then random rows, in blocks of the scoring block, so the probes decode in the batch shape they were "
+    "scored in) while the other candidate replays in lockstep (power.pool_pass). Control: shuffled labels "
+    "(chance 0.5); calibration: the truth = H0 trials of each kind (the LR p-value is exact given the prompts, "
+    "so a fixed probe set keeps the level).")
 
 
 def elapsed() -> float:
@@ -158,6 +204,95 @@ def sampler_seconds(plat: sampled.Platform, rows: int, temperature: float, top_p
     pa, x = p
     s_pair, _ = timed(lambda: power.step_arrays_torch(pa, pa, x, x, x, u, u))
     return {"sampler_s": s_samp, "pair_s": s_pair}
+
+
+def probe_scores_torch(la, lb, temperature: float, top_p: float = 0.9, floor: float = 1e-3):
+    """:func:`power.probe_scores` on first-token logits already on the device (``la``/``lb`` [B, V]
+    fp32 of A and B), in torch with the sampler of :func:`sampled.sampling_probs_torch` (the GPU
+    job cannot afford numpy sorts of [B, 152k] per block); the tests check it against
+    :func:`power.probe_scores` on the CPU. Returns float64 [B] (larger: more divergent)."""
+    import torch
+
+    if temperature == 0:
+        differ = (la.argmax(-1) != lb.argmax(-1)).double()
+        top2 = torch.topk(la, 2, dim=-1).values  # descending: the gap is top - second
+        return differ - (top2[:, 0] - top2[:, 1]).double() * 1e-3
+    v = la.shape[-1]
+    pa = sampled.sampling_probs_torch(la, temperature, top_p).mul_(1.0 - floor).add_(floor / v)
+    pb = sampled.sampling_probs_torch(lb, temperature, top_p).mul_(1.0 - floor).add_(floor / v)
+    return (pb * (pb.log() - pa.log())).sum(-1)
+
+
+def score_pool(plats: dict[str, sampled.Platform], pairs: Sequence[tuple[str, str]], pool: np.ndarray,
+               temperatures: Sequence[float], top_p: float, block: int) -> dict[tuple, np.ndarray]:
+    """Probe scores [N] of every pool prompt per (pair, T): the first-token logits of every stack of
+    ``pairs`` in blocks of ``block`` rows (each stack's own batching inside a block, as in the pool
+    passes), scored by :func:`probe_scores_torch`."""
+    names = sorted({c for p in pairs for c in p})
+    out = {(tuple(p), t): np.zeros(pool.shape[0]) for p in pairs for t in temperatures}
+    for start in range(0, pool.shape[0], block):
+        sl = slice(start, min(pool.shape[0], start + block))
+        lo = {c: plats[c].decoder(pool[sl]).first() for c in names}
+        for (a, b), t in out:
+            out[((a, b), t)][sl] = probe_scores_torch(lo[a], lo[b], t, top_p).cpu().numpy()
+        del lo
+    return out
+
+
+def probe_prompts(scores: np.ndarray, pool: np.ndarray, random_prompts: np.ndarray, trials: int,
+                  queries: int) -> tuple[np.ndarray, np.ndarray]:
+    """The prompts of one probe pool pass and the chosen pool indices: ``trials`` x the top
+    ``queries`` pool prompts by score (the same set in every trial, best first), then the
+    ``trials * queries`` held-out random prompts (each trial its own)."""
+    order = np.argsort(-scores, kind="stable")[:queries]
+    if random_prompts.shape[0] != trials * queries:
+        raise ValueError(f"{random_prompts.shape[0]} random prompts for {trials} trials x {queries} queries")
+    return np.concatenate([np.tile(pool[order], (trials, 1)), random_prompts]), order
+
+
+def probe_simulations(pair, temperature: float, passes: Sequence[dict], trials: int, queries: int,
+                      top_p: float) -> dict[str, power.Simulation]:
+    """The two :class:`power.Simulation` of a probe comparison ("generated", "random") from the
+    two pool passes (truth A, truth B) over :func:`probe_prompts`' rows: row ``k * R + i * q + j``
+    is trial ``i``, query ``j`` of kind ``k`` (R = trials x q)."""
+    r = trials * queries
+    pair = tuple(pair)
+    sims = {}
+    for k, kind in enumerate(("generated", "random")):
+        arrs = [np.stack([ps["pairs"][pair][f][k * r:(k + 1) * r].reshape(trials, queries, -1) for ps in passes])
+                for f in power.FIELDS]
+        sims[kind] = power.Simulation(pair, temperature, top_p, trials, queries, arrs[0].shape[-1], *arrs,
+                                      bits_differ=float(np.mean([ps["logits_differ"][pair] for ps in passes])),
+                                      prompt_seed=-1)
+    return sims
+
+
+def probe_record(pair, temperature: float, passes: Sequence[dict], scores: np.ndarray, chosen: np.ndarray, *,
+                 trials: int, queries: Sequence[int], tokens: Sequence[int], top_p: float, seed: int) -> dict[str, Any]:
+    """Curves (:func:`power.curve`, shuffled-label control included) of generated probes and random
+    prompts at the same budgets q x tokens, and calibration of both kinds (truth = H0 trials)."""
+    qmax = max(queries)
+    sims = probe_simulations(pair, temperature, passes, trials, qmax, top_p)
+    budgets = [(q, m) for q in sorted(queries) for m in sorted(tokens)]
+    srt = np.sort(scores)[::-1]
+    out: dict[str, Any] = {
+        "pair": list(pair), "temperature": temperature, "top_p": top_p, "pool_prompts": int(scores.size),
+        "trials_per_label": trials, "queries": sorted(queries), "tokens_per_query": sorted(tokens),
+        "trials": {"generated": f"the same {qmax} probes in every trial (a budget of q: the best q); trials vary "
+                                f"only the sampler seeds" + (" (T = 0: greedy, every trial the same completion)"
+                                                             if temperature == 0 else ""),
+                   "random": f"each trial its own {qmax} fresh held-out random prompts (independent trials)"},
+        "probe_pool_indices": [int(i) for i in chosen],
+        "probe_scores_top": [float(x) for x in scores[chosen]],
+        "pool_score_quantiles": {"max": float(srt[0]), "p99": float(np.quantile(scores, 0.99)),
+                                 "median": float(np.median(scores)), "min": float(srt[-1])},
+        "pool_prompts_whose_first_argmax_differs": int((scores > 0.5).sum()) if temperature == 0 else None,
+        "bits_differ_fraction": sims["generated"].bits_differ}
+    for k, kind in enumerate(("generated", "random")):
+        out[kind] = power.curve(sims[kind], budgets, ALPHA, seed=seed + k)
+    out["calibration"] = {kind: [power.calibration(sims[kind], ALPHA, q=q, m=max(tokens)) for q in sorted({1, qmax})]
+                          for kind in sims}
+    return out
 
 
 def resampled_record(pair, temperature, pools, *, trials, queries, tokens, seed, bits_differ, top_p) -> dict[str, Any]:
@@ -266,6 +401,14 @@ def markdown(rec: dict[str, Any]) -> str:
                          f"{r['lr_fpr']:.3f} | {r['rank_power']:.3f} | {r['seed_sync_accuracy']:.3f} | "
                          f"{r['seed_sync_power']:.3f} | {r['control_shuffled_accuracy']:.3f} | "
                          f"{r['control_shuffled_auc']:.3f} | {_disjoint_cell(r)} |")
+    lines += _probe_markdown(rec)
+    dm = rec.get("deterministic_mode") or {}
+    if dm:
+        lines += ["", "## Deterministic mode (`torch.use_deterministic_algorithms(True)`)", "",
+                  "| stack | vs | differing logits | of | CUBLAS_WORKSPACE_CONFIG | verdict |", "|---|---|---|---|---|---|"]
+        for name, d in dm.items():
+            lines.append(f"| {name} | {d['vs']} | {d['differing_logits']} | {d['logits_compared']} | "
+                         f"{d['cublas_workspace_config']} | {d['verdict']} |")
     lines += ["", "## Not measured (and why)", ""]
     cut = [f"- {n['step']}: {n['status']} ({n.get('reason') or n.get('error', '')})"
            for n in rec["steps"] if n["status"] != "ok"]
@@ -277,6 +420,41 @@ def markdown(rec: dict[str, Any]) -> str:
         est = f" ({n['estimate_s']:.1f})" if n.get("estimate_s") is not None else ""
         lines.append(f"| {n['step']} | {n['status']} | {n.get('seconds', 0):.1f}{est} |")
     return "\n".join(lines) + "\n"
+
+
+def _probe_markdown(rec: dict[str, Any]) -> list[str]:
+    pr = rec.get("probes") or {}
+    lines = ["", "## Generated probes vs random prompts (equal budget)", "",
+             f"**How trials are built:** {pr.get('method', '')}", ""]
+    if not pr.get("pairs"):
+        return lines + ["No probe comparison was measured (see Not measured).", ""]
+    lines += ["| pair | T | pool | trials/label | top probe scores | pool median | argmax differs (T = 0) |",
+              "|---|---|---|---|---|---|---|"]
+    for p in pr["pairs"]:
+        top = ", ".join(f"{x:.3g}" for x in p["probe_scores_top"][:4])
+        lines.append(f"| {p['pair'][0]} vs {p['pair'][1]} | {p['temperature']} | {p['pool_prompts']} | "
+                     f"{p['trials_per_label']} | {top} | {p['pool_score_quantiles']['median']:.3g} | "
+                     f"{'-' if p['pool_prompts_whose_first_argmax_differs'] is None else p['pool_prompts_whose_first_argmax_differs']} |")
+    lines += ["", "| pair | T | kind | q x tokens | LR acc | LR AUC | LR power | LR FPR | rank power | sync acc | "
+              "sync power | control acc |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for p in pr["pairs"]:
+        for kind in ("generated", "random"):
+            for r in p[kind]:
+                lines.append(f"| {p['pair'][0]} vs {p['pair'][1]} | {p['temperature']} | {kind} | {r['queries']} x "
+                             f"{r['tokens_per_query']} | {r['lr_accuracy']:.3f} | {r['lr_auc']:.3f} | "
+                             f"{r['lr_power']:.3f} | {r['lr_fpr']:.3f} | {r['rank_power']:.3f} | "
+                             f"{r['seed_sync_accuracy']:.3f} | {r['seed_sync_power']:.3f} | "
+                             f"{r['control_shuffled_accuracy']:.3f} |")
+    lines += ["", "Calibration of both kinds (truth = H0 trials; generated: the fixed probe set, random: independent "
+              "prompts):", "", "| pair | T | kind | q x tokens | trials | LR rej. | rank | sync | 99.9 % interval |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for p in pr["pairs"]:
+        for kind, cals in p["calibration"].items():
+            for c in cals:
+                lines.append(f"| {p['pair'][0]} vs {p['pair'][1]} | {p['temperature']} | {kind} | {c['queries']} x "
+                             f"{c['tokens_per_query']} | {c['trials']} | {c['lr_rejections']} | {c['rank_rejections']} | "
+                             f"{c['seed_sync_rejections']} | {c['interval']} |")
+    return lines
 
 
 def _disjoint_cell(row: dict[str, Any]) -> str:
@@ -328,6 +506,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stacks", default=None, help="comma list of stacks compared with --base (default: the axes)")
     ap.add_argument("--small-pairs", default=",".join(f"{a}:{b}" for a, b in SMALL_PAIRS),
                     help="A:B,C:D pairs measured on the small block ('' for none)")
+    ap.add_argument("--probe-pool", type=int, default=2048, help="random prompts scored per batched probe pair")
+    ap.add_argument("--probe-trials", type=int, default=32,
+                    help="trials per truth label and kind of the batched probe pairs (rows: 2 x trials x q_max)")
+    ap.add_argument("--probe-small-pool", type=int, default=256, help="prompts scored per small-block probe pair")
+    ap.add_argument("--probe-small-trials", type=int, default=8, help="trials per label and kind, small-block pairs")
+    ap.add_argument("--probe-queries", default=",".join(map(str, PROBE_QUERIES)))
+    ap.add_argument("--probe-tokens", default=",".join(map(str, PROBE_TOKENS)), help="kept where <= --tokens")
+    ap.add_argument("--probe-temperatures", default=",".join(map(str, PROBE_TEMPERATURES)))
+    ap.add_argument("--probe-small-pairs", default=",".join(f"{a}:{b}" for a, b in PROBE_SMALL_PAIRS),
+                    help="small-block A:B pairs probed (when measured and bit-distinct; '' for none)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=4,
                     help="processes for the curves (CPU statistics overlapped with the GPU pools); 0: inline")
@@ -348,6 +536,16 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # torch.use_deterministic_algorithms on CUDA refuses cuBLAS without this workspace setting, read
+    # when the first cuBLAS handle gets its workspace: set for the whole run (every stack, det or
+    # not, runs under the same workspace) before any CUDA work, unless the caller set it
+    listed = [args.base, *(args.stacks.split(",") if args.stacks else [s for v in AXES.values() for s in v])]
+    wants_det = any(sampled.Stack.parse(x).det for x in listed if x)
+    cublas_env = {"before": os.environ.get("CUBLAS_WORKSPACE_CONFIG"), "set_by_job": False}
+    if wants_det and device.startswith("cuda") and cublas_env["before"] is None:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = DET_WORKSPACE
+        cublas_env["set_by_job"] = True
+    cublas_env["value"] = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     temps = [float(t) for t in args.temperatures.split(",") if t]
     queries = sorted({int(q) for q in args.queries.split(",") if q})
     others = args.stacks.split(",") if args.stacks else [s for v in AXES.values() for s in v]
@@ -373,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
                      "small_pairs": [list(p) for p in small_pairs],
                      "dtype": "/".join(dtypes), "tokens": args.tokens, "prompt_len": args.prompt_len, "temperatures": temps, "top_p": args.top_p,
                      "trials": args.trials, "queries": queries, "alpha": ALPHA, "base": base,
-                     "floor": 1e-3},
+                     "floor": 1e-3, "cublas_workspace_config": cublas_env},
         "sampler": "project sampler (sampled.py): float64 softmax(logits/T), top-p, inverse CDF with "
                    "numpy default_rng([seed, row]) uniforms; evaluated in torch float64 on the device",
         "method": ("per (truth stack, T) one pool of completions generated in batched decode while the paired "
@@ -381,7 +579,8 @@ def main(argv: list[str] | None = None) -> int:
                    "(each trial: q distinct pool rows at random, trials share rows, so accuracies are estimates "
                    "for prompts drawn from the pool and their spread across trials is understated); calibration "
                    "also on disjoint trials (each pool row once: independent, exact binomial interval)."),
-        "stacks": {}, "bits": {}, "steps": [], "pairs": [], "identical_pairs": [], "timings": {}}
+        "stacks": {}, "bits": {}, "steps": [], "pairs": [], "identical_pairs": [], "timings": {},
+        "deterministic_mode": {}, "probes": {"method": PROBE_METHOD, "pairs": []}}
 
     def save():
         rec["elapsed_s"] = round(elapsed(), 1)
@@ -472,6 +671,17 @@ def main(argv: list[str] | None = None) -> int:
                 reps.append(s_)
             else:
                 rec["identical_pairs"].append(f"{twin} vs {s_}")
+        for s_ in big:  # each deterministic-mode stack against the same stack without the mode
+            st = sampled.Stack.parse(s_)
+            if st.det:
+                ref = dataclasses.replace(st, det=False).name
+                n_diff = bits["_differ"].get((ref, s_), bits["_differ"].get((s_, ref))) if ref in big else None
+                rec["deterministic_mode"][s_] = {
+                    "vs": ref, "differing_logits": n_diff, "logits_compared": bits["logits_compared"],
+                    "cublas_workspace_config": cublas_env["value"],
+                    "verdict": ("not compared (the stack without the mode was not run)" if n_diff is None else
+                                "bit-distinct from the default: a candidate of the pairs" if n_diff else
+                                "bit-identical to the default on this device: no test on outputs can tell it apart")}
     micro = step("sampler timing", None, lambda: {t: sampler_seconds(plats[base], block, t, args.top_p)
                                                   for t in sorted(set(temps))})
     rec["timings"]["sampler"] = micro
@@ -479,11 +689,11 @@ def main(argv: list[str] | None = None) -> int:
     factor = [1.0]  # actual / estimated seconds of the passes so far (refines the estimates)
 
     def pass_estimate(names: Sequence[str], n_pairs: int, n_rows: int, blk: int, temperature: float,
-                      step_s: dict[str, float]) -> float:
+                      step_s: dict[str, float], tokens: int | None = None) -> float:
         ms = (micro or {}).get(temperature, {"sampler_s": 0.05, "pair_s": 0.02})
         per_step = sum(step_s.get(c, 0.05) for c in names) + len(names) * ms["sampler_s"] + n_pairs * ms["pair_s"]
         # prefill ~ a few steps; copying the per-step fields back is small
-        return factor[0] * (args.tokens + 3) * per_step * math.ceil(n_rows / blk) + 1.0
+        return factor[0] * ((tokens or args.tokens) + 3) * per_step * math.ceil(n_rows / blk) + 1.0
 
     pools: dict[tuple, dict] = {}  # (pair, T, label) -> fields
     differ_frac: dict[tuple, list] = {}
@@ -591,6 +801,69 @@ def main(argv: list[str] | None = None) -> int:
         for p in big_pairs:
             finish(p, temperature)
         small_block(temperature)
+
+    # -- probes: generated probes vs random prompts at equal budget (after the curves) -----------
+    probe_temps = [float(t) for t in args.probe_temperatures.split(",") if t]
+    p_queries = sorted({int(q) for q in args.probe_queries.split(",") if q})
+    p_tokens = sorted({int(m) for m in args.probe_tokens.split(",") if m})
+    p_qmax, p_kept = max(p_queries), [m for m in p_tokens if m <= args.tokens]
+    p_small = {tuple(sampled.Stack.parse(x).name for x in pp.split(":")) for pp in args.probe_small_pairs.split(",") if pp}
+    rec["probes"]["settings"] = {
+        "temperatures": probe_temps, "queries": p_queries, "tokens": p_kept,
+        "tokens_cut": [m for m in p_tokens if m not in p_kept], "alpha": ALPHA,
+        "batched": {"pool_prompts": args.probe_pool, "trials_per_label": args.probe_trials, "block": block},
+        "small block": {"pool_prompts": args.probe_small_pool, "trials_per_label": args.probe_small_trials}}
+    groups = [("batched", big_pairs, args.probe_pool, args.probe_trials, block, fwd)]
+    if small.get("pairs"):
+        sp = [pp for pp in small["pairs"] if pp in p_small or pp[::-1] in p_small]
+        n_sm = 2 * args.probe_small_trials * p_qmax  # one block: the b<N> stacks chunk it themselves
+        groups.append(("small block", sp, args.probe_small_pool, args.probe_small_trials, n_sm,
+                       {c: v * n_sm / args.small_rows for c, v in small["step_s"].items()}))
+
+    def probe_group(group: str, pairs, n_pool: int, trials: int, blk: int, step_s: dict[str, float]):
+        if not pairs or not p_kept:
+            return
+        names = sorted({c for pp in pairs for c in pp})
+        pool = prompt_sets.random_tokens(n_pool, args.prompt_len, vocab, seed=_seed("probe-pool", group, args.seed))
+        n_blk = math.ceil(n_pool / blk)
+        ms = (micro or {}).get(0.7, {"sampler_s": 0.05})
+        est = factor[0] * n_blk * (sum(3 * step_s.get(c, 0.05) for c in names)
+                                   + len(pairs) * len(probe_temps) * 3 * ms["sampler_s"]) + 1.0
+        scores = step(f"probes: score {n_pool} pool prompts ({group}: {len(pairs)} pairs x T {probe_temps})", est,
+                      lambda: score_pool(plats, pairs, pool, probe_temps, args.top_p, blk))
+        if scores is None:
+            return
+        for temperature in probe_temps:
+            for pp in pairs:
+                pair = tuple(pp)
+                sc = scores[(pair, temperature)]
+                rnd = prompt_sets.random_tokens(trials * p_qmax, args.prompt_len, vocab,
+                                                seed=_seed("probe-random", *pair, temperature, args.seed))
+                rows_, chosen = probe_prompts(sc, pool, rnd, trials, p_qmax)
+                passes = []
+                for truth in pair:
+                    est = pass_estimate(list(pair), 1, rows_.shape[0], blk, temperature, step_s, max(p_kept))
+                    collect_curves(wait=False)
+                    res = step(f"probes T={temperature} truth={truth} {pair[0]} vs {pair[1]} ({rows_.shape[0]} rows)",
+                               est, lambda truth=truth: power.pool_pass(
+                                   plats, truth, [pair], rows_, max(p_kept), temperature, args.top_p,
+                                   seed=_seed("probe-sampler", *pair, temperature, truth), block=blk,
+                                   rand_seed=_seed("probe-pit", *pair, temperature, truth)))
+                    if res is None:
+                        break
+                    passes.append(res)
+                if len(passes) < 2:
+                    continue
+                r = step(f"probes curves T={temperature} {pair[0]} vs {pair[1]}", post_s[0], lambda: probe_record(
+                    pair, temperature, passes, sc, chosen, trials=trials, queries=p_queries, tokens=p_kept,
+                    top_p=args.top_p, seed=_seed("probe-trials", *pair, temperature)))
+                if r is not None:
+                    r.update(group=group, score_block=blk, pass_block=blk)
+                    rec["probes"]["pairs"].append(r)
+                    save()
+
+    for g in groups:
+        probe_group(*g)
     if executor is not None:
         t0 = time.perf_counter()
         collect_curves(wait=True)

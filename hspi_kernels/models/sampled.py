@@ -29,7 +29,10 @@ backend choice | sdpa-math | sdpa-flash | sdpa-efficient | sdpa-cudnn | eager, a
 :func:`hspi_kernels.models.eqc.applied`), GEMM (torch | fixed: on the CPU every fp32 linear layer as a
 sequential-K fp32 sum; on CUDA the project's fixed-order Triton GEMM through ``eqc.applied``, both
 batch-invariant fixed orders), batch mode (batched: the rows of one call decoded together | rowwise:
-every row alone, batch 1 | b<N>: consecutive chunks of N rows), and an injected ±1-ulp perturbation of
+every row alone, batch 1 | b<N>: consecutive chunks of N rows), deterministic mode (``det``: every
+forward under ``torch.use_deterministic_algorithms(True)``, the previous setting restored after it; on
+CUDA it needs ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (or ``:16:8``) in the environment before the
+process's first cuBLAS call, and is refused without it), and an injected ±1-ulp perturbation of
 the fp32 logits on a fixed half of the vocabulary. A stack the device cannot run (a CUDA backend on
 the CPU, Triton missing, ...) is refused by :func:`unsupported_reason` / :class:`StackUnsupported`
 with a message, never a traceback from deep inside a forward.
@@ -56,6 +59,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -67,6 +71,7 @@ __all__ = ["Stack", "StackUnsupported", "unsupported_reason", "Platform", "Decod
            "log_likelihood"]
 
 ATTNS = ("sdpa", "sdpa-math", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "eager")
+DET_WORKSPACE_CONFIGS = (":4096:8", ":16:8")  # what torch's deterministic mode accepts for cuBLAS
 
 
 def tiny_spec(std: float = 0.3):
@@ -89,6 +94,7 @@ class Stack:
     batch: str = "batched"    # batched | rowwise | b<N> (chunks of N rows)
     ulp: int = 0              # logits += ulp * 1 ulp on the even token ids (fp32 logits)
     attn: str = "sdpa"        # sdpa | sdpa-math | sdpa-flash | sdpa-efficient | sdpa-cudnn | eager
+    det: bool = False         # forwards under torch.use_deterministic_algorithms(True) (name token "det")
 
     def __post_init__(self):
         if self.dtype not in ("fp32", "bf16"):
@@ -103,6 +109,8 @@ class Stack:
     @property
     def name(self) -> str:
         parts = [self.dtype] + ([self.attn] if self.attn != "sdpa" else []) + [self.gemm, self.batch]
+        if self.det:
+            parts.append("det")
         if self.ulp:
             parts.append(f"ulp{self.ulp:+d}")
         return ".".join(parts)
@@ -119,6 +127,8 @@ class Stack:
                 kw["attn"] = tok
             elif tok in ("batched", "rowwise") or _chunk_of(tok) is not None:
                 kw["batch"] = tok
+            elif tok == "det":
+                kw["det"] = True
             elif tok.startswith("ulp") and tok[3:].lstrip("+-").isdigit():
                 kw["ulp"] = int(tok[3:])
             elif tok:
@@ -177,6 +187,10 @@ def unsupported_reason(stack: "Stack | str", device: str) -> str | None:
         except ImportError as exc:
             return (f"{stack.name}: the fixed-order GEMM needs Triton (pip install triton==3.6.0), "
                     f"not importable here ({exc})")
+    if cuda and stack.det and os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in DET_WORKSPACE_CONFIGS:
+        return (f"{stack.name}: torch.use_deterministic_algorithms(True) on CUDA needs CUBLAS_WORKSPACE_CONFIG "
+                f"in {DET_WORKSPACE_CONFIGS} set before the process's first cuBLAS call (it is "
+                f"{os.environ.get('CUBLAS_WORKSPACE_CONFIG')!r})")
     if not cuda and stack.gemm == "fixed" and stack.dtype != "fp32":
         return f"{stack.name}: the CPU fixed-order linears are fp32 only (bf16 would silently run torch's GEMM)"
     return None
@@ -204,6 +218,20 @@ def _fixed_order_linears():
 
     with Mode():
         yield
+
+
+@contextlib.contextmanager
+def _deterministic_algorithms():
+    """``torch.use_deterministic_algorithms(True)`` (errors, not warnings, on an op without a
+    deterministic implementation), the previous mode restored on exit."""
+    import torch
+
+    prev = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
 
 
 def _cache_kwarg(model) -> str:
@@ -310,7 +338,8 @@ class Platform:
     @contextlib.contextmanager
     def applied(self):
         """The stack's switches around a forward: attention backend and (CUDA) the fixed-order
-        Triton GEMM through ``eqc.applied``; on the CPU the fixed order is :func:`_fixed_order_linears`."""
+        Triton GEMM through ``eqc.applied``; on the CPU the fixed order is :func:`_fixed_order_linears`;
+        the deterministic mode (``det``) through :func:`_deterministic_algorithms`."""
         from hspi_kernels.models.eqc import applied
 
         with contextlib.ExitStack() as st:
@@ -318,6 +347,8 @@ class Platform:
             st.enter_context(applied(self._eqc, self.model, self.device))
             if self.stack.gemm == "fixed" and self.device == "cpu":
                 st.enter_context(_fixed_order_linears())
+            if self.stack.det:
+                st.enter_context(_deterministic_algorithms())
             yield
 
     def final_logits(self, logits):
