@@ -27,6 +27,18 @@ definition of the walk): ``m_new = max(m, rowmax s)``, ``alpha = EXP(rn(m - m_ne
 ``_scaled_dot_product_*`` ops is ``rn(m + log(l))`` (natural) or ``rn(rn(m + log2(l)) · fp32(ln 2))``
 (log2), numpy float32 log / log2 (the only part of this module that is a definition rather than a
 measured order). Grouped-query attention: query head h reads key/value head ``h // (Hq / Hkv)``.
+
+``walk="flash2"`` is the other family, the order of the flash-attention-2 forward kernel
+(:func:`attention_ref.replay_flash2`, which PyTorch's flash SDPA backend runs): max over *raw*
+scores, ``p = ex2(fma(s, c, -rn(m·c)))``, key blocks from the last to the first (part of the
+walk), the row sum in four lane partials combined once at the end (``lane_fma``: the rescale of
+a partial contracted with its first add), ``O = rn(acc · inv)`` with ``inv`` from ``recip``
+(``"ieee"``: rn(1/l); ``"sfu"``: rcp.approx, a fast-math build; ``"div"``: div_rn instead); the
+default dot there is the sm_90 mma.sync chain (the sm_80 code runs on Hopper). Its log-sum-exp
+is ``fma(m, fp32(scale), rn(LG2(l) · fp32(ln 2)))`` (``__logf``; LG2 = lg2.approx from ``sfu``
+when exp is "sfu", else numpy log2). SFU instructions come from ``sfu=`` at evaluation (an object
+with ``apply(op, x)``: :class:`attention_ref.SfuOutputs` recorded on a GPU, or
+``kernels.cuda.sfu.LiveSfu`` there).
 """
 
 from __future__ import annotations
@@ -39,10 +51,13 @@ import numpy as np
 from . import attention_ref as R
 from . import plans as P
 
-__all__ = ["AttentionPlan", "attention_plan_from_json", "evaluate_attention", "DOMAINS", "EXPS", "diff_fields"]
+__all__ = ["AttentionPlan", "attention_plan_from_json", "evaluate_attention", "DOMAINS", "EXPS", "WALKS", "RECIPS",
+           "diff_fields", "candidates", "flash2_candidates"]
 
 DOMAINS = ("natural", "log2")
 EXPS = ("exact", "numpy", "sfu")
+WALKS = ("online", "flash2")
+RECIPS = ("div", "ieee", "sfu")
 F32 = np.float32
 LOG2E = 1.4426950408889634
 LN2 = F32(0.6931471805599453)
@@ -60,6 +75,9 @@ class AttentionPlan:
     dot: Any = None  # a Plan, or None: Chain(TensorCore("sm_90", fmt, "fp32", path="wgmma"), k=16)
     round_p: bool = True
     splits: int = 1
+    walk: str = "online"
+    recip: str = "div"
+    lane_fma: bool = True
 
     def __post_init__(self):
         for name in ("block_n", "tile", "splits"):
@@ -78,6 +96,16 @@ class AttentionPlan:
             v = getattr(self, name)
             if v is not None and not isinstance(v, P.Plan):
                 raise ValueError(f"AttentionPlan: {name} must be a Plan or None, got {v!r}")
+        if self.walk not in WALKS:
+            raise ValueError(f"AttentionPlan: walk must be one of {WALKS}, got {self.walk!r}")
+        if self.recip not in RECIPS:
+            raise ValueError(f"AttentionPlan: recip must be one of {RECIPS}, got {self.recip!r}")
+        if self.walk == "flash2":
+            if self.domain != "log2" or self.exp == "exact" or self.rowsum is not None or not self.round_p:
+                raise ValueError("AttentionPlan(walk='flash2'): the flash-attention-2 order is log2-domain, "
+                                 "exp 'numpy' or 'sfu', lane row sums (rowsum=None), P rounded")
+        elif not self.lane_fma or (self.recip != "div" and self.splits != 1):
+            raise ValueError("AttentionPlan: lane_fma is a field of walk='flash2'; recip other than 'div' needs one split")
 
     def __repr__(self) -> str:
         parts = []
@@ -96,6 +124,22 @@ class AttentionPlan:
 
     def describe(self) -> dict:
         """The order in words (JSON-ready)."""
+        if self.walk == "flash2":
+            return {
+                "walk": "flash-attention-2 forward (attention_ref.replay_flash2)",
+                "key_blocks": f"BLOCK_N={self.block_n} keys per block, from the tile's last block down to block 0; "
+                              f"causal loop end per {self.tile} query rows",
+                "scores": "S = dot(q, k^T) raw; m = max(m, rowmax S) on raw scores",
+                "exp": ("ex2.approx.ftz" if self.exp == "sfu" else "numpy float32 exp2")
+                       + " of fma(S, c, -rn(m * c)), c = fp32(scale * log2 e); alpha = EX2(rn(rn(m_prev - m) * c))",
+                "rowsum": "lane partials (columns n % 8 in {2t, 2t+1}, increasing n), rescaled by alpha per block"
+                          + (" (fma with the first add)" if self.lane_fma else "") + "; (R0 + R2) + (R1 + R3) at the end",
+                "pv": "P = RNE(p) to the input format; acc = dot(P, V, c = rn(acc * alpha))",
+                "dot": "Chain(TensorCore('sm_90', fmt, 'fp32', path='mma.sync'), k=16)" if self.dot is None else repr(self.dot),
+                "output": {"div": "O = div_rn(acc, l)", "ieee": "O = rn(acc * rn(1 / l))",
+                           "sfu": "O = rn(acc * rcp.approx(l))"}[self.recip] + ", RNE to the output format",
+                "lse": "fma(m, fp32(scale), rn(lg2(l) * fp32(ln 2)))",
+            }
         return {
             "key_blocks": f"BLOCK_N={self.block_n} keys per block, ascending; causal loop end per {self.tile} query rows",
             "scores": f"s = rn(dot(q, k^T) * fp32(scale{' * log2 e' if self.domain == 'log2' else ''}))",
@@ -128,7 +172,14 @@ def diff_fields(a: AttentionPlan, b: AttentionPlan) -> dict[str, tuple]:
             if getattr(a, f.name) != getattr(b, f.name)}
 
 
-def _exp_fn(plan: AttentionPlan, ex2_table):
+def _exp_fn(plan: AttentionPlan, ex2_table, sfu=None):
+    if plan.exp == "sfu" and ex2_table is None and sfu is not None:
+        if plan.domain == "natural":
+            def e_nat(x):
+                with np.errstate(all="ignore"):
+                    return sfu.apply("ex2_ftz", (np.asarray(x, dtype=F32) * R.L2E).astype(F32))
+            return e_nat
+        return lambda x: sfu.apply("ex2_ftz", x)
     if plan.exp == "numpy":
         fn = np.exp2 if plan.domain == "log2" else np.exp
 
@@ -138,7 +189,7 @@ def _exp_fn(plan: AttentionPlan, ex2_table):
         return e
     if plan.exp == "sfu":
         if ex2_table is None:
-            raise ValueError("AttentionPlan(exp='sfu') needs the recorded ex2 table (ex2_table=)")
+            raise ValueError("AttentionPlan(exp='sfu') needs the recorded ex2 table (ex2_table=) or sfu=")
         if plan.domain == "natural":
             return R.make_exp("native", ex2_table)
 
@@ -149,13 +200,15 @@ def _exp_fn(plan: AttentionPlan, ex2_table):
 
 
 def evaluate_attention(plan: AttentionPlan, q, k, v, *, fmt: str, causal: bool = False, scale: float | None = None,
-                       ex2_table=None, with_lse: bool = False, backend: str = "native", round_output: bool = True):
+                       ex2_table=None, with_lse: bool = False, backend: str = "native", round_output: bool = True,
+                       sfu=None):
     """O [..., Hq, Sq, D] float32 (holding ``fmt`` values after the output RNE) of the order
     ``plan`` on q [..., Hq, Sq, D], k / v [..., Hkv, Sk, D] (float32 arrays holding ``fmt``
     values; Hq a multiple of Hkv). ``scale`` defaults to 1/sqrt(D). ``with_lse``: also the
     log-sum-exp [..., Hq, Sq] (module docstring). Memory: one [Hq, Sq, Sk] score array per
     leading index (evaluated one batch entry at a time). ``round_output=False``: the fp32
-    ``div_rn(acc, l)`` before the output RNE (a kernel's fp32-output mode)."""
+    ``div_rn(acc, l)`` before the output RNE (a kernel's fp32-output mode). ``sfu``: the SFU
+    instructions of exp / recip / lse "sfu" (module docstring)."""
     q, k, v = (np.asarray(x, dtype=F32) for x in (q, k, v))
     if q.ndim < 3 or k.shape != v.shape or q.shape[:-3] != k.shape[:-3] or q.shape[-1] != k.shape[-1]:
         raise ValueError(f"evaluate_attention: q [..., H, S, D], k = v [..., Hkv, S, D], got {q.shape}, {k.shape}, {v.shape}")
@@ -172,14 +225,17 @@ def evaluate_attention(plan: AttentionPlan, q, k, v, *, fmt: str, causal: bool =
     vf = np.repeat(v.reshape((-1, Hkv, Sk, D)), Hq // Hkv, axis=1)
     s = 1.0 / np.sqrt(D) if scale is None else float(scale)
     sc = float(F32(s * LOG2E)) if plan.domain == "log2" else float(F32(s))
-    exp = _exp_fn(plan, ex2_table)
+    exp = _exp_fn(plan, ex2_table, sfu)
+    if plan.walk == "flash2":
+        return _flash2(plan, qf, kf, vf, lead, fmt=fmt, causal=causal, scale=s, sc=sc, exp=exp, sfu=sfu,
+                       with_lse=with_lse, backend=backend, round_output=round_output)
     outs, lses = [], []
     for b in range(qf.shape[0]):
         stats: dict = {}
         O = R.replay(qf[b], kf[b], vf[b], fmt=fmt, mode="exact", block_n=plan.block_n, splits=plan.splits,
                      causal=causal, scale=sc, round_p=plan.round_p, stats=stats, tile=plan.tile,
                      rowsum=plan.rowsum, backend=backend, exp=exp, dot_plan=dot,
-                     dot_path="wgmma")
+                     dot_path="wgmma", recip=_recip_fn(plan, sfu))
         outs.append(R.round_to_input(O, fmt) if round_output else O)
         if with_lse:
             if plan.splits != 1:
@@ -195,6 +251,74 @@ def evaluate_attention(plan: AttentionPlan, q, k, v, *, fmt: str, causal: bool =
     if not with_lse:
         return O
     return O, np.stack(lses).reshape(lead + (Hq, Sq))
+
+
+def _recip_fn(plan: AttentionPlan, sfu):
+    if plan.recip == "sfu":
+        if sfu is None:
+            raise ValueError("AttentionPlan(recip='sfu') needs sfu= (the recorded rcp.approx outputs)")
+
+        def recip(x):
+            return sfu.apply("rcp", x)
+    elif plan.recip == "ieee":
+        def recip(x):
+            return (F32(1) / np.asarray(x, dtype=F32)).astype(F32)
+    else:
+        recip = None
+    return recip
+
+
+def _flash2(plan, qf, kf, vf, lead, *, fmt, causal, scale, sc, exp, sfu, with_lse, backend, round_output):
+    """evaluate_attention for walk='flash2' (one batch entry at a time, like the online walk)."""
+    recip = _recip_fn(plan, sfu)
+    use_sfu = plan.exp == "sfu" and sfu is not None
+
+    def lse_fn(m, l):  # m * scale + __logf(l), contracted: fma(m, scale, rn(lg2.approx(l) * ln 2))
+        lg2 = sfu.apply("lg2", l) if use_sfu else np.log2(np.asarray(l, dtype=F32)).astype(F32)
+        return R.fma32(m, F32(scale), (lg2 * LN2).astype(F32))
+
+    outs, lses = [], []
+    for b in range(qf.shape[0]):
+        stats: dict = {}
+        with np.errstate(all="ignore"):
+            O = R.replay_flash2(qf[b], kf[b], vf[b], fmt=fmt, block_n=plan.block_n, tile=plan.tile, causal=causal,
+                                scale_log2=sc, ex2=exp, recip=recip, lane_fma=plan.lane_fma, dot_plan=plan.dot,
+                                stats=stats, backend=backend, splits=plan.splits, lse_fn=lse_fn)
+        outs.append(R.round_to_input(O, fmt) if round_output else O)
+        if with_lse and "lse" in stats:
+            lses.append(stats["lse"])
+        elif with_lse:
+            m, l = stats["m"], stats["l"]
+            with np.errstate(all="ignore"):
+                ok = (l != 0) & ~np.isnan(l)
+                lse = lse_fn(np.where(np.isfinite(m), m, F32(0)), np.where(ok, l, F32(1)).astype(F32))
+                lses.append(np.where(ok, lse, F32(np.inf)).astype(F32))
+    O = np.stack(outs).reshape(lead + qf.shape[1:])
+    if not with_lse:
+        return O
+    return O, np.stack(lses).reshape(lead + qf.shape[1:3])
+
+
+def flash2_candidates(fmt: str, *, sfu: bool, tensor_core: bool = True, blocks=(128, 64, 32), tiles=(128, 64),
+                      splits=(1,), exps=None, recips=None) -> list[AttentionPlan]:
+    """The flash-attention-2 orders a search tries: BLOCK_N in ``blocks`` and tiles (kBlockM) in
+    ``tiles`` (the kernel traits of head dims 32..256: 64/128 x 32/64/128/256), split-KV parts in
+    ``splits`` (the split kernel + its combine kernel when > 1), SFU or numpy exp2, each recip,
+    lane FMA or not; the dot: the mma.sync chain (tensor core) or fp32 Sequential with fma."""
+    dots = [None] if (tensor_core and fmt in ("bf16", "fp16")) else [P.Sequential("fp32", fma=True)]
+    exps = exps or (("sfu", "numpy") if sfu else ("numpy",))
+    recips = recips or (("sfu", "ieee", "div") if sfu else ("ieee", "div"))
+    out = []
+    for dot in dots:
+        for exp in exps:
+            for recip in recips:
+                for lane_fma in (True, False):
+                    for sp in splits:
+                        for bn in blocks:
+                            for tile in tiles:
+                                out.append(AttentionPlan(block_n=bn, tile=tile, domain="log2", exp=exp, dot=dot,
+                                                         walk="flash2", recip=recip, lane_fma=lane_fma, splits=sp))
+    return out
 
 
 def candidates(fmt: str, S: int, *, causal: bool, tensor_core: bool) -> list[AttentionPlan]:

@@ -128,6 +128,52 @@ class SfuTable:
         return out, miss
 
 
+class SfuOutputs:
+    """Recorded outputs of SFU instructions on a finite set of inputs: ``{op: {input bits: output
+    bits}}`` for ops of :mod:`hspi_kernels.kernels.cuda.sfu` (``ex2_ftz``, ``rcp``, ``lg2``, ...).
+    ``apply(op, x)`` looks every input up and raises ValueError naming the first one not recorded
+    (a replay never falls back to another function silently). ``record=live`` (any object with
+    the same ``apply``, e.g. :class:`hspi_kernels.kernels.cuda.sfu.LiveSfu` on a GPU) fills the
+    table on the fly: what a replay used can then be stored (:meth:`to_arrays`) and replayed on a
+    machine without the GPU."""
+
+    def __init__(self, table: dict | None = None, record=None):
+        self.table = {op: dict(d) for op, d in (table or {}).items()}
+        self.record = record
+
+    def apply(self, op: str, x) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=F32)
+        bits = x.view(np.uint32).reshape(-1)
+        known = self.table.setdefault(op, {})
+        if self.record is not None:
+            new = np.unique(bits[[b not in known for b in bits.tolist()]]) if known else np.unique(bits)
+            if new.size:
+                got = np.asarray(self.record.apply(op, new.view(F32)), dtype=F32).view(np.uint32)
+                known.update(zip(new.tolist(), got.tolist()))
+        try:
+            out = np.fromiter((known[b] for b in bits.tolist()), dtype=np.uint32, count=bits.size)
+        except KeyError as exc:
+            raise ValueError(f"SfuOutputs: {op} of 0x{exc.args[0]:08x} was not recorded") from None
+        return out.view(F32).reshape(x.shape)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """``{f"{op}_in": uint32, f"{op}_out": uint32}`` (sorted by input) for an npz."""
+        out = {}
+        for op, d in self.table.items():
+            k = np.array(sorted(d), dtype=np.uint32)
+            out[f"{op}_in"], out[f"{op}_out"] = k, np.array([d[i] for i in k.tolist()], dtype=np.uint32)
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays) -> "SfuOutputs":
+        table = {}
+        for name in arrays:
+            if name.endswith("_in"):
+                op = name[:-3]
+                table[op] = dict(zip(np.asarray(arrays[name]).tolist(), np.asarray(arrays[f"{op}_out"]).tolist()))
+        return cls(table)
+
+
 def make_exp(mode: str, ex2_table: SfuTable | None = None, misses: list | None = None) -> Callable:
     """The EXP of a mode as a float32 -> float32 function (native: ex2 table on rn(x·L2E));
     ``misses`` collects the number of table misses per call."""
@@ -187,10 +233,21 @@ def _mma_plan(fmt: str, path: str = "mma.sync"):
     return tensor_core_gemm(fmt, "fp32", path=path, arch="sm_90")
 
 
+def _scores(plan, Q, K, V, Skp: int, backend: str):
+    """(S = Q·Kᵀ through ``plan`` over K zero-padded to Skp keys, V zero-padded the same way)."""
+    BH, Sk, D = K.shape
+    Kp = np.zeros((BH, Skp, D), F32)
+    Kp[:, :Sk] = K
+    Vp = np.zeros((BH, Skp, D), F32)
+    Vp[:, :Sk] = V
+    return np.stack([gemm(plan, Q[b], np.ascontiguousarray(Kp[b].T), backend=backend) for b in range(BH)]), Vp
+
+
 def replay(Q, K, V, *, fmt: str, mode: str = "exact", block_n: int = 32, splits: int = 1, causal: bool = False,
            scale: float | None = None, ex2_table: SfuTable | None = None, round_p: bool = True,
            stats: dict | None = None, dot_path: str = "mma.sync", tile: int = 16, rowsum=None,
-           backend: str = "native", exp: Callable | None = None, dot_plan=None) -> np.ndarray:
+           backend: str = "native", exp: Callable | None = None, dot_plan=None,
+           recip: Callable | None = None) -> np.ndarray:
     """O [BH, Sq, D] float32 exactly as the kernel computes it. Q [BH, Sq, D], K, V [BH, Sk, D]
     float32 holding ``fmt`` values. ``round_p=False`` (a negative control) skips the RNE of P.
     ``stats`` (a dict) receives ``ex2_misses`` in native mode.
@@ -202,7 +259,9 @@ def replay(Q, K, V, *, fmt: str, mode: str = "exact", block_n: int = 32, splits:
     "numpy"; same bits). ``exp`` (a float32 -> float32 function) replaces the mode's EXP (the
     log2-domain orders pass an exp2 and a scale holding log2(e)); ``dot_plan`` replaces the
     tensor-core plan of both dots (required for fmt "fp32"). With ``stats``, splits == 1 also
-    stores the final row max ``m`` and row sum ``l`` ([BH, Sq] float32) there."""
+    stores the final row max ``m`` and row sum ``l`` ([BH, Sq] float32) there. ``recip`` (splits ==
+    1; a float32 -> float32 function): ``O = rn(acc · recip(l))`` instead of ``div_rn(acc, l)``
+    (kernels that multiply by the reciprocal; 1 where l is 0 or NaN)."""
     if fmt not in REPLAY_FORMATS or (fmt == "fp32" and dot_plan is None):
         raise ValueError(f"fmt must be one of {FORMATS} (or fp32 with a dot_plan), got {fmt!r}")
     Q, K, V = (np.asarray(x, dtype=F32) for x in (Q, K, V))
@@ -228,11 +287,7 @@ def replay(Q, K, V, *, fmt: str, mode: str = "exact", block_n: int = 32, splits:
     Skp = max(Sk, splits * chunk) + block_n
     Qp = np.zeros((BH, Sqp, D), F32)
     Qp[:, :Sq] = Q
-    Kp = np.zeros((BH, Skp, D), F32)
-    Kp[:, :Sk] = K
-    Vp = np.zeros((BH, Skp, D), F32)
-    Vp[:, :Sk] = V
-    S = np.stack([gemm(plan, Qp[b], np.ascontiguousarray(Kp[b].T), backend=backend) for b in range(BH)])  # [BH, Sqp, Skp]
+    S, Vp = _scores(plan, Qp, K, V, Skp, backend)  # [BH, Sqp, Skp]
     rows = np.arange(Sqp)
     tile_end = (rows // tile) * tile + tile
 
@@ -272,7 +327,12 @@ def replay(Q, K, V, *, fmt: str, mode: str = "exact", block_n: int = 32, splits:
 
         if splits == 1:
             m, l, acc = parts[0]
-            O = (acc / l[..., None]).astype(F32)
+            if recip is None:
+                O = (acc / l[..., None]).astype(F32)
+            else:
+                bad = (l == 0) | np.isnan(l)
+                inv = np.where(bad, F32(1), recip(np.where(bad, F32(1), l))).astype(F32)
+                O = (acc * inv[..., None]).astype(F32)
             if stats is not None:
                 stats["m"], stats["l"] = m[:, :Sq], l[:, :Sq]
         else:
@@ -290,6 +350,162 @@ def replay(Q, K, V, *, fmt: str, mode: str = "exact", block_n: int = 32, splits:
     if stats is not None:
         stats["ex2_misses"] = int(sum(misses))
     return O[:, :Sq]
+
+
+def lane_sums(p: np.ndarray, lanes: list | None, alpha: np.ndarray | None, lane_fma: bool) -> list:
+    """The flash-attention-2 row sum's per-lane partials after one key block: lane t of the quad
+    owns the columns n with n % 8 in {2t, 2t+1} and adds them to its running partial sequentially
+    in increasing n; on the first block the partial starts from its first column (zero_init), on
+    later blocks from ``rn(partial · alpha)`` (``lane_fma``: the first add contracted into
+    ``fma(partial, alpha, p_first)``, the FFMA nvcc forms of ``row_sum *= s; row_sum += p``)."""
+    bn = p.shape[-1]
+    out = []
+    for t in range(4):
+        cols = [n for n in range(bn) if (n % 8) // 2 == t]
+        if lanes is None:
+            acc, rest = p[..., cols[0]].astype(F32), cols[1:]
+        elif lane_fma:
+            acc, rest = fma32(lanes[t], alpha, p[..., cols[0]]), cols[1:]
+        else:
+            acc, rest = (lanes[t] * alpha).astype(F32), cols
+        for n in rest:
+            acc = (acc + p[..., n]).astype(F32)
+        out.append(acc)
+    return out
+
+
+def replay_flash2(Q, K, V, *, fmt: str, block_n: int = 128, tile: int = 128, causal: bool = False,
+                  scale_log2: float, ex2: Callable, recip: Callable | None, lane_fma: bool = True,
+                  reverse: bool = True, dot_plan=None, stats: dict | None = None,
+                  backend: str = "native", splits: int = 1, lse_fn: Callable | None = None,
+                  expf: Callable | None = None, logf: Callable | None = None) -> np.ndarray:
+    """O [BH, Sq, D] float32 in the order of the flash-attention-2 forward kernel (the code PyTorch's
+    flash SDPA backend runs on sm_80/sm_90), from Q [BH, Sq, D], K, V [BH, Sk, D] (float32 holding
+    ``fmt`` values):
+
+    - ``S = Q·Kᵀ`` raw (no scale) through ``dot_plan`` (default: the mma.sync chain of ``fmt``);
+      masked scores -inf (causal top-left, keys >= Sk);
+    - key blocks of ``block_n`` per query tile of ``tile`` rows, processed from the tile's last
+      block down to block 0 (``reverse``; the kernel reads the one block that needs masking first);
+      a causal tile ends at block ceil(min(Sk, tile end) / block_n);
+    - per block: ``m_new = max(m, rowmax S)`` on raw scores; ``c`` = ``scale_log2`` (rn32(scale ·
+      log2 e)); ``ms = rn(m_new · c)`` (0 if m_new = -inf); ``p = ex2(fma(S, c, -ms))`` (the FFMA the
+      kernel's comment asks for); later blocks ``alpha = ex2(rn(rn(m - m_cur) · c))`` with m_cur = 0
+      if -inf; acc from ``c = rn(acc · alpha)`` (first block: +0) ``+ RNE(p)·V`` through the dot;
+      the row sum in four lane partials (:func:`lane_sums`);
+    - end: ``l = (R0 + R2) + (R1 + R3)`` (shuffle xor 2, then xor 1), ``inv = recip(l)``
+      (1 where l is 0 or NaN), ``O = rn(acc · inv)``; ``recip=None``: ``O = div_rn(acc, l)``.
+
+    ``splits`` > 1: the split-KV kernel and its combine kernel (comment in the code); ``lse_fn(m,
+    l)`` gives a split's log-sum-exp, ``expf`` / ``logf`` the combine kernel's functions (default
+    numpy float32 exp / log).
+
+    ``stats`` receives ``m`` (raw row max) and ``l`` ([BH, Sq]) for the log-sum-exp; with splits,
+    ``lse`` (the combine kernel's) instead."""
+    if splits > 1 and lse_fn is None:
+        raise ValueError("replay_flash2: splits > 1 needs lse_fn (the split kernel's log-sum-exp)")
+    expf = expf or (lambda x: np.exp(np.asarray(x, dtype=F32)).astype(F32))
+    logf = logf or (lambda x: np.log(np.asarray(x, dtype=F32)).astype(F32))
+    if fmt not in REPLAY_FORMATS or (fmt == "fp32" and dot_plan is None):
+        raise ValueError(f"fmt must be one of {FORMATS} (or fp32 with a dot_plan), got {fmt!r}")
+    Q, K, V = (np.asarray(x, dtype=F32) for x in (Q, K, V))
+    BH, Sq, D = Q.shape
+    Sk = K.shape[1]
+    c = F32(scale_log2)
+    plan = _mma_plan(fmt) if dot_plan is None else dot_plan
+    nblk = -(-Sk // block_n)
+    Skp = nblk * block_n
+    S, Vp = _scores(plan, Q, K, V, Skp, backend)  # [BH, Sq, Skp]
+    rows = np.arange(Sq)
+    keys = np.arange(Skp)
+    masked = np.broadcast_to(keys[None, :] >= Sk, (Sq, Skp))
+    if causal:
+        masked = masked | (keys[None, :] > rows[:, None])
+    neg_inf = F32(-np.inf)
+    S = np.where(masked[None], neg_inf, S).astype(F32)
+    O = np.zeros((BH, Sq, D), F32)
+    M = np.full((BH, Sq), neg_inf, F32)
+    L = np.zeros((BH, Sq), F32)
+    with np.errstate(all="ignore"):
+        def part(r, blocks):
+            """(m, l, acc) of the query rows r over the key blocks ``blocks`` (in that order)."""
+            m = lanes = acc = None
+            for j, blk in enumerate(blocks):
+                sb = S[:, r, blk * block_n:(blk + 1) * block_n]
+                bmax = sb.max(axis=-1)
+                m_new = bmax if m is None else np.fmax(m, bmax)
+                ms = np.where(m_new == neg_inf, F32(0), (m_new * c).astype(F32)).astype(F32)
+                fin = np.isfinite(sb)
+                arg = fma32(np.where(fin, sb, F32(0)), c, -ms[..., None])
+                p = ex2(np.where(fin, arg, sb).astype(F32))  # ex2(-inf) = 0 for masked keys
+                P = round_to_input(p, fmt)
+                Vb = Vp[:, blk * block_n:(blk + 1) * block_n]
+                if j == 0:
+                    lanes = lane_sums(p, None, None, lane_fma)
+                    cacc = np.zeros((BH, sb.shape[1], D), F32)
+                else:
+                    m_cur = np.where(m_new == neg_inf, F32(0), m_new).astype(F32)
+                    alpha = ex2(((m - m_cur).astype(F32) * c).astype(F32))
+                    lanes = lane_sums(p, lanes, alpha, lane_fma)
+                    cacc = (acc * alpha[..., None]).astype(F32)
+                acc = np.stack([gemm(plan, P[b], Vb[b], cacc[b], backend=backend) for b in range(BH)])
+                m = m_new
+            l = ((lanes[0] + lanes[2]).astype(F32) + (lanes[1] + lanes[3]).astype(F32)).astype(F32)
+            bad = (l == 0) | np.isnan(l)
+            if recip is None:
+                o = np.where(bad[..., None], acc, (acc / l[..., None]).astype(F32))
+            else:
+                inv = np.where(bad, F32(1), recip(np.where(bad, F32(1), l))).astype(F32)
+                o = (acc * inv[..., None]).astype(F32)
+            return m, l, o
+
+        for t0 in range(0, Sq, tile):
+            r = slice(t0, min(Sq, t0 + tile))
+            end = min(Sk, t0 + tile) if causal else Sk
+            nb = max(1, -(-end // block_n))
+            if splits == 1:
+                m, l, o = part(r, range(nb - 1, -1, -1) if reverse else range(nb))
+                O[:, r], M[:, r], L[:, r] = o, m, l
+                continue
+            # split-KV: split s owns blocks [s * per, (s + 1) * per) of the whole key range
+            # (each walked like the one-split kernel), writes its normalised fp32 O_s and
+            # lse_s = lse(m_s, l_s) (-inf when it has no block or l_s = 0); the combine kernel
+            # then: lse_max = max_s lse_s (0 if -inf), sum = sum_s expf(rn(lse_s - lse_max)) in
+            # split order, LSE = rn(logf(sum) + lse_max) (inf if sum is 0 / NaN),
+            # O = fma(expf(rn(lse_s - LSE)), O_s, O) in split order from +0.
+            per = -(-(-(-Sk // block_n)) // splits)
+            rows = r.stop - r.start
+            parts = []
+            for sp in range(splits):
+                blocks = list(range(sp * per, min((sp + 1) * per, nb)))
+                if not blocks:
+                    parts.append((np.full((BH, rows), neg_inf, F32), np.zeros((BH, rows, D), F32)))
+                    continue
+                m, l, o = part(r, blocks[::-1] if reverse else blocks)
+                ok = (l != 0) & ~np.isnan(l)
+                ls = np.where(ok, lse_fn(np.where(np.isfinite(m), m, F32(0)), np.where(ok, l, F32(1))), neg_inf)
+                parts.append((ls.astype(F32), o))
+            lmax = parts[0][0]
+            for ls, _ in parts[1:]:
+                lmax = np.fmax(lmax, ls)
+            lmax = np.where(lmax == neg_inf, F32(0), lmax).astype(F32)
+            tot = None
+            for ls, _ in parts:
+                e = expf((ls - lmax).astype(F32))
+                tot = e if tot is None else (tot + e).astype(F32)
+            bad = (tot == 0) | np.isnan(tot)
+            LSE = np.where(bad, F32(np.inf), (logf(np.where(bad, F32(1), tot)) + lmax).astype(F32)).astype(F32)
+            acc = np.zeros((BH, rows, D), F32)
+            for ls, o in parts:
+                w = expf((ls - LSE).astype(F32))
+                acc = fma32(np.broadcast_to(w[..., None], o.shape), o, acc)
+            O[:, r] = acc
+            M[:, r], L[:, r] = LSE, np.nan
+    if stats is not None:
+        stats["m"], stats["l"] = M, L
+        if splits > 1:
+            stats["lse"] = M
+    return O
 
 
 def describe(*, fmt: str, mode: str, block_n: int, splits: int, causal: bool) -> dict:

@@ -123,6 +123,22 @@ def apply(op: str, x: Any, *, prefer: str | None = None) -> Any:
     return y
 
 
+class LiveSfu:
+    """:meth:`apply` on numpy float32 arrays through this GPU's SFU (the ``_list`` kernels): the
+    ``record`` source of :class:`hspi_kernels.numerics.attention_ref.SfuOutputs` on a GPU."""
+
+    def __init__(self, device: int = 0):
+        import torch
+
+        self.device = torch.device("cuda", device)
+
+    def apply(self, op: str, x) -> np.ndarray:
+        import torch
+
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+        return apply(op, t).cpu().numpy()
+
+
 # ---------------------------------------------------------------------------------------------
 # Correctly rounded references, error statistics, storage (CPU)
 # ---------------------------------------------------------------------------------------------

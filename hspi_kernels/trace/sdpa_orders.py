@@ -1,0 +1,336 @@
+"""The accumulation orders of PyTorch's fused SDPA backends on this GPU, found by replay (issue 15
+item 2): one GPU job that runs the flash, cuDNN and memory-efficient backends on seeded inputs of
+real model shapes and searches the attention orders of :mod:`hspi_kernels.numerics.attention_plan`
+for the one that reproduces each backend bit for bit::
+
+    python -m hspi_kernels.trace.sdpa_orders OUT_DIR [--budget-s 240]
+
+Per case (shape of a zoo model's attention at batch 1 -- qwen2.5-0.5b 14/2 heads, gpt2-small 12/12,
+llama-3.2-1b 32/8, 16 tokens -- and longer sequences that span several key blocks: 300 keys
+non-causal, 384 causal, head dim 128) and backend, the private ATen op is called directly
+(``_scaled_dot_product_{flash,cudnn,efficient}_attention``) so that its log-sum-exp output is
+compared too; the CUDA kernels it launched are recorded (torch.profiler). Grouped-query inputs go
+in unexpanded where the backend takes them, else with k / v expanded (recorded per call).
+
+Search, in two stages (the SFU instructions come from this GPU: ``kernels.cuda.sfu.LiveSfu``):
+
+1. every candidate (:func:`attention_plan.flash2_candidates` and the online-walk family with
+   the mma.sync or wgmma dot, each reciprocal) on the short cases, screened on the first head and
+   then checked on all outputs; per (case, backend) the plans that give N/N on the output (and
+   on the log-sum-exp, counted separately) and the best partial match when none does;
+2. on the long cases (where BLOCK_N, the tile, the block direction, the lane rescale and the
+   split-KV kernel become visible): the plans that passed every short case of a backend, with
+   each BLOCK_N / tile, and the flash-2 split-KV family (``flash_fwd_splitkv_kernel`` + its
+   combine kernel: the kernels PyTorch launches for these lengths on the H200).
+
+Writes ``OUT_DIR/sdpa_orders.json`` (platform metadata, cases, kernel names, per (case, backend)
+the matching plans with N/N, partial matches, seconds), ``OUT_DIR/sdpa_orders.md`` (the table) and
+``OUT_DIR/sdpa_orders_cases.npz`` (the short cases' q / k / v, every backend's output and
+log-sum-exp bits, and the SFU outputs the found plans used: the CPU test data of
+``tests/test_sdpa_orders.py``). Needs a GPU; prints the table last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hspi_kernels import platform as plat
+from hspi_kernels.numerics import attention_plan as AP
+from hspi_kernels.numerics import attention_ref as R
+from hspi_kernels.numerics import plans as P
+from hspi_kernels.platform.files import atomic_write_bytes, atomic_write_text
+
+__all__ = ["CASES", "BACKENDS", "online_candidates", "variants", "search", "main"]
+
+F32 = np.float32
+# name: (Hq, Hkv, S, D, causal, fmt, q amplitude)
+CASES: dict[str, tuple] = {
+    "qwen2.5-0.5b": (14, 2, 16, 64, True, "bf16", 2.0),
+    "gpt2-small": (12, 12, 16, 64, True, "bf16", 2.0),
+    "llama-3.2-1b": (32, 8, 16, 64, True, "bf16", 2.0),
+    "gpt2-small.fp16": (12, 12, 16, 64, True, "fp16", 2.0),
+    "long.causal384": (4, 4, 384, 64, True, "bf16", 1.0),
+    "long.full300": (4, 4, 300, 64, False, "bf16", 1.0),
+    "long.d128": (4, 4, 200, 128, True, "bf16", 1.0),
+}
+SHORT = [c for c, v in CASES.items() if v[2] <= 16]
+BACKENDS = ("flash", "cudnn", "efficient")
+
+
+def online_candidates(fmt: str, S: int, causal: bool, sfu: bool) -> list[AP.AttentionPlan]:
+    """The online walk (the project's kernel order, :func:`attention_ref.replay`) with the dots the
+    sm_80 / sm_90 kernels use (mma.sync, wgmma), log2 and natural domains, each reciprocal."""
+    out = []
+    exps = ("sfu", "numpy") if sfu else ("numpy",)
+    recips = ("div", "ieee", "sfu") if sfu else ("div", "ieee")
+    for path in ("mma.sync", "wgmma"):
+        dot = P.tensor_core_gemm(fmt, "fp32", path=path, arch="sm_90")
+        for base in AP.candidates(fmt, S, causal=causal, tensor_core=True):
+            if (base.domain == "natural" and base.exp == "exact") or base.block_n % 16:
+                continue  # the exact exp is the project's own; tensor-core P.V steps are k = 16
+            for exp in exps:
+                for recip in recips:
+                    out.append(AP.AttentionPlan(block_n=base.block_n, tile=base.tile, domain=base.domain, exp=exp,
+                                                rowsum=base.rowsum, dot=dot, recip=recip))
+    return list(dict.fromkeys(out))
+
+
+def variants(plans) -> list[AP.AttentionPlan]:
+    """Each plan with every BLOCK_N in {16, 32, 64, 128} and tile in {64, 128} (what one key
+    block cannot show), valid ones only, in a stable order without repeats."""
+    import dataclasses
+
+    out = []
+    for p in plans:
+        for bn in (128, 64, 32, 16):
+            for tile in (128, 64):
+                try:
+                    out.append(dataclasses.replace(p, block_n=bn, tile=tile))
+                except ValueError:
+                    continue
+    return list(dict.fromkeys(out))
+
+
+def _bits(x: np.ndarray, fmt: str) -> np.ndarray:
+    import ml_dtypes
+
+    if fmt == "fp32":
+        return np.asarray(x, dtype=F32).view(np.uint32)
+    dt = ml_dtypes.bfloat16 if fmt == "bf16" else np.float16
+    return np.asarray(x, dtype=F32).astype(dt).view(np.uint16)
+
+
+def search(plans, q, k, v, out_bits, lse, *, fmt: str, causal: bool, sfu, screen_heads: int = 1,
+           max_full: int = 24) -> dict:
+    """Every plan on the first ``screen_heads`` query heads, then the passers on all heads (at
+    most ``max_full`` of them, the rest counted as ``screen_passed_not_checked``).
+    Returns {"exact": [{plan, out N/N, lse N/N}], "best": the best partial (screen) matches}."""
+    exact, partial, checked, unchecked = [], [], [], 0
+    hs = slice(0, screen_heads)
+    n_screen = int(out_bits[hs].size) + (int(lse[hs].size) if lse is not None else 0)
+    for plan in plans:
+        try:  # query heads 0..screen_heads-1 read the first ceil(screen_heads / group) k / v heads
+            kv = slice(0, -(-screen_heads * k.shape[0] // q.shape[0]))
+            o1, l1 = AP.evaluate_attention(plan, q[hs], k[kv], v[kv], fmt=fmt, causal=causal, sfu=sfu, with_lse=True)
+        except ValueError as exc:
+            partial.append({"plan": repr(plan), "error": str(exc)[:120]})
+            continue
+        eq = int(np.count_nonzero(_bits(o1, fmt) == out_bits[hs]))
+        if lse is not None:  # the log-sum-exp (fp32) tells orders apart that a bf16 output cannot
+            eq += int(np.count_nonzero(l1.astype(F32).view(np.uint32) == lse[hs].view(np.uint32)))
+        partial.append({"plan": repr(plan), "screen_equal": eq, "screen_total": n_screen})
+        if eq != n_screen:
+            continue
+        if len(checked) >= max_full:
+            unchecked += 1
+            continue
+        checked.append(plan)
+        o, l = AP.evaluate_attention(plan, q, k, v, fmt=fmt, causal=causal, sfu=sfu, with_lse=True)
+        n_out = int(np.count_nonzero(_bits(o, fmt) == out_bits))
+        rec = {"plan": repr(plan), "plan_json": plan.to_json(), "out_equal": n_out, "out_total": int(out_bits.size)}
+        if lse is not None:
+            rec["lse_equal"] = int(np.count_nonzero(l.astype(F32).view(np.uint32) == lse.view(np.uint32)))
+            rec["lse_total"] = int(lse.size)
+            rec["lse_max_abs_diff"] = float(np.nanmax(np.abs(l.astype(np.float64) - lse.astype(np.float64))))
+        if n_out == out_bits.size:
+            exact.append(rec)
+    best = sorted((p for p in partial if "screen_equal" in p), key=lambda p: -p["screen_equal"])[:5]
+    full = [{k: e[k] for k in e if k != "plan_json"} for e in exact]
+    both = [e for e in exact if e.get("lse_equal") == e.get("lse_total")]
+    return {"candidates": len(plans), "exact": exact, "exact_out_and_lse": len(both), "checked_full": len(checked),
+            "screen_passed_not_checked": unchecked, "best": best, "exact_brief": full[:3]}
+
+
+def _run_backend(torch, name: str, q, k, v, causal: bool):
+    """(out, lse or None, how) of one private SDPA op; k / v expanded when GQA is refused."""
+    A = torch.ops.aten
+    Hq, Hkv = q.shape[1], k.shape[1]
+
+    def call(kk, vv):
+        if name == "flash":
+            r = A._scaled_dot_product_flash_attention(q, kk, vv, 0.0, causal, False)
+        elif name == "cudnn":
+            r = A._scaled_dot_product_cudnn_attention(q, kk, vv, None, True, 0.0, causal, False)
+        else:
+            r = A._scaled_dot_product_efficient_attention(q, kk, vv, None, True, 0.0, causal)
+        return r[0], r[1]
+
+    if Hq != Hkv:
+        try:
+            o, lse = call(k, v)
+            return o, lse, "gqa unexpanded"
+        except RuntimeError:
+            pass
+        k, v = (x.repeat_interleave(Hq // Hkv, dim=1) for x in (k, v))
+        o, lse = call(k, v)
+        return o, lse, "k/v expanded (repeat_interleave)"
+    o, lse = call(k, v)
+    return o, lse, "equal heads"
+
+
+def _kernels(torch, fn) -> list[str]:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sorted({e.name for e in prof.events() if e.device_type.name == "CUDA"})
+
+
+def render(record: dict) -> str:
+    lines = ["| case | backend | kernel | plans N/N (out) | lse N/N | best partial (screen) |", "|---|---|---|---|---|---|"]
+    for r in record["results"]:
+        ex = r.get("search", {}).get("exact", [])
+        best = (r.get("search", {}).get("best") or [{}])[0]
+        kern = (r.get("kernels") or ["-"])[0][:60]
+        if "error" in r:
+            lines.append(f"| {r['case']} | {r['backend']} | - | error: {r['error'][:80]} | - | - |")
+            continue
+        lines.append(f"| {r['case']} | {r['backend']} | {kern} | "
+                     + (f"{len(ex)} plan(s), e.g. `{ex[0]['plan']}` {ex[0]['out_equal']}/{ex[0]['out_total']}" if ex else "0")
+                     + " | " + (f"{ex[0].get('lse_equal')}/{ex[0].get('lse_total')}" if ex else "-")
+                     + " | " + (f"{best.get('screen_equal')}/{best.get('screen_total')} `{best.get('plan')}`" if best else "-")
+                     + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("out_dir", type=Path)
+    ap.add_argument("--budget-s", type=float, default=240.0)
+    ap.add_argument("--cases", default=",".join(CASES))
+    args = ap.parse_args(argv)
+    start = time.perf_counter()
+    out = args.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    if not torch.cuda.is_available():
+        print("sdpa_orders: needs a CUDA GPU (the fused SDPA backends); nothing was run", file=sys.stderr)
+        return 2
+    from hspi_kernels.kernels.cuda.sfu import LiveSfu
+
+    live = LiveSfu()
+    meta = plat.collect()
+    record: dict[str, Any] = {"platform": meta, "label": plat.platform_label(meta), "args": vars(args) | {"out_dir": str(out)},
+                              "cases": {c: dict(zip(("Hq", "Hkv", "S", "D", "causal", "fmt", "q_amplitude"), CASES[c]))
+                                        for c in args.cases.split(",")},
+                              "results": [], "skipped": [], "backends_equal": {}}
+    arrays: dict[str, np.ndarray] = {}
+    data: dict[tuple, dict] = {}
+
+    def save():
+        record["total_s"] = round(time.perf_counter() - start, 1)
+        atomic_write_text(out / "sdpa_orders.json", json.dumps(record, indent=1, default=str))
+        atomic_write_text(out / "sdpa_orders.md", "# Fused SDPA orders on this GPU\n\n" + render(record))
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        atomic_write_bytes(out / "sdpa_orders_cases.npz", buf.getvalue())
+
+    # capture
+    for ci, case in enumerate(args.cases.split(",")):
+        Hq, Hkv, S, D, causal, fmt, amp = CASES[case]
+        dt = torch.bfloat16 if fmt == "bf16" else torch.float16
+        g = torch.Generator(device="cuda").manual_seed(1000 + ci)
+        q = (torch.randn(1, Hq, S, D, generator=g, device="cuda") * amp).to(dt)
+        k = torch.randn(1, Hkv, S, D, generator=g, device="cuda").to(dt)
+        v = torch.randn(1, Hkv, S, D, generator=g, device="cuda").to(dt)
+        qn, kn, vn = (x[0].float().cpu().numpy() for x in (q, k, v))
+        arrays.update({f"{case}/q": _bits(qn, fmt), f"{case}/k": _bits(kn, fmt), f"{case}/v": _bits(vn, fmt)})
+        outs = {}
+        for be in BACKENDS:
+            r: dict[str, Any] = {"case": case, "backend": be}
+            try:
+                o, lse, how = _run_backend(torch, be, q, k, v, causal)
+                kern = _kernels(torch, lambda: _run_backend(torch, be, q, k, v, causal))
+                ob = _bits(o[0].float().cpu().numpy(), fmt)
+                ln = lse[0].float().cpu().numpy().astype(F32) if lse is not None and lse.numel() else None
+                if ln is not None and ln.ndim == 3 and ln.shape[-1] == 1:  # [H, S, 1] (cuDNN)
+                    ln = ln[..., 0]
+                if ln is not None and ln.ndim == 2 and ln.shape[0] == ob.shape[0] and ln.shape[1] >= ob.shape[1]:
+                    ln = np.ascontiguousarray(ln[:, :ob.shape[1]])  # the efficient kernel pads S to 32
+                elif ln is not None and ln.shape != ob.shape[:-1]:
+                    r["lse_shape"] = list(ln.shape)
+                    ln = None
+                outs[be] = ob
+                data[(case, be)] = {"q": qn, "k": kn, "v": vn, "out": ob, "lse": ln}
+                arrays[f"{case}/{be}/out"] = ob
+                if ln is not None:
+                    arrays[f"{case}/{be}/lse"] = ln.view(np.uint32)
+                r.update(how=how, kernels=kern, lse_recorded=ln is not None)
+            except Exception as exc:  # a backend that refuses the shape is recorded, the job goes on
+                r["error"] = f"{type(exc).__name__}: {exc}"[:300]
+            record["results"].append(r)
+        names = list(outs)
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                record["backends_equal"][f"{case}: {a} vs {b}"] = f"{int((outs[a] == outs[b]).sum())}/{outs[a].size}"
+    record["capture_s"] = round(time.perf_counter() - start, 1)
+    save()
+
+    # stage 1: short cases, every candidate; stage 2: long cases, the survivors
+    passed: dict[str, set | None] = {be: None for be in BACKENDS}
+    for stage in (1, 2):
+        for r in record["results"]:
+            if "error" in r or (r["case"] in SHORT) != (stage == 1):
+                continue
+            if time.perf_counter() - start > args.budget_s:
+                record["skipped"].append({"case": r["case"], "backend": r["backend"], "why": "budget"})
+                continue
+            d = data[(r["case"], r["backend"])]
+            Hq, Hkv, S, D, causal, fmt, amp = CASES[r["case"]]
+            if stage == 1:
+                plans = AP.flash2_candidates(fmt, sfu=True) + online_candidates(fmt, S, causal, sfu=True)
+            else:
+                surv = passed[r["backend"]] or set()
+                plans = variants([AP.attention_plan_from_json(json.loads(p)) for p in sorted(surv)])[:64]
+                # and the flash-2 family with split-KV (the kernel PyTorch launches at these lengths:
+                # flash_fwd_splitkv_kernel + combine, traits 64 x 256 / 64 x 128)
+                plans += AP.flash2_candidates(fmt, sfu=True, blocks=(256, 128, 64), tiles=(64, 128), splits=(2, 1, 4),
+                                              exps=("sfu",), recips=("ieee", "sfu"))
+                plans = list(dict.fromkeys(plans))
+            t0 = time.perf_counter()
+            try:
+                res = search(plans, d["q"], d["k"], d["v"], d["out"], d["lse"], fmt=fmt, causal=causal, sfu=live)
+            except Exception as exc:
+                r["search_error"] = f"{type(exc).__name__}: {exc}"
+                r["traceback"] = traceback.format_exc()[-1500:]
+                continue
+            res["seconds"] = round(time.perf_counter() - t0, 1)
+            r["search"] = {k: v for k, v in res.items()}
+            if stage == 1:
+                both = [e for e in res["exact"] if e.get("lse_equal", 0) == e.get("lse_total", 0)]
+                ok = {json.dumps(e["plan_json"], sort_keys=True) for e in (both or res["exact"])}
+                passed[r["backend"]] = ok if passed[r["backend"]] is None else passed[r["backend"]] & ok
+            save()
+            print(f"{r['case']:>18} {r['backend']:>9}: {len(res['exact'])} exact of {res['candidates']} "
+                  f"({res['seconds']} s)", flush=True)
+    record["passed_short"] = {be: sorted(v) if v else [] for be, v in passed.items()}
+
+    # the SFU outputs the found plans use on the short cases (CPU test data)
+    rec = R.SfuOutputs(record=live)
+    for (case, be), d in data.items():
+        if case not in SHORT:
+            continue
+        Hq, Hkv, S, D, causal, fmt, amp = CASES[case]
+        for p in sorted(passed.get(be) or [])[:4]:
+            AP.evaluate_attention(AP.attention_plan_from_json(json.loads(p)), d["q"], d["k"], d["v"], fmt=fmt,
+                                  causal=causal, sfu=rec, with_lse=True)
+    arrays.update({f"sfu/{k}": v for k, v in rec.to_arrays().items()})
+    save()
+    print(render(record))
+    print(json.dumps(record["backends_equal"], indent=0))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
