@@ -1,11 +1,18 @@
-"""Derive coverage.json / coverage.md from the raw H200 coverage run (coverage_h200_raw.json and
-coverage_h200_maps.json.gz, written by ``python -m hspi_kernels.trace.coverage``).
+"""Derive coverage.json / coverage.md from the raw H200 coverage runs (``*_raw.json`` and
+``*_maps.json.gz``, each written by ``python -m hspi_kernels.trace.coverage``). A (model, pair) row
+comes from the latest run that measured it:
 
-One correction, applied here and fixed in the code after the run: the run read ``is_causal`` of
-``_scaled_dot_product_cudnn_attention`` / ``_efficient_attention`` from the flash signature's
-position (their 5th argument is compute_log_sumexp), so the backend replays *on a cuDNN or
-efficient op's inputs* ran non-causal and their verdicts are void. They are removed from the rows
-(listed under ``void_regions``); the replays on flash ops' inputs and every non-attention row stand.
+- run 2 (2026-12-03, ``coverage_h200_raw.json``, budget 240): gpt2-small every pair, llama-3.2-1b
+  cuBLAS vs fixed (and the qwen rows that run 3 replaces). One correction, fixed in the code
+  after that run: it read ``is_causal`` of ``_scaled_dot_product_cudnn_attention`` /
+  ``_efficient_attention`` from the flash signature's position (their 5th argument is
+  compute_log_sumexp), so its backend replays *on a cuDNN or efficient op's inputs* ran
+  non-causal: void, removed from its rows (listed under ``void_regions``);
+- run 3 (2026-12-03 second session, ``coverage_h200_run3_raw.json``, budget 330, after the
+  is_causal fix and the plan-search limit 3 -> 32): qwen2.5-0.5b every pair (the budget ended
+  there: the other models' pairs of that run were skipped);
+- run 4 (same session, ``coverage_h200_run4_raw.json``): llama-3.2-1b SDPA math vs flash and
+  flash vs cuDNN (its batch 1 vs 8 pair was cut by the device time: not recorded).
 
     python docs/results/trace/coverage_derive.py
 """
@@ -18,23 +25,42 @@ from hspi_kernels.trace.coverage import coverage_row, render_table
 
 HERE = Path(__file__).parent
 VOID_OPS = ("_scaled_dot_product_cudnn_attention", "_scaled_dot_product_efficient_attention")
+RUNS = (("run2", "coverage_h200_raw.json", "coverage_h200_maps.json.gz", True),
+        ("run3", "coverage_h200_run3_raw.json", "coverage_h200_run3_maps.json.gz", False),
+        ("run4", "coverage_h200_run4_raw.json", "coverage_h200_run4_maps.json.gz", False))
 
-raw = json.loads((HERE / "coverage_h200_raw.json").read_text())
-maps = json.loads(gzip.decompress((HERE / "coverage_h200_maps.json.gz").read_bytes()))
-labels = {(r["model"], r["pair"]): r for r in raw["rows"]}
-rows, void = [], []
-for key, cmap in maps.items():
-    model, pair = key.split("/", 1)
-    kept = [x for x in cmap["regions"] if x["op"] not in VOID_OPS]
-    void += [{"model": model, "pair": pair, "key": x["key"]} for x in cmap["regions"] if x["op"] in VOID_OPS]
-    row = coverage_row(model, pair, labels[(model, pair)]["label"], dict(cmap, regions=kept))
-    row["seconds"] = labels[(model, pair)]["seconds"]
-    row["layer0_region_check"] = [x.get("other_region_output_equal") for x in kept
-                                  if x.get("other_region_output_equal") is not None]
-    rows.append(row)
-out = {k: raw[k] for k in ("platform", "label", "args", "device", "skipped", "errors", "traces", "not_covered")}
-out.update({"source": "coverage_h200_raw.json + coverage_h200_maps.json.gz (module docstring: the correction)",
-            "rows": rows, "void_regions": void})
+rows: dict[tuple, dict] = {}
+void, skipped, runs = [], {}, {}
+for name, raw_file, maps_file, void_fix in RUNS:
+    raw = json.loads((HERE / raw_file).read_text())
+    maps = json.loads(gzip.decompress((HERE / maps_file).read_bytes()))
+    labels = {(r["model"], r["pair"]): r for r in raw["rows"]}
+    runs[name] = {"file": raw_file, "total_s": raw.get("total_s"), "args": raw["args"], "traces": raw["traces"],
+                  "platform": raw["platform"]}
+    for key, cmap in maps.items():
+        model, pair = key.split("/", 1)
+        kept = [x for x in cmap["regions"] if not (void_fix and x["op"] in VOID_OPS)]
+        if void_fix:
+            void += [{"run": name, "model": model, "pair": pair, "key": x["key"]}
+                     for x in cmap["regions"] if x["op"] in VOID_OPS]
+        row = coverage_row(model, pair, labels[(model, pair)]["label"], dict(cmap, regions=kept))
+        row["seconds"] = labels[(model, pair)]["seconds"]
+        row["run"] = name
+        row["layer0_region_check"] = [x.get("other_region_output_equal") for x in kept
+                                      if x.get("other_region_output_equal") is not None]
+        rows[(model, pair)] = row
+        skipped.pop((model, pair), None)
+    for s in raw["skipped"]:
+        if (s["model"], s["pair"]) not in rows:
+            skipped[(s["model"], s["pair"])] = dict(s, run=name)
+order = {m: i for i, m in enumerate(("qwen2.5-0.5b", "gpt2-small", "llama-3.2-1b"))}
+out_rows = sorted(rows.values(), key=lambda r: order.get(r["model"], 9))
+last = json.loads((HERE / RUNS[-2][1]).read_text())
+out = {"platform": last["platform"], "label": last["label"], "device": last["device"],
+       "not_covered": last["not_covered"], "runs": runs,
+       "source": "merged by coverage_derive.py (module docstring: which run gives which row, the run-2 correction)",
+       "rows": out_rows, "skipped": list(skipped.values()), "void_regions": void}
 (HERE / "coverage.json").write_text(json.dumps(out, indent=1))
-
-print(render_table(rows, raw["skipped"]))
+table = render_table(out_rows, out["skipped"])
+(HERE / "coverage_table.md").write_text(table)
+print(table)
