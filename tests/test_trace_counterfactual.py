@@ -316,3 +316,37 @@ def test_attention_call_reads_each_backends_signature():
     assert (flash["causal"], flash["scale"], cudnn["causal"], eff["causal"]) == (True, 0.125, True, False)
     assert not cudnn["mask"] and T.attention_call("_scaled_dot_product_cudnn_attention",
                                                   [q, q, q, q, False, 0.0, True], {})["mask"]
+
+
+def test_failed_plan_cache_keys_on_named_kernels_only(traces):
+    """A plan that failed the N/N check of one op is skipped for later ops of the same key only
+    where the key names the kernel: an op with kernel names that was not injected. Seeded with
+    every candidate as failed, A's (named) down_proj finds no plan, while B's injected one still
+    finds SplitK(4) (it shares the key but is not the named kernel: the 1B bench found an ungated
+    cache calling it undetermined), and so does an op without kernel names."""
+    import copy
+
+    a, _, b = traces
+    a, b = copy.deepcopy(a), copy.deepcopy(b)
+    for t in (a, b):
+        for o in t.ops:
+            o["kernels"] = ["fake_gemm_kernel"] if o.get("op") in ("mm", "addmm") else []
+    oa, ob = a.by_key()[KG], b.by_key()[KG]
+    K = C._input_values(a, oa)[0].shape[-1]
+    every = {repr(p) for p in E.gemm_candidates(K, "fp32", (), (), tensor_core=False)}
+    C._FAILED.clear()
+    C._PLAN_CACHE.clear()
+    try:
+        C._FAILED[C._cache_key(a, oa)] = set(every)
+        found_a, _ = C._gemm_plans(a, oa, C._input_values(a, oa), 3, 1 << 30)
+        C._FAILED[C._cache_key(b, ob)] = set(every)
+        found_b, _ = C._gemm_plans(b, ob, C._input_values(b, ob), 3, 1 << 30)
+        assert found_a == []
+        assert any("SplitK(4" in x["plan"] for x in found_b)
+        oa["kernels"] = []
+        C._FAILED[C._cache_key(a, oa)] = set(every)
+        found_unnamed, _ = C._gemm_plans(a, oa, C._input_values(a, oa), 3, 1 << 30)
+        assert found_unnamed
+    finally:
+        C._FAILED.clear()
+        C._PLAN_CACHE.clear()

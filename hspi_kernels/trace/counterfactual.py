@@ -277,8 +277,9 @@ def _gemm_eval(plan, epilogue: str, a, b, c, fmt: str, chunk_bytes: int, rows: i
     step = max(1, chunk_bytes // max(1, 4 * (K + 2 * N)))
     out = []
     for r0 in range(0, M, step):
-        ar = np.ascontiguousarray(a[r0:r0 + step])
-        cr = None if c is None else np.ascontiguousarray(np.broadcast_to(c, (M, N))[r0:r0 + step], np.float32)
+        r1 = min(M, r0 + step)
+        ar = np.ascontiguousarray(a[r0:r1])
+        cr = None if c is None else np.ascontiguousarray(np.broadcast_to(c, (a.shape[0], N))[r0:r1], np.float32)
         if cr is not None and epilogue == "bias-as-c":
             d = evaluate.gemm(plan, ar, b, cr)
         else:
@@ -291,6 +292,13 @@ def _gemm_eval(plan, epilogue: str, a, b, c, fmt: str, chunk_bytes: int, rows: i
 
 def _full_check(e: dict, a, b, c, bits, fmt, chunk_bytes) -> dict | None:
     plan = P.plan_from_json(e["plan_json"])
+    # first the leading rows holding ~4096 outputs (cheap; most sample-level matches fail there),
+    # then every kept output
+    pre = max(1, 4096 // max(1, bits.shape[1]))
+    if pre < a.shape[0]:
+        head = _gemm_eval(plan, e["epilogue"], a, b, c, fmt, chunk_bytes, rows=pre)
+        if not np.array_equal(head.reshape(-1), bits[:pre].reshape(-1)):
+            return None
     full = _gemm_eval(plan, e["epilogue"], a, b, c, fmt, chunk_bytes)
     n_eq = int(np.count_nonzero(full.reshape(-1) == bits.reshape(-1)))
     if n_eq != bits.size:
@@ -302,6 +310,11 @@ def _full_check(e: dict, a, b, c, bits, fmt, chunk_bytes) -> dict | None:
 # plans that reproduced an op of the same kind, shapes and kernels earlier in this map: tried first
 # (checked N/N on all kept outputs like any candidate), the search runs only when none holds
 _PLAN_CACHE: dict = {}
+# plans that failed the N/N check of an op of the same key: not the order of that kernel at that
+# shape (a kernel's order does not depend on the data), so they are not tried again for the key.
+# Kept only where the key names the kernel: ops with recorded kernel names that were not injected
+# (a CPU trace without kernel names, or an injected op, shares its key with other orders)
+_FAILED: dict = {}
 
 
 def _cache_key(trace: T.Trace, op: dict) -> tuple:
@@ -324,7 +337,10 @@ def _gemm_plans(trace: T.Trace, op: dict, values, max_exact: int, chunk_bytes: i
     K = a.shape[1]
     in_fmt = T._FMT.get(op["inputs"][-1]["dtype"])
     on_gpu = trace.meta["run"].get("device", "cpu") != "cpu"
-    cands = list(extra) + E.gemm_candidates(K, in_fmt, E._archs(trace), (), tensor_core=on_gpu)
+    named = bool(op.get("kernels")) and op.get("key") not in (trace.meta.get("injected") or {})
+    failed = _FAILED.setdefault(key, set()) if named else set()
+    cands = [p for p in list(extra) + E.gemm_candidates(K, in_fmt, E._archs(trace), (), tensor_core=on_gpu)
+             if repr(p) not in failed]
     pos = E._positions(bits.shape, 256, 0)
     av, bv, cv = E._dot_terms(a, b, c, pos, bits.shape, False)
     eps = ("none",) if c is None else ("bias-as-c", "bias-after")
@@ -339,6 +355,8 @@ def _gemm_plans(trace: T.Trace, op: dict, values, max_exact: int, chunk_bytes: i
             break
         if (x := _full_check(e, a, b, c, bits, fmt, chunk_bytes)):
             exact.append(x)
+        else:
+            failed.add(repr(P.plan_from_json(e["plan_json"])))
     if exact:
         _PLAN_CACHE[key] = exact
     return exact, len(cands)
@@ -787,6 +805,7 @@ def counterfactual(ta: T.Trace, tb: T.Trace, d: dict | None = None, *, max_exact
     d = d or T.diff(ta, tb)
     _CHUNK[0] = int(chunk_bytes)
     _PLAN_CACHE.clear()
+    _FAILED.clear()
     why_a, why_b = kernel_replayable(ta), kernel_replayable(tb)
     ka, kb = ta.by_key(), tb.by_key()
     rows = []
