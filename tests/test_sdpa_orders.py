@@ -19,7 +19,7 @@ from hspi_kernels.numerics import attention_plan as AP
 from hspi_kernels.numerics import attention_ref as R
 from hspi_kernels.trace import sdpa_orders as SO
 
-DATA = Path(__file__).parent / "data" / "sdpa_h200"
+DATA = Path(__file__).parent / "data" / "sdpa_h200"  # short cases whole, long cases head 0
 F32 = np.float32
 
 
@@ -196,3 +196,23 @@ def test_sdpa_orders_job_refuses_without_a_gpu(tmp_path, capsys):
         pytest.skip("a GPU is present")
     assert SO.main([str(tmp_path / "out")]) == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backend,name,floor", [("cudnn", "long.full300", 19200), ("cudnn", "long.causal384", 24575),
+                                                ("cudnn", "long.d128", 25600), ("efficient", "long.causal384", 24561),
+                                                ("efficient", "long.full300", 19185),
+                                                ("efficient", "long.d128", 25588)])
+def test_h200_cudnn_and_efficient_orders(backend, name, floor):
+    """The fitted online-walk orders (sdpa_orders.fitted_plans: cuDNN 128 keys per block, wgmma;
+    efficient 64 / 128 keys, mma.sync) on head 0 of the long captures, numpy for the SFU: at
+    least the counts measured when they were fitted (19200/19200 and 25600/25600 are N/N); the
+    flash-2 one-block order (another family) stays below 95 % (negative control)."""
+    z, q, k, v, causal, fmt = _case(name)
+    D = q.shape[-1]
+    want = z[f"{name}/{backend}/out"]
+    best = max(int((SO._bits(AP.evaluate_attention(p, q, k, v, fmt=fmt, causal=causal, sfu=NumpySfu()), fmt)
+                    == want).sum()) for p in SO.fitted_plans(backend, fmt, D, split_kv=False)[:2])
+    assert best >= floor
+    wrong = AP.AttentionPlan(block_n=128, tile=128, domain="log2", exp="sfu", walk="flash2", recip="sfu")
+    got = SO._bits(AP.evaluate_attention(wrong, q, k, v, fmt=fmt, causal=causal, sfu=NumpySfu()), fmt)
+    assert int((got == want).sum()) < 0.95 * want.size

@@ -49,7 +49,7 @@ from hspi_kernels.numerics import attention_ref as R
 from hspi_kernels.numerics import plans as P
 from hspi_kernels.platform.files import atomic_write_bytes, atomic_write_text
 
-__all__ = ["CASES", "BACKENDS", "online_candidates", "variants", "search", "main"]
+__all__ = ["CASES", "BACKENDS", "online_candidates", "fitted_plans", "variants", "search", "main"]
 
 F32 = np.float32
 # name: (Hq, Hkv, S, D, causal, fmt, q amplitude)
@@ -82,6 +82,33 @@ def online_candidates(fmt: str, S: int, causal: bool, sfu: bool) -> list[AP.Atte
                     out.append(AP.AttentionPlan(block_n=base.block_n, tile=base.tile, domain=base.domain, exp=exp,
                                                 rowsum=base.rowsum, dot=dot, recip=recip))
     return list(dict.fromkeys(out))
+
+
+def fitted_plans(backend: str, fmt: str, D: int, *, split_kv: bool) -> list[AP.AttentionPlan]:
+    """The orders fitted to the H200 capture per backend (docs/results/h200/sdpa_orders.md), from
+    what the recorded kernel names say (tile shapes, wgmma / sm80 code) and what the CPU fit of the
+    capture then singled out; tried first by :func:`main`'s stage 2:
+
+    - flash: the flash-2 walk, BLOCK_N 128 at one block; with ``split_kv`` the split-KV kernel of
+      traits 64 x 256 (D 64) / 64 x 128 (D 128) and 2 splits;
+    - cudnn (``sdpa_sm90_flash_fprop_wgmma``, 64 x 128 tiles): the online walk, log2 domain,
+      128 keys per block, 64-row tiles, sequential row sum, the wgmma chain;
+    - efficient (``fmha_cutlassF_*_64x64 / 64x128_rf_sm80``): the online walk, log2 domain,
+      64 (D 64) / 128 (D 128) keys per block, 64-row tiles, the mma.sync chain, both row sums."""
+    rs_all = (P.Sequential(), P.Pairwise())
+    if backend == "flash":
+        if not split_kv:
+            return [AP.AttentionPlan(block_n=128, tile=128, domain="log2", exp="sfu", walk="flash2", recip="sfu")]
+        bn = 256 if D <= 64 else 128
+        return [AP.AttentionPlan(block_n=bn, tile=64, domain="log2", exp="sfu", walk="flash2", recip=r, splits=sp)
+                for sp in (2, 1) for r in ("sfu", "ieee")]
+    if backend == "cudnn":
+        dot = P.tensor_core_gemm(fmt, "fp32", path="wgmma", arch="sm_90")
+        return [AP.AttentionPlan(block_n=128, tile=64, domain="log2", exp="sfu", rowsum=P.Sequential(), dot=dot,
+                                 recip=r) for r in ("div", "ieee", "sfu")]
+    dot = P.tensor_core_gemm(fmt, "fp32", path="mma.sync", arch="sm_90")
+    return [AP.AttentionPlan(block_n=64 if D <= 64 else 128, tile=64, domain="log2", exp="sfu", rowsum=rs, dot=dot,
+                             recip=r) for rs in rs_all for r in ("div", "ieee", "sfu")]
 
 
 def variants(plans) -> list[AP.AttentionPlan]:
@@ -292,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
                 plans = AP.flash2_candidates(fmt, sfu=True) + online_candidates(fmt, S, causal, sfu=True)
             else:
                 surv = passed[r["backend"]] or set()
-                plans = variants([AP.attention_plan_from_json(json.loads(p)) for p in sorted(surv)])[:64]
+                plans = fitted_plans(r["backend"], fmt, D, split_kv=True)
+                plans += variants([AP.attention_plan_from_json(json.loads(p)) for p in sorted(surv)])[:64]
                 # and the flash-2 family with split-KV (the kernel PyTorch launches at these lengths:
                 # flash_fwd_splitkv_kernel + combine, traits 64 x 256 / 64 x 128)
                 plans += AP.flash2_candidates(fmt, sfu=True, blocks=(256, 128, 64), tiles=(64, 128), splits=(2, 1, 4),
