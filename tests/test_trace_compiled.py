@@ -66,3 +66,11 @@ def test_render_and_json(llama_map, tmp_path):
     md = TC.render(llama_map)
     assert "own divergences" in md and "fused activation" in md
     json.dumps(llama_map, default=str)
+
+
+def test_cli_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert TC.main([str(tmp_path / "o"), "--model", "tiny-llama", "--device", "cuda"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("compile map: ") and "Traceback" not in err and len(err.strip().splitlines()) == 1

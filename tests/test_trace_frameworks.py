@@ -54,3 +54,11 @@ def test_cli_bad_input(tmp_path, capsys):
     f.write_text("x")
     assert FW.main([str(f), "--models", "tiny-llama"]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_cli_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert FW.main([str(tmp_path / "o"), "--models", "tiny-llama", "--device", "cuda"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("framework ops: ") and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -221,7 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyError, ValueError) as exc:
         print(f"compile map: {exc}", file=sys.stderr)
         return 2
-    rec = compile_map(args.model, dtype=args.dtype, length=args.length, device=args.device, mode=args.mode)
+    try:
+        rec = compile_map(args.model, dtype=args.dtype, length=args.length, device=args.device, mode=args.mode)
+    except Exception as exc:  # torch.compile / a backend failing on this machine: one line, no traceback
+        print(f"compile map: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:400], file=sys.stderr)
+        return 1
     args.out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out_dir / "compile_map.json", json.dumps(rec, indent=1, default=str))
     atomic_write_text(args.out_dir / "compile_map.md", render(rec))
