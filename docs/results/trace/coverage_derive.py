@@ -12,7 +12,12 @@ comes from the latest run that measured it:
   is_causal fix and the plan-search limit 3 -> 32): qwen2.5-0.5b every pair (the budget ended
   there: the other models' pairs of that run were skipped);
 - run 4 (same session, ``coverage_h200_run4_raw.json``): llama-3.2-1b SDPA math vs flash and
-  flash vs cuDNN (its batch 1 vs 8 pair was cut by the device time: not recorded).
+  flash vs cuDNN (its batch 1 vs 8 pair was cut by the device time: not recorded);
+- run 5 (2026-12-03 third session, ``coverage_h200_run5_raw.json``, ``--models llama-3.2-1b,qwen2.5-0.5b
+  --pairs b1:b8,b1_math:b1_cudnn,cpu:b1 --budget-s 520``): llama-3.2-1b batch 1 vs 8 (159 s) and SDPA
+  math vs cuDNN (30 s); its llama CPU vs H200 pair was killed by the call's 560 s limit at op ~500
+  of 601 (the job's budget check runs between pairs, not inside one), and the qwen pairs never
+  started; the next call to the device was refused (no machine lent): listed in ``CUT``.
 
     python docs/results/trace/coverage_derive.py
 """
@@ -27,7 +32,14 @@ HERE = Path(__file__).parent
 VOID_OPS = ("_scaled_dot_product_cudnn_attention", "_scaled_dot_product_efficient_attention")
 RUNS = (("run2", "coverage_h200_raw.json", "coverage_h200_maps.json.gz", True),
         ("run3", "coverage_h200_run3_raw.json", "coverage_h200_run3_maps.json.gz", False),
-        ("run4", "coverage_h200_run4_raw.json", "coverage_h200_run4_maps.json.gz", False))
+        ("run4", "coverage_h200_run4_raw.json", "coverage_h200_run4_maps.json.gz", False),
+        ("run5", "coverage_h200_run5_raw.json", "coverage_h200_run5_maps.json.gz", False))
+# pairs a run started but did not record (killed from outside the job: not in its own "skipped")
+CUT = ({"model": "llama-3.2-1b", "pair": "cpu vs b1", "run": "run5",
+        "why": "killed by the device call's 560 s limit at op ~500/601 of the pair (420 s into it)"},
+       {"model": "qwen2.5-0.5b", "pair": "b1 vs b8", "run": "run5", "why": "not started (run 5 killed); device refused after"},
+       {"model": "qwen2.5-0.5b", "pair": "b1_math vs b1_cudnn", "run": "run5",
+        "why": "not started (run 5 killed); device refused after"})
 
 rows: dict[tuple, dict] = {}
 void, skipped, runs = [], {}, {}
@@ -53,6 +65,9 @@ for name, raw_file, maps_file, void_fix in RUNS:
     for s in raw["skipped"]:
         if (s["model"], s["pair"]) not in rows:
             skipped[(s["model"], s["pair"])] = dict(s, run=name)
+for c in CUT:
+    if (c["model"], c["pair"]) not in rows:
+        skipped[(c["model"], c["pair"])] = dict(c)
 order = {m: i for i, m in enumerate(("qwen2.5-0.5b", "gpt2-small", "llama-3.2-1b"))}
 out_rows = sorted(rows.values(), key=lambda r: order.get(r["model"], 9))
 last = json.loads((HERE / RUNS[-2][1]).read_text())
