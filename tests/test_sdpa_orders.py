@@ -216,3 +216,95 @@ def test_h200_cudnn_and_efficient_orders(backend, name, floor):
     wrong = AP.AttentionPlan(block_n=128, tile=128, domain="log2", exp="sfu", walk="flash2", recip="sfu")
     got = SO._bits(AP.evaluate_attention(wrong, q, k, v, fmt=fmt, causal=causal, sfu=NumpySfu()), fmt)
     assert int((got == want).sum()) < 0.95 * want.size
+
+
+# ------------------------------------------------------------------------------------------
+# log-sum-exp formulas (AttentionPlan.lse / .log) and the job's search stages (sdpa_orders.fit)
+# ------------------------------------------------------------------------------------------
+def _lse_ref(q, k, causal):
+    """float64 log-sum-exp of the scaled scores (independent of every plan)."""
+    s = q.astype(np.float64) @ np.repeat(k, q.shape[0] // k.shape[0], 0).astype(np.float64).transpose(0, 2, 1)
+    s /= np.sqrt(q.shape[-1])
+    if causal:
+        s = np.where(np.tril(np.ones(s.shape[-2:], bool)), s, -np.inf)
+    m = s.max(-1, keepdims=True)
+    return (m + np.log(np.exp(s - m).sum(-1, keepdims=True)))[..., 0]
+
+
+@pytest.mark.parametrize("walk", ["online", "flash2"])
+def test_every_lse_formula_is_the_log_sum_exp_and_the_field_changes_bits(walk):
+    q, k, v = _inputs(H=2, S=48, seed=3)
+    base = (AP.AttentionPlan(block_n=16, tile=64, domain="log2", exp="numpy", walk="flash2", recip="ieee")
+            if walk == "flash2" else AP.AttentionPlan(block_n=16, tile=64, domain="log2", exp="numpy"))
+    ref = _lse_ref(q, k, True)
+    got = {}
+    for p in AP.lse_variants(base):
+        o, lse = AP.evaluate_attention(p, q, k, v, fmt="bf16", causal=True, sfu=NumpySfu(), with_lse=True)
+        assert np.max(np.abs(lse - ref)) < 2e-5 * max(1.0, np.abs(ref).max()), p.describe_lse()
+        got[(p.lse, p.log)] = lse.view(np.uint32)
+    assert len(got) == len(AP.lse_variants(base)) >= 3
+    assert len({g.tobytes() for g in got.values()}) >= 2  # the formulas are told apart by some row
+
+
+def test_lse_fields_refuse_forms_of_the_other_walk():
+    with pytest.raises(ValueError, match="flash2 form"):
+        AP.AttentionPlan(domain="log2", exp="numpy", lse="mul_scale")
+    with pytest.raises(ValueError, match="online-walk"):
+        AP.AttentionPlan(domain="log2", exp="numpy", walk="flash2", recip="ieee", lse="div_log2e")
+    with pytest.raises(ValueError, match="lse must be one of"):
+        AP.AttentionPlan(lse="nope")
+    p = AP.AttentionPlan(block_n=32, domain="log2", exp="numpy", lse="div_log2e", log="libm")
+    assert AP.attention_plan_from_json(json.loads(json.dumps(p.to_json()))) == p
+    assert "div_rn(m, fp32(log2 e))" in p.describe()["lse"]
+
+
+def test_search_names_a_planted_lse_formula_and_not_the_others():
+    q, k, v = _inputs(H=2, S=40, seed=5)
+    truth = AP.AttentionPlan(block_n=16, tile=64, domain="log2", exp="numpy", lse="div_log2e", log="libm")
+    o, lse = AP.evaluate_attention(truth, q, k, v, fmt="bf16", causal=True, sfu=NumpySfu(), with_lse=True)
+    start = dataclasses.replace(truth, lse="auto", log="auto")  # what the search is given
+    res = SO.search([start], q, k, v, SO._bits(o, "bf16"), lse, fmt="bf16", causal=True, sfu=NumpySfu())
+    (e,) = res["exact"]
+    assert e["lse_equal"] < e["lse_total"]  # negative control: the plan's own formula is not it
+    exact_forms = {(f["lse"], f["log"]) for f in e["lse_forms"] if f["lse_equal"] == f["lse_total"]}
+    assert ("div_log2e", "libm") in exact_forms and ("auto", "libm") not in exact_forms
+    assert SO.winners(res)[0] == truth and res["exact_out_and_lse"] == 1
+
+
+def test_fit_on_the_h200_capture_finds_an_order_per_backend(tmp_path):
+    """The job's search stages (sdpa_orders.fit) on the recorded 16-token qwen case, numpy standing
+    in for the SFU: every backend gets a found plan that gives its output bits N/N on all heads;
+    the fp16 case (no plan reproduces it) does not empty the survivors."""
+    z = np.load(DATA / "cases.npz")
+    record = {"results": [], "skipped": []}
+    data = {}
+    for name in ("qwen2.5-0.5b",):
+        _, q, k, v, causal, fmt = _case(name)
+        for be in SO.BACKENDS:
+            ln = z[f"{name}/{be}/lse"].view(F32) if f"{name}/{be}/lse" in z else None
+            data[(name, be)] = {"q": q, "k": k, "v": v, "out": z[f"{name}/{be}/out"], "lse": ln}
+            record["results"].append({"case": name, "backend": be})
+    saves = []
+    recs = SO.fit(record, data, NumpySfu(), budget_s=1e9, start=0.0, save=lambda: saves.append(1))
+    assert len(saves) == 3 and not record["skipped"]
+    for r in record["results"]:
+        plan = AP.attention_plan_from_json(r["found"])
+        d = data[(r["case"], r["backend"])]
+        o = AP.evaluate_attention(plan, d["q"], d["k"], d["v"], fmt="bf16", causal=True, sfu=NumpySfu())
+        assert (SO._bits(o, "bf16") == d["out"]).all(), (r["backend"], plan)
+        assert r["search"]["exact"] and r["search"]["candidates"] > 50
+    assert all(record["passed_short"][be] for be in SO.BACKENDS)
+    # the recorded SFU outputs replay every found plan with no GPU (SfuOutputs raises on a miss)
+    table = R.SfuOutputs.from_arrays(recs["short"].to_arrays())
+    assert table.table["ex2_ftz"]
+    for r in record["results"]:
+        d = data[(r["case"], r["backend"])]
+        o = AP.evaluate_attention(AP.attention_plan_from_json(r["found"]), d["q"], d["k"], d["v"], fmt="bf16",
+                                  causal=True, sfu=table, with_lse=True)[0]
+        assert (SO._bits(o, "bf16") == d["out"]).all()
+    wrong = np.where(np.arange(data[("qwen2.5-0.5b", "flash")]["out"].size) == 7, 1, 0).astype(np.uint16)
+    bad = dict(data[("qwen2.5-0.5b", "flash")], out=data[("qwen2.5-0.5b", "flash")]["out"] ^ wrong.reshape(
+        data[("qwen2.5-0.5b", "flash")]["out"].shape))  # one output bit flipped: no plan may match
+    rec2 = {"results": [{"case": "qwen2.5-0.5b", "backend": "flash"}], "skipped": []}
+    SO.fit(rec2, {("qwen2.5-0.5b", "flash"): bad}, NumpySfu(), budget_s=1e9, start=0.0, save=lambda: None)
+    assert "found" not in rec2["results"][0] and not rec2["results"][0]["search"]["exact"]

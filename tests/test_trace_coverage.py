@@ -48,3 +48,23 @@ def test_coverage_row_counts_unexplained():
     assert (r["explained"], r["explained_by_plans"], r["explained_by_kernel_replay"]) == (1, 1, 0)
     assert r["unexplained"] == [{"key": "y", "why": "no plan"}]
     assert r["cross_replay_outputs"] == {"equal": 6, "total": 15}
+
+
+def test_coverage_budget_ends_inside_a_pair(tmp_path, monkeypatch):
+    """The budget is checked per op: a pair it ends is recorded as skipped with the op it reached
+    (no half row), the job still writes its record and exits 0."""
+    import time
+
+    real = V.C.counterfactual
+
+    def slow(ta, tb, progress=None, **kw):  # the first op report comes after the budget has ended
+        time.sleep(8.5)
+        return real(ta, tb, progress=progress, **kw)
+
+    monkeypatch.setattr(V.C, "counterfactual", slow)
+    rc = V.main([str(tmp_path / "out"), "--models", "tiny-gpt2", "--pairs", "b1_math:b1_flash", "--budget-s", "8"])
+    assert rc == 0
+    rec = json.loads((tmp_path / "out" / "coverage.json").read_text())
+    assert rec["rows"] == []
+    (sk,) = rec["skipped"]
+    assert sk["pair"] == "b1_math vs b1_flash" and sk["why"].startswith("budget: cut at op 0/")

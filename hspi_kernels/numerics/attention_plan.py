@@ -39,6 +39,17 @@ is ``fma(m, fp32(scale), rn(LG2(l) · fp32(ln 2)))`` (``__logf``; LG2 = lg2.appr
 when exp is "sfu", else numpy log2). SFU instructions come from ``sfu=`` at evaluation (an object
 with ``apply(op, x)``: :class:`attention_ref.SfuOutputs` recorded on a GPU, or
 ``kernels.cuda.sfu.LiveSfu`` there).
+
+The log-sum-exp formula is a field too, because kernels write it differently (``lse``, with the
+log function ``log``; ``LN(l)`` = ``rn(LG2(l) · fp32(ln 2))`` for ``log="sfu"`` (``__logf`` of a
+fast-math build: LG2 = lg2.approx), numpy float32 ``log(l)`` for ``log="libm"``):
+
+- ``lse="auto"``, ``log="auto"``: the forms above (online: numpy log / log2; flash2: ``fma(m,
+  fp32(scale), LN(l))`` with LG2 = lg2.approx when exp is "sfu", else numpy log2);
+- online walk, log2 domain (m in log2 units): ``"fma_ln2"`` = ``fma(m, fp32(ln 2), LN(l))``,
+  ``"mul_ln2"`` = ``rn(rn(m · fp32(ln 2)) + LN(l))``, ``"div_log2e"`` = ``rn(div_rn(m, fp32(log2 e)) + LN(l))``
+  (the CUTLASS memory-efficient kernel's ``mi / kLog2e + log(s_prime)``);
+- flash2 (m raw): ``"mul_scale"`` = ``rn(rn(m · fp32(scale)) + LN(l))`` (the uncontracted ``__logf`` form).
 """
 
 from __future__ import annotations
@@ -52,12 +63,14 @@ from . import attention_ref as R
 from . import plans as P
 
 __all__ = ["AttentionPlan", "attention_plan_from_json", "evaluate_attention", "DOMAINS", "EXPS", "WALKS", "RECIPS",
-           "diff_fields", "candidates", "flash2_candidates"]
+           "diff_fields", "candidates", "flash2_candidates", "LSES", "LOGS", "lse_variants"]
 
 DOMAINS = ("natural", "log2")
 EXPS = ("exact", "numpy", "sfu")
 WALKS = ("online", "flash2")
 RECIPS = ("div", "ieee", "sfu")
+LSES = ("auto", "fma_ln2", "mul_ln2", "div_log2e", "mul_scale")  # module docstring
+LOGS = ("auto", "libm", "sfu")
 F32 = np.float32
 LOG2E = 1.4426950408889634
 LN2 = F32(0.6931471805599453)
@@ -78,6 +91,8 @@ class AttentionPlan:
     walk: str = "online"
     recip: str = "div"
     lane_fma: bool = True
+    lse: str = "auto"
+    log: str = "auto"
 
     def __post_init__(self):
         for name in ("block_n", "tile", "splits"):
@@ -106,6 +121,12 @@ class AttentionPlan:
                                  "exp 'numpy' or 'sfu', lane row sums (rowsum=None), P rounded")
         elif not self.lane_fma or (self.recip != "div" and self.splits != 1):
             raise ValueError("AttentionPlan: lane_fma is a field of walk='flash2'; recip other than 'div' needs one split")
+        if self.lse not in LSES or self.log not in LOGS:
+            raise ValueError(f"AttentionPlan: lse must be one of {LSES} and log one of {LOGS}, got {self.lse!r}, {self.log!r}")
+        if self.lse == "mul_scale" and self.walk != "flash2":
+            raise ValueError("AttentionPlan: lse='mul_scale' is a flash2 form (m on raw scores)")
+        if self.lse in ("fma_ln2", "mul_ln2", "div_log2e") and (self.walk != "online" or self.domain != "log2"):
+            raise ValueError(f"AttentionPlan: lse={self.lse!r} is an online-walk log2-domain form")
 
     def __repr__(self) -> str:
         parts = []
@@ -138,7 +159,7 @@ class AttentionPlan:
                 "dot": "Chain(TensorCore('sm_90', fmt, 'fp32', path='mma.sync'), k=16)" if self.dot is None else repr(self.dot),
                 "output": {"div": "O = div_rn(acc, l)", "ieee": "O = rn(acc * rn(1 / l))",
                            "sfu": "O = rn(acc * rcp.approx(l))"}[self.recip] + ", RNE to the output format",
-                "lse": "fma(m, fp32(scale), rn(lg2(l) * fp32(ln 2)))",
+                "lse": self.describe_lse(),
             }
         return {
             "key_blocks": f"BLOCK_N={self.block_n} keys per block, ascending; causal loop end per {self.tile} query rows",
@@ -152,8 +173,33 @@ class AttentionPlan:
                   + "acc = dot(P, V, c = rn(acc * alpha))",
             "dot": "Chain(TensorCore('sm_90', fmt, 'fp32', path='wgmma'), k=16)" if self.dot is None else repr(self.dot),
             "splits": self.splits,
-            "output": "O = div_rn(acc, l), RNE to the output format",
+            "output": {"div": "O = div_rn(acc, l)", "ieee": "O = rn(acc * rn(1 / l))",
+                       "sfu": "O = rn(acc * rcp.approx(l))"}[self.recip] + ", RNE to the output format",
+            "lse": self.describe_lse(),
         }
+
+    def _log_source(self) -> str:
+        if self.log != "auto":
+            return self.log
+        return "sfu" if self.walk == "flash2" and self.exp == "sfu" else "libm"
+
+    def describe_lse(self) -> str:
+        """The log-sum-exp formula of this plan (module docstring)."""
+        ln = "rn(lg2.approx(l) * fp32(ln 2))" if self._log_source() == "sfu" else "log(l)"
+        if self.walk == "flash2":
+            if self.lse == "mul_scale":
+                return f"rn(rn(m * fp32(scale)) + {ln})"
+            if self.log == "libm":
+                return f"fma(m, fp32(scale), {ln})"
+            lg2 = "lg2.approx(l)" if self._log_source() == "sfu" else "log2(l)"
+            return f"fma(m, fp32(scale), rn({lg2} * fp32(ln 2)))"
+        if self.lse == "auto":
+            if self.domain == "natural":
+                return f"rn(m + {ln})"
+            lg2 = "lg2.approx(l)" if self._log_source() == "sfu" else "log2(l)"
+            return f"rn(rn(m + {lg2}) * fp32(ln 2))"
+        return {"fma_ln2": f"fma(m, fp32(ln 2), {ln})", "mul_ln2": f"rn(rn(m * fp32(ln 2)) + {ln})",
+                "div_log2e": f"rn(div_rn(m, fp32(log2 e)) + {ln})"}[self.lse]
 
 
 def attention_plan_from_json(d: dict) -> AttentionPlan:
@@ -240,17 +286,51 @@ def evaluate_attention(plan: AttentionPlan, q, k, v, *, fmt: str, causal: bool =
         if with_lse:
             if plan.splits != 1:
                 raise ValueError("evaluate_attention: the log-sum-exp of a split plan is not defined here")
-            m, l = stats["m"], stats["l"]
             with np.errstate(all="ignore"):
-                if plan.domain == "natural":
-                    lse = (m + np.log(l).astype(F32)).astype(F32)
-                else:
-                    lse = ((m + np.log2(l).astype(F32)).astype(F32) * LN2).astype(F32)
-            lses.append(lse)
+                lses.append(_lse(plan, stats["m"], stats["l"], s, sfu))
     O = np.stack(outs).reshape(lead + (Hq, Sq, D))
     if not with_lse:
         return O
     return O, np.stack(lses).reshape(lead + (Hq, Sq))
+
+
+def _lse(plan: AttentionPlan, m, l, scale: float, sfu) -> np.ndarray:
+    """The log-sum-exp of ``plan`` (module docstring) from the walk's row max ``m`` (raw scores for
+    flash2, scaled scores of the plan's domain for the online walk) and row sum ``l``, float32."""
+    m = np.asarray(m, dtype=F32)
+    l = np.asarray(l, dtype=F32)
+    src = plan._log_source()
+    if src == "sfu" and sfu is None:
+        if plan.log == "sfu":
+            raise ValueError("AttentionPlan(log='sfu') needs sfu= (the recorded lg2.approx outputs)")
+        src = "libm"  # auto on a flash2 plan without SFU outputs: numpy log2 stands in (as before)
+    lg2 = sfu.apply("lg2", l) if src == "sfu" else np.log2(l).astype(F32)
+    ln = (lg2 * LN2).astype(F32) if src == "sfu" else np.log(l).astype(F32)
+    if plan.walk == "flash2":
+        if plan.lse == "mul_scale":
+            return ((m * F32(scale)).astype(F32) + ln).astype(F32)
+        return R.fma32(m, F32(scale), ln if plan.log == "libm" else (lg2 * LN2).astype(F32))
+    if plan.lse == "auto":
+        if plan.domain == "natural":
+            return (m + ln).astype(F32)
+        return ((m + lg2).astype(F32) * LN2).astype(F32)
+    if plan.lse == "fma_ln2":
+        return R.fma32(m, LN2, ln)
+    if plan.lse == "mul_ln2":
+        return ((m * LN2).astype(F32) + ln).astype(F32)
+    return ((m / F32(LOG2E)).astype(F32) + ln).astype(F32)  # div_log2e: IEEE division by fp32(log2 e)
+
+
+def lse_variants(plan: AttentionPlan) -> list[AttentionPlan]:
+    """``plan`` with every log-sum-exp formula and log source valid for its walk and domain (the
+    plan itself first); the output is the same for one split, so these differ only in the lse."""
+    forms = ("auto", "mul_scale") if plan.walk == "flash2" else (
+        ("auto", "fma_ln2", "mul_ln2", "div_log2e") if plan.domain == "log2" else ("auto",))
+    out = [plan]
+    for lse in forms:
+        for log in ("libm", "sfu"):
+            out.append(dataclasses.replace(plan, lse=lse, log=log))
+    return list(dict.fromkeys(out))
 
 
 def _recip_fn(plan: AttentionPlan, sfu):
@@ -271,11 +351,9 @@ def _recip_fn(plan: AttentionPlan, sfu):
 def _flash2(plan, qf, kf, vf, lead, *, fmt, causal, scale, sc, exp, sfu, with_lse, backend, round_output):
     """evaluate_attention for walk='flash2' (one batch entry at a time, like the online walk)."""
     recip = _recip_fn(plan, sfu)
-    use_sfu = plan.exp == "sfu" and sfu is not None
 
-    def lse_fn(m, l):  # m * scale + __logf(l), contracted: fma(m, scale, rn(lg2.approx(l) * ln 2))
-        lg2 = sfu.apply("lg2", l) if use_sfu else np.log2(np.asarray(l, dtype=F32)).astype(F32)
-        return R.fma32(m, F32(scale), (lg2 * LN2).astype(F32))
+    def lse_fn(m, l):  # a split's (or the kernel's) log-sum-exp: _lse (auto: fma(m, scale, __logf(l)))
+        return _lse(plan, m, l, scale, sfu)
 
     outs, lses = [], []
     for b in range(qf.shape[0]):

@@ -15,7 +15,8 @@ on the same host):
     b8          batch 8 (SDPA default, cuBLAS), compared on its row 0
 
 Pairs (in this order, time-boxed; a pair that would start after the budget is recorded as
-skipped): cuBLAS vs fixed, math vs flash, math vs cuDNN, flash vs cuDNN, math vs efficient, CPU vs
+skipped; the budget is also checked per op, and a pair it ends is recorded as skipped with the op
+it reached): cuBLAS vs fixed, math vs flash, math vs cuDNN, flash vs cuDNN, math vs efficient, CPU vs
 GPU, batch 1 vs row 0 of batch 8 (:mod:`.batch`). Eager vs ``torch.compile`` is not a traced pair
 (the dispatch-mode tracer does not see inside a compiled graph): the record names it.
 
@@ -138,6 +139,10 @@ def render_table(rows: list[dict], skipped: list[dict]) -> str:
     return out
 
 
+
+class _BudgetCut(Exception):
+    """Raised by the per-op progress hook when the job's budget ends inside a pair."""
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out_dir", type=Path)
@@ -209,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
                 def progress(n, total, key, _t=time.perf_counter()):
                     if n % 100 == 0:
                         print(f"  {name} {pname}: op {n}/{total} at {time.perf_counter() - _t:.1f} s", flush=True)
+                    if time.perf_counter() - start > args.budget_s:  # checked per op: a long pair stops too
+                        raise _BudgetCut(f"budget: cut at op {n}/{total}, {time.perf_counter() - _t:.0f} s into the pair")
 
                 cmap = C.counterfactual(ta, tb, progress=progress)
                 cmap["logits_equal"] = ta.meta["logits_digest"] == tb.meta["logits_digest"]
@@ -220,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
                 record["rows"].append(row)
                 maps[f"{name}/{pname}"] = {k: cmap[k] for k in ("summary", "ops", "regions", "grid", "slots")}
                 maps[f"{name}/{pname}"]["text"] = C.render_map(cmap, 120)
+            except _BudgetCut as cut:  # the budget ended inside the pair: named, nothing half-recorded
+                record["skipped"].append({"model": name, "pair": pname, "why": str(cut)})
+                save()
+                continue
             except Exception as exc:  # one pair's failure is recorded; the job goes on
                 if isinstance(exc, RuntimeError) and "No available kernel" in str(exc):
                     record["skipped"].append({"model": name, "pair": pname, "why": "the backend has no kernel for "

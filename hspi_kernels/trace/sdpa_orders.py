@@ -33,6 +33,7 @@ log-sum-exp bits, and the SFU outputs the found plans used: the CPU test data of
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import sys
@@ -137,23 +138,25 @@ def _bits(x: np.ndarray, fmt: str) -> np.ndarray:
 
 
 def search(plans, q, k, v, out_bits, lse, *, fmt: str, causal: bool, sfu, screen_heads: int = 1,
-           max_full: int = 24) -> dict:
-    """Every plan on the first ``screen_heads`` query heads, then the passers on all heads (at
-    most ``max_full`` of them, the rest counted as ``screen_passed_not_checked``).
-    Returns {"exact": [{plan, out N/N, lse N/N}], "best": the best partial (screen) matches}."""
+           max_full: int = 48, lse_plans: int = 8) -> dict:
+    """Every plan on the first ``screen_heads`` query heads (output bits only: a bf16 output and an
+    fp32 log-sum-exp are separate questions), then the passers on all heads (at most ``max_full``
+    of them, the rest counted as ``screen_passed_not_checked``); for the first ``lse_plans`` plans
+    exact on the output, each log-sum-exp formula of :func:`attention_plan.lse_variants` against ``lse`` (when given).
+    Returns {"exact": [{plan, out N/N, lse N/N of the plan's own formula}], "lse_forms": per exact
+    plan the formulas that give the lse N/N, "exact_out_and_lse": how many plans (with a formula)
+    give both, "best": the best partial (screen) matches}."""
     exact, partial, checked, unchecked = [], [], [], 0
     hs = slice(0, screen_heads)
-    n_screen = int(out_bits[hs].size) + (int(lse[hs].size) if lse is not None else 0)
+    n_screen = int(out_bits[hs].size)
     for plan in plans:
         try:  # query heads 0..screen_heads-1 read the first ceil(screen_heads / group) k / v heads
             kv = slice(0, -(-screen_heads * k.shape[0] // q.shape[0]))
-            o1, l1 = AP.evaluate_attention(plan, q[hs], k[kv], v[kv], fmt=fmt, causal=causal, sfu=sfu, with_lse=True)
+            o1 = AP.evaluate_attention(plan, q[hs], k[kv], v[kv], fmt=fmt, causal=causal, sfu=sfu)
         except ValueError as exc:
             partial.append({"plan": repr(plan), "error": str(exc)[:120]})
             continue
         eq = int(np.count_nonzero(_bits(o1, fmt) == out_bits[hs]))
-        if lse is not None:  # the log-sum-exp (fp32) tells orders apart that a bf16 output cannot
-            eq += int(np.count_nonzero(l1.astype(F32).view(np.uint32) == lse[hs].view(np.uint32)))
         partial.append({"plan": repr(plan), "screen_equal": eq, "screen_total": n_screen})
         if eq != n_screen:
             continue
@@ -165,16 +168,56 @@ def search(plans, q, k, v, out_bits, lse, *, fmt: str, causal: bool, sfu, screen
         n_out = int(np.count_nonzero(_bits(o, fmt) == out_bits))
         rec = {"plan": repr(plan), "plan_json": plan.to_json(), "out_equal": n_out, "out_total": int(out_bits.size)}
         if lse is not None:
-            rec["lse_equal"] = int(np.count_nonzero(l.astype(F32).view(np.uint32) == lse.view(np.uint32)))
-            rec["lse_total"] = int(lse.size)
-            rec["lse_max_abs_diff"] = float(np.nanmax(np.abs(l.astype(np.float64) - lse.astype(np.float64))))
+            rec.update(_lse_counts(l, lse))
+        if lse is not None and n_out == out_bits.size and len(exact) < lse_plans:
+            forms = []
+            for pv in AP.lse_variants(plan)[1:]:
+                if plan.splits > 1:  # the combine kernel reads the split lse: the output may move too
+                    ov, lv = AP.evaluate_attention(pv, q, k, v, fmt=fmt, causal=causal, sfu=sfu, with_lse=True)
+                    if int(np.count_nonzero(_bits(ov, fmt) == out_bits)) != out_bits.size:
+                        continue
+                else:
+                    lv = AP.evaluate_attention(pv, q, k, v, fmt=fmt, causal=causal, sfu=sfu, with_lse=True)[1]
+                c = _lse_counts(lv, lse)
+                forms.append({"lse": pv.lse, "log": pv.log, "formula": pv.describe_lse(), **c})
+            rec["lse_forms"] = sorted(forms, key=lambda f: -f["lse_equal"])
         if n_out == out_bits.size:
             exact.append(rec)
     best = sorted((p for p in partial if "screen_equal" in p), key=lambda p: -p["screen_equal"])[:5]
-    full = [{k: e[k] for k in e if k != "plan_json"} for e in exact]
-    both = [e for e in exact if e.get("lse_equal") == e.get("lse_total")]
+    both = [e for e in exact if lse is not None and (e["lse_equal"] == e["lse_total"]
+                                                     or any(f["lse_equal"] == f["lse_total"] for f in e.get("lse_forms", [])))]
     return {"candidates": len(plans), "exact": exact, "exact_out_and_lse": len(both), "checked_full": len(checked),
-            "screen_passed_not_checked": unchecked, "best": best, "exact_brief": full[:3]}
+            "screen_passed_not_checked": unchecked, "best": best}
+
+
+def winners(res: dict) -> list[AP.AttentionPlan]:
+    """The plans of one ``search`` result that give the output and the log-sum-exp N/N (each with
+    the lse formula that does), in search order; the output-exact plans when none does."""
+    both, out_only = [], []
+    for e in res["exact"]:
+        plan = AP.attention_plan_from_json(e["plan_json"])
+        out_only.append(plan)
+        if "lse_equal" in e and e["lse_equal"] == e["lse_total"]:
+            both.append(plan)
+        both += [dataclasses.replace(plan, lse=f["lse"], log=f["log"]) for f in e.get("lse_forms", [])
+                 if f["lse_equal"] == f["lse_total"]]
+    return list(dict.fromkeys(both or out_only))
+
+
+def best_lse(entry: dict) -> dict | None:
+    """The best (plan's own or variant) log-sum-exp match of one ``search`` exact entry."""
+    cands = ([{"lse": "own", "formula": "the plan's", "lse_equal": entry["lse_equal"], "lse_total": entry["lse_total"]}]
+             if "lse_equal" in entry else []) + list(entry.get("lse_forms", []))
+    return max(cands, key=lambda f: f["lse_equal"]) if cands else None
+
+
+def _lse_counts(got, want) -> dict:
+    got = np.asarray(got, dtype=F32)
+    want = np.asarray(want, dtype=F32)
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
+    return {"lse_equal": int(np.count_nonzero(got.view(np.uint32) == want.view(np.uint32))), "lse_total": int(want.size),
+            "lse_max_abs_diff": float(np.nanmax(diff)) if np.isfinite(diff).any() else None}
 
 
 def _run_backend(torch, name: str, q, k, v, causal: bool):
@@ -213,21 +256,99 @@ def _kernels(torch, fn) -> list[str]:
     return sorted({e.name for e in prof.events() if e.device_type.name == "CUDA"})
 
 
+def _lse_cell(exact: list) -> str:
+    best = max((b for b in map(best_lse, exact) if b), key=lambda b: b["lse_equal"], default=None)
+    return f"{best['lse_equal']}/{best['lse_total']} `{best['formula']}`" if best else "-"
+
+
 def render(record: dict) -> str:
-    lines = ["| case | backend | kernel | plans N/N (out) | lse N/N | best partial (screen) |", "|---|---|---|---|---|---|"]
+    lines = ["| case | backend | kernel | plans N/N (out) | with the lse N/N | best lse (formula) | best partial (screen, out) |",
+             "|---|---|---|---|---|---|---|"]
     for r in record["results"]:
         ex = r.get("search", {}).get("exact", [])
         best = (r.get("search", {}).get("best") or [{}])[0]
         kern = (r.get("kernels") or ["-"])[0][:60]
         if "error" in r:
-            lines.append(f"| {r['case']} | {r['backend']} | - | error: {r['error'][:80]} | - | - |")
+            lines.append(f"| {r['case']} | {r['backend']} | - | error: {r['error'][:80]} | - | - | - |")
             continue
         lines.append(f"| {r['case']} | {r['backend']} | {kern} | "
                      + (f"{len(ex)} plan(s), e.g. `{ex[0]['plan']}` {ex[0]['out_equal']}/{ex[0]['out_total']}" if ex else "0")
-                     + " | " + (f"{ex[0].get('lse_equal')}/{ex[0].get('lse_total')}" if ex else "-")
+                     + f" | {r.get('search', {}).get('exact_out_and_lse', '-')}"
+                     + " | " + _lse_cell(ex)
                      + " | " + (f"{best.get('screen_equal')}/{best.get('screen_total')} `{best.get('plan')}`" if best else "-")
                      + " |")
     return "\n".join(lines) + "\n"
+
+
+def fit(record: dict, data: dict, sfu, *, budget_s: float, start: float, save, out: Path | None = None) -> dict:
+    """The search stages of :func:`main` on a capture (module docstring): ``record`` (its "results"
+    rows are updated in place: ``search``, ``found``; "skipped", "passed_short"), ``data`` {(case,
+    backend): {q, k, v, out, lse}} of float32 inputs / output bits / fp32 lse, ``sfu`` the SFU
+    instructions (``LiveSfu`` on the GPU; a stand-in on the CPU), ``save`` called after each search.
+    Returns the SFU outputs the found plans use, ``{"short": SfuOutputs, "long": SfuOutputs}``;
+    no GPU needed (the CPU tests run it on the recorded capture)."""
+    live = sfu
+    # stage 1: short cases, every candidate; stage 2: long cases, the survivors
+    # passed[backend]: the plans (plan JSON -> plan, in search order) that won every short case where
+    # some plan gave the output N/N (a case no plan reproduces, e.g. fp16, does not empty the set)
+    passed: dict[str, dict | None] = {be: None for be in BACKENDS}
+    for stage in (1, 2):
+        for r in record["results"]:
+            if "error" in r or (r["case"] in SHORT) != (stage == 1):
+                continue
+            if time.perf_counter() - start > budget_s:
+                record["skipped"].append({"case": r["case"], "backend": r["backend"], "why": "budget"})
+                continue
+            d = data[(r["case"], r["backend"])]
+            Hq, Hkv, S, D, causal, fmt, amp = CASES[r["case"]]
+            if stage == 1:  # the fitted orders first (their lse formulas are tried), then every candidate
+                plans = fitted_plans(r["backend"], fmt, D, split_kv=False)
+                plans += AP.flash2_candidates(fmt, sfu=True) + online_candidates(fmt, S, causal, sfu=True)
+            else:
+                # the survivors at every BLOCK_N / tile, and the fitted split orders with the lse
+                # formulas the survivors use (every formula when nothing survived)
+                surv = list((passed[r["backend"]] or {}).values())
+                forms = list(dict.fromkeys((p.lse, p.log) for p in surv))
+                plans = variants(surv)[:64]
+                for p in fitted_plans(r["backend"], fmt, D, split_kv=True):
+                    plans += [pv for pv in AP.lse_variants(p) if not forms or pv == p or (pv.lse, pv.log) in forms]
+                # and the flash-2 family with split-KV (the kernel PyTorch launches at these lengths:
+                # flash_fwd_splitkv_kernel + combine, traits 64 x 256 / 64 x 128)
+                plans += AP.flash2_candidates(fmt, sfu=True, blocks=(256, 128, 64), tiles=(64, 128), splits=(2, 1, 4),
+                                              exps=("sfu",), recips=("ieee", "sfu"))
+            plans = list(dict.fromkeys(plans))
+            t0 = time.perf_counter()
+            try:
+                res = search(plans, d["q"], d["k"], d["v"], d["out"], d["lse"], fmt=fmt, causal=causal, sfu=live)
+            except Exception as exc:
+                r["search_error"] = f"{type(exc).__name__}: {exc}"
+                r["traceback"] = traceback.format_exc()[-1500:]
+                continue
+            res["seconds"] = round(time.perf_counter() - t0, 1)
+            r["search"] = res
+            won = winners(res)
+            if won:
+                r["found"] = won[0].to_json()
+            if stage == 1 and won:
+                ok = {json.dumps(p.to_json(), sort_keys=True): p for p in won}
+                prev = passed[r["backend"]]
+                passed[r["backend"]] = ok if prev is None else {k2: p for k2, p in prev.items() if k2 in ok}
+            save()
+            print(f"{r['case']:>18} {r['backend']:>9}: {len(res['exact'])} exact of {res['candidates']}, "
+                  f"{res['exact_out_and_lse']} with the lse ({res['seconds']} s)", flush=True)
+    record["passed_short"] = {be: list(v) if v else [] for be, v in passed.items()}
+
+    # the SFU outputs the found plan of each (case, backend) uses: short cases into the cases npz
+    # (CPU test data), long cases into sdpa_orders_sfu_long.npz
+    recs = {"short": R.SfuOutputs(record=live), "long": R.SfuOutputs(record=live)}
+    for r in record["results"]:
+        if "found" not in r:
+            continue
+        d = data[(r["case"], r["backend"])]
+        Hq, Hkv, S, D, causal, fmt, amp = CASES[r["case"]]
+        AP.evaluate_attention(AP.attention_plan_from_json(r["found"]), d["q"], d["k"], d["v"], fmt=fmt,
+                              causal=causal, sfu=recs["short" if r["case"] in SHORT else "long"], with_lse=True)
+    return recs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -304,56 +425,11 @@ def main(argv: list[str] | None = None) -> int:
     record["capture_s"] = round(time.perf_counter() - start, 1)
     save()
 
-    # stage 1: short cases, every candidate; stage 2: long cases, the survivors
-    passed: dict[str, set | None] = {be: None for be in BACKENDS}
-    for stage in (1, 2):
-        for r in record["results"]:
-            if "error" in r or (r["case"] in SHORT) != (stage == 1):
-                continue
-            if time.perf_counter() - start > args.budget_s:
-                record["skipped"].append({"case": r["case"], "backend": r["backend"], "why": "budget"})
-                continue
-            d = data[(r["case"], r["backend"])]
-            Hq, Hkv, S, D, causal, fmt, amp = CASES[r["case"]]
-            if stage == 1:
-                plans = AP.flash2_candidates(fmt, sfu=True) + online_candidates(fmt, S, causal, sfu=True)
-            else:
-                surv = passed[r["backend"]] or set()
-                plans = fitted_plans(r["backend"], fmt, D, split_kv=True)
-                plans += variants([AP.attention_plan_from_json(json.loads(p)) for p in sorted(surv)])[:64]
-                # and the flash-2 family with split-KV (the kernel PyTorch launches at these lengths:
-                # flash_fwd_splitkv_kernel + combine, traits 64 x 256 / 64 x 128)
-                plans += AP.flash2_candidates(fmt, sfu=True, blocks=(256, 128, 64), tiles=(64, 128), splits=(2, 1, 4),
-                                              exps=("sfu",), recips=("ieee", "sfu"))
-                plans = list(dict.fromkeys(plans))
-            t0 = time.perf_counter()
-            try:
-                res = search(plans, d["q"], d["k"], d["v"], d["out"], d["lse"], fmt=fmt, causal=causal, sfu=live)
-            except Exception as exc:
-                r["search_error"] = f"{type(exc).__name__}: {exc}"
-                r["traceback"] = traceback.format_exc()[-1500:]
-                continue
-            res["seconds"] = round(time.perf_counter() - t0, 1)
-            r["search"] = {k: v for k, v in res.items()}
-            if stage == 1:
-                both = [e for e in res["exact"] if e.get("lse_equal", 0) == e.get("lse_total", 0)]
-                ok = {json.dumps(e["plan_json"], sort_keys=True) for e in (both or res["exact"])}
-                passed[r["backend"]] = ok if passed[r["backend"]] is None else passed[r["backend"]] & ok
-            save()
-            print(f"{r['case']:>18} {r['backend']:>9}: {len(res['exact'])} exact of {res['candidates']} "
-                  f"({res['seconds']} s)", flush=True)
-    record["passed_short"] = {be: sorted(v) if v else [] for be, v in passed.items()}
-
-    # the SFU outputs the found plans use on the short cases (CPU test data)
-    rec = R.SfuOutputs(record=live)
-    for (case, be), d in data.items():
-        if case not in SHORT:
-            continue
-        Hq, Hkv, S, D, causal, fmt, amp = CASES[case]
-        for p in sorted(passed.get(be) or [])[:4]:
-            AP.evaluate_attention(AP.attention_plan_from_json(json.loads(p)), d["q"], d["k"], d["v"], fmt=fmt,
-                                  causal=causal, sfu=rec, with_lse=True)
-    arrays.update({f"sfu/{k}": v for k, v in rec.to_arrays().items()})
+    recs = fit(record, data, live, budget_s=args.budget_s, start=start, save=save)
+    arrays.update({f"sfu/{k}": v for k, v in recs["short"].to_arrays().items()})
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **recs["long"].to_arrays())
+    atomic_write_bytes(out / "sdpa_orders_sfu_long.npz", buf.getvalue())
     save()
     print(render(record))
     print(json.dumps(record["backends_equal"], indent=0))
