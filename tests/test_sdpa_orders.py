@@ -308,3 +308,29 @@ def test_fit_on_the_h200_capture_finds_an_order_per_backend(tmp_path):
     rec2 = {"results": [{"case": "qwen2.5-0.5b", "backend": "flash"}], "skipped": []}
     SO.fit(rec2, {("qwen2.5-0.5b", "flash"): bad}, NumpySfu(), budget_s=1e9, start=0.0, save=lambda: None)
     assert "found" not in rec2["results"][0] and not rec2["results"][0]["search"]["exact"]
+
+
+def _live_sfu():
+    z = np.load(DATA / "cases.npz")
+    return R.SfuOutputs.from_arrays({k[4:]: z[k] for k in z.files if k.startswith("sfu/")})
+
+
+FOUND_LIVE = sorted(json.loads((DATA / "cases.json").read_text())["found_live"])
+
+
+@pytest.mark.parametrize("key", FOUND_LIVE)
+def test_h200_live_sfu_found_plans_reproduce_the_outputs(key):
+    """The plans the GPU job found with the H200's own SFU (docs/results/h200/sdpa_orders_live.json)
+    replayed on the CPU with the SFU outputs it recorded (a miss raises): every 16-token case of
+    every backend N/N on the output bits. Negative control: P not rounded before P.V. (At 16
+    tokens the output bits also accept other orders, e.g. the natural domain: the record says so.)"""
+    name, be = key.split("/")
+    z, q, k, v, causal, fmt = _case(name)
+    plan = AP.attention_plan_from_json(json.loads((DATA / "cases.json").read_text())["found_live"][key])
+    want = z[f"{name}/{be}/out"]
+    o = AP.evaluate_attention(plan, q, k, v, fmt=fmt, causal=causal, sfu=_live_sfu())
+    assert int((SO._bits(o, fmt) == want).sum()) == want.size
+    bad = AP.AttentionPlan(block_n=plan.block_n, domain="log2", exp="numpy", round_p=False,
+                           dot=plan.dot if plan.walk == "online" else None)
+    got = SO._bits(AP.evaluate_attention(bad, q, k, v, fmt=fmt, causal=causal), fmt)
+    assert int((got == want).sum()) < 0.9 * want.size

@@ -145,8 +145,9 @@ def search(plans, q, k, v, out_bits, lse, *, fmt: str, causal: bool, sfu, screen
     exact on the output, each log-sum-exp formula of :func:`attention_plan.lse_variants` against ``lse`` (when given).
     Returns {"exact": [{plan, out N/N, lse N/N of the plan's own formula}], "lse_forms": per exact
     plan the formulas that give the lse N/N, "exact_out_and_lse": how many plans (with a formula)
-    give both, "best": the best partial (screen) matches}."""
-    exact, partial, checked, unchecked = [], [], [], 0
+    give both, "best": the best partial (screen) matches, "best_full": the best plans that passed the
+    screen but not all heads (out N/N counts)}."""
+    exact, near, partial, checked, unchecked = [], [], [], [], 0
     hs = slice(0, screen_heads)
     n_screen = int(out_bits[hs].size)
     for plan in plans:
@@ -183,11 +184,14 @@ def search(plans, q, k, v, out_bits, lse, *, fmt: str, causal: bool, sfu, screen
             rec["lse_forms"] = sorted(forms, key=lambda f: -f["lse_equal"])
         if n_out == out_bits.size:
             exact.append(rec)
+        else:
+            near.append({k2: rec[k2] for k2 in rec if k2 != "lse_forms"})
     best = sorted((p for p in partial if "screen_equal" in p), key=lambda p: -p["screen_equal"])[:5]
     both = [e for e in exact if lse is not None and (e["lse_equal"] == e["lse_total"]
                                                      or any(f["lse_equal"] == f["lse_total"] for f in e.get("lse_forms", [])))]
+    near = sorted(near, key=lambda e: -e["out_equal"])[:5]
     return {"candidates": len(plans), "exact": exact, "exact_out_and_lse": len(both), "checked_full": len(checked),
-            "screen_passed_not_checked": unchecked, "best": best}
+            "screen_passed_not_checked": unchecked, "best": best, "best_full": near}
 
 
 def winners(res: dict) -> list[AP.AttentionPlan]:
@@ -272,7 +276,9 @@ def render(record: dict) -> str:
             lines.append(f"| {r['case']} | {r['backend']} | - | error: {r['error'][:80]} | - | - | - |")
             continue
         lines.append(f"| {r['case']} | {r['backend']} | {kern} | "
-                     + (f"{len(ex)} plan(s), e.g. `{ex[0]['plan']}` {ex[0]['out_equal']}/{ex[0]['out_total']}" if ex else "0")
+                     + (f"{len(ex)} plan(s), e.g. `{ex[0]['plan']}` {ex[0]['out_equal']}/{ex[0]['out_total']}" if ex else
+                        "0" + "".join(f" (closest on all heads: {c['out_equal']}/{c['out_total']} `{c['plan']}`)"
+                                      for c in r.get("search", {}).get("best_full", [])[:1]))
                      + f" | {r.get('search', {}).get('exact_out_and_lse', '-')}"
                      + " | " + _lse_cell(ex)
                      + " | " + (f"{best.get('screen_equal')}/{best.get('screen_total')} `{best.get('plan')}`" if best else "-")
@@ -329,6 +335,8 @@ def fit(record: dict, data: dict, sfu, *, budget_s: float, start: float, save, o
             won = winners(res)
             if won:
                 r["found"] = won[0].to_json()
+            elif res["best_full"]:  # no exact plan: the closest one, so its SFU outputs are kept too
+                r["closest"] = res["best_full"][0]["plan_json"]
             if stage == 1 and won:
                 ok = {json.dumps(p.to_json(), sort_keys=True): p for p in won}
                 prev = passed[r["backend"]]
@@ -338,15 +346,15 @@ def fit(record: dict, data: dict, sfu, *, budget_s: float, start: float, save, o
                   f"{res['exact_out_and_lse']} with the lse ({res['seconds']} s)", flush=True)
     record["passed_short"] = {be: list(v) if v else [] for be, v in passed.items()}
 
-    # the SFU outputs the found plan of each (case, backend) uses: short cases into the cases npz
+    # the SFU outputs the found (else the closest) plan of each (case, backend) uses: short cases into the cases npz
     # (CPU test data), long cases into sdpa_orders_sfu_long.npz
     recs = {"short": R.SfuOutputs(record=live), "long": R.SfuOutputs(record=live)}
     for r in record["results"]:
-        if "found" not in r:
+        if "found" not in r and "closest" not in r:
             continue
         d = data[(r["case"], r["backend"])]
         Hq, Hkv, S, D, causal, fmt, amp = CASES[r["case"]]
-        AP.evaluate_attention(AP.attention_plan_from_json(r["found"]), d["q"], d["k"], d["v"], fmt=fmt,
+        AP.evaluate_attention(AP.attention_plan_from_json(r.get("found") or r["closest"]), d["q"], d["k"], d["v"], fmt=fmt,
                               causal=causal, sfu=recs["short" if r["case"] in SHORT else "long"], with_lse=True)
     return recs
 
