@@ -243,6 +243,20 @@ def _scores(plan, Q, K, V, Skp: int, backend: str):
     return np.stack([gemm(plan, Q[b], np.ascontiguousarray(Kp[b].T), backend=backend) for b in range(BH)]), Vp
 
 
+
+def normalise(acc: np.ndarray, l: np.ndarray, recip: Callable | None, *, guard_div: bool) -> np.ndarray:
+    """The end of an attention walk, ``O = acc / l`` per row (float32): with ``recip``,
+    ``O = rn(acc · inv)``, ``inv = recip(l)`` and 1 where l is 0 or NaN (the kernels' guard);
+    without, ``div_rn(acc, l)``, where ``guard_div`` keeps acc unchanged on those rows (the
+    flash-2 kernel's inv_sum = 1) and otherwise lets 0 / NaN propagate (the project's kernels)."""
+    bad = (l == 0) | np.isnan(l)
+    if recip is None:
+        with np.errstate(all="ignore"):
+            o = (acc / l[..., None]).astype(F32)
+        return np.where(bad[..., None], acc, o).astype(F32) if guard_div else o
+    inv = np.where(bad, F32(1), recip(np.where(bad, F32(1), l))).astype(F32)
+    return (acc * inv[..., None]).astype(F32)
+
 def replay(Q, K, V, *, fmt: str, mode: str = "exact", block_n: int = 32, splits: int = 1, causal: bool = False,
            scale: float | None = None, ex2_table: SfuTable | None = None, round_p: bool = True,
            stats: dict | None = None, dot_path: str = "mma.sync", tile: int = 16, rowsum=None,
@@ -327,12 +341,7 @@ def replay(Q, K, V, *, fmt: str, mode: str = "exact", block_n: int = 32, splits:
 
         if splits == 1:
             m, l, acc = parts[0]
-            if recip is None:
-                O = (acc / l[..., None]).astype(F32)
-            else:
-                bad = (l == 0) | np.isnan(l)
-                inv = np.where(bad, F32(1), recip(np.where(bad, F32(1), l))).astype(F32)
-                O = (acc * inv[..., None]).astype(F32)
+            O = normalise(acc, l, recip, guard_div=False)  # the project's kernels: a bare div_rn
             if stats is not None:
                 stats["m"], stats["l"] = m[:, :Sq], l[:, :Sq]
         else:
@@ -451,13 +460,7 @@ def replay_flash2(Q, K, V, *, fmt: str, block_n: int = 128, tile: int = 128, cau
                 acc = np.stack([gemm(plan, P[b], Vb[b], cacc[b], backend=backend) for b in range(BH)])
                 m = m_new
             l = ((lanes[0] + lanes[2]).astype(F32) + (lanes[1] + lanes[3]).astype(F32)).astype(F32)
-            bad = (l == 0) | np.isnan(l)
-            if recip is None:
-                o = np.where(bad[..., None], acc, (acc / l[..., None]).astype(F32))
-            else:
-                inv = np.where(bad, F32(1), recip(np.where(bad, F32(1), l))).astype(F32)
-                o = (acc * inv[..., None]).astype(F32)
-            return m, l, o
+            return m, l, normalise(acc, l, recip, guard_div=True)  # flash-2: inv_sum = 1 where l is 0 / NaN
 
         for t0 in range(0, Sq, tile):
             r = slice(t0, min(Sq, t0 + tile))

@@ -48,6 +48,7 @@ from hspi_kernels import platform as plat
 from hspi_kernels.numerics import attention_plan as AP
 from hspi_kernels.numerics import attention_ref as R
 from hspi_kernels.numerics import plans as P
+from hspi_kernels.numerics import rounding
 from hspi_kernels.platform.files import atomic_write_bytes, atomic_write_text
 
 __all__ = ["CASES", "BACKENDS", "online_candidates", "fitted_plans", "variants", "search", "main"]
@@ -129,12 +130,8 @@ def variants(plans) -> list[AP.AttentionPlan]:
 
 
 def _bits(x: np.ndarray, fmt: str) -> np.ndarray:
-    import ml_dtypes
-
-    if fmt == "fp32":
-        return np.asarray(x, dtype=F32).view(np.uint32)
-    dt = ml_dtypes.bfloat16 if fmt == "bf16" else np.float16
-    return np.asarray(x, dtype=F32).astype(dt).view(np.uint16)
+    """Bit patterns of float32 values rounded (RNE) to ``fmt`` (the project's one rounding)."""
+    return rounding.round_to_format(np.asarray(x, dtype=F32), fmt, "RNE")
 
 
 def search(plans, q, k, v, out_bits, lse, *, fmt: str, causal: bool, sfu, screen_heads: int = 1,
