@@ -78,6 +78,7 @@ from hspi_kernels.models import eqc as meqc
 from hspi_kernels.models import prompts as mprompts
 from hspi_kernels.models import stack as mstack
 from hspi_kernels.models import zoo
+from hspi_kernels.platform.errors import one_line
 from hspi_kernels.models.eqc import EQC
 from hspi_kernels.platform.files import atomic_write_text, check_output_dir
 
@@ -268,11 +269,6 @@ def dataclasses_replace(s: Setting, **kw) -> Setting:
     return dataclasses.replace(s, **kw)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
-
-
 # --------------------------------------------------------------------------------------------
 # the runner: model copies, one setting's two executions, kernel names
 # --------------------------------------------------------------------------------------------
@@ -326,7 +322,7 @@ def _kernel_names(forward: Callable[[], Any]) -> list[str] | str:
         evs.sort(key=lambda e: e.time_range.start)
         return [e.name for e in evs]
     except Exception as exc:  # noqa: BLE001 - no CUPTI: the verdicts lose their evidence, not the run
-        return f"kernel list not recorded: {_one_line(exc)}"
+        return f"kernel list not recorded: {one_line(exc)}"
 
 
 def _kernel_summary(names: list[str] | str) -> dict[str, Any]:
@@ -449,7 +445,7 @@ def _jax_backend(device: str) -> tuple[Any, Any, str | None]:
         except Exception:  # noqa: BLE001
             have = ["none"]
         return None, None, (f"JAX {jax.__version__} has no {platform.upper()} backend here (backends: {', '.join(have)}; "
-                            f"{_one_line(exc)[:160]}); the JAX rows are not run")
+                            f"{one_line(exc)[:160]}); the JAX rows are not run")
     if not devs:
         return None, None, f"JAX {jax.__version__}: no {platform} device"
     idx = 0
@@ -622,7 +618,7 @@ def run(out_dir: Path, model_name: str = "qwen2.5-0.5b", budget_s: float = 300.0
     try:
         meta = plat.collect()
     except Exception as exc:  # noqa: BLE001
-        meta = {"error": _one_line(exc)}
+        meta = {"error": one_line(exc)}
     rec: dict[str, Any] = {"schema": SCHEMA, "platform": meta, "label": plat.platform_label(meta) if "error" not in meta else hw,
                            "hardware": hw, "device": device, "argv": sys.argv, "model": model_name, "dtype": "bf16",
                            "batch": 1, "length": length, "prompts": n_prompts, "prompt_seed": 10_000 + seed,
@@ -662,7 +658,7 @@ def run(out_dir: Path, model_name: str = "qwen2.5-0.5b", budget_s: float = 300.0
             rec["build_s"] = round(time.perf_counter() - t, 1)
             log(f"built {model_name} ({mmeta['n_params'] / 1e6:.0f} M params) on {device} in {rec['build_s']} s")
         except Exception as exc:  # noqa: BLE001
-            rec["build_error"] = _one_line(exc)
+            rec["build_error"] = one_line(exc)
             log(f"model build failed: {rec['build_error']}")
     runs: dict[str, dict] = {}  # key -> summarize_run pair (+ logits)
     results: dict[str, dict] = {}  # key -> record
@@ -710,7 +706,7 @@ def run(out_dir: Path, model_name: str = "qwen2.5-0.5b", budget_s: float = 300.0
                                  "inductor": getattr(exc, "inductor", None)}
                             rec["cut"].append({"step": f"{title} / {s.name}", "reason": r["reason"]})
                         except Exception as exc:  # noqa: BLE001 - one line, the rest continues
-                            r = {"status": "failed", "error": _one_line(exc),
+                            r = {"status": "failed", "error": one_line(exc),
                                  "traceback_tail": traceback.format_exc()[-1500:]}
                             if device.startswith("cuda"):
                                 torch._dynamo.reset()
@@ -726,7 +722,7 @@ def run(out_dir: Path, model_name: str = "qwen2.5-0.5b", budget_s: float = 300.0
                                     r = dict(r2, strict_error=r["error"],
                                              fallback="use_deterministic_algorithms(True, warn_only=True)")
                                 except Exception as exc2:  # noqa: BLE001
-                                    r["fallback_error"] = _one_line(exc2)
+                                    r["fallback_error"] = one_line(exc2)
                         r["seconds"] = round(time.perf_counter() - t, 2)
                         if r["status"] == "ok" and s.jax:
                             jax_s.append(r["seconds"])
@@ -763,7 +759,7 @@ def run(out_dir: Path, model_name: str = "qwen2.5-0.5b", budget_s: float = 300.0
         try:
             save()
         except Exception as exc:  # noqa: BLE001
-            log(f"saving failed: {_one_line(exc)}")
+            log(f"saving failed: {one_line(exc)}")
     rec["total_s"] = round(elapsed(), 1)
     save()
     say(render_table(rec))

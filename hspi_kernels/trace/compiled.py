@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from hspi_kernels import platform as plat
+from hspi_kernels.platform.errors import one_line
 from hspi_kernels.platform.files import atomic_write_text, check_output_dir
 
 __all__ = ["KINDS", "compile_map", "render", "main"]
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rec = compile_map(args.model, dtype=args.dtype, length=args.length, device=args.device, mode=args.mode)
     except Exception as exc:  # torch.compile / a backend failing on this machine: one line, no traceback
-        print(f"compile map: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:400], file=sys.stderr)
+        print(f"compile map: {one_line(exc, 380)}", file=sys.stderr)
         return 1
     args.out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out_dir / "compile_map.json", json.dumps(rec, indent=1, default=str))

@@ -29,6 +29,7 @@ import numpy as np
 
 from hspi_kernels import platform as plat
 from hspi_kernels.numerics import evaluate
+from hspi_kernels.platform.errors import one_line
 from hspi_kernels.platform.files import atomic_write_text, check_output_dir
 from hspi_kernels.trace import explain as E
 
@@ -173,8 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += [reduction_row(torch, jnp, jax, f"{m} RMSNorm mean(x^2)", WIDTHS[m][0], args.seed, args.device)
                  for m in models]
     except Exception as exc:  # e.g. --device cuda without a GPU (torch raises AssertionError), a JAX without one
-        print(f"framework ops: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:400],
-              file=sys.stderr)
+        print(f"framework ops: {one_line(exc, 380)}", file=sys.stderr)
         return 1
     differ = [r for r in rows if r["equal"] != r["total"]]
     meta = plat.collect()
