@@ -334,3 +334,10 @@ def test_h200_live_sfu_found_plans_reproduce_the_outputs(key):
                            dot=plan.dot if plan.walk == "online" else None)
     got = SO._bits(AP.evaluate_attention(bad, q, k, v, fmt=fmt, causal=causal), fmt)
     assert int((got == want).sum()) < 0.9 * want.size
+
+
+def test_sdpa_orders_job_refuses_an_unknown_case(tmp_path, capsys):
+    assert SO.main([str(tmp_path / "out"), "--cases", "gpt2-small,nope"]) == 2
+    assert "unknown case(s) ['nope']" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+

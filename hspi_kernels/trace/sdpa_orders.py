@@ -63,7 +63,12 @@ CASES: dict[str, tuple] = {
     "long.causal384": (4, 4, 384, 64, True, "bf16", 1.0),
     "long.full300": (4, 4, 300, 64, False, "bf16", 1.0),
     "long.d128": (4, 4, 200, 128, True, "bf16", 1.0),
+    # q / k in {-1, 0, 1}: every score is an integer, exact in any summation order and any tensor-core
+    # alignment, so these cases pin the softmax (ex2 arguments, row sum, lse formula) apart from the dot
+    "int.short": (8, 8, 16, 64, True, "bf16", 0.0),
+    "int.long": (4, 4, 300, 64, False, "bf16", 0.0),
 }
+INTEGER_SCORES = {c for c, v in CASES.items() if v[6] == 0.0}
 SHORT = [c for c, v in CASES.items() if v[2] <= 16]
 BACKENDS = ("flash", "cudnn", "efficient")
 
@@ -362,6 +367,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-s", type=float, default=240.0)
     ap.add_argument("--cases", default=",".join(CASES))
     args = ap.parse_args(argv)
+    unknown = [c for c in args.cases.split(",") if c not in CASES]
+    if unknown or not args.cases:
+        print(f"sdpa_orders: unknown case(s) {unknown}: expected some of {list(CASES)}", file=sys.stderr)
+        return 2
     start = time.perf_counter()
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -390,12 +399,16 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_bytes(out / "sdpa_orders_cases.npz", buf.getvalue())
 
     # capture
-    for ci, case in enumerate(args.cases.split(",")):
+    for case in args.cases.split(","):
         Hq, Hkv, S, D, causal, fmt, amp = CASES[case]
         dt = torch.bfloat16 if fmt == "bf16" else torch.float16
-        g = torch.Generator(device="cuda").manual_seed(1000 + ci)
-        q = (torch.randn(1, Hq, S, D, generator=g, device="cuda") * amp).to(dt)
-        k = torch.randn(1, Hkv, S, D, generator=g, device="cuda").to(dt)
+        g = torch.Generator(device="cuda").manual_seed(1000 + list(CASES).index(case))  # per case, whatever --cases lists
+        if case in INTEGER_SCORES:
+            q = torch.randint(-1, 2, (1, Hq, S, D), generator=g, device="cuda").to(dt)
+            k = torch.randint(-1, 2, (1, Hkv, S, D), generator=g, device="cuda").to(dt)
+        else:
+            q = (torch.randn(1, Hq, S, D, generator=g, device="cuda") * amp).to(dt)
+            k = torch.randn(1, Hkv, S, D, generator=g, device="cuda").to(dt)
         v = torch.randn(1, Hkv, S, D, generator=g, device="cuda").to(dt)
         qn, kn, vn = (x[0].float().cpu().numpy() for x in (q, k, v))
         arrays.update({f"{case}/q": _bits(qn, fmt), f"{case}/k": _bits(kn, fmt), f"{case}/v": _bits(vn, fmt)})
