@@ -821,7 +821,7 @@ CARD_MIN_VERIFY = 100
 
 @app.command(help="Tensor-core numerics card: block-model parameters from feature tests, closed-loop verified.\n\n"
              "Presets for --path emulated:<preset>: " + ", ".join(sorted(TC.PRESETS)) + "; AMD MFMA: "
-             + ", ".join(sorted(AMD.AMD_PRESETS)))
+             + ", ".join(sorted(AMD.AMD_PRESETS)) + "; AMD candidate models: " + ", ".join(sorted(AMD.AMD_CANDIDATES)))
 def card(
     path: str = typer.Option("emulated:sm_90.mma/bf16->fp32", "--path",
                              help="GPU: " + " | ".join(CARD_GPU_PATHS) + "; anywhere: emulated:<preset> "
@@ -842,10 +842,11 @@ def card(
         name = path.split(":", 1)[1]
         if name in TC.PRESETS:
             unit = C.emulated_unit(TC.PRESETS[name])
-        elif name in AMD.AMD_PRESETS:  # pairwise CDNA units are fitted by the card's pairwise family
-            unit = C.amd_unit(AMD.AMD_PRESETS[name])
+        elif name in AMD.AMD_PRESETS or name in AMD.AMD_CANDIDATES:  # fitted by the card's AMD families
+            unit = C.amd_unit(AMD.AMD_PRESETS.get(name) or AMD.AMD_CANDIDATES[name])
         else:
-            _fail(f"unknown preset {name!r}; known: {', '.join(sorted(TC.PRESETS) + sorted(AMD.AMD_PRESETS))}", 2)
+            _fail(f"unknown preset {name!r}; known: "
+                  f"{', '.join(sorted(TC.PRESETS) + sorted(AMD.AMD_PRESETS) + sorted(AMD.AMD_CANDIDATES))}", 2)
     else:
         if path not in CARD_GPU_PATHS:
             _fail(f"unknown --path {path!r}: expected one of {', '.join(CARD_GPU_PATHS)} (GPU) or emulated:<preset>", 2)

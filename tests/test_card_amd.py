@@ -291,3 +291,37 @@ def test_pairwise_card_table_lists_no_block_model_features():
         assert row not in pw, row
     nv = text(C.numerics_card(C.emulated_unit(TC.PRESETS["sm_80.mma/bf16->fp32"]), n_verify=300, fit_blocks=500))
     assert "term_rounding" in nv and "carries" in nv  # negative control: a block card keeps them
+
+
+# -- Khattak & Mikaitis' MI100 candidate (exact group, one RNE): the card's exact-group family ----------
+@pytest.mark.parametrize("name", sorted(A.AMD_CANDIDATES))
+def test_card_recovers_the_exact_group_candidate_and_tells_it_from_pairwise(name):
+    m = A.AMD_CANDIDATES[name]
+    card = C.numerics_card(C.amd_unit(m), n_verify=N_VERIFY, fit_blocks=FIT)
+    assert card["described"] and card["exact"], card["reason"]
+    v = card["verify"]
+    assert v["matches"] == v["total"] >= N_VERIFY
+    if card["family"] == "exact_group":
+        assert card["params"]["G"] == m.G and card["indistinguishable"] == {"G": [m.G]}
+        assert card["pairwise"]["verify"]["matches"] < card["pairwise"]["verify"]["total"]  # not pairwise
+    else:  # one rounding of c + G exact products is also a block model with a wide enough alignment
+        assert card["family"] == "block", card["family"]
+    # negative control: the MMA-Sim pairwise preset of the same unit is not this model
+    pw = _card(name.replace(".km/", ".mfma/"))
+    assert pw["family"] == "pairwise" and "exact_group" not in (pw.get("params") or {}).get("family", "")
+
+
+def test_exact_group_and_pairwise_differ_where_the_sum_is_rounded_once():
+    """Products 1 and 2^-28 with c = -1 (an fp16 group of 4, two zeros): the pairwise tree rounds
+    1 + 2^-28 to 1 in fp32 before c joins (result 0); the exact group rounds c + 1 + 2^-28 once (2^-28)."""
+    km = A.AMD_CANDIDATES["cdna1.km/fp16->fp32"]
+    pw = A.AMD_PRESETS["cdna1.mfma/fp16->fp32"]
+    a = np.array([[1.0, 2.0 ** -14, 0.0, 0.0]], np.float32)
+    c = np.array([-1.0], np.float32)
+    assert A.mfma_block(km, a, a, c)[0] == np.float32(2.0 ** -28)
+    assert A.mfma_block(pw, a, a, c)[0] == 0.0
+    # a zero sum of negative zeros stays -0 (IEEE addition), any +0 term makes it +0
+    z = np.array([[-0.0, 0.0, 0.0, 0.0]], np.float32)
+    one = np.array([[1.0, 1.0, 1.0, 1.0]], np.float32)
+    assert np.signbit(A.mfma_block(km, np.full((1, 4), -0.0, np.float32), one, np.array([-0.0], np.float32))[0])
+    assert not np.signbit(A.mfma_block(km, z, one, np.array([-0.0], np.float32))[0])

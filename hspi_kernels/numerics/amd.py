@@ -42,7 +42,9 @@ flushing), the seven CDNA3 fused_rd / fused_rd_evenodd presets (fp16, bf16, xf32
 fp8/bf8 pairings) as its late-c family (``card.LateCModel``: G, the even/odd split, F, the sum's
 grid and rounding, c's grid and rounding, the fp8 c drop), the five fma presets as its plan
 family (``Sequential(fmt, fma=True)``; fp64 operands pass through the card as float64). That is
-the card recovering these models from their own outputs, not evidence about hardware.
+the card recovering these models from their own outputs, not evidence about hardware. KM's MI100
+model is kept as the candidates :data:`AMD_CANDIDATES` (kind ``exact_group``); the card recovers them
+too (its exact-group family for bf16, a wide-alignment block model for fp16).
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ from . import plans as P
 from .formats import FP32
 from .rounding import round_scaled
 
-__all__ = ["AMDModel", "AMD_PRESETS", "get_amd_preset", "mfma_block", "mfma_chain", "exact_group_candidate"]
+__all__ = ["AMDModel", "AMD_PRESETS", "AMD_CANDIDATES", "get_amd_preset", "mfma_block", "mfma_chain", "exact_group_candidate"]
 
 _MMASIM = "MMA-Sim (Microsoft) 2025, mmasim/simulator/amd.py (mfma), arithmetic.py (pairwise_dot, amd_fused_dot_rd_add)"
 _KM = "Khattak & Mikaitis 2025, MATLAB-tensor-core models/MI100MC.m, MI210MC.m (MI250MC = MI210MC)"
@@ -73,7 +75,7 @@ class AMDModel:
     arch: str  # "cdna1" | "cdna2" | "cdna3"
     instruction: str  # an MFMA it covers, e.g. "v_mfma_f32_32x32x8_f16"
     in_format: str  # a's format (and b's unless in_format_b)
-    kind: str  # "pairwise" | "fused_rd" | "fused_rd_evenodd" | "fma"
+    kind: str  # "pairwise" | "fused_rd" | "fused_rd_evenodd" | "fma" | "exact_group" (a candidate)
     G: int
     source: str
     F: int = 24
@@ -119,6 +121,16 @@ def _build() -> dict[str, AMDModel]:
 
 
 AMD_PRESETS: dict[str, AMDModel] = _build()
+# Alternative models of the same units, not presets (one preset per unit): Khattak & Mikaitis'
+# MI100 (c plus the group's exact products, one fp32 RNE), which MMA-Sim's pairwise CDNA1 model
+# contradicts; ``hspi card --path emulated:<name>`` takes them, so the card can tell which of the two
+# a measured MI100 follows.
+AMD_CANDIDATES: dict[str, AMDModel] = {
+    m.name: m for m in (
+        AMDModel("cdna1.km/fp16->fp32", "cdna1", "v_mfma_f32_32x32x8f16", "fp16", "exact_group", 4,
+                 f"{_KM} (MI100MC.m, correct_rounding = 1); literature only"),
+        AMDModel("cdna1.km/bf16->fp32", "cdna1", "v_mfma_f32_32x32x4bf16", "bf16", "exact_group", 2,
+                 f"{_KM} (MI100MC.m, correct_rounding = 1); literature only"))}
 
 
 def get_amd_preset(name: str) -> AMDModel:
@@ -239,6 +251,8 @@ def mfma_block(model: AMDModel, a, b, c) -> np.ndarray:
             p = (a * b).astype(np.float32)  # exact for fp16/bf16 (RNE if it underflows fp32)
             s = (c + _pairwise(p, model.flush_denormals)).astype(np.float32)
         return _flush(s) if model.flush_denormals else s
+    if model.kind == "exact_group":
+        return exact_group_candidate(a, b, c)
     return _fused_rd_block(model, a, b, c)
 
 
@@ -257,11 +271,14 @@ def mfma_chain(model: AMDModel, a, b, c=None) -> np.ndarray:
 
 
 def exact_group_candidate(a, b, c) -> np.ndarray:
-    """Khattak & Mikaitis' MI100 model: c plus the group's exact products, one fp32 RNE rounding."""
+    """Khattak & Mikaitis' MI100 model: c plus the group's exact products, one fp32 RNE rounding
+    (a zero sum: +0, or -0 when c and every product are -0 / negative zeros, as IEEE addition)."""
     from .exact import round_fraction
 
     out = []
     for ra, rb, cv in zip(np.asarray(a, np.float32), np.asarray(b, np.float32), np.asarray(c, np.float32)):
-        s = Fraction(float(cv)) + sum(Fraction(float(x)) * Fraction(float(y)) for x, y in zip(ra, rb))
-        out.append(round_fraction(s, "fp32", "RNE"))
+        terms = [float(cv)] + [float(x) * float(y) for x, y in zip(ra, rb)]  # products exact in fp64
+        s = sum((Fraction(t) for t in terms), Fraction(0))
+        neg0 = s == 0 and all(t == 0 and np.signbit(t) for t in terms)
+        out.append(round_fraction(s, "fp32", "RNE", negative_zero=bool(neg0)))
     return np.array(out, np.uint32).view(np.float32)

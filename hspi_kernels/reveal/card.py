@@ -509,10 +509,25 @@ def _pairwise_candidates(unit: Unit) -> list[A.AMDModel]:
 
 
 def _pairwise_card(unit: Unit, a, b, c, want_c, want_0, n_verify: int, seed: int, rounds: int = 2) -> dict:
-    """Closed loop over the pairwise family: every candidate scored on the fit blocks (c = 0 and
-    with c), the best verified on fresh blocks; mismatching blocks join the fit data (at most
-    ``rounds`` times) and the search runs again."""
-    cands = _pairwise_candidates(unit)
+    """Closed loop over the pairwise family (:func:`_family_card`)."""
+    return _family_card(unit, _pairwise_candidates(unit), PAIRWISE_PARAMS, a, b, c, want_c, want_0, n_verify, seed,
+                        rounds)
+
+
+# -- the exact-group family (Khattak & Mikaitis' MI100 model: numerics.amd exact_group) ---------------
+EXACT_GROUP_PARAMS = ("G",)
+
+
+def _exact_group_candidates(unit: Unit) -> list[A.AMDModel]:
+    return [A.AMDModel(f"card:{unit.name}", unit.arch, "unknown", unit.in_format, "exact_group", G, "hspi card")
+            for G in PAIRWISE_G if unit.K % G == 0]
+
+
+def _family_card(unit: Unit, cands: list, params: tuple, a, b, c, want_c, want_0, n_verify: int, seed: int,
+                 rounds: int = 2) -> dict:
+    """Closed loop over one family of AMD models (``amd.mfma_chain`` candidates): every candidate
+    scored on the fit blocks (c = 0 and with c), the best verified on fresh blocks; mismatching
+    blocks join the fit data (at most ``rounds`` times) and the search runs again."""
     zero = np.zeros_like(c)
 
     def score(m):
@@ -524,7 +539,7 @@ def _pairwise_card(unit: Unit, a, b, c, want_c, want_0, n_verify: int, seed: int
         scores = [score(m) for m in cands]
         best = max(scores)
         model = cands[scores.index(best)]
-        history.append({"model": {k: getattr(model, k) for k in PAIRWISE_PARAMS}, "matches": best,
+        history.append({"model": {k: getattr(model, k) for k in params}, "matches": best,
                         "of": 2 * len(c), "searched": len(cands)})
         va, vb, vc = _blocks(unit, max(n_verify, 100), seed + 101 + r)
         ok, vwant = _verify(unit, lambda x, y, z: A.mfma_chain(model, x, y, z), va, vb, vc)
@@ -533,7 +548,7 @@ def _pairwise_card(unit: Unit, a, b, c, want_c, want_0, n_verify: int, seed: int
         a, b, c, want_c, want_0 = _grow(unit, (a, b, c, want_c, want_0), va, vb, vc, vwant, ~ok)
         zero = np.zeros_like(c)
     tied = [m for m, s_ in zip(cands, scores) if s_ == best]
-    same = {k: sorted({getattr(m, k) for m in tied}) for k in PAIRWISE_PARAMS}
+    same = {k: sorted({getattr(m, k) for m in tied}) for k in params}
     return {"model": model, "fit": history, "indistinguishable": same, "ok": ok, "vc": vc, "rounds": r + 1}
 
 
@@ -1097,6 +1112,23 @@ def numerics_card(unit: Unit, n_verify: int = 100_000, seed: int = 0, fit_blocks
             misses.append(f"the best pairwise unit (G = {pm.G}, flush_denormals = {pm.flush_denormals}) "
                           f"{int(pok.sum())}/{pok.size}")
             card["pairwise"] = {"params": {k: getattr(pm, k) for k in PAIRWISE_PARAMS}, **_counts(pok, pw["vc"])}
+            eg = _family_card(unit, _exact_group_candidates(unit), EXACT_GROUP_PARAMS, a, b, c, want_c, want_0,
+                              max(n_verify, 100), seed)
+            eok, em = eg["ok"], eg["model"]
+            if eok.all():
+                card.update({
+                    "family": "exact_group", "described": True, "exact": True,
+                    "params": {"family": "exact_group", "in_format": unit.in_format, "out_format": "fp32", "G": em.G},
+                    "block_model": {"params": params, **_counts(ok, vc)},
+                    "fit": history + pw["fit"] + eg["fit"], "indistinguishable": eg["indistinguishable"],
+                    "emax_floor_indistinguishable": [], **_counts(eok, eg["vc"]), "verify_rounds": eg["rounds"],
+                    "reason": f"no block model describes the unit ({block}), nor the pairwise family ({misses[0]}); "
+                              f"the exact-group unit (c plus each group of G = {em.G} exact products rounded once "
+                              f"to fp32 RNE, groups in k order) verifies {int(eok.sum())}/{eok.size}"})
+                card["seconds"] = round(time.perf_counter() - t0, 3)
+                return card
+            misses.append(f"the best exact-group unit (G = {em.G}) {int(eok.sum())}/{eok.size}")
+            card["exact_group"] = {"params": {"G": em.G}, **_counts(eok, eg["vc"])}
         if amd and unit.in_format in LATE_C_FORMATS:
             lc = _late_c_card(unit, ev, a, b, c, want_c, want_0, max(n_verify, 100), seed)
             lok, lm = lc["ok"], lc["model"]
