@@ -288,14 +288,13 @@ def render(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def fit(record: dict, data: dict, sfu, *, budget_s: float, start: float, save, out: Path | None = None) -> dict:
+def fit(record: dict, data: dict, sfu, *, budget_s: float, start: float, save) -> dict:
     """The search stages of :func:`main` on a capture (module docstring): ``record`` (its "results"
     rows are updated in place: ``search``, ``found``; "skipped", "passed_short"), ``data`` {(case,
     backend): {q, k, v, out, lse}} of float32 inputs / output bits / fp32 lse, ``sfu`` the SFU
     instructions (``LiveSfu`` on the GPU; a stand-in on the CPU), ``save`` called after each search.
     Returns the SFU outputs the found plans use, ``{"short": SfuOutputs, "long": SfuOutputs}``;
     no GPU needed (the CPU tests run it on the recorded capture)."""
-    live = sfu
     # stage 1: short cases, every candidate; stage 2: long cases, the survivors
     # passed[backend]: the plans (plan JSON -> plan, in search order) that won every short case where
     # some plan gave the output N/N (a case no plan reproduces, e.g. fp16, does not empty the set)
@@ -327,7 +326,7 @@ def fit(record: dict, data: dict, sfu, *, budget_s: float, start: float, save, o
             plans = list(dict.fromkeys(plans))
             t0 = time.perf_counter()
             try:
-                res = search(plans, d["q"], d["k"], d["v"], d["out"], d["lse"], fmt=fmt, causal=causal, sfu=live)
+                res = search(plans, d["q"], d["k"], d["v"], d["out"], d["lse"], fmt=fmt, causal=causal, sfu=sfu)
             except Exception as exc:
                 r["search_error"] = f"{type(exc).__name__}: {exc}"
                 r["traceback"] = traceback.format_exc()[-1500:]
@@ -350,7 +349,7 @@ def fit(record: dict, data: dict, sfu, *, budget_s: float, start: float, save, o
 
     # the SFU outputs the found (else the closest) plan of each (case, backend) uses: short cases into the cases npz
     # (CPU test data), long cases into sdpa_orders_sfu_long.npz
-    recs = {"short": R.SfuOutputs(record=live), "long": R.SfuOutputs(record=live)}
+    recs = {"short": R.SfuOutputs(record=sfu), "long": R.SfuOutputs(record=sfu)}
     for r in record["results"]:
         if "found" not in r and "closest" not in r:
             continue
