@@ -7,17 +7,21 @@ for the one that reproduces each backend bit for bit::
 
 Per case (shape of a zoo model's attention at batch 1 -- qwen2.5-0.5b 14/2 heads, gpt2-small 12/12,
 llama-3.2-1b 32/8, 16 tokens -- and longer sequences that span several key blocks: 300 keys
-non-causal, 384 causal, head dim 128) and backend, the private ATen op is called directly
+non-causal, 384 causal, head dim 128; and two integer-score cases, q / k in {-1, 0, 1}, whose
+scores are exact in any order, so that they pin the softmax apart from the dot) and backend, the private ATen op is called directly
 (``_scaled_dot_product_{flash,cudnn,efficient}_attention``) so that its log-sum-exp output is
 compared too; the CUDA kernels it launched are recorded (torch.profiler). Grouped-query inputs go
 in unexpanded where the backend takes them, else with k / v expanded (recorded per call).
 
 Search, in two stages (the SFU instructions come from this GPU: ``kernels.cuda.sfu.LiveSfu``):
 
-1. every candidate (:func:`attention_plan.flash2_candidates` and the online-walk family with
-   the mma.sync or wgmma dot, each reciprocal) on the short cases, screened on the first head and
-   then checked on all outputs; per (case, backend) the plans that give N/N on the output (and
-   on the log-sum-exp, counted separately) and the best partial match when none does;
+1. the fitted orders (:func:`fitted_plans`) first, then every candidate
+   (:func:`attention_plan.flash2_candidates` and the online-walk family with the mma.sync or wgmma
+   dot, each reciprocal) on the short cases, screened on the output bits of the first head and
+   then checked on all outputs; each output-exact plan (the first 8) is then tried with every
+   log-sum-exp formula (:func:`attention_plan.lse_variants`); per (case, backend) the plans that
+   give N/N on the output, those that also give the log-sum-exp N/N with some formula, and the
+   best partial / closest all-heads matches when none does;
 2. on the long cases (where BLOCK_N, the tile, the block direction, the lane rescale and the
    split-KV kernel become visible): the plans that passed every short case of a backend, with
    each BLOCK_N / tile, and the flash-2 split-KV family (``flash_fwd_splitkv_kernel`` + its
@@ -26,8 +30,10 @@ Search, in two stages (the SFU instructions come from this GPU: ``kernels.cuda.s
 Writes ``OUT_DIR/sdpa_orders.json`` (platform metadata, cases, kernel names, per (case, backend)
 the matching plans with N/N, partial matches, seconds), ``OUT_DIR/sdpa_orders.md`` (the table) and
 ``OUT_DIR/sdpa_orders_cases.npz`` (the short cases' q / k / v, every backend's output and
-log-sum-exp bits, and the SFU outputs the found plans used: the CPU test data of
-``tests/test_sdpa_orders.py``). Needs a GPU; prints the table last.
+log-sum-exp bits, and the SFU outputs the found plans used on the short cases: the CPU test data
+of ``tests/test_sdpa_orders.py``) and ``OUT_DIR/sdpa_orders_sfu_long.npz`` (the SFU outputs the
+found, else the closest, plan of each long case used). Needs a GPU; prints the table last. The
+search stages alone run anywhere (:func:`fit`, given the capture and an SFU source).
 """
 
 from __future__ import annotations
