@@ -130,3 +130,18 @@ def test_partials_split_is_checked():
         DP._split(5)
     x, W = DP._linear_operands()
     assert np.array_equal(DP._partials(x, W, 2, "cpu").shape, (2, 16, 256))
+
+
+def test_tp1_baseline_does_not_depend_on_the_process_thread_count():
+    torch = pytest.importorskip("torch")
+    x, W = DP._linear_operands()
+    n = torch.get_num_threads()
+    try:
+        got = []
+        for t in (1, 4):
+            torch.set_num_threads(t)
+            got.append(DP._partials(x, W, 1, "cpu")[0])
+            assert torch.get_num_threads() == t  # restored after the one-thread recompute
+    finally:
+        torch.set_num_threads(n)
+    assert got[0].tobytes() == got[1].tobytes()

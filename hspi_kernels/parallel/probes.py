@@ -36,9 +36,12 @@ from .group import TASKS, RankGroup, WorkerError, backend_unavailable
 __all__ = ["ALLREDUCE_SIZES", "LINEAR_SHAPE", "BACKENDS", "probe_ids", "records", "parse_world_sizes"]
 
 ALLREDUCE_SIZES = (4096, 1 << 16)
-# M, K, N: 4096 outputs (a probed all-reduce size). K = 384, not 512: at K = 512 TP 2 gave the same
-# bits as TP 1 on the CI CPU (measured; as if the CPU GEMM summed K in blocks of 256)
-LINEAR_SHAPE = (16, 384, 256)
+# M, K, N: 4096 outputs (a probed all-reduce size). K = 128: below any CPU GEMM's K block, so
+# the TP-1 baseline is one k chain and every TP split differs from it. Larger K were not robust:
+# MKL (torch 2.13, AMD EPYC) splits K = 256..384 into two equal blocks on one thread, so TP 2
+# gave TP 1's bits (4096/4096 at K = 256, 320, 384; CI failed at 384), and K = 768 into four, so
+# TP 4 with a sequential all-reduce did. The baseline also runs on one thread (see _partials)
+LINEAR_SHAPE = (16, 128, 256)
 BACKENDS = ("auto", "gloo", "nccl")
 MAX_WORLD = 64
 
@@ -138,12 +141,20 @@ def _split(w: int):
 
 
 def _partials(x, W, w: int, device: str) -> np.ndarray:
-    """The ranks' partial GEMMs recomputed in this process (torch matmul per K slice)."""
+    """The ranks' partial GEMMs recomputed in this process (torch matmul per K slice), on one
+    CPU thread like the ranks (:class:`RankGroup` workers run one thread): a multi-threaded CPU
+    GEMM of this small M x N may itself split K across threads (measured on a CI CPU: the TP-1
+    baseline then had TP 2's bits), which would make the baseline another TP degree."""
     import torch
 
-    return np.stack([torch.matmul(torch.from_numpy(np.ascontiguousarray(x[:, s])).to(device),
-                                  torch.from_numpy(np.ascontiguousarray(W[s])).to(device)).cpu().numpy()
-                     for s in _split(w)])
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return np.stack([torch.matmul(torch.from_numpy(np.ascontiguousarray(x[:, s])).to(device),
+                                      torch.from_numpy(np.ascontiguousarray(W[s])).to(device)).cpu().numpy()
+                         for s in _split(w)])
+    finally:
+        torch.set_num_threads(n)
 
 
 def _timed(fn, repeats: int):
