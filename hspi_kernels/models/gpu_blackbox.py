@@ -8,8 +8,10 @@ Candidates (:class:`hspi_kernels.models.sampled.Stack`, bf16, the seeded zoo wei
 - batched (``--block`` rows per forward): the default SDPA choice (``bf16.torch.batched``, the H0),
   the attention backends (``sdpa-math`` / ``sdpa-flash`` / ``sdpa-efficient`` / ``sdpa-cudnn``),
   the fixed-order Triton GEMM of ``eqc.applied`` (``fixed``) and the deterministic mode
-  (``bf16.torch.batched.det``: every forward under ``torch.use_deterministic_algorithms(True)``);
-  every pair of bit-distinct stacks;
+  (``bf16.torch.batched.det``: every forward under ``torch.use_deterministic_algorithms(True)``),
+  the compile mode (``bf16.torch.batched.compile``: ``torch.compile``, inductor default; its compile
+  happens in the build step's warm-up) and the framework (``bf16.jax.batched``: the same weights
+  under JAX/XLA, :class:`~hspi_kernels.models.sampled.JaxDecoder`); every pair of bit-distinct stacks;
 - small (``--small-rows`` rows, ``--small-pairs``): cuBLAS vs the fixed-order GEMM at batch 8
   (``bf16.torch.b8`` vs ``bf16.fixed.b8``; at large batches they are known to agree in bf16), and
   the batch axis: real batches of 8 rows vs every row alone (``rowwise``), 16 vs 8. Every forward
@@ -91,6 +93,8 @@ AXES = {  # axis -> the stacks that change it (each compared with BASE)
     "attention": ["bf16.sdpa-math.torch.batched", "bf16.sdpa-efficient.torch.batched",
                   "bf16.sdpa-cudnn.torch.batched", "bf16.sdpa-flash.torch.batched"],
     "deterministic mode": ["bf16.torch.batched.det"],  # torch.use_deterministic_algorithms(True)
+    "compile mode": ["bf16.torch.batched.compile"],  # torch.compile, inductor default
+    "framework": ["bf16.jax.batched"],  # jax_llama under XLA (sampled.JaxDecoder), the same weights
 }
 # small-batch pairs, on their own small block (every forward costs about the same at these batch
 # sizes, so their pools are small): the GEMM axis where cuBLAS and the fixed order can differ (at

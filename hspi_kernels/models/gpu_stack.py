@@ -75,6 +75,7 @@ from typing import Any, Callable
 import numpy as np
 
 from hspi_kernels.models import eqc as meqc
+from hspi_kernels.models import jax_llama
 from hspi_kernels.models import prompts as mprompts
 from hspi_kernels.models import stack as mstack
 from hspi_kernels.models import zoo
@@ -106,7 +107,7 @@ INDUCTOR_KNOBS = ("max_autotune", "max_autotune_gemm", "max_autotune_pointwise",
                   "max_autotune_gemm_backends", "max_autotune_gemm_search_space", "autotune_in_subproc",
                   "compile_threads", "fx_graph_cache", "autotune_local_cache")
 # JAX shares the GPU with torch in this process: no 75 % preallocation (set before JAX initialises a backend)
-JAX_ENV = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.35"}
+JAX_ENV = jax_llama.JAX_ENV
 
 
 class StepTimeout(BaseException):
@@ -430,28 +431,7 @@ _JAX_STATE: dict[str, Any] = {}  # per run: {"params": {dtype: device arrays}} (
 
 def _jax_backend(device: str) -> tuple[Any, Any, str | None]:
     """(jax, the jax Device matching ``device``, None) or (None, None, why JAX cannot run there)."""
-    for k, v in JAX_ENV.items():
-        os.environ.setdefault(k, v)
-    try:
-        jax = __import__("hspi_kernels.models.jax_llama", fromlist=["require_jax"]).require_jax()
-    except Exception as exc:  # noqa: BLE001 - FrameworkUnavailable or anything a broken jaxlib raises
-        return None, None, str(exc).splitlines()[0][:300]
-    platform = "gpu" if device.startswith("cuda") else "cpu"
-    try:
-        devs = jax.devices(platform)
-    except Exception as exc:  # noqa: BLE001 - RuntimeError: unknown backend
-        try:
-            have = sorted({d.platform for d in jax.devices()})
-        except Exception:  # noqa: BLE001
-            have = ["none"]
-        return None, None, (f"JAX {jax.__version__} has no {platform.upper()} backend here (backends: {', '.join(have)}; "
-                            f"{one_line(exc)[:160]}); the JAX rows are not run")
-    if not devs:
-        return None, None, f"JAX {jax.__version__}: no {platform} device"
-    idx = 0
-    if platform == "gpu" and ":" in device:
-        idx = int(device.split(":")[1])
-    return jax, devs[min(idx, len(devs) - 1)], None
+    return jax_llama.backend(device)
 
 
 def _jax_reason(s: Setting, device: str) -> str | None:
@@ -468,7 +448,6 @@ def _run_jax_setting(s: Setting, models: _Models, tokens: np.ndarray, device: st
     """A JAX setting: jax_llama on the torch model's weights (the bf16 / fp32 copy, bit for bit), the same prompts,
     batch 1, the head at the last position only; two executions, the kernels (torch.profiler records the CUDA
     kernels of the whole process, XLA's included)."""
-    from hspi_kernels.models import jax_llama
 
     jax, jdev, why = _jax_backend(device)
     if why:

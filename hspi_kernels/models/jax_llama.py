@@ -24,8 +24,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FrameworkUnavailable", "require_jax", "params_from_torch", "device_params", "make_forward", "forward",
-           "compare_logits"]
+__all__ = ["FrameworkUnavailable", "require_jax", "backend", "JAX_ENV", "params_from_torch", "device_params",
+           "make_forward", "forward", "compare_logits"]
+
+# set before JAX starts a backend, so XLA shares the GPU with torch (no 75 % preallocation)
+JAX_ENV = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.35"}
 
 
 class FrameworkUnavailable(RuntimeError):
@@ -40,6 +43,37 @@ def require_jax():
         raise FrameworkUnavailable(f"JAX is not installed or does not import ({type(exc).__name__}: {exc}); "
                                    "`pip install jax[cpu]` enables the framework axis") from exc
     return jax
+
+
+def backend(device: str) -> tuple[Any, Any, str | None]:
+    """(jax, the jax Device matching the torch-style ``device`` ("cpu" | "cuda[:i]"), None) or
+    (None, None, why JAX cannot run there). Sets :data:`JAX_ENV` (unless already set) first."""
+    import os
+
+    from hspi_kernels.platform.errors import one_line
+
+    for k, v in JAX_ENV.items():
+        os.environ.setdefault(k, v)
+    try:
+        jax = require_jax()
+    except Exception as exc:  # noqa: BLE001 - FrameworkUnavailable or anything a broken jaxlib raises
+        return None, None, str(exc).splitlines()[0][:300]
+    platform = "gpu" if device.startswith("cuda") else "cpu"
+    try:
+        devs = jax.devices(platform)
+    except Exception as exc:  # noqa: BLE001 - RuntimeError: unknown backend
+        try:
+            have = sorted({d.platform for d in jax.devices()})
+        except Exception:  # noqa: BLE001
+            have = ["none"]
+        return None, None, (f"JAX {jax.__version__} has no {platform.upper()} backend here (backends: {', '.join(have)}; "
+                            f"{one_line(exc)[:160]}); the JAX rows are not run")
+    if not devs:
+        return None, None, f"JAX {jax.__version__}: no {platform} device"
+    idx = 0
+    if platform == "gpu" and ":" in device:
+        idx = int(device.split(":")[1])
+    return jax, devs[min(idx, len(devs) - 1)], None
 
 
 def params_from_torch(model) -> dict[str, np.ndarray]:
@@ -93,9 +127,13 @@ def device_params(params: dict[str, np.ndarray], dtype: str = "fp32", device=Non
 
 
 def make_forward(model, params, *, dtype: str = "fp32", precision: str = "highest",
-                 compiler_options: dict[str, Any] | None = None, device=None, last_only: bool = False):
+                 compiler_options: dict[str, Any] | None = None, device=None, last_only: bool = False,
+                 position: bool = False):
     """A function ``tokens [B, S] -> fp32 numpy logits [B, S, V]`` (``[B, 1, V]`` with ``last_only``:
     the head GEMM at M = 1, as ``logits_to_keep=1``), jit-compiled on the first call per shape.
+    ``position``: the function is ``(tokens [B, S], pos) -> [B, 1, V]``, the head at column ``pos``
+    only (a traced index: one executable per S for every pos; the decode loop of a padded,
+    static-shape sequence, :class:`hspi_kernels.models.sampled.JaxDecoder`).
 
     ``params``: numpy (:func:`params_from_torch`) or :func:`device_params` arrays; ``dtype``: "fp32"
     (every op in fp32) or "bf16" (the transformers bf16 path: bf16 weights and activations, RMSNorm
@@ -117,7 +155,7 @@ def make_forward(model, params, *, dtype: str = "fp32", precision: str = "highes
     H, KV, D, eps = cfg["heads"], cfg["kv_heads"], cfg["head_dim"], cfg["eps"]
     prec = jax.lax.Precision.HIGHEST if precision == "highest" else None
 
-    def run(p, tok):
+    def run(p, tok, at=None):
         def rms(x, w):
             xf = x.astype(jnp.float32)
             var = jnp.mean(xf * xf, axis=-1, keepdims=True)
@@ -155,7 +193,9 @@ def make_forward(model, params, *, dtype: str = "fp32", precision: str = "highes
             h = rms(x, p[pre + "post_attention_layernorm.weight"])
             g = lin(h, pre + "mlp.gate_proj")
             x = x + lin(jax.nn.silu(g) * lin(h, pre + "mlp.up_proj"), pre + "mlp.down_proj")
-        if last_only:
+        if at is not None:
+            x = jax.lax.dynamic_slice_in_dim(x, at, 1, axis=1)
+        elif last_only:
             x = x[:, -1:]
         x = rms(x, p["model.norm.weight"])
         head = p["model.embed_tokens.weight"] if cfg["tied"] else p["lm_head.weight"]
@@ -163,9 +203,13 @@ def make_forward(model, params, *, dtype: str = "fp32", precision: str = "highes
 
     jitted = jax.jit(run, compiler_options=dict(compiler_options)) if compiler_options else jax.jit(run)
 
-    def fn(tokens: np.ndarray) -> np.ndarray:
+    def fn(tokens: np.ndarray, pos: int | None = None) -> np.ndarray:
+        if position != (pos is not None):
+            raise TypeError("make_forward(position=True) takes (tokens, pos); position=False takes (tokens)")
         tok = jax.device_put(jnp.asarray(np.asarray(tokens), dtype=jnp.int32), device)
-        return np.asarray(jitted(params, tok))
+        if pos is None:
+            return np.asarray(jitted(params, tok))
+        return np.asarray(jitted(params, tok, jnp.asarray(pos, dtype=jnp.int32)))
 
     return fn
 

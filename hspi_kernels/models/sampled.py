@@ -32,8 +32,13 @@ batch-invariant fixed orders), batch mode (batched: the rows of one call decoded
 every row alone, batch 1 | b<N>: consecutive chunks of N rows), deterministic mode (``det``: every
 forward under ``torch.use_deterministic_algorithms(True)``, the previous setting restored after it; on
 CUDA it needs ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (or ``:16:8``) in the environment before the
-process's first cuBLAS call, and is refused without it), and an injected ±1-ulp perturbation of
-the fp32 logits on a fixed half of the vocabulary. A stack the device cannot run (a CUDA backend on
+process's first cuBLAS call, and is refused without it), compile mode (``compile``: the forward
+through ``torch.compile`` with inductor's default mode, one compiled model per platform, its
+recompiles for the decode shapes left to dynamo), framework (``jax``: the same weights through
+:mod:`hspi_kernels.models.jax_llama` under XLA, :class:`JaxDecoder`: no KV cache, each step a
+forward of the sequence padded to a multiple of :data:`JAX_BUCKET` tokens with the head at the
+last real position, so one executable per bucket; llama / qwen2 models only), and an injected
+±1-ulp perturbation of the fp32 logits on a fixed half of the vocabulary. A stack the device cannot run (a CUDA backend on
 the CPU, Triton missing, ...) is refused by :func:`unsupported_reason` / :class:`StackUnsupported`
 with a message, never a traceback from deep inside a forward.
 
@@ -66,11 +71,13 @@ from typing import Any, Sequence
 import numpy as np
 from hspi_kernels.models import zoo
 
-__all__ = ["Stack", "StackUnsupported", "unsupported_reason", "Platform", "Decoder", "tiny_spec", "sampling_probs",
+__all__ = ["Stack", "StackUnsupported", "unsupported_reason", "Platform", "Decoder", "JaxDecoder", "tiny_spec", "sampling_probs",
            "sampling_probs_torch", "uniforms", "draw", "draw_torch", "lr_test", "rank_test", "seed_sync", "identify",
            "log_likelihood"]
 
 ATTNS = ("sdpa", "sdpa-math", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "eager")
+FRAMEWORKS = ("torch", "jax")
+JAX_BUCKET = 64  # the jax decoder pads sequences to a multiple of this (one XLA executable per bucket)
 DET_WORKSPACE_CONFIGS = (":4096:8", ":16:8")  # what torch's deterministic mode accepts for cuBLAS
 
 
@@ -95,6 +102,8 @@ class Stack:
     ulp: int = 0              # logits += ulp * 1 ulp on the even token ids (fp32 logits)
     attn: str = "sdpa"        # sdpa | sdpa-math | sdpa-flash | sdpa-efficient | sdpa-cudnn | eager
     det: bool = False         # forwards under torch.use_deterministic_algorithms(True) (name token "det")
+    compile: bool = False     # the forward through torch.compile (inductor default; name token "compile")
+    framework: str = "torch"  # torch | jax (jax_llama on the same weights; name token "jax")
 
     def __post_init__(self):
         if self.dtype not in ("fp32", "bf16"):
@@ -105,12 +114,25 @@ class Stack:
             raise ValueError(f"attention {self.attn!r} not in {ATTNS}")
         if not (self.batch in ("batched", "rowwise") or _chunk_of(self.batch) is not None):
             raise ValueError(f"batch {self.batch!r}: batched | rowwise | b<N> with N >= 1")
+        if self.framework not in FRAMEWORKS:
+            raise ValueError(f"framework {self.framework!r} not in {FRAMEWORKS}")
+        if self.framework == "jax":
+            torch_only = [n for n, bad in (("gemm fixed", self.gemm != "torch"), (f"attention {self.attn}", self.attn != "sdpa"),
+                                           ("det", self.det), ("compile", self.compile)) if bad]
+            if torch_only:
+                raise ValueError(f"the jax stack has XLA's own GEMM and attention; {', '.join(torch_only)} "
+                                 "are torch settings")
 
     @property
     def name(self) -> str:
-        parts = [self.dtype] + ([self.attn] if self.attn != "sdpa" else []) + [self.gemm, self.batch]
+        if self.framework == "jax":
+            parts = [self.dtype, "jax", self.batch]
+        else:
+            parts = [self.dtype] + ([self.attn] if self.attn != "sdpa" else []) + [self.gemm, self.batch]
         if self.det:
             parts.append("det")
+        if self.compile:
+            parts.append("compile")
         if self.ulp:
             parts.append(f"ulp{self.ulp:+d}")
         return ".".join(parts)
@@ -129,6 +151,10 @@ class Stack:
                 kw["batch"] = tok
             elif tok == "det":
                 kw["det"] = True
+            elif tok == "compile":
+                kw["compile"] = True
+            elif tok == "jax":
+                kw["framework"] = "jax"
             elif tok.startswith("ulp") and tok[3:].lstrip("+-").isdigit():
                 kw["ulp"] = int(tok[3:])
             elif tok:
@@ -158,6 +184,11 @@ def _chunk_of(tok: str) -> int | None:
     return None
 
 
+def master_key_of(spec, seed: int) -> tuple:
+    """The model cache's key of the fp32 CPU master weights of (spec, seed)."""
+    return (spec.name, seed, "master")
+
+
 class StackUnsupported(RuntimeError):
     """This stack cannot run on this device (the message says why; callers print it and skip)."""
 
@@ -178,6 +209,17 @@ def unsupported_reason(stack: "Stack | str", device: str) -> str | None:
         return f"{stack.name}: unknown device {device!r} (cpu | cuda)"
     from hspi_kernels.models import eqc as meqc
 
+    if stack.framework == "jax":
+        from hspi_kernels.models import jax_llama
+
+        _, _, why = jax_llama.backend(device)
+        return f"{stack.name}: {why}" if why else None
+    if stack.compile:
+        from hspi_kernels.models.stack import check_setting  # one definition of what inductor needs
+
+        why = check_setting("compile", "compiled", device)
+        if why:
+            return f"{stack.name}: {why}"
     reason = meqc.unsupported_reason(stack.eqc(device), device)
     if reason:
         return f"{stack.name}: {reason}"
@@ -275,7 +317,7 @@ class Decoder:
                     kw["logits_to_keep"] = 1  # the CPU keeps the full head GEMM (its record's bits)
                 if self.caches[i] is not None:
                     kw[p.cache_kwarg] = self.caches[i]
-                out = p.model(inputs[sl], **kw)
+                out = p.forward(inputs[sl], **kw)
                 self.caches[i] = _out_cache(out)
                 outs.append(out.logits[:, -1])
         return p.final_logits(torch.cat(outs) if len(outs) > 1 else outs[0])
@@ -287,6 +329,43 @@ class Decoder:
         torch = self.p.torch
         t = tokens if isinstance(tokens, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64))
         return self._run(t.to(device=self.p.device, dtype=torch.long).reshape(-1, 1))
+
+
+class JaxDecoder:
+    """The decode loop of a ``jax`` stack, with :class:`Decoder`'s interface: per batch chunk the
+    token sequence so far, padded with token 0 to the next multiple of :data:`JAX_BUCKET` (causal
+    attention: the padding is after every real position) and run whole through
+    ``jax_llama.make_forward(position=True)`` with the head at the last real position. No KV
+    cache: every step recomputes the prefix (XLA's own kernels at the padded shape; generation and
+    replay run this same loop, so they agree bit for bit). Logits are torch fp32 on the platform's
+    device, like :class:`Decoder`'s."""
+
+    def __init__(self, platform: "Platform", prompts):
+        torch = platform.torch
+        self.p = platform
+        x = prompts.cpu().numpy() if isinstance(prompts, torch.Tensor) else np.asarray(prompts)
+        self.seqs_all = np.ascontiguousarray(x, dtype=np.int64)
+        rows = int(self.seqs_all.shape[0])
+        c = platform.stack.chunk(rows)
+        self.slices = [slice(i, min(rows, i + c)) for i in range(0, rows, c)]
+
+    def _run(self) -> Any:
+        torch, fn = self.p.torch, self.p.jax_forward
+        n = self.seqs_all.shape[1]
+        width = -(-n // JAX_BUCKET) * JAX_BUCKET
+        padded = np.zeros((self.seqs_all.shape[0], width), dtype=np.int64)
+        padded[:, :n] = self.seqs_all
+        outs = [fn(padded[sl], n - 1)[:, 0] for sl in self.slices]
+        lo = torch.from_numpy(np.ascontiguousarray(np.concatenate(outs), dtype=np.float32)).to(self.p.device)
+        return self.p.final_logits(lo)
+
+    def first(self):
+        return self._run()
+
+    def step(self, tokens):
+        t = tokens.cpu().numpy() if isinstance(tokens, self.p.torch.Tensor) else np.asarray(tokens)
+        self.seqs_all = np.concatenate([self.seqs_all, np.asarray(t, dtype=np.int64).reshape(-1, 1)], axis=1)
+        return self._run()
 
 
 class Platform:
@@ -319,7 +398,7 @@ class Platform:
         cache = _models if _models is not None else {}
         key = (self.spec.name, seed, self.stack.dtype, self.device)
         if key not in cache:
-            master_key = (self.spec.name, seed, "master")
+            master_key = master_key_of(self.spec, seed)
             if master_key not in cache:
                 cache[master_key] = zoo.build(self.spec, seed)[0]
             dtype = torch.bfloat16 if self.stack.dtype == "bf16" else torch.float32
@@ -327,6 +406,27 @@ class Platform:
             model = master if (self.device == "cpu" and dtype == torch.float32) else copy.deepcopy(master)
             cache[key] = model.to(device=self.device, dtype=dtype).eval()
         self.model = cache[key]
+        self.forward = self.model
+        if self.stack.compile:  # one compiled wrapper per (model, device, dtype), shared by the platforms
+            ckey = key + ("compiled",)
+            if ckey not in cache:
+                cache[ckey] = torch.compile(self.model)
+            self.forward = cache[ckey]
+        self.jax_forward = None
+        if self.stack.framework == "jax":
+            from hspi_kernels.models import jax_llama
+
+            _, jdev, _ = jax_llama.backend(self.device)
+            jkey = (self.spec.name, seed, self.stack.dtype, self.device, "jax")
+            if jkey not in cache:  # the fp32 master's bits; bf16 rounds them like torch's .to(bfloat16)
+                params = jax_llama.device_params(jax_llama.params_from_torch(cache[master_key_of(self.spec, seed)]),
+                                                 self.stack.dtype, jdev)
+                try:
+                    cache[jkey] = jax_llama.make_forward(self.model, params, dtype=self.stack.dtype, device=jdev,
+                                                         position=True)
+                except ValueError as exc:  # an architecture jax_llama does not implement (gpt2, ...)
+                    raise StackUnsupported(f"{self.stack.name}: {exc}") from None
+            self.jax_forward = cache[jkey]
         self.cache_kwarg = _cache_kwarg(self.model)
         self.vocab = int(self.model.config.vocab_size)
         self._mask_t = torch.from_numpy(np.arange(self.vocab) % 2 == 0).to(self.device)
@@ -363,8 +463,8 @@ class Platform:
                 out[..., self._mask_t] = torch.nextafter(out[..., self._mask_t], direction)
         return out
 
-    def decoder(self, prompts) -> Decoder:
-        return Decoder(self, prompts)
+    def decoder(self, prompts) -> "Decoder | JaxDecoder":
+        return JaxDecoder(self, prompts) if self.stack.framework == "jax" else Decoder(self, prompts)
 
     def _decode(self, prompts: np.ndarray, n: int, choose) -> tuple[np.ndarray, np.ndarray]:
         """Prefill + n decode steps on rows ``prompts`` [B, L]; ``choose(t, logits [B, V])``
