@@ -825,7 +825,7 @@ def main(argv: list[str] | None = None) -> int:
                        {c: v * n_sm / args.small_rows for c, v in small["step_s"].items()}))
 
     def probe_group(group: str, pairs, n_pool: int, trials: int, blk: int, step_s: dict[str, float]):
-        if not pairs or not p_kept:
+        if not pairs or not p_kept or n_pool < 1:  # --probe-pool 0: no probe pass (the settings say so)
             return
         names = sorted({c for pp in pairs for c in pp})
         pool = prompt_sets.random_tokens(n_pool, args.prompt_len, vocab, seed=_seed("probe-pool", group, args.seed))
