@@ -265,6 +265,25 @@ def test_probe_selection_on_identical_stacks_stays_at_the_level(plats, temperatu
             assert c["lr_rejections"] <= c["interval"][1] and c["seed_sync_rejections"] == 0
 
 
+def test_steady_step_seconds_keeps_compile_warmup_out_of_the_estimate():
+    # a compiled stack: prefill, then two recompiling calls (dynamo: growing cache), then steady
+    # 0.05 s steps; an eager stack steady at 0.06 s. The estimate of a 64-token pool uses the steady
+    # step: the mean (the old estimate: 11.2 s a step on the H200, a 781 s pool) must not be it.
+    comp = [30.0, 40.0, 20.0, 0.05, 0.05, 0.051, 0.049, 0.05]
+    eager = [0.2, 0.06, 0.06, 0.061, 0.059, 0.06, 0.06, 0.06]
+    secs = {("c", 0): comp, ("c", 1): [0.2, *comp[3:], 0.05, 0.05], ("e", 0): eager, ("e", 1): eager}
+    steady, warm = gpu_blackbox.steady_step_seconds(secs, ["c", "e"])
+    assert steady["c"] == pytest.approx(0.05) and steady["e"] == pytest.approx(0.06)
+    mean_c = sum(x for k, v in secs.items() if k[0] == "c" for x in v[1:]) / sum(len(v) - 1 for k, v in secs.items() if k[0] == "c")
+    assert mean_c > 50 * steady["c"]  # negative control: the mean is dominated by the compile
+    assert warm["c"] == pytest.approx(30 + 40 + 20 + 0.2 - 4 * 0.05, abs=0.01) and warm["e"] < 0.5
+
+
+def test_dynamo_stats_is_a_record_not_a_crash():
+    got = gpu_blackbox.dynamo_stats()
+    assert isinstance(got, dict) and all(isinstance(v, dict) for v in got.values() if not isinstance(v, str))
+
+
 # -- the driver ---------------------------------------------------------------------------------
 def _run(tmp_path, capsys, *extra):
     out = tmp_path / "o"
