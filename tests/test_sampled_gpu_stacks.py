@@ -368,3 +368,16 @@ def test_driver_records_budget_cuts(tmp_path, capsys):
     probe_steps = [s for s in skipped if s["step"].startswith("probes")]  # the probes step: cut, with its reason
     assert probe_steps and all("time budget" in s["reason"] for s in probe_steps) and not rec["probes"]["pairs"]
     assert "No probe comparison was measured" in md
+
+
+@pytest.mark.parametrize("bad", [["--stacks", "bf16.torch.nope"], ["--small-pairs", "''"], ["--base", "x.y"],
+                                 ["--queries", "1,two"], ["--model", "no-such-model"]])
+def test_driver_usage_errors_are_messages_not_tracebacks(tmp_path, capsys, bad):
+    # a quoted '' passed through a shell variable once reached Stack.parse as the token "''" and
+    # ended the GPU job in a traceback; every such typo is a usage error (exit 2) before any work
+    out = tmp_path / "o"
+    with pytest.raises(SystemExit) as e:
+        gpu_blackbox.main([str(out), "--device", "cpu", "--workers", "0", *bad])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err and "error:" in err, err
+    assert not out.exists()  # nothing created for a refused run

@@ -576,13 +576,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=4,
                     help="processes for the curves (CPU statistics overlapped with the GPU pools); 0: inline")
     args = ap.parse_args(argv)
-    executor = None
-    if args.workers > 0:  # started first: the workers import while the model builds
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        executor = ProcessPoolExecutor(max_workers=args.workers, mp_context=multiprocessing.get_context("spawn"))
-
     import torch
 
     from hspi_kernels import platform as plat
@@ -590,28 +583,37 @@ def main(argv: list[str] | None = None) -> int:
     from hspi_kernels.platform.files import atomic_write_json, atomic_write_text
 
     out = args.out_dir
-    out.mkdir(parents=True, exist_ok=True)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     # torch.use_deterministic_algorithms on CUDA refuses cuBLAS without this workspace setting, read
     # when the first cuBLAS handle gets its workspace: set for the whole run (every stack, det or
     # not, runs under the same workspace) before any CUDA work, unless the caller set it
-    listed = [args.base, *(args.stacks.split(",") if args.stacks else [s for v in AXES.values() for s in v])]
-    wants_det = any(sampled.Stack.parse(x).det for x in listed if x)
-    cublas_env = {"before": os.environ.get("CUBLAS_WORKSPACE_CONFIG"), "set_by_job": False}
-    if wants_det and device.startswith("cuda") and cublas_env["before"] is None:
-        os.environ["CUBLAS_WORKSPACE_CONFIG"] = DET_WORKSPACE
-        cublas_env["set_by_job"] = True
-    cublas_env["value"] = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
-    temps = [float(t) for t in args.temperatures.split(",") if t]
-    queries = sorted({int(q) for q in args.queries.split(",") if q})
-    others = args.stacks.split(",") if args.stacks else [s for v in AXES.values() for s in v]
-    others = [sampled.Stack.parse(s).name for s in others if s]
-    base = sampled.Stack.parse(args.base).name
-    small_pairs = [tuple(sampled.Stack.parse(x).name for x in p.split(":")) for p in args.small_pairs.split(",") if p]
-    if any(len(p) != 2 for p in small_pairs):
-        ap.error(f"--small-pairs: A:B pairs, got {args.small_pairs!r}")
-    small_stacks = list(dict.fromkeys(c for p in small_pairs for c in p))
-    spec = zoo.get_spec(args.model)
+    try:  # every stack name, pair and number parsed before any GPU work: a typo is a usage error
+        listed = [args.base, *(args.stacks.split(",") if args.stacks else [s for v in AXES.values() for s in v])]
+        wants_det = any(sampled.Stack.parse(x).det for x in listed if x)
+        cublas_env = {"before": os.environ.get("CUBLAS_WORKSPACE_CONFIG"), "set_by_job": False}
+        if wants_det and device.startswith("cuda") and cublas_env["before"] is None:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = DET_WORKSPACE
+            cublas_env["set_by_job"] = True
+        cublas_env["value"] = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+        temps = [float(t) for t in args.temperatures.split(",") if t]
+        queries = sorted({int(q) for q in args.queries.split(",") if q})
+        others = args.stacks.split(",") if args.stacks else [s for v in AXES.values() for s in v]
+        others = [sampled.Stack.parse(s).name for s in others if s]
+        base = sampled.Stack.parse(args.base).name
+        small_pairs = [tuple(sampled.Stack.parse(x).name for x in p.split(":")) for p in args.small_pairs.split(",") if p]
+        if any(len(p) != 2 for p in small_pairs):
+            ap.error(f"--small-pairs: A:B pairs, got {args.small_pairs!r}")
+        small_stacks = list(dict.fromkeys(c for p in small_pairs for c in p))
+        spec = zoo.get_spec(args.model)
+    except (ValueError, KeyError) as exc:
+        ap.error(str(exc).strip("'\""))
+    out.mkdir(parents=True, exist_ok=True)
+    executor = None
+    if args.workers > 0:  # started before the model build: the workers import while it builds
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        executor = ProcessPoolExecutor(max_workers=args.workers, mp_context=multiprocessing.get_context("spawn"))
     if args.std is not None:
         spec = zoo.ModelSpec(f"{spec.name}-std{args.std}", spec.kind, spec.arch, dict(spec.config), std=args.std,
                              note=f"{spec.name} config, weight std {args.std}")
