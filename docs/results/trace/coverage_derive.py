@@ -17,7 +17,9 @@ comes from the latest run that measured it:
   --pairs b1:b8,b1_math:b1_cudnn,cpu:b1 --budget-s 520``): llama-3.2-1b batch 1 vs 8 (159 s) and SDPA
   math vs cuDNN (30 s); its llama CPU vs H200 pair was killed by the call's 560 s limit at op ~500
   of 601 (the job's budget check runs between pairs, not inside one), and the qwen pairs never
-  started; the next call to the device was refused (no machine lent): listed in ``CUT``.
+  started; the next call to the device was refused (no machine lent): listed in ``CUT``;
+- run 6 (2026-12-04, ``coverage_h200_run6_raw.json``, ``--models qwen2.5-0.5b,gpt2-small --pairs b1:b8
+  --budget-s 290``, 23 s): qwen2.5-0.5b and gpt2-small batch 1 vs row 0 of batch 8.
 
     python docs/results/trace/coverage_derive.py
 """
@@ -33,7 +35,8 @@ VOID_OPS = ("_scaled_dot_product_cudnn_attention", "_scaled_dot_product_efficien
 RUNS = (("run2", "coverage_h200_raw.json", "coverage_h200_maps.json.gz", True),
         ("run3", "coverage_h200_run3_raw.json", "coverage_h200_run3_maps.json.gz", False),
         ("run4", "coverage_h200_run4_raw.json", "coverage_h200_run4_maps.json.gz", False),
-        ("run5", "coverage_h200_run5_raw.json", "coverage_h200_run5_maps.json.gz", False))
+        ("run5", "coverage_h200_run5_raw.json", "coverage_h200_run5_maps.json.gz", False),
+        ("run6", "coverage_h200_run6_raw.json", "coverage_h200_run6_maps.json.gz", False))
 # pairs a run started but did not record (killed from outside the job: not in its own "skipped")
 CUT = ({"model": "llama-3.2-1b", "pair": "cpu vs b1", "run": "run5",
         "why": "killed by the device call's 560 s limit at op ~500/601 of the pair (420 s into it)"},
@@ -70,7 +73,7 @@ for c in CUT:
         skipped[(c["model"], c["pair"])] = dict(c)
 order = {m: i for i, m in enumerate(("qwen2.5-0.5b", "gpt2-small", "llama-3.2-1b"))}
 out_rows = sorted(rows.values(), key=lambda r: order.get(r["model"], 9))
-last = json.loads((HERE / RUNS[-2][1]).read_text())
+last = json.loads((HERE / RUNS[-1][1]).read_text())  # the newest run's platform
 out = {"platform": last["platform"], "label": last["label"], "device": last["device"],
        "not_covered": last["not_covered"], "runs": runs,
        "source": "merged by coverage_derive.py (module docstring: which run gives which row, the run-2 correction)",
