@@ -93,6 +93,7 @@ class AttentionPlan:
     lane_fma: bool = True
     lse: str = "auto"
     log: str = "auto"
+    exp_fma: bool = True  # flash2: p = ex2(fma(S, c, -rn(m c))); False: ex2(rn(rn(S c) - rn(m c)))
 
     def __post_init__(self):
         for name in ("block_n", "tile", "splits"):
@@ -119,8 +120,9 @@ class AttentionPlan:
             if self.domain != "log2" or self.exp == "exact" or self.rowsum is not None or not self.round_p:
                 raise ValueError("AttentionPlan(walk='flash2'): the flash-attention-2 order is log2-domain, "
                                  "exp 'numpy' or 'sfu', lane row sums (rowsum=None), P rounded")
-        elif not self.lane_fma or (self.recip != "div" and self.splits != 1):
-            raise ValueError("AttentionPlan: lane_fma is a field of walk='flash2'; recip other than 'div' needs one split")
+        elif not self.lane_fma or not self.exp_fma or (self.recip != "div" and self.splits != 1):
+            raise ValueError("AttentionPlan: lane_fma / exp_fma are fields of walk='flash2'; recip other than 'div' "
+                             "needs one split")
         if self.lse not in LSES or self.log not in LOGS:
             raise ValueError(f"AttentionPlan: lse must be one of {LSES} and log one of {LOGS}, got {self.lse!r}, {self.log!r}")
         if self.lse == "mul_scale" and self.walk != "flash2":
@@ -152,7 +154,8 @@ class AttentionPlan:
                               f"causal loop end per {self.tile} query rows",
                 "scores": "S = dot(q, k^T) raw; m = max(m, rowmax S) on raw scores",
                 "exp": ("ex2.approx.ftz" if self.exp == "sfu" else "numpy float32 exp2")
-                       + " of fma(S, c, -rn(m * c)), c = fp32(scale * log2 e); alpha = EX2(rn(rn(m_prev - m) * c))",
+                       + (" of fma(S, c, -rn(m * c))" if self.exp_fma else " of rn(rn(S * c) - rn(m * c))")
+                       + ", c = fp32(scale * log2 e); alpha = EX2(rn(rn(m_prev - m) * c))",
                 "rowsum": "lane partials (columns n % 8 in {2t, 2t+1}, increasing n), rescaled by alpha per block"
                           + (" (fma with the first add)" if self.lane_fma else "") + "; (R0 + R2) + (R1 + R3) at the end",
                 "pv": "P = RNE(p) to the input format; acc = dot(P, V, c = rn(acc * alpha))",
@@ -361,7 +364,8 @@ def _flash2(plan, qf, kf, vf, lead, *, fmt, causal, scale, sc, exp, sfu, with_ls
         with np.errstate(all="ignore"):
             O = R.replay_flash2(qf[b], kf[b], vf[b], fmt=fmt, block_n=plan.block_n, tile=plan.tile, causal=causal,
                                 scale_log2=sc, ex2=exp, recip=recip, lane_fma=plan.lane_fma, dot_plan=plan.dot,
-                                stats=stats, backend=backend, splits=plan.splits, lse_fn=lse_fn)
+                                stats=stats, backend=backend, splits=plan.splits, lse_fn=lse_fn,
+                                exp_fma=plan.exp_fma)
         outs.append(R.round_to_input(O, fmt) if round_output else O)
         if with_lse and "lse" in stats:
             lses.append(stats["lse"])
@@ -382,7 +386,8 @@ def flash2_candidates(fmt: str, *, sfu: bool, tensor_core: bool = True, blocks=(
     """The flash-attention-2 orders a search tries: BLOCK_N in ``blocks`` and tiles (kBlockM) in
     ``tiles`` (the kernel traits of head dims 32..256: 64/128 x 32/64/128/256), split-KV parts in
     ``splits`` (the split kernel + its combine kernel when > 1), SFU or numpy exp2, each recip,
-    lane FMA or not; the dot: the mma.sync chain (tensor core) or fp32 Sequential with fma."""
+    lane FMA or not, the exp argument unfused (PyTorch's build) or one FFMA (upstream's); the dot: the
+    mma.sync chain (tensor core) or fp32 Sequential with fma."""
     dots = [None] if (tensor_core and fmt in ("bf16", "fp16")) else [P.Sequential("fp32", fma=True)]
     exps = exps or (("sfu", "numpy") if sfu else ("numpy",))
     recips = recips or (("sfu", "ieee", "div") if sfu else ("ieee", "div"))
@@ -391,11 +396,13 @@ def flash2_candidates(fmt: str, *, sfu: bool, tensor_core: bool = True, blocks=(
         for exp in exps:
             for recip in recips:
                 for lane_fma in (True, False):
-                    for sp in splits:
-                        for bn in blocks:
-                            for tile in tiles:
-                                out.append(AttentionPlan(block_n=bn, tile=tile, domain="log2", exp=exp, dot=dot,
-                                                         walk="flash2", recip=recip, lane_fma=lane_fma, splits=sp))
+                    for exp_fma in (False, True):
+                        for sp in splits:
+                            for bn in blocks:
+                                for tile in tiles:
+                                    out.append(AttentionPlan(block_n=bn, tile=tile, domain="log2", exp=exp, dot=dot,
+                                                             walk="flash2", recip=recip, lane_fma=lane_fma,
+                                                             splits=sp, exp_fma=exp_fma))
     return out
 
 

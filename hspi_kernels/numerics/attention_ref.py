@@ -387,7 +387,8 @@ def replay_flash2(Q, K, V, *, fmt: str, block_n: int = 128, tile: int = 128, cau
                   scale_log2: float, ex2: Callable, recip: Callable | None, lane_fma: bool = True,
                   reverse: bool = True, dot_plan=None, stats: dict | None = None,
                   backend: str = "native", splits: int = 1, lse_fn: Callable | None = None,
-                  expf: Callable | None = None, logf: Callable | None = None) -> np.ndarray:
+                  expf: Callable | None = None, logf: Callable | None = None,
+                  exp_fma: bool = True) -> np.ndarray:
     """O [BH, Sq, D] float32 in the order of the flash-attention-2 forward kernel (the code PyTorch's
     flash SDPA backend runs on sm_80/sm_90), from Q [BH, Sq, D], K, V [BH, Sk, D] (float32 holding
     ``fmt`` values):
@@ -399,7 +400,9 @@ def replay_flash2(Q, K, V, *, fmt: str, block_n: int = 128, tile: int = 128, cau
       a causal tile ends at block ceil(min(Sk, tile end) / block_n);
     - per block: ``m_new = max(m, rowmax S)`` on raw scores; ``c`` = ``scale_log2`` (rn32(scale ·
       log2 e)); ``ms = rn(m_new · c)`` (0 if m_new = -inf); ``p = ex2(fma(S, c, -ms))`` (the FFMA the
-      kernel's comment asks for); later blocks ``alpha = ex2(rn(rn(m - m_cur) · c))`` with m_cur = 0
+      kernel's comment asks for; ``exp_fma=False``: ``p = ex2(rn(rn(S · c) - ms))``, the scaled score
+      rounded before the subtraction, what the H200 capture's integer-score case int.short shows);
+      later blocks ``alpha = ex2(rn(rn(m - m_cur) · c))`` with m_cur = 0
       if -inf; acc from ``c = rn(acc · alpha)`` (first block: +0) ``+ RNE(p)·V`` through the dot;
       the row sum in four lane partials (:func:`lane_sums`);
     - end: ``l = (R0 + R2) + (R1 + R3)`` (shuffle xor 2, then xor 1), ``inv = recip(l)``
@@ -445,7 +448,9 @@ def replay_flash2(Q, K, V, *, fmt: str, block_n: int = 128, tile: int = 128, cau
                 m_new = bmax if m is None else np.fmax(m, bmax)
                 ms = np.where(m_new == neg_inf, F32(0), (m_new * c).astype(F32)).astype(F32)
                 fin = np.isfinite(sb)
-                arg = fma32(np.where(fin, sb, F32(0)), c, -ms[..., None])
+                sf = np.where(fin, sb, F32(0))
+                arg = (fma32(sf, c, -ms[..., None]) if exp_fma else
+                       ((sf * c).astype(F32) - ms[..., None]).astype(F32))
                 p = ex2(np.where(fin, arg, sb).astype(F32))  # ex2(-inf) = 0 for masked keys
                 P = round_to_input(p, fmt)
                 Vb = Vp[:, blk * block_n:(blk + 1) * block_n]

@@ -103,22 +103,29 @@ def fitted_plans(backend: str, fmt: str, D: int, *, split_kv: bool) -> list[AP.A
     capture then singled out; tried first by :func:`main`'s stage 2:
 
     - flash: the flash-2 walk, BLOCK_N 128 at one block; with ``split_kv`` the split-KV kernel of
-      traits 64 x 256 (D 64) / 64 x 128 (D 128) and 2 splits;
+      traits 64 x 256 (D 64) / 64 x 128 (D 128) and 2 splits; the exp argument unfused
+      (``exp_fma=False``: PyTorch builds its flash-attention copy with ``UNFUSE_FMA``, so
+      ``p = ex2(rn(rn(S·c) - rn(m·c)))``; H200 run 4: output and fp32 lse N/N on every 16-token case,
+      the FFMA form 79-92 % of the lse rows);
     - cudnn (``sdpa_sm90_flash_fprop_wgmma``, 64 x 128 tiles): the online walk, log2 domain,
-      128 keys per block, 64-row tiles, sequential row sum, the wgmma chain;
+      128 keys per block, 64-row tiles, the wgmma chain, the row sum in four lane partials combined
+      at the end (``rowsum=None``; run 4: lse N/N at 16 tokens, a sequential row sum 87-89 %), the lse
+      ``fma(m, ln 2, rn(lg2.approx(l) · ln 2))``; the sequential row sum kept as a fallback;
     - efficient (``fmha_cutlassF_*_64x64 / 64x128_rf_sm80``): the online walk, log2 domain,
-      64 (D 64) / 128 (D 128) keys per block, 64-row tiles, the mma.sync chain, both row sums."""
-    rs_all = (P.Sequential(), P.Pairwise())
+      64 (D 64) / 128 (D 128) keys per block, 64-row tiles, the mma.sync chain, lane partials first
+      (the closest lse, 89-90 %, not N/N), then sequential and pairwise row sums."""
+    rs_all = (None, P.Sequential(), P.Pairwise())
     if backend == "flash":
         if not split_kv:
-            return [AP.AttentionPlan(block_n=128, tile=128, domain="log2", exp="sfu", walk="flash2", recip="sfu")]
+            return [AP.AttentionPlan(block_n=128, tile=128, domain="log2", exp="sfu", walk="flash2", recip="sfu",
+                                     exp_fma=False)]
         bn = 256 if D <= 64 else 128
-        return [AP.AttentionPlan(block_n=bn, tile=64, domain="log2", exp="sfu", walk="flash2", recip=r, splits=sp)
-                for sp in (2, 1) for r in ("sfu", "ieee")]
+        return [AP.AttentionPlan(block_n=bn, tile=64, domain="log2", exp="sfu", walk="flash2", recip=r, splits=sp,
+                                 exp_fma=False) for sp in (2, 1) for r in ("sfu", "ieee")]
     if backend == "cudnn":
         dot = P.tensor_core_gemm(fmt, "fp32", path="wgmma", arch="sm_90")
-        return [AP.AttentionPlan(block_n=128, tile=64, domain="log2", exp="sfu", rowsum=P.Sequential(), dot=dot,
-                                 recip=r) for r in ("div", "ieee", "sfu")]
+        return [AP.AttentionPlan(block_n=128, tile=64, domain="log2", exp="sfu", rowsum=rs, dot=dot, recip=r,
+                                 lse="fma_ln2", log="sfu") for rs in (None, P.Sequential()) for r in ("div", "ieee", "sfu")]
     dot = P.tensor_core_gemm(fmt, "fp32", path="mma.sync", arch="sm_90")
     return [AP.AttentionPlan(block_n=64 if D <= 64 else 128, tile=64, domain="log2", exp="sfu", rowsum=rs, dot=dot,
                              recip=r) for rs in rs_all for r in ("div", "ieee", "sfu")]
