@@ -18,8 +18,12 @@ implementation is, in this order of preference:
   factors, layouts, tiles, tensor-core chains, CUDA-core orders), row reductions
   :func:`explain.reduction_candidates`, fused attention (``_scaled_dot_product_*``) the orders of
   :func:`numerics.attention_plan.candidates` (BLOCK_N, natural/log2 domain, exp, row sum, dots;
-  output and log-sum-exp). Candidates are screened on a few hundred outputs, the survivors are
-  checked on all kept outputs in row chunks (``chunk_bytes``), so large ops fit in memory.
+  output and log-sum-exp); a GPU's fused backends (flash, cuDNN, efficient) their fitted orders
+  (:func:`sdpa_orders.fitted_plans`, split-KV when the recorded kernels name it) with the SFU
+  instructions of the GPU the trace was recorded on (:func:`fitted_attention`; ``SFU_SOURCE``),
+  and nothing else (the generic orders have no SFU). Candidates are screened on a few hundred
+  outputs, the survivors are checked on all kept outputs in row chunks (``chunk_bytes``), so large
+  ops fit in memory.
 
 Plans are also searched for each side of an op with an own divergence, to name the cause:
 ``split-K factor`` / ``tile`` / ``tensor-core arithmetic`` / ``accumulation order`` (GEMMs and
@@ -33,7 +37,10 @@ side's kernel re-run on the other side's values in its own layout gives its own 
 Fused attention ops present on one side only (another SDPA backend, or the math decomposition on
 the other side) are *attention regions*: the other side's backend is re-run on this side's q, k, v
 on its own device (``regions``: own divergence, N/N, the attention plans searched), and where q, k,
-v are equal on both sides the replay is checked against the other side's own region output.
+v are equal on both sides the replay is checked against the other side's own region output. Each
+region's fused op is searched for its plan (``by_plan``: output and log-sum-exp N/N), and a fused
+other side's re-run output for its backend's fitted plan (``other_plan``, output only: the re-run
+returns no log-sum-exp).
 """
 
 from __future__ import annotations
@@ -362,7 +369,89 @@ def _gemm_plans(trace: T.Trace, op: dict, values, max_exact: int, chunk_bytes: i
     return exact, len(cands)
 
 
-def _attention_plans(trace: T.Trace, op: dict, values, max_exact: int) -> tuple[list[dict], int]:
+# -- fused SDPA on the GPU: the fitted orders of trace.sdpa_orders, with this GPU's SFU instructions ----------
+FUSED_GPU = {"_scaled_dot_product_flash_attention": "flash", "_scaled_dot_product_cudnn_attention": "cudnn",
+             "_scaled_dot_product_efficient_attention": "efficient"}
+# the SFU source (ex2.approx / rcp.approx / lg2.approx) of the fitted plans: None = this process's GPU
+# (kernels.cuda.sfu.LiveSfu, recorded on the fly) where the trace was recorded on this GPU model; a test
+# (or a CPU replay of recorded SFU outputs) puts an object with ``apply(op, x)`` here
+SFU_SOURCE: list = [None]
+_SFU: dict = {}
+
+
+def _sfu_for(trace: T.Trace):
+    """(SFU object, None) for the fitted plans of ``trace``'s fused attention ops, or (None, why not)."""
+    if SFU_SOURCE[0] is not None:
+        return SFU_SOURCE[0], None
+    why = kernel_replayable(trace)
+    if why:
+        return None, f"the fitted fused-attention plans need the recording GPU's SFU instructions: {why}"
+    if "live" not in _SFU:
+        try:
+            from hspi_kernels.kernels.cuda.sfu import LiveSfu
+            from hspi_kernels.numerics import attention_ref as R
+
+            _SFU["live"] = R.SfuOutputs(record=LiveSfu())
+        except Exception as exc:  # no CUDA extension / driver: named, the map goes on without
+            _SFU["live"] = None
+            _SFU["why"] = f"the SFU instructions could not be run here ({type(exc).__name__}: {str(exc)[:80]})"
+    return _SFU["live"], _SFU.get("why")
+
+
+def _lse_ref(ref: np.ndarray, q_shape: tuple) -> np.ndarray | None:
+    """A fused op's recorded log-sum-exp bits as [..., Hq, Sq]: cuDNN's trailing 1 dropped, the
+    efficient kernel's padding of Sq (to a multiple of 32) cut; None when it is neither."""
+    want = tuple(q_shape[:-1])
+    r = np.asarray(ref)
+    if r.size == int(np.prod(want)):
+        return r.reshape(want)
+    if r.ndim == len(want) and r.shape[:-1] == want[:-1] and r.shape[-1] > want[-1]:
+        return np.ascontiguousarray(r[..., :want[-1]])
+    return None
+
+
+def fitted_attention(op: dict, q, k, v, out_bits, lse_bits, *, fmt: str, causal: bool, scale, sfu) -> dict:
+    """The fitted orders of ``op``'s backend (:func:`sdpa_orders.fitted_plans`, split-KV when the
+    recorded kernels name it, then :func:`sdpa_orders.variants` of them) on its q, k, v with the SFU
+    instructions ``sfu``: ``{"exact": [entries with output and lse N/N], "best": the closest plan's
+    counts, "candidates": n}``; screened on the first query head's output, then all outputs."""
+    from hspi_kernels.trace import sdpa_orders as SO
+
+    backend = FUSED_GPU[op["op"]]
+    split = any("splitkv" in str(kn).lower() for kn in op.get("kernels", []))
+    base = SO.fitted_plans(backend, fmt, q.shape[-1], split_kv=split)
+    # BLOCK_N / tile variants only where they can change a bit: a block (tile) that covers every key
+    # (query) is the same order whatever its size
+    Sq, Sk = q.shape[-2], k.shape[-2]
+    plans = list(dict.fromkeys(base + [p for p in SO.variants(base) if p.block_n < Sk or p.tile < Sq]))
+    lse = None if lse_bits is None else _lse_ref(lse_bits, q.shape)
+    exact, best = [], None
+    for plan in plans:
+        try:
+            o1 = AP.evaluate_attention(plan, q[..., :1, :, :], k[..., :1, :, :], v[..., :1, :, :], fmt=fmt,
+                                       causal=causal, scale=scale, sfu=sfu)
+            if not np.array_equal(_to_bits(o1, fmt).reshape(-1), out_bits[..., :1, :, :].reshape(-1)):
+                continue
+            o, l = AP.evaluate_attention(plan, q, k, v, fmt=fmt, causal=causal, scale=scale, sfu=sfu,
+                                         with_lse=True)
+        except ValueError:
+            continue
+        n_out = int(np.count_nonzero(_to_bits(o, fmt).reshape(-1) == out_bits.reshape(-1)))
+        n_lse = None if lse is None else int(np.count_nonzero(_to_bits(l, "fp32").reshape(-1) == lse.reshape(-1)))
+        n = int(out_bits.size) + (0 if lse is None else int(lse.size))
+        eq = n_out + (n_lse or 0)
+        e = {"kind": "attention-plan", "plan": repr(plan), "plan_json": plan.to_json(), "matches": eq, "total": n,
+             "fitted": backend, "out_equal": n_out, "out_total": int(out_bits.size),
+             "lse_equal": n_lse, "lse_total": None if lse is None else int(lse.size)}
+        if eq == n:
+            exact.append(e)
+            break
+        if best is None or eq > best["matches"]:
+            best = e
+    return {"exact": exact, "best": best, "candidates": len(plans), "split_kv": split}
+
+
+def _attention_plans(trace: T.Trace, op: dict, values, max_exact: int) -> tuple[list[dict], int, str | None]:
     call = _attention_call(op)
     outs = [_output_bits(trace, op, j) for j in range(min(2, len(op["outputs"])))]
     if any(o is None for o in outs):
@@ -370,6 +459,22 @@ def _attention_plans(trace: T.Trace, op: dict, values, max_exact: int) -> tuple[
     q, k, v = values[:3]
     fmt = T._FMT.get(op["inputs"][0]["dtype"])
     on_gpu = trace.meta["run"].get("device", "cpu") != "cpu"
+    note = None
+    if op["op"] in FUSED_GPU:  # the backend's own fitted orders first (they need the GPU's SFU outputs)
+        sfu, why = _sfu_for(trace)
+        if sfu is None:
+            note = why
+        else:
+            fit = fitted_attention(op, q, k, v, outs[0][0], outs[1][0] if len(outs) > 1 else None, fmt=fmt,
+                                   causal=call["causal"], scale=call["scale"], sfu=sfu)
+            if fit["exact"]:
+                return fit["exact"][:max_exact], fit["candidates"], None
+            b = fit["best"]
+            note = (f"no fitted {FUSED_GPU[op['op']]} order of {fit['candidates']} reproduces it"
+                    + (f" (closest: output {b['out_equal']}/{b['out_total']}, lse {b['lse_equal']}/{b['lse_total']}, "
+                       f"{b['plan']})" if b else " (none passed the first head's output)"))
+            # the generic orders below have no SFU and never gave a fused backend's lse (sdpa_orders.md)
+            return [], fit["candidates"], note
     cands = AP.candidates(fmt, q.shape[-2], causal=call["causal"], tensor_core=on_gpu)
     exact = []
     for plan in cands:
@@ -389,7 +494,7 @@ def _attention_plans(trace: T.Trace, op: dict, values, max_exact: int) -> tuple[
                           "total": n})
             if len(exact) >= max_exact:
                 break
-    return exact, len(cands)
+    return exact, len(cands), None if exact else note
 
 
 def _attention_call(op: dict) -> dict:
@@ -446,7 +551,7 @@ def _find_plans(trace, op, values, max_exact, chunk_bytes) -> tuple[list[dict], 
         if _is_attention(op["op"]) and op["op"] in T.ATTENTION_CPU_OPS | {"_scaled_dot_product_flash_attention",
                                                                           "_scaled_dot_product_cudnn_attention",
                                                                           "_scaled_dot_product_efficient_attention"}:
-            return (*_attention_plans(trace, op, values, max_exact), None)
+            return _attention_plans(trace, op, values, max_exact)
         if op["op"] in T.REDUCTION_OPS:
             return (*_reduction_plans(trace, op, values, max_exact), None)
     except _Unavailable as exc:
@@ -461,10 +566,22 @@ def _apply_plan(impl: dict, op_other: dict, values_other, trace_other) -> list[n
         plan = AP.attention_plan_from_json(impl["plan_json"])
         call = _attention_call(op_other)
         q, k, v = values_other[:3]
-        o, lse = AP.evaluate_attention(plan, q, k, v, fmt=fmt, causal=call["causal"], scale=call["scale"], with_lse=True)
+        sfu = _sfu_for(trace_other)[0] if impl.get("fitted") else None
+        o, lse = AP.evaluate_attention(plan, q, k, v, fmt=fmt, causal=call["causal"], scale=call["scale"], with_lse=True,
+                                       sfu=sfu)
         outs = [_to_bits(o, fmt)]
         if len(op_other["outputs"]) > 1:
-            outs.append(_to_bits(lse, T._FMT.get(op_other["outputs"][1]["dtype"])))
+            ref = _output_bits(trace_other, op_other, 1)
+            lb = _to_bits(lse, T._FMT.get(op_other["outputs"][1]["dtype"]))
+            if ref is not None and ref[0].size != lb.size:
+                # the efficient kernel pads Sq to a multiple of 32: the padding kept as recorded, the
+                # modelled [..., :Sq] part written into it
+                full = np.array(ref[0], copy=True)
+                if _lse_ref(full, q.shape) is None or full.ndim != lb.ndim:
+                    raise _Unavailable("the other side's log-sum-exp has a layout the plan does not give")
+                full[..., :lb.shape[-1]] = lb
+                lb = full
+            outs.append(lb)
         return outs
     plan = P.plan_from_json(impl["plan_json"])
     if op_other["op"] in ("mm", "addmm"):
@@ -774,18 +891,48 @@ def _region_rows(ta: T.Trace, tb: T.Trace, d: dict, why_a, why_b) -> list[dict]:
                 if last:
                     row["other_region_output_equal"] = T._digest(got, ref[1]) == last[-1]["outputs"][0]["digest"]
             row["own"] = bool(c["n_diff"]) if own_ok else None
-            if row["own"]:  # is the fused kernel's order one of the modelled attention orders?
+            if own_ok:  # is the fused kernel's order one of the modelled attention orders (output and lse N/N)?
                 plans, n_cands, note = _find_plans(tr, op, x, 1, _CHUNK[0])
-                row["plans"] = {"found": [{k: p[k] for k in ("plan", "matches", "total")} for p in plans],
-                                "candidates": n_cands, "note": note}
-                row["cause"] = {"category": "attention backend",
-                                "detail": f"{op['op']} vs {label} on the same q, k, v: {c['n_diff']}/{c['n']} "
-                                          f"outputs differ (max {c.get('max_ulp', 0):g} ulp)"}
+                row["plans"] = {"found": [{k: p[k] for k in ("plan", "matches", "total", "fitted") if k in p}
+                                          for p in plans], "candidates": n_cands, "note": note}
+                row["by_plan"] = bool(plans)
+                row["other_plan"] = _other_side_plan(op, label, x, got.reshape(ref[0].shape), ref[1], other)
+            if row["own"]:
+                detail = (f"{op['op']} vs {label} on the same q, k, v: {c['n_diff']}/{c['n']} "
+                          f"outputs differ (max {c.get('max_ulp', 0):g} ulp)")
+                if row.get("by_plan"):
+                    detail += f"; this side = {row['plans']['found'][0]['plan']} (output and lse N/N)"
+                op_ = row.get("other_plan") or {}
+                if op_.get("found"):
+                    detail += f"; {label} = {op_['found']['plan']} ({op_['found']['out_equal']}/{op_['found']['out_total']})"
+                row["cause"] = {"category": "attention backend", "detail": detail}
             elif row["own"] is None:
                 row["cause"] = {"category": "undetermined",
                                 "detail": f"re-executing {op['aten']} does not reproduce its recorded output"}
             rows.append(row)
     return rows
+
+
+def _other_side_plan(op: dict, label: str, x, got_bits, fmt, other: T.Trace) -> dict | None:
+    """The other side's fused backend (``label``) on this side's q, k, v (``got_bits``, its output
+    re-run here): is it the fitted order of that backend too (output N/N; the re-run returns no
+    log-sum-exp)? None for a math (decomposed) other side: its ops are rows of the map."""
+    if label not in FUSED_GPU:
+        return None
+    sfu, why = _sfu_for(other)
+    if sfu is None:
+        return {"found": None, "note": why}
+    call = _attention_call(op)
+    fake = dict(op, op=label, kernels=[])
+    try:
+        fit = fitted_attention(fake, *x[:3], got_bits, None, fmt=fmt, causal=call["causal"], scale=call["scale"], sfu=sfu)
+    except (ValueError, _Unavailable) as exc:
+        return {"found": None, "note": str(exc)[:200]}
+    found = fit["exact"][0] if fit["exact"] else None
+    return {"found": None if found is None else {k: found[k] for k in ("plan", "out_equal", "out_total")},
+            "closest": None if found or not fit["best"] else {k: fit["best"][k] for k in ("plan", "out_equal", "out_total")},
+            "candidates": fit["candidates"], "note": "split-KV not known for the re-run (no kernel names): "
+                                                     "the one-pass orders were tried"}
 
 
 # -- the map ----------------------------------------------------------------------------------------------
@@ -843,6 +990,11 @@ def counterfactual(ta: T.Trace, tb: T.Trace, d: dict | None = None, *, max_exact
     summary = {"ops": d["n_ops"], "differ": len(rows), "own": len(own),
                "attention_regions": len(regions), "regions_own": sum(1 for x in regions if x["own"]),
                "regions_undetermined": [x["key"] for x in regions if x["own"] is None],
+               "regions_by_plan": sum(1 for x in regions if x.get("by_plan")),
+               # own regions with both sides' fused backends reproduced by a fitted plan (a math other side
+               # is not counted: its decomposed ops are rows of the map)
+               "regions_own_both_plans": sum(1 for x in regions if x["own"] and x.get("by_plan")
+                                             and (x.get("other_plan") or {}).get("found")),
                "own_explained": sum(1 for r in own if r["cause"]["category"] != "undetermined"),
                "propagated_only": sum(1 for r in rows if r["own"] is False),
                "undetermined": [r["key"] for r in rows if r["own"] is None or

@@ -88,15 +88,26 @@ def coverage_row(model: str, pair: str, label: str, cmap: dict) -> dict:
     undetermined += [{"key": x["key"], "why": x["cause"]["detail"]} for x in regions if x["own"] is None]
     nn = [(x["n"] - x["n_diff"], x["n"]) for r in own for x in (r["b_on_a"], r["a_on_b"])
           if x and x.get("n_diff") is not None and "n" in x]
-    return {"model": model, "pair": pair, "label": label, "ops": s["ops"], "differ": s["differ"],
+    row = {"model": model, "pair": pair, "label": label, "ops": s["ops"], "differ": s["differ"],
             "own": s["own"], "explained": len(explained), "explained_by_plans": len(by_plan),
             "explained_by_kernel_replay": len(explained) - len(by_plan), "propagated_only": s["propagated_only"],
             "attention_regions": len(regions), "regions_own": sum(1 for x in regions if x["own"]),
+            # fused ops of the regions reproduced N/N (output and lse) by a fitted order of their backend,
+            # and own regions whose other side's fused backend (re-run on the same q, k, v) is one too
+            "regions_by_plan": sum(1 for x in regions if x.get("by_plan")),
+            "regions_own_both_plans": sum(1 for x in regions if x["own"] and x.get("by_plan")
+                                          and (x.get("other_plan") or {}).get("found")),
+            "regions_plan_notes": sorted({(x.get("plans") or {}).get("note") for x in regions
+                                          if not x.get("by_plan") and (x.get("plans") or {}).get("note")})[:4],
             "unmatched_ops": len(s["unmatched"]), "causes": cats, "unexplained": unexplained,
             "undetermined": undetermined, "logits_equal": cmap.get("logits_equal"),
             "cross_replay_outputs": {"equal": sum(a for a, _ in nn), "total": sum(b for _, b in nn)},
             "own_divergences": [{"key": r["key"], "category": r["cause"]["category"], "detail": r["cause"]["detail"]}
                                 for r in own][:64]}
+    if any("by_plan" not in x for x in regions if x.get("kernel_reproduces")):  # a map made before the fitted
+        for k in ("regions_by_plan", "regions_own_both_plans", "regions_plan_notes"):  # plans: not measured
+            row.pop(k)
+    return row
 
 
 def layout_matrix(ta: T.Trace, tb: T.Trace, key: str) -> dict:
@@ -127,11 +138,18 @@ def layout_matrix(ta: T.Trace, tb: T.Trace, key: str) -> dict:
 
 def render_table(rows: list[dict], skipped: list[dict]) -> str:
     head = ("| model | pair | ops | differ | own | explained (plans / kernel replay) | unexplained | "
-            "undetermined | attention regions (own) | causes |\n|---|---|---|---|---|---|---|---|---|---|\n")
+            "undetermined | attention regions (own) | fused ops by plan (own, both sides) | causes |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|\n")
+
+    def by_plan(r):  # rows measured before the fitted plans were wired in have no such count
+        if "regions_by_plan" not in r:
+            return "-"
+        return f"{r['regions_by_plan']}/{r['attention_regions']} ({r['regions_own_both_plans']})"
+
     body = "".join(
         f"| {r['model']} | {r['label']} | {r['ops']} | {r['differ']} | {r['own']} | {r['explained']} "
         f"({r['explained_by_plans']} / {r['explained_by_kernel_replay']}) | {len(r['unexplained'])} | "
-        f"{len(r['undetermined'])} | {r['attention_regions']} ({r['regions_own']}) | "
+        f"{len(r['undetermined'])} | {r['attention_regions']} ({r['regions_own']}) | {by_plan(r)} | "
         + ", ".join(f"{k} {v}" for k, v in sorted(r["causes"].items())) + " |\n" for r in rows)
     out = head + body
     if skipped:
