@@ -149,3 +149,38 @@ def test_other_sides_backend_rerun_is_named_by_its_fitted_plan(capture, recorded
     bad[0, 3, 7, 5] ^= 1
     res = C._other_side_plan(op, OPS["cudnn"], x, bad, "bf16", tr)
     assert res["found"] is None and res["closest"]["out_equal"] == res["closest"]["out_total"] - 1
+
+
+# -- CPU traces: torch's CPU flash kernel named by its replay (numerics.attention_cpu) -----------------
+@pytest.fixture(scope="module")
+def cpu_fused_vs_math():
+    kw = dict(dtype="bf16", batch=2, length=16, profile=False)
+    return T.run_model("tiny-llama", **kw), T.run_model("tiny-llama", **kw, attn="sdpa-math")
+
+
+def test_cpu_regions_are_named_by_the_cpu_flash_replay(cpu_fused_vs_math):
+    """Math (decomposed) vs torch's CPU flash kernel: both layers' regions diverge on their own, and
+    each fused op is reproduced by the CPU replay on every output and lse value (2 x 4 heads x 16
+    tokens x (16 + 1)); the row says so. Control: one lse bit of layer 0's recorded op flipped, that
+    region is no longer by plan and the note counts the miss."""
+    import copy
+
+    a, b = cpu_fused_vs_math
+    m = C.counterfactual(a, b)
+    assert [x["by_plan"] for x in m["regions"]] == [True, True] and m["summary"]["regions_by_plan"] == 2
+    for x in m["regions"]:
+        (p,) = x["plans"]["found"]
+        assert p["plan"].startswith("attention_cpu.ORDER") and p["matches"] == p["total"] == 2 * 4 * 16 * 17
+        assert "attention_cpu.ORDER" in x["cause"]["detail"] and x["other_plan"] is None  # math: ops of the map
+    row = COV.coverage_row("tiny-llama", "flash vs math", "label", m)
+    assert "| 2/2 (0) |" in COV.render_table([row], [])
+
+    bad = copy.deepcopy(a)
+    op0 = [o for o in bad.ops if o["op"] == "_scaled_dot_product_flash_attention_for_cpu"][0]
+    key = f"a/{op0['outputs'][1]['digest']}"
+    arr = bad.arrays[key].copy()
+    arr.reshape(-1)[5] ^= 1
+    bad.arrays[key] = arr
+    plans, n, note = C._attention_plans(bad, op0, C._input_values(bad, op0), 1)
+    assert not any(p.get("kind") == C.CPU_FLASH for p in plans)
+    assert "output 2048/2048, lse 127/128" in note

@@ -451,6 +451,36 @@ def fitted_attention(op: dict, q, k, v, out_bits, lse_bits, *, fmt: str, causal:
     return {"exact": exact, "best": best, "candidates": len(plans), "split_kv": split}
 
 
+CPU_FLASH = "cpu-flash"
+
+
+def cpu_flash(op: dict, q, k, v, out_bits, lse_bits, *, fmt: str, causal: bool, scale) -> dict:
+    """The replay of torch's CPU flash kernel (:func:`numerics.attention_cpu.flash_cpu`, the order
+    measured on torch 2.13 CPU, AVX512) on the op's q, k, v against its recorded output and
+    log-sum-exp (None: output only): ``{"exact": entry}`` when every value is equal, else
+    ``{"note": why not, "best": counts}``."""
+    import dataclasses
+
+    from hspi_kernels.numerics import attention_cpu as AC
+
+    try:
+        o, l = AC.flash_cpu(q, k, v, fmt=fmt, causal=causal, scale=scale)
+    except (NotImplementedError, ValueError) as exc:
+        return {"note": str(exc)[:200]}
+    n_out = int(np.count_nonzero(_to_bits(o, fmt).reshape(-1) == np.asarray(out_bits).reshape(-1)))
+    lse = None if lse_bits is None else _lse_ref(lse_bits, q.shape)
+    n_lse = None if lse is None else int(np.count_nonzero(_to_bits(l, "fp32").reshape(-1) == lse.reshape(-1)))
+    n = int(np.asarray(out_bits).size) + (0 if lse is None else int(lse.size))
+    e = {"kind": CPU_FLASH, "plan": f"attention_cpu.ORDER (torch {AC.MEASURED['torch']}, {AC.MEASURED['cpu_capability']})",
+         "plan_json": dataclasses.asdict(AC.ORDER), "matches": n_out + (n_lse or 0), "total": n,
+         "out_equal": n_out, "out_total": int(np.asarray(out_bits).size), "lse_equal": n_lse,
+         "lse_total": None if lse is None else int(lse.size)}
+    if e["matches"] == n:
+        return {"exact": e}
+    return {"best": e, "note": f"the CPU flash replay ({e['plan']}) gives output {n_out}/{e['out_total']}"
+                               + (f", lse {n_lse}/{e['lse_total']}" if lse is not None else "")}
+
+
 def _attention_plans(trace: T.Trace, op: dict, values, max_exact: int) -> tuple[list[dict], int, str | None]:
     call = _attention_call(op)
     outs = [_output_bits(trace, op, j) for j in range(min(2, len(op["outputs"])))]
@@ -475,6 +505,12 @@ def _attention_plans(trace: T.Trace, op: dict, values, max_exact: int) -> tuple[
                        f"{b['plan']})" if b else " (none passed the first head's output)"))
             # the generic orders below have no SFU and never gave a fused backend's lse (sdpa_orders.md)
             return [], fit["candidates"], note
+    if op["op"] in T.ATTENTION_CPU_OPS:  # torch's CPU kernel, replayed (numerics.attention_cpu)
+        got = cpu_flash(op, q, k, v, outs[0][0], outs[1][0] if len(outs) > 1 else None, fmt=fmt,
+                        causal=call["causal"], scale=call["scale"])
+        if got.get("exact"):
+            return [got["exact"]], 1, None
+        note = got.get("note")
     cands = AP.candidates(fmt, q.shape[-2], causal=call["causal"], tensor_core=on_gpu)
     exact = []
     for plan in cands:
@@ -562,6 +598,21 @@ def _find_plans(trace, op, values, max_exact, chunk_bytes) -> tuple[list[dict], 
 def _apply_plan(impl: dict, op_other: dict, values_other, trace_other) -> list[np.ndarray]:
     """Output bits of a side's plan on the other side's inputs (the modelled outputs)."""
     fmt = T._FMT.get(op_other["outputs"][0]["dtype"])
+    if impl["kind"] == CPU_FLASH:
+        from hspi_kernels.numerics import attention_cpu as AC
+
+        call = _attention_call(op_other)
+        q, k, v = values_other[:3]
+        order = AC.CpuFlashOrder(**{k_: tuple(tuple(x) for x in v_) if k_ == "q_splits" else v_
+                                    for k_, v_ in impl["plan_json"].items()})
+        try:
+            o, lse = AC.replay(q, k, v, fmt=fmt, causal=call["causal"], scale=call["scale"], order=order)
+        except NotImplementedError as exc:
+            raise _Unavailable(str(exc)) from None
+        outs = [_to_bits(o, fmt)]
+        if len(op_other["outputs"]) > 1:
+            outs.append(_to_bits(lse, T._FMT.get(op_other["outputs"][1]["dtype"])))
+        return outs
     if impl["kind"] == "attention-plan":
         plan = AP.attention_plan_from_json(impl["plan_json"])
         call = _attention_call(op_other)
@@ -670,6 +721,10 @@ def _cause(op: str, ia: dict, ib: dict, ka: list, kb: list) -> dict:
     kernel_diff = bool(ka or kb) and sorted(set(ka)) != sorted(set(kb))
     kern_only = [s for s, i, p in (("A", ia, pa), ("B", ib, pb)) if i.get("kernel") and not p]
     if _is_attention(op):
+        if any(x["kind"] == CPU_FLASH for x in pa + pb):  # torch's CPU kernel on one side: not a plan field
+            kinds = {s_: (p[0]["plan"] if p else "its recorded kernel") for s_, p in (("A", pa), ("B", pb))}
+            return {"category": "attention backend", "detail": f"A = {kinds['A']}; B = {kinds['B']}",
+                    **({"plan_a": pa[0]["plan"]} if pa else {}), **({"plan_b": pb[0]["plan"]} if pb else {})}
         if pa and pb:
             best = min(((x, y) for x in pa for y in pb),
                        key=lambda xy: len(AP.diff_fields(AP.attention_plan_from_json(xy[0]["plan_json"]),
@@ -917,6 +972,13 @@ def _other_side_plan(op: dict, label: str, x, got_bits, fmt, other: T.Trace) -> 
     """The other side's fused backend (``label``) on this side's q, k, v (``got_bits``, its output
     re-run here): is it the fitted order of that backend too (output N/N; the re-run returns no
     log-sum-exp)? None for a math (decomposed) other side: its ops are rows of the map."""
+    if label in T.ATTENTION_CPU_OPS:  # the CPU flash kernel re-run on this side's q, k, v: its replay?
+        call = _attention_call(op)
+        got = cpu_flash(dict(op, op=label), *x[:3], got_bits, None, fmt=fmt, causal=call["causal"], scale=call["scale"])
+        e = got.get("exact")
+        return {"found": None if e is None else {k: e[k] for k in ("plan", "out_equal", "out_total")},
+                "closest": None if e or not got.get("best") else {k: got["best"][k] for k in ("plan", "out_equal", "out_total")},
+                "candidates": 1, "note": got.get("note")}
     if label not in FUSED_GPU:
         return None
     sfu, why = _sfu_for(other)
