@@ -184,3 +184,36 @@ def test_cpu_regions_are_named_by_the_cpu_flash_replay(cpu_fused_vs_math):
     plans, n, note = C._attention_plans(bad, op0, C._input_values(bad, op0), 1)
     assert not any(p.get("kind") == C.CPU_FLASH for p in plans)
     assert "output 2048/2048, lse 127/128" in note
+
+
+def test_cross_replay_skips_outputs_whose_dtype_differs(monkeypatch):
+    """CPU vs GPU: native_layer_norm returns mean / rstd in bf16 on the CPU and fp32 on CUDA (the
+    H200 gpt2 CPU vs GPU map left 25 such ops undetermined). The cross replay compares the outputs
+    of equal dtype (the normalised output) and names the others; control: with no output of equal
+    dtype the replay is undetermined, not "no divergence"."""
+    import ml_dtypes
+
+    y = np.arange(12, dtype=np.float32).reshape(1, 3, 4).astype(ml_dtypes.bfloat16).view(np.uint16)
+    mean_bf16 = np.zeros((1, 3, 1), np.uint16)
+    arrays = {"a/y": y, "a/m": mean_bf16, "a/r": mean_bf16}
+    meta = {"ops": [], "arrays": {"y": {"fmt": "bf16", "rows": None}, "m": {"fmt": "bf16", "rows": None},
+                                  "r": {"fmt": "bf16", "rows": None}}, "run": {"device": "cpu"}, "platform": {}}
+    other = T.Trace(meta, arrays)
+    op_other = {"op": "native_layer_norm", "outputs": [{"digest": "y", "dtype": "bfloat16"},
+                                                       {"digest": "m", "dtype": "bfloat16"},
+                                                       {"digest": "r", "dtype": "bfloat16"}]}
+    op_self = {"op": "native_layer_norm", "outputs": [{"digest": "y2", "dtype": "bfloat16"},
+                                                      {"digest": "m2", "dtype": "float32"},
+                                                      {"digest": "r2", "dtype": "float32"}]}
+    y_diff = y.copy()
+    y_diff[0, 1, 2] ^= 1
+    monkeypatch.setattr(C, "_run_kernel", lambda op, values, trace=None: [y_diff, np.zeros((1, 3, 1), np.uint32),
+                                                                          np.zeros((1, 3, 1), np.uint32)])
+    res = C._cross("kernel", op_self, op_other, other, [np.zeros(1)], None, other)
+    assert (res["n"], res["n_diff"]) == (12, 1) and len(res["not_compared"]) == 2
+    op_self_all = dict(op_self, outputs=[dict(o, dtype="float32") for o in op_self["outputs"]])
+    monkeypatch.setattr(C, "_run_kernel", lambda op, values, trace=None: [np.zeros((1, 3, 4), np.uint32),
+                                                                          np.zeros((1, 3, 1), np.uint32),
+                                                                          np.zeros((1, 3, 1), np.uint32)])
+    res = C._cross("kernel", op_self_all, op_other, other, [np.zeros(1)], None, other)
+    assert res["n_diff"] is None and "same dtype" in res["note"]

@@ -53,6 +53,7 @@ import numpy as np
 
 from hspi_kernels.fingerprint import features
 from hspi_kernels.numerics import attention_plan as AP
+from hspi_kernels.numerics.formats import get_format
 from hspi_kernels.numerics import evaluate
 from hspi_kernels.numerics import plans as P
 from hspi_kernels.trace import explain as E
@@ -258,8 +259,14 @@ def _kernel_reproduces(op: dict, outs: list[np.ndarray]) -> bool:
     """Every result output (not an SDPA op's RNG state: tracer.result_outputs) digest-equal."""
     if len(outs) != len(op["outputs"]):
         return False
-    return all(T._digest(outs[j], T._FMT.get(op["outputs"][j]["dtype"])) == op["outputs"][j]["digest"]
-               for j in T.result_outputs(op))
+    for j in T.result_outputs(op):
+        a = np.asarray(outs[j])
+        fmt = T._FMT.get(op["outputs"][j]["dtype"])
+        if fmt is not None and a.dtype.kind in "iuf" and a.dtype.itemsize * 8 != get_format(fmt).total_bits:
+            return False  # another dtype than recorded (e.g. a CPU kernel's bf16 mean vs CUDA's fp32)
+        if T._digest(a, fmt) != op["outputs"][j]["digest"]:
+            return False
+    return True
 
 
 # -- plans --------------------------------------------------------------------------------------------
@@ -683,6 +690,10 @@ def _cross(impl_kind, op_self, op_other, trace_other, values_other, plan=None, t
                 return {"impl": "kernel", "n_diff": 0, "outputs": "all (digests equal)"}
             res = {"impl": "kernel", "n": 0, "n_diff": 0, "gives_own": _kernel_reproduces(op_self, outs)}
             for j in T.result_outputs(op_other):
+                da, db = op_self["outputs"][j]["dtype"], op_other["outputs"][j]["dtype"]
+                if da != db:  # e.g. native_layer_norm's mean / rstd: bf16 on the CPU, fp32 on CUDA
+                    res.setdefault("not_compared", []).append(f"output {j}: {da} here, {db} on the other side")
+                    continue
                 o = outs[j]
                 ref = _output_bits(trace_other, op_other, j)
                 if ref is None:
@@ -694,6 +705,8 @@ def _cross(impl_kind, op_self, op_other, trace_other, values_other, plan=None, t
                 res["n_diff"] += c["n_diff"]
                 if c["n_diff"] and "ulp_histogram" in c and "ulp_histogram" not in res:
                     res.update({k: c[k] for k in ("ulp_histogram", "max_ulp") if k in c})
+            if not res["n"]:
+                res.update(n_diff=None, note="no result output of the same dtype on both sides")
             return res
         outs = _apply_plan(plan, op_other, values_other, trace_other)
     except (_Unavailable, ValueError) as exc:
