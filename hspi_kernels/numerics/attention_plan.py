@@ -42,7 +42,10 @@ with ``apply(op, x)``: :class:`attention_ref.SfuOutputs` recorded on a GPU, or
 
 The log-sum-exp formula is a field too, because kernels write it differently (``lse``, with the
 log function ``log``; ``LN(l)`` = ``rn(LG2(l) · fp32(ln 2))`` for ``log="sfu"`` (``__logf`` of a
-fast-math build: LG2 = lg2.approx), numpy float32 ``log(l)`` for ``log="libm"``):
+fast-math build: LG2 = lg2.approx), numpy float32 ``log(l)`` for ``log="libm"``, CUDA's accurate
+``logf`` for ``log="cuda"`` (:func:`attention_ref.cuda_logf`, libdevice ``__nv_logf`` bit for bit: a
+build without fast math; flash2 split-KV: the combine kernel's ``logf`` too); "cuda" has no place in
+the online log2-domain "auto" form, which takes log2):
 
 - ``lse="auto"``, ``log="auto"``: the forms above (online: numpy log / log2; flash2: ``fma(m,
   fp32(scale), LN(l))`` with LG2 = lg2.approx when exp is "sfu", else numpy log2);
@@ -70,7 +73,7 @@ EXPS = ("exact", "numpy", "sfu")
 WALKS = ("online", "flash2")
 RECIPS = ("div", "ieee", "sfu")
 LSES = ("auto", "fma_ln2", "mul_ln2", "div_log2e", "mul_scale")  # module docstring
-LOGS = ("auto", "libm", "sfu")
+LOGS = ("auto", "libm", "sfu", "cuda")
 F32 = np.float32
 LOG2E = 1.4426950408889634
 LN2 = F32(0.6931471805599453)
@@ -129,6 +132,9 @@ class AttentionPlan:
             raise ValueError("AttentionPlan: lse='mul_scale' is a flash2 form (m on raw scores)")
         if self.lse in ("fma_ln2", "mul_ln2", "div_log2e") and (self.walk != "online" or self.domain != "log2"):
             raise ValueError(f"AttentionPlan: lse={self.lse!r} is an online-walk log2-domain form")
+        if self.log == "cuda" and self.lse == "auto" and self.walk == "online" and self.domain == "log2":
+            raise ValueError("AttentionPlan: log='cuda' (logf) has no place in the log2-domain lse='auto' form "
+                             "(it takes log2(l))")
 
     def __repr__(self) -> str:
         parts = []
@@ -188,11 +194,11 @@ class AttentionPlan:
 
     def describe_lse(self) -> str:
         """The log-sum-exp formula of this plan (module docstring)."""
-        ln = "rn(lg2.approx(l) * fp32(ln 2))" if self._log_source() == "sfu" else "log(l)"
+        ln = {"sfu": "rn(lg2.approx(l) * fp32(ln 2))", "cuda": "logf(l)"}.get(self._log_source(), "log(l)")
         if self.walk == "flash2":
             if self.lse == "mul_scale":
                 return f"rn(rn(m * fp32(scale)) + {ln})"
-            if self.log == "libm":
+            if self.log in ("libm", "cuda"):
                 return f"fma(m, fp32(scale), {ln})"
             lg2 = "lg2.approx(l)" if self._log_source() == "sfu" else "log2(l)"
             return f"fma(m, fp32(scale), rn({lg2} * fp32(ln 2)))"
@@ -308,11 +314,11 @@ def _lse(plan: AttentionPlan, m, l, scale: float, sfu) -> np.ndarray:
             raise ValueError("AttentionPlan(log='sfu') needs sfu= (the recorded lg2.approx outputs)")
         src = "libm"  # auto on a flash2 plan without SFU outputs: numpy log2 stands in (as before)
     lg2 = sfu.apply("lg2", l) if src == "sfu" else np.log2(l).astype(F32)
-    ln = (lg2 * LN2).astype(F32) if src == "sfu" else np.log(l).astype(F32)
+    ln = ((lg2 * LN2).astype(F32) if src == "sfu" else R.cuda_logf(l) if src == "cuda" else np.log(l).astype(F32))
     if plan.walk == "flash2":
         if plan.lse == "mul_scale":
             return ((m * F32(scale)).astype(F32) + ln).astype(F32)
-        return R.fma32(m, F32(scale), ln if plan.log == "libm" else (lg2 * LN2).astype(F32))
+        return R.fma32(m, F32(scale), ln if plan.log in ("libm", "cuda") else (lg2 * LN2).astype(F32))
     if plan.lse == "auto":
         if plan.domain == "natural":
             return (m + ln).astype(F32)
@@ -331,7 +337,9 @@ def lse_variants(plan: AttentionPlan) -> list[AttentionPlan]:
         ("auto", "fma_ln2", "mul_ln2", "div_log2e") if plan.domain == "log2" else ("auto",))
     out = [plan]
     for lse in forms:
-        for log in ("libm", "sfu"):
+        for log in ("libm", "sfu", "cuda"):
+            if log == "cuda" and lse == "auto" and plan.walk == "online" and plan.domain == "log2":
+                continue  # that form takes log2(l), not logf
             out.append(dataclasses.replace(plan, lse=lse, log=log))
     return list(dict.fromkeys(out))
 
@@ -365,7 +373,7 @@ def _flash2(plan, qf, kf, vf, lead, *, fmt, causal, scale, sc, exp, sfu, with_ls
             O = R.replay_flash2(qf[b], kf[b], vf[b], fmt=fmt, block_n=plan.block_n, tile=plan.tile, causal=causal,
                                 scale_log2=sc, ex2=exp, recip=recip, lane_fma=plan.lane_fma, dot_plan=plan.dot,
                                 stats=stats, backend=backend, splits=plan.splits, lse_fn=lse_fn,
-                                exp_fma=plan.exp_fma)
+                                exp_fma=plan.exp_fma, logf=R.cuda_logf if plan.log == "cuda" else None)
         outs.append(R.round_to_input(O, fmt) if round_output else O)
         if with_lse and "lse" in stats:
             lses.append(stats["lse"])

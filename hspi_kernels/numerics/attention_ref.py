@@ -63,6 +63,45 @@ def exp_exact(x) -> np.ndarray:
         return ((p * s1).astype(F32) * s2).astype(F32)
 
 
+# libdevice __nv_logf (CUDA 13.0 nvvm/libdevice/libdevice.10.bc, llvm-dis): its constants as fp32 bits
+_LOGF_POLY = tuple(np.uint32(b).view(F32) for b in (0xBE055027, 0x3E1039F6, 0xBDF8CDCC, 0x3E0F2955, 0xBE2AD8B9,
+                                                    0x3E4CED0B, 0xBE7FFF22, 0x3EAAAA78))  # Horner order, then -0.5
+_LOGF_LN2 = np.uint32(0x3F317218).view(F32)  # rn32(ln 2)
+
+
+def cuda_logf(x) -> np.ndarray:
+    """CUDA's accurate ``logf`` (libdevice ``__nv_logf``, the non-FTZ branch that a build without
+    ``-ftz=true`` / ``--use_fast_math`` selects; max error 1 ulp), bit for bit on float32 arrays,
+    transcribed operation by operation from CUDA 13.0's libdevice bitcode:
+
+    ``x < 2^-126`` (subnormals, and every negative: fcmp olt) -> ``x = x·2^23``, ``i = -23`` (else 0);
+    ``e = (bits(x) - 0x3f2aaaab) & 0xff800000`` (int32), ``m = float(bits(x) - e)`` in [2/3, 4/3),
+    ``fe = fma(float(e), 2^-23, i)``, ``f = m - 1``; ``p`` = Horner with fma of the 8 coefficients
+    in f, then ``fma(p, f, -0.5)``; ``q = fma(rn(p·f), f, f)``; ``r = fma(fe, rn32(ln 2), q)``; where
+    ``bits(x) >= 0x7f800000`` (+inf, NaN, every negative) ``r = fma(x, inf, inf)`` (inf, or NaN:
+    returned as the GPU's canonical 0x7fffffff); ``x == 0`` (either sign) -> -inf. Every fma is
+    :func:`fma32` (exact, one rounding)."""
+    x = np.asarray(x, dtype=F32)
+    with np.errstate(all="ignore"):
+        small = x < F32(2.0**-126)
+        a = np.where(small, (x * F32(2.0**23)).astype(F32), x).astype(F32)
+        i = np.where(small, F32(-23.0), F32(0.0)).astype(F32)
+        ab = a.view(np.uint32).astype(np.int64)
+        e = ((ab - 0x3F2AAAAB) & 0xFF800000) & 0xFFFFFFFF  # 32-bit wrap-around
+        m = ((ab - e) & 0xFFFFFFFF).astype(np.uint32).view(F32)
+        fe = fma32(e.astype(np.uint32).view(np.int32).astype(F32), F32(2.0**-23), i)
+        f = (m - F32(1.0)).astype(F32)
+        p = fma32(_LOGF_POLY[0], f, _LOGF_POLY[1])
+        for c in _LOGF_POLY[2:] + (F32(-0.5),):
+            p = fma32(p, f, c)
+        q = fma32((p * f).astype(F32), f, f)
+        r = fma32(fe, _LOGF_LN2, q)
+        special = ab >= 0x7F800000
+        r = np.where(special, np.where(a == F32(np.inf), F32(np.inf), np.uint32(0x7FFFFFFF).view(F32)), r)
+        r = np.where(a == F32(0.0), F32(-np.inf), r)
+    return r.astype(F32)
+
+
 @dataclasses.dataclass
 class SfuTable:
     """Recorded outputs of one SFU op: whole binades plus a list of special inputs.

@@ -111,9 +111,25 @@ def fitted_plans(backend: str, fmt: str, D: int, *, split_kv: bool) -> list[AP.A
       128 keys per block, 64-row tiles, the wgmma chain, the row sum in four lane partials combined
       at the end (``rowsum=None``; run 4: lse N/N at 16 tokens, a sequential row sum 87-89 %), the lse
       ``fma(m, ln 2, rn(lg2.approx(l) · ln 2))``; the sequential row sum kept as a fallback;
-    - efficient (``fmha_cutlassF_*_64x64 / 64x128_rf_sm80``): the online walk, log2 domain,
-      64 (D 64) / 128 (D 128) keys per block, 64-row tiles, the mma.sync chain, lane partials first
-      (the closest lse, 89-90 %, not N/N), then sequential and pairwise row sums."""
+    - efficient (``fmha_cutlassF_*_64x64 / 64x128_rf_sm80``, PyTorch's CUTLASS memory-efficient
+      kernel): the online walk, log2 domain, 64 (D 64) / 128 (D 128) keys per block, 64-row tiles,
+      lane partials (``rowsum=None``), the lse ``rn(div_rn(m, fp32(log2 e)) + logf(l))`` with CUDA's
+      accurate ``logf`` (``lse="div_log2e", log="cuda"``: the kernel's ``mi / kLog2e +
+      cutlass::fast_log(s_prime)``, ``fast_log`` = ``::logf`` = libdevice ``__nv_logf``). First with
+      the dot of the kernel's ``InstructionShape<16, 8, 8>`` (``DefaultGemmType`` of 16-bit inputs,
+      sm75+): a chain of ``mma.sync`` m16n8k8 blocks, 8 products per block, F = 25, the Hopper rules
+      -- written as the sm_90 tf32 preset (``TensorCore("sm_90", "tf32")``, G = 8, F = 25), which is
+      that block for bf16 operands (tf32 holds every bf16 value; fp16: the same except for
+      subnormal operands, aligned at their actual exponent here); on the H200 capture it gives the
+      lse and output N/N on every 16-token row whose ex2 inputs the GPU recorded (748/748; the k = 16
+      chain 728) and the one-key rows' lse of all 70 heads from the scores alone (k = 16: 56;
+      tests/test_sdpa_efficient_lse.py). Then the k = 16 chain with that lse (run 4's SFU outputs:
+      int.short 128/128, qwen 206/224, gpt2 177/192, llama 473/512, gpt2 fp16 92/192); then the
+      earlier orders (the lse formula left to the search; sequential and pairwise row sums). Not
+      modelled: at D = 128 (scale not a power of two) the kernel rounds twice,
+      ``rn(rn(S·scale)·fp32(log2 e))`` (row 0 of long.d128), where the online walk rounds once,
+      ``rn(S·fp32(scale·log2 e))``; and with more than 32 keys a block's row sum is two warp halves
+      added to ``rn(l·alpha)`` one after the other."""
     rs_all = (None, P.Sequential(), P.Pairwise())
     if backend == "flash":
         if not split_kv:
@@ -127,8 +143,12 @@ def fitted_plans(backend: str, fmt: str, D: int, *, split_kv: bool) -> list[AP.A
         return [AP.AttentionPlan(block_n=128, tile=64, domain="log2", exp="sfu", rowsum=rs, dot=dot, recip=r,
                                  lse="fma_ln2", log="sfu") for rs in (None, P.Sequential()) for r in ("div", "ieee", "sfu")]
     dot = P.tensor_core_gemm(fmt, "fp32", path="mma.sync", arch="sm_90")
-    return [AP.AttentionPlan(block_n=64 if D <= 64 else 128, tile=64, domain="log2", exp="sfu", rowsum=rs, dot=dot,
-                             recip=r) for rs in rs_all for r in ("div", "ieee", "sfu")]
+    k8 = P.Chain(block=P.TensorCore("sm_90", "tf32", "fp32", path="mma.sync"), k=8)  # m16n8k8 (docstring)
+    bn = 64 if D <= 64 else 128
+    return [AP.AttentionPlan(block_n=bn, tile=64, domain="log2", exp="sfu", dot=d, recip=r, lse="div_log2e", log="cuda")
+            for d in (k8, dot) for r in ("div", "ieee", "sfu")] + [
+        AP.AttentionPlan(block_n=bn, tile=64, domain="log2", exp="sfu", rowsum=rs, dot=dot, recip=r)
+        for rs in rs_all for r in ("div", "ieee", "sfu")]
 
 
 def variants(plans) -> list[AP.AttentionPlan]:
