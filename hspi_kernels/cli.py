@@ -895,6 +895,9 @@ def trace_run(
     keep_diverging: Optional[Path] = typer.Option(None, "--keep-diverging",
                                                   help="reference trace: keep the arrays of every op whose output differs from it"),
     max_mb: Optional[float] = typer.Option(None, "--max-mb", help="budget for stored arrays (MiB)"),
+    row_cap_mb: float = typer.Option(1.0, "--row-cap-mb",
+                                     help="arrays above this size keep their leading rows only (MiB); raise it "
+                                          "to re-execute large ops such as lm_head whole"),
     inject: Optional[list[str]] = typer.Option(None, "--inject", help="KEY=PLAN: compute that GEMM by a plan (tests, demos)"),
     profile: bool = typer.Option(True, "--profile/--no-profile", help="extra pass for device kernel names"),
     out: Path = typer.Option(Path("trace.npz"), "--out", "-o"),
@@ -910,6 +913,8 @@ def trace_run(
         _positive(value, option)
     if max_mb is not None and not max_mb > 0:
         _fail(f"--max-mb must be > 0, got {max_mb}", 2)
+    if not row_cap_mb > 0:
+        _fail(f"--row-cap-mb must be > 0, got {row_cap_mb}", 2)
     out = _output(out, "trace")
     try:
         meqc.EQC(dtype=dtype, attn=attn, gemm=gemm, batch=batch)
@@ -924,7 +929,7 @@ def trace_run(
         tr = T.run_model(model, dtype=dtype, batch=batch, length=length, seed=seed, device=device, attn=attn,
                          gemm=gemm, threads=threads, keep=keep, keep_layers=keep_layers, keep_keys=keys,
                          max_bytes=None if max_mb is None else int(max_mb * (1 << 20)),
-                         inject=inject_plans, profile=profile, reference=reference)
+                         row_cap_bytes=int(row_cap_mb * (1 << 20)), inject=inject_plans, profile=profile, reference=reference)
     except (ValueError, OSError) as exc:
         _fail(str(exc), 2)
     with _writing(f"trace {out}"):
@@ -1135,9 +1140,11 @@ def trace_explain(
             table.add_row(o["key"], pa, pb, o["cause"])
         console.print(table)
         console.print(x["map_text"], markup=False, highlight=False, soft_wrap=True)
+        if x.get("explained_regions"):
+            console.print("[green]explained:[/green] " + x["explained_regions"], highlight=False)
         if x["unexplained"]:
             console.print("[yellow]unexplained:[/yellow] " + "; ".join(x["unexplained"]))
-    if not x["ops"] or x["unexplained"]:
+    if (not x["ops"] and not x.get("explained_regions")) or x["unexplained"]:
         raise typer.Exit(1)
 
 

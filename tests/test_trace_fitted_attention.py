@@ -217,3 +217,21 @@ def test_cross_replay_skips_outputs_whose_dtype_differs(monkeypatch):
                                                                           np.zeros((1, 3, 1), np.uint32)])
     res = C._cross("kernel", op_self_all, op_other, other, [np.zeros(1)], None, other)
     assert res["n_diff"] is None and "same dtype" in res["note"]
+
+
+def test_explain_counts_named_regions_as_explained(cpu_fused_vs_math, monkeypatch):
+    """The divergence of a math vs flash pair enters through ops of one trace only; once the map
+    names every such region, explain lists it as explained (the CLI exits 0), not unexplained.
+    Control: a map whose regions are undetermined keeps the "enters through" entry."""
+    a, b = cpu_fused_vs_math
+    x = C.explain_with_map(a, b)
+    assert "2 attention region(s)" in x["explained_regions"] and "2 fused op(s) reproduced by plan" in x["explained_regions"]
+    assert not any(u.startswith("divergence enters through") for u in x["unexplained"])
+    real = C._region_rows
+
+    def undetermined(*args, **kw):
+        return [dict(r, own=None, cause={"category": "undetermined", "detail": "control"}) for r in real(*args, **kw)]
+
+    monkeypatch.setattr(C, "_region_rows", undetermined)
+    x = C.explain_with_map(a, b)
+    assert "explained_regions" not in x and any(u.startswith("divergence enters through") for u in x["unexplained"])

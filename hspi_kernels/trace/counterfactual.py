@@ -234,13 +234,14 @@ def _run_kernel(op: dict, values: list[np.ndarray], trace: T.Trace | None = None
     fn = getattr(fn, parts[2] if len(parts) > 2 else "default")
     device = str(((trace.meta.get("run") if trace is not None else None) or {}).get("device", "cpu"))
     tensors = []
-    for v, info in zip(values, op["inputs"]):
+    for j, (v, info) in enumerate(zip(values, op["inputs"])):
         dt = getattr(torch, info["dtype"])
         v = np.ascontiguousarray(v)
+        if tuple(v.shape) != tuple(info["shape"]):  # a GEMM operand kept as its leading rows only
+            raise _Unavailable(f"input {j} was kept as {list(v.shape)} of {list(info['shape'])} (leading rows only: "
+                               "trace with a larger --row-cap-mb to re-execute the op)")
         t = torch.from_numpy(v if v.flags.writeable else v.copy()).to(device)  # cached params: read-only
         t = t.to(dt) if t.dtype != dt else t
-        if tuple(t.shape) != tuple(info["shape"]):
-            raise _Unavailable("input shape differs from the record")
         tensors.append(_placed(t, info, device))
     if not isinstance(op["args"], list) or len(op["args"]) != 2:
         raise _Unavailable("arguments not recorded")
@@ -1119,7 +1120,8 @@ def render_map(cmap: dict, width: int = 80) -> str:
         if x["own"] is False:
             continue
         lines.append(f"[region {x['side']}] {x['key']}"[:width])
-        lines.append(f"    {x['cause']['category']}: {x['cause']['detail']}"[:width])
+        tag = " (fused op by plan, N/N)" if x.get("by_plan") else ""
+        lines.append(f"    {x['cause']['category']}{tag}: {x['cause']['detail']}"[:width])
     return "\n".join(lines)
 
 
@@ -1131,5 +1133,25 @@ def explain_with_map(ta: T.Trace, tb: T.Trace, d: dict | None = None, *, map_wid
     cmap = counterfactual(ta, tb, d)
     out["map"] = cmap
     out["map_text"] = render_map(cmap, map_width)
-    out["unexplained"] += [f"{k}: own divergence, cause undetermined" for k in cmap["summary"]["undetermined"]]
+    # the divergence that enters through ops of one trace only (another attention backend) is
+    # explained when every such op belongs to a module whose attention region the map named
+    via = d.get("divergence_via_unmatched")
+    if via:
+        named = {_module_of(x["key"]) for x in cmap["regions"]
+                 if x["own"] is not None and x["cause"]["category"] != "undetermined"}
+        ops1 = via["unmatched_a"] + via["unmatched_b"]
+        if ops1 and {_module_of(k) for k in ops1} <= named:
+            msg = "divergence enters through ops present in one trace only: "
+            out["unexplained"] = [u for u in out["unexplained"] if not u.startswith(msg)]
+            regs = [x for x in cmap["regions"] if x["own"]]
+            out["explained_regions"] = (f"the divergence enters through {len(cmap['regions'])} attention region(s) "
+                                        f"present in one trace only, all named: {len(regs)} own divergence(s) "
+                                        f"(attention backend), {sum(1 for x in cmap['regions'] if x.get('by_plan'))} "
+                                        "fused op(s) reproduced by plan N/N")
+    for r in cmap["ops"]:
+        if r["own"] is None:
+            out["unexplained"].append(f"{r['key']}: whether it diverges on its own is undetermined "
+                                      f"({r.get('why_undetermined', '')[:160]})")
+        elif r["own"] and r["cause"]["category"] == "undetermined":
+            out["unexplained"].append(f"{r['key']}: own divergence, cause undetermined ({r['cause']['detail'][:160]})")
     return out
