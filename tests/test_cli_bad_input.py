@@ -162,6 +162,8 @@ CASES = [
     ("trace run", "unknown name", ["trace", "run", "--attn", "bogus", "--out", "{dir}/t.npz"], 2, "attn 'bogus'", ()),
     ("trace run", "out-of-range number", ["trace", "run", "--batch", "0", "--out", "{dir}/t.npz"], 2,
      "--batch must be >= 1", ()),
+    ("trace run", "out-of-range number", ["trace", "run", "--row-cap-mb", "0", "--out", "{dir}/t.npz"], 2,
+     "--row-cap-mb must be > 0", ()),
     ("trace run", "output is a directory", ["trace", "run", "--out", "{dir}"], 2, "is a directory", ()),
     ("trace run", "unwritable output (under a file)", ["trace", "run", "--out", "{under_file}"], 2,
      "Not a directory", ()),
