@@ -227,17 +227,17 @@ def test_efficient_lse_div_log2e_with_cuda_logf(name, monkeypatch):
     """The efficient kernel's lse form with CUDA's logf on the k = 16 plan, every row (run 4's SFU
     table covers it): int.short (integer scores, exact in any dot order) N/N; the others as
     measured. Negative controls: numpy's log, and the default lse form, give fewer rows. The output
-    bits N/N (gpt2 fp16: 12286/12288)."""
+    bits N/N (gpt2 fp16: 12287/12288 with recip 'ieee', 12286 with 'div')."""
     _, _, _, _, fmt, want_o, want_l = _case(name)
     plan = SO.fitted_plans("efficient", fmt, 64, split_kv=False)[3]  # the k = 16 chain, lse div_log2e / cuda
     assert plan.dot == P.tensor_core_gemm(fmt, "fp32", path="mma.sync", arch="sm_90")
-    assert (plan.lse, plan.log, plan.rowsum, plan.recip) == ("div_log2e", "cuda", None, "div")
+    assert (plan.lse, plan.log, plan.rowsum, plan.recip) == ("div_log2e", "cuda", None, "ieee")
     ob, forms = _walk(plan, name, _run4_sfu(), monkeypatch)
     forms_order = (("div_log2e", "cuda"), ("div_log2e", "libm"), ("auto", "auto"))
     counts = tuple(int((forms[f] == want_l).sum()) for f in forms_order)
     assert counts == K16_LSE[name], counts
     assert counts[0] > counts[1] > counts[2]
-    assert int((ob == want_o).sum()) == want_o.size - (2 if name == "gpt2-small.fp16" else 0)
+    assert int((ob == want_o).sum()) == want_o.size - (1 if name == "gpt2-small.fp16" else 0)
     if name == "int.short":  # the rows where logf and numpy's log differ: the GPU wrote logf's value
         cuda, libm = forms[("div_log2e", "cuda")], forms[("div_log2e", "libm")]
         d = cuda != libm
@@ -279,7 +279,7 @@ def test_efficient_k8_plan_is_exact_on_every_recorded_row(monkeypatch):
     for name in SHORT:
         _, _, _, _, fmt, want_o, want_l = _case(name)
         plan = SO.fitted_plans("efficient", fmt, 64, split_kv=False)[0]
-        assert plan.dot == K8 and (plan.lse, plan.log, plan.rowsum, plan.recip) == ("div_log2e", "cuda", None, "div")
+        assert plan.dot == K8 and (plan.lse, plan.log, plan.rowsum, plan.recip) == ("div_log2e", "cuda", None, "ieee")
         ob8, f8 = _walk(plan, name, sfu, monkeypatch)
         ob16, f16 = _walk(_plan(fmt), name, sfu, monkeypatch)
         l8, l16 = f8[("div_log2e", "cuda")], f16[("div_log2e", "cuda")]

@@ -53,6 +53,20 @@ the online log2-domain "auto" form, which takes log2):
   ``"mul_ln2"`` = ``rn(rn(m · fp32(ln 2)) + LN(l))``, ``"div_log2e"`` = ``rn(div_rn(m, fp32(log2 e)) + LN(l))``
   (the CUTLASS memory-efficient kernel's ``mi / kLog2e + log(s_prime)``);
 - flash2 (m raw): ``"mul_scale"`` = ``rn(rn(m · fp32(scale)) + LN(l))`` (the uncontracted ``__logf`` form).
+
+Fields found on the long H200 captures (defaults = the earlier behaviour, bit for bit):
+
+- ``rowsum_chunk`` (online walk; 0 = the whole block): the block's row sum as partials of that many
+  keys, each in the ``rowsum`` order, added to ``rn(l·alpha)`` one after the other (the CUTLASS
+  memory-efficient kernel: one partial per 32-key warp column, ``s_prime += addition_storage[i]``);
+- ``scale_twice`` (online walk, log2 domain): ``s = rn(rn(S·fp32(scale))·fp32(log2 e))`` (that kernel's
+  ``p.scale`` then ``kLog2e``; the same bits as once when the scale is a power of two, D = 64);
+- ``combine_log`` / ``combine_exp`` (flash2 split-KV): the combine kernel's ``logf`` / ``expf``:
+  ``combine_log="auto"`` is CUDA logf when ``log="cuda"``, else numpy; ``"cuda"`` CUDA's accurate
+  ``logf`` whatever the split kernel's ``log`` (PyTorch's flash build has no fast math there: the
+  split lse keeps its explicit ``__logf``); ``combine_exp="cuda"``: CUDA's accurate ``expf``
+  (:func:`attention_ref.cuda_expf`, ``ex2.approx.ftz`` of a reduced argument in about [0, 1) from
+  ``sfu``), ``"libm"`` numpy's float32 exp.
 """
 
 from __future__ import annotations
@@ -74,6 +88,8 @@ WALKS = ("online", "flash2")
 RECIPS = ("div", "ieee", "sfu")
 LSES = ("auto", "fma_ln2", "mul_ln2", "div_log2e", "mul_scale")  # module docstring
 LOGS = ("auto", "libm", "sfu", "cuda")
+COMBINE_LOGS = ("auto", "libm", "cuda")
+COMBINE_EXPS = ("libm", "cuda")
 F32 = np.float32
 LOG2E = 1.4426950408889634
 LN2 = F32(0.6931471805599453)
@@ -97,6 +113,10 @@ class AttentionPlan:
     lse: str = "auto"
     log: str = "auto"
     exp_fma: bool = True  # flash2: p = ex2(fma(S, c, -rn(m c))); False: ex2(rn(rn(S c) - rn(m c)))
+    rowsum_chunk: int = 0  # online: the block's row sum in partials of this many keys (0: whole block)
+    scale_twice: bool = False  # online log2: s = rn(rn(S * fp32(scale)) * fp32(log2 e)) (False: rounded once)
+    combine_log: str = "auto"  # flash2 split-KV combine's logf: "auto" (log='cuda': CUDA logf, else numpy)
+    combine_exp: str = "libm"  # flash2 split-KV combine's expf: "libm" (numpy) or "cuda" (__nv_expf on SFU ex2)
 
     def __post_init__(self):
         for name in ("block_n", "tile", "splits"):
@@ -126,6 +146,19 @@ class AttentionPlan:
         elif not self.lane_fma or not self.exp_fma or (self.recip != "div" and self.splits != 1):
             raise ValueError("AttentionPlan: lane_fma / exp_fma are fields of walk='flash2'; recip other than 'div' "
                              "needs one split")
+        if not isinstance(self.rowsum_chunk, int) or self.rowsum_chunk < 0:
+            raise ValueError(f"AttentionPlan: rowsum_chunk must be a non-negative int, got {self.rowsum_chunk!r}")
+        if self.rowsum_chunk and (self.walk != "online" or self.block_n % self.rowsum_chunk
+                                  or (self.rowsum is None and self.rowsum_chunk % 8)):
+            raise ValueError("AttentionPlan: rowsum_chunk is a field of the online walk, a divisor of block_n "
+                             "(a multiple of 8 with the quad row sum)")
+        if self.scale_twice and (self.walk != "online" or self.domain != "log2"):
+            raise ValueError("AttentionPlan: scale_twice is a field of the online walk's log2 domain")
+        if self.combine_log not in COMBINE_LOGS or self.combine_exp not in COMBINE_EXPS:
+            raise ValueError(f"AttentionPlan: combine_log must be one of {COMBINE_LOGS} and combine_exp one of "
+                             f"{COMBINE_EXPS}, got {self.combine_log!r}, {self.combine_exp!r}")
+        if (self.combine_log, self.combine_exp) != ("auto", "libm") and self.walk != "flash2":
+            raise ValueError("AttentionPlan: combine_log / combine_exp are fields of walk='flash2' (split-KV)")
         if self.lse not in LSES or self.log not in LOGS:
             raise ValueError(f"AttentionPlan: lse must be one of {LSES} and log one of {LOGS}, got {self.lse!r}, {self.log!r}")
         if self.lse == "mul_scale" and self.walk != "flash2":
@@ -169,15 +202,19 @@ class AttentionPlan:
                 "output": {"div": "O = div_rn(acc, l)", "ieee": "O = rn(acc * rn(1 / l))",
                            "sfu": "O = rn(acc * rcp.approx(l))"}[self.recip] + ", RNE to the output format",
                 "lse": self.describe_lse(),
+                "combine": self.describe_combine(),
             }
         return {
             "key_blocks": f"BLOCK_N={self.block_n} keys per block, ascending; causal loop end per {self.tile} query rows",
-            "scores": f"s = rn(dot(q, k^T) * fp32(scale{' * log2 e' if self.domain == 'log2' else ''}))",
+            "scores": ("s = rn(rn(dot(q, k^T) * fp32(scale)) * fp32(log2 e))" if self.scale_twice else
+                       f"s = rn(dot(q, k^T) * fp32(scale{' * log2 e' if self.domain == 'log2' else ''}))"),
             "exp": {"exact": "attention_ref.exp_exact", "numpy": f"numpy float32 {'exp2' if self.domain == 'log2' else 'exp'}",
                     "sfu": "recorded ex2.approx.ftz table" + (" on rn(x * L2E)" if self.domain == "natural" else "")}[self.exp],
             "online_softmax": "m_new = max(m, rowmax s); alpha = EXP(rn(m - m_new)); p = EXP(rn(s - m_new)); "
                               "l = rn(rn(l * alpha) + rowsum(p))",
-            "rowsum": "CUDA quad order" if self.rowsum is None else repr(self.rowsum),
+            "rowsum": ("CUDA quad order" if self.rowsum is None else repr(self.rowsum))
+                      + (f", in partials of {self.rowsum_chunk} keys added to rn(l * alpha) one after the other"
+                         if self.rowsum_chunk else ""),
             "pv": ("P = RNE(p) to the input format; " if self.round_p else "P = p (fp32); ")
                   + "acc = dot(P, V, c = rn(acc * alpha))",
             "dot": "Chain(TensorCore('sm_90', fmt, 'fp32', path='wgmma'), k=16)" if self.dot is None else repr(self.dot),
@@ -191,6 +228,18 @@ class AttentionPlan:
         if self.log != "auto":
             return self.log
         return "sfu" if self.walk == "flash2" and self.exp == "sfu" else "libm"
+
+    def describe_combine(self) -> str:
+        """The split-KV combine kernel's functions (flash2 with splits > 1)."""
+        log = "CUDA logf" if self._combine_log() == "cuda" else "numpy float32 log"
+        exp = ("CUDA expf (__nv_expf: ex2.approx.ftz of a reduced argument, times 2^k)" if self.combine_exp == "cuda"
+               else "numpy float32 exp")
+        return f"expf = {exp}; logf = {log}"
+
+    def _combine_log(self) -> str:
+        if self.combine_log != "auto":
+            return self.combine_log
+        return "cuda" if self.log == "cuda" else "libm"
 
     def describe_lse(self) -> str:
         """The log-sum-exp formula of this plan (module docstring)."""
@@ -279,7 +328,7 @@ def evaluate_attention(plan: AttentionPlan, q, k, v, *, fmt: str, causal: bool =
     kf = np.repeat(k.reshape((-1, Hkv, Sk, D)), Hq // Hkv, axis=1)
     vf = np.repeat(v.reshape((-1, Hkv, Sk, D)), Hq // Hkv, axis=1)
     s = 1.0 / np.sqrt(D) if scale is None else float(scale)
-    sc = float(F32(s * LOG2E)) if plan.domain == "log2" else float(F32(s))
+    sc = float(F32(s * LOG2E)) if plan.domain == "log2" and not plan.scale_twice else float(F32(s))
     exp = _exp_fn(plan, ex2_table, sfu)
     if plan.walk == "flash2":
         return _flash2(plan, qf, kf, vf, lead, fmt=fmt, causal=causal, scale=s, sc=sc, exp=exp, sfu=sfu,
@@ -290,7 +339,8 @@ def evaluate_attention(plan: AttentionPlan, q, k, v, *, fmt: str, causal: bool =
         O = R.replay(qf[b], kf[b], vf[b], fmt=fmt, mode="exact", block_n=plan.block_n, splits=plan.splits,
                      causal=causal, scale=sc, round_p=plan.round_p, stats=stats, tile=plan.tile,
                      rowsum=plan.rowsum, backend=backend, exp=exp, dot_plan=dot,
-                     dot_path="wgmma", recip=_recip_fn(plan, sfu))
+                     dot_path="wgmma", recip=_recip_fn(plan, sfu), rowsum_chunk=plan.rowsum_chunk,
+                     scale2=F32(LOG2E) if plan.scale_twice else None)
         outs.append(R.round_to_input(O, fmt) if round_output else O)
         if with_lse:
             if plan.splits != 1:
@@ -359,6 +409,15 @@ def _recip_fn(plan: AttentionPlan, sfu):
     return recip
 
 
+def _combine_expf(plan, sfu):
+    """The split-KV combine's expf (None: numpy's, replay_flash2's default)."""
+    if plan.combine_exp != "cuda":
+        return None
+    if sfu is None:
+        raise ValueError("AttentionPlan(combine_exp='cuda') needs sfu= (the ex2.approx.ftz outputs __nv_expf uses)")
+    return lambda x: R.cuda_expf(x, lambda y: sfu.apply("ex2_ftz", y))
+
+
 def _flash2(plan, qf, kf, vf, lead, *, fmt, causal, scale, sc, exp, sfu, with_lse, backend, round_output):
     """evaluate_attention for walk='flash2' (one batch entry at a time, like the online walk)."""
     recip = _recip_fn(plan, sfu)
@@ -373,7 +432,8 @@ def _flash2(plan, qf, kf, vf, lead, *, fmt, causal, scale, sc, exp, sfu, with_ls
             O = R.replay_flash2(qf[b], kf[b], vf[b], fmt=fmt, block_n=plan.block_n, tile=plan.tile, causal=causal,
                                 scale_log2=sc, ex2=exp, recip=recip, lane_fma=plan.lane_fma, dot_plan=plan.dot,
                                 stats=stats, backend=backend, splits=plan.splits, lse_fn=lse_fn,
-                                exp_fma=plan.exp_fma, logf=R.cuda_logf if plan.log == "cuda" else None)
+                                exp_fma=plan.exp_fma, logf=R.cuda_logf if plan._combine_log() == "cuda" else None,
+                                expf=_combine_expf(plan, sfu))
         outs.append(R.round_to_input(O, fmt) if round_output else O)
         if with_lse and "lse" in stats:
             lses.append(stats["lse"])

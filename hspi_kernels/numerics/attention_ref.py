@@ -102,6 +102,35 @@ def cuda_logf(x) -> np.ndarray:
     return r.astype(F32)
 
 
+# libdevice __nv_expf (CUDA 13.0 libdevice.10.bc, llvm-dis): its constants as fp32 bits
+_EXPF_L2E = np.uint32(0x3FB8AA3B).view(F32)  # rn32(log2 e)
+_EXPF_L2E_LO = np.uint32(0x32A57060).view(F32)  # log2 e - rn32(log2 e), rounded
+_EXPF_L2E_252 = (_EXPF_L2E / F32(252.0)).astype(F32)  # folded at compile time: rn32(rn32(log2 e) / 252)
+_EXPF_C3 = F32(12582912.0)  # 1.5 * 2^23
+
+
+def cuda_expf(x, ex2: Callable) -> np.ndarray:
+    """CUDA's accurate ``expf`` (libdevice ``__nv_expf``, the non-FTZ branch: a build without fast
+    math), bit for bit on float32 arrays given ``ex2`` = ``ex2.approx.ftz.f32`` (which the function
+    calls unconditionally), transcribed from CUDA 13.0's libdevice bitcode:
+
+    ``t = sat(fma(x, rn32(rn32(log2 e) / 252), 0.5))`` (NaN -> 0), ``j = fma.rm(t, 252, 1.5·2^23 + 1)``
+    (an integer plus 1.5·2^23), ``k = j - (1.5·2^23 + 127)`` (= floor(252 t) - 126), ``f = fma(x,
+    log2e_lo, fma(x, rn32(log2 e), -k))``, result ``rn(ex2(f) · 2^k)`` (``2^k`` from ``bits(j) << 23``).
+    ``f`` lies near [0, 1) for every x (the SFU is asked for positive arguments: a table recorded from
+    attention walks, whose ex2 arguments are <= 0, does not hold them)."""
+    x = np.asarray(x, dtype=F32)
+    with np.errstate(all="ignore"):
+        t = fma32(x, _EXPF_L2E_252, F32(0.5))
+        t = np.where(np.isnan(t), F32(0), np.clip(t, F32(0), F32(1))).astype(F32)
+        # t * 252 is exact in float64 and the sum lies in [2^23, 2^24): fma.rm is the floor there
+        j = (np.floor(t.astype(np.float64) * 252.0) + (float(_EXPF_C3) + 1.0)).astype(F32)
+        k = (j - (_EXPF_C3 + F32(127.0))).astype(F32)
+        f = fma32(x, _EXPF_L2E_LO, fma32(x, _EXPF_L2E, -k))
+        s2k = (j.view(np.uint32) << np.uint32(23)).view(F32)
+        return (np.asarray(ex2(f), dtype=F32) * s2k).astype(F32)
+
+
 @dataclasses.dataclass
 class SfuTable:
     """Recorded outputs of one SFU op: whole binades plus a list of special inputs.
@@ -300,7 +329,7 @@ def replay(Q, K, V, *, fmt: str, mode: str = "exact", block_n: int = 32, splits:
            scale: float | None = None, ex2_table: SfuTable | None = None, round_p: bool = True,
            stats: dict | None = None, dot_path: str = "mma.sync", tile: int = 16, rowsum=None,
            backend: str = "native", exp: Callable | None = None, dot_plan=None,
-           recip: Callable | None = None) -> np.ndarray:
+           recip: Callable | None = None, rowsum_chunk: int = 0, scale2: float | None = None) -> np.ndarray:
     """O [BH, Sq, D] float32 exactly as the kernel computes it. Q [BH, Sq, D], K, V [BH, Sk, D]
     float32 holding ``fmt`` values. ``round_p=False`` (a negative control) skips the RNE of P.
     ``stats`` (a dict) receives ``ex2_misses`` in native mode.
@@ -314,7 +343,11 @@ def replay(Q, K, V, *, fmt: str, mode: str = "exact", block_n: int = 32, splits:
     tensor-core plan of both dots (required for fmt "fp32"). With ``stats``, splits == 1 also
     stores the final row max ``m`` and row sum ``l`` ([BH, Sq] float32) there. ``recip`` (splits ==
     1; a float32 -> float32 function): ``O = rn(acc · recip(l))`` instead of ``div_rn(acc, l)``
-    (kernels that multiply by the reciprocal; 1 where l is 0 or NaN)."""
+    (kernels that multiply by the reciprocal; 1 where l is 0 or NaN). ``rowsum_chunk`` (0: the whole
+    block): the block's row sum as partial sums of that many keys each (``rowsum`` order within
+    each), added to ``rn(l · alpha)`` one after the other in key order (the CUTLASS memory-efficient
+    kernel: one partial per 32-key warp column, summed through shared memory). ``scale2``: the
+    score rounded twice, ``s = rn(rn(S · scale) · scale2)`` (default once, ``rn(S · scale)``)."""
     if fmt not in REPLAY_FORMATS or (fmt == "fp32" and dot_plan is None):
         raise ValueError(f"fmt must be one of {FORMATS} (or fp32 with a dot_plan), got {fmt!r}")
     Q, K, V = (np.asarray(x, dtype=F32) for x in (Q, K, V))
@@ -360,6 +393,8 @@ def replay(Q, K, V, *, fmt: str, mode: str = "exact", block_n: int = 32, splits:
                 active = n0 < kend  # per row (the kernel's per-tile loop bound)
                 keys = n0 + np.arange(block_n)
                 sb = (S[:, :, n0:n0 + block_n] * scale).astype(F32)
+                if scale2 is not None:
+                    sb = (sb * F32(scale2)).astype(F32)
                 masked = keys[None, :] >= kend[:, None]
                 if causal:
                     masked |= keys[None, :] > rows[:, None]
@@ -368,7 +403,12 @@ def replay(Q, K, V, *, fmt: str, mode: str = "exact", block_n: int = 32, splits:
                 m_use = np.where(m_new == neg_inf, F32(0), m_new).astype(F32)
                 alpha = EXP((m - m_use).astype(F32))
                 p = EXP((sb - m_use[..., None]).astype(F32))
-                l_new = ((l * alpha).astype(F32) + row_sum(p)).astype(F32)
+                if rowsum_chunk:
+                    l_new = (l * alpha).astype(F32)
+                    for j0 in range(0, block_n, rowsum_chunk):
+                        l_new = (l_new + row_sum(p[..., j0:j0 + rowsum_chunk])).astype(F32)
+                else:
+                    l_new = ((l * alpha).astype(F32) + row_sum(p)).astype(F32)
                 P = round_to_input(p, fmt) if round_p else p
                 c = (acc * alpha[..., None]).astype(F32)
                 acc_new = np.stack([gemm(pv_plan, P[b], Vp[b, n0:n0 + block_n], c[b], backend=backend) for b in range(BH)])

@@ -125,19 +125,34 @@ def fitted_plans(backend: str, fmt: str, D: int, *, split_kv: bool) -> list[AP.A
       chain 728) and the one-key rows' lse of all 70 heads from the scores alone (k = 16: 56;
       tests/test_sdpa_efficient_lse.py). Then the k = 16 chain with that lse (run 4's SFU outputs:
       int.short 128/128, qwen 206/224, gpt2 177/192, llama 473/512, gpt2 fp16 92/192); then the
-      earlier orders (the lse formula left to the search; sequential and pairwise row sums). Not
-      modelled: at D = 128 (scale not a power of two) the kernel rounds twice,
-      ``rn(rn(S·scale)·fp32(log2 e))`` (row 0 of long.d128), where the online walk rounds once,
-      ``rn(S·fp32(scale·log2 e))``; and with more than 32 keys a block's row sum is two warp halves
-      added to ``rn(l·alpha)`` one after the other."""
+      earlier orders (the lse formula left to the search; sequential and pairwise row sums). The
+      long captures (tests/test_sdpa_long_cases.py) added two fields to the first six: the score
+      rounded twice, ``rn(rn(S·scale)·fp32(log2 e))`` (``scale_twice``: the kernel's ``p.scale``, then
+      ``kLog2e``; row 0 of long.d128 on all 4 heads, 1 of 4 rounded once; the same bits at D = 64),
+      and the block's row sum as one quad-order partial per 32-key warp column added to
+      ``rn(l·alpha)`` one after the other (``rowsum_chunk=32``, the kernel's ``s_prime +=
+      addition_storage[...]``; the same bits at 16 tokens): int.long (integer scores) output and lse
+      N/N on all 4 heads with ``recip="ieee"`` (the epilogue's ``1 / s_prime``; index 1 -- index 0 keeps
+      ``recip="div"``, 1 output bit short there -- the whole-block row sum 1045/1200 lse rows).
+
+    Split-KV flash (``split_kv``): first the orders the long captures single out -- the combine
+    kernel with CUDA's accurate ``logf`` (``combine_log="cuda"``; PyTorch builds it without fast
+    math: the split kernels' lse keeps its explicit ``__logf``), ``recip="ieee"`` (``1.f / sum``
+    correctly rounded), and the combine's ``expf`` as CUDA's ``__nv_expf`` (``combine_exp="cuda"``,
+    from the source; it asks the SFU for ex2 of arguments in [0, 1), which no recorded table holds,
+    so it replays only with a live SFU) or numpy's exp standing in (``"libm"``): every row with one
+    non-empty split N/N (output and lse) on the four long captures, every remaining output miss a
+    row of two splits that a combine weight within 2 ulp (expf's bound) reproduces."""
     rs_all = (None, P.Sequential(), P.Pairwise())
     if backend == "flash":
         if not split_kv:
             return [AP.AttentionPlan(block_n=128, tile=128, domain="log2", exp="sfu", walk="flash2", recip="sfu",
                                      exp_fma=False)]
         bn = 256 if D <= 64 else 128
-        return [AP.AttentionPlan(block_n=bn, tile=64, domain="log2", exp="sfu", walk="flash2", recip=r, splits=sp,
-                                 exp_fma=False) for sp in (2, 1) for r in ("sfu", "ieee")]
+        found = [AP.AttentionPlan(block_n=bn, tile=64, domain="log2", exp="sfu", walk="flash2", recip="ieee", splits=2,
+                                  exp_fma=False, combine_log="cuda", combine_exp=ce) for ce in ("cuda", "libm")]
+        return found + [AP.AttentionPlan(block_n=bn, tile=64, domain="log2", exp="sfu", walk="flash2", recip=r,
+                                         splits=sp, exp_fma=False) for sp in (2, 1) for r in ("sfu", "ieee")]
     if backend == "cudnn":
         dot = P.tensor_core_gemm(fmt, "fp32", path="wgmma", arch="sm_90")
         return [AP.AttentionPlan(block_n=128, tile=64, domain="log2", exp="sfu", rowsum=rs, dot=dot, recip=r,
@@ -145,8 +160,9 @@ def fitted_plans(backend: str, fmt: str, D: int, *, split_kv: bool) -> list[AP.A
     dot = P.tensor_core_gemm(fmt, "fp32", path="mma.sync", arch="sm_90")
     k8 = P.Chain(block=P.TensorCore("sm_90", "tf32", "fp32", path="mma.sync"), k=8)  # m16n8k8 (docstring)
     bn = 64 if D <= 64 else 128
-    return [AP.AttentionPlan(block_n=bn, tile=64, domain="log2", exp="sfu", dot=d, recip=r, lse="div_log2e", log="cuda")
-            for d in (k8, dot) for r in ("div", "ieee", "sfu")] + [
+    return [AP.AttentionPlan(block_n=bn, tile=64, domain="log2", exp="sfu", dot=d, recip=r, lse="div_log2e", log="cuda",
+                             rowsum_chunk=32, scale_twice=True)
+            for d in (k8, dot) for r in ("ieee", "div", "sfu")] + [  # rn(acc * rn(1/l)) first (int.long)
         AP.AttentionPlan(block_n=bn, tile=64, domain="log2", exp="sfu", rowsum=rs, dot=dot, recip=r)
         for rs in rs_all for r in ("div", "ieee", "sfu")]
 
