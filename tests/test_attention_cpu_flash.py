@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 
 from hspi_kernels.numerics import attention_cpu as AC
+from hspi_kernels.numerics.attention_ref import round_to_input
 from hspi_kernels.numerics.evaluate import fma32
 
 try:
@@ -77,9 +78,9 @@ def _planted_alpha():
     q = np.zeros((1, 2, 64, 12), F32)
     q[..., 0] = c.reshape(1, 2, 64)
     k = np.zeros((1, 2, 524, 12), F32)
-    k[:, :, 1:512, 0] = AC._round_fmt(-rng.uniform(0.01, 4.0, (1, 2, 511)).astype(F32), "bf16")
+    k[:, :, 1:512, 0] = round_to_input(-rng.uniform(0.01, 4.0, (1, 2, 511)).astype(F32), "bf16")
     k[:, :, 512:, 0] = 4.0  # with scale 0.25: block 1 scores exactly c, block 0 rn(c·k)/4 <= 0
-    v = AC._round_fmt(rng.standard_normal((1, 2, 524, 12)).astype(F32), "bf16")
+    v = round_to_input(rng.standard_normal((1, 2, 524, 12)).astype(F32), "bf16")
     return q, k, v
 
 
@@ -116,7 +117,7 @@ same_libm = pytest.mark.skipif(bool(_libm_reason()), reason=_libm_reason() or "m
 def _inputs(fmt, hq, hkv, sq, sk, d, std=1.0, seed=0, batch=1):
     rng = np.random.default_rng(seed)
     shapes = ((batch, hq, sq, d), (batch, hkv, sk, d), (batch, hkv, sk, d))
-    return [AC._round_fmt((rng.standard_normal(s) * std).astype(F32), fmt) for s in shapes]
+    return [round_to_input((rng.standard_normal(s) * std).astype(F32), fmt) for s in shapes]
 
 
 def _torch_flash(q, k, v, fmt, causal, scale=None):

@@ -59,7 +59,7 @@ glibc's ``exp`` / ``expf`` / ``logf`` are called through ctypes (the process's o
 replay needs a glibc machine; every other step is numpy float32 arithmetic and exact fp32 fma
 (:func:`_fma`: float64 product and sum, with the project's exact
 :func:`hspi_kernels.numerics.evaluate.fma32` wherever the float64 sum could be double rounded).
-Output rounding is :func:`hspi_kernels.numerics.rounding.round_to_format`.
+Output rounding (and P's) is :func:`hspi_kernels.numerics.attention_ref.round_to_input`.
 
 :class:`CpuFlashOrder` holds the choices above; :func:`replay` takes another order (the tests'
 negative controls), :func:`flash_cpu` uses :data:`ORDER`.
@@ -81,11 +81,10 @@ import ctypes.util
 import dataclasses
 import functools
 
-import ml_dtypes
 import numpy as np
 
+from .attention_ref import round_to_input
 from .evaluate import fma32
-from .rounding import round_to_format
 
 __all__ = ["MEASURED", "ORDER", "CpuFlashOrder", "flash_cpu", "replay", "check_supported",
            "exp_u20", "fexp_u20", "gemm_panels", "q_split_size"]
@@ -327,14 +326,6 @@ def check_supported(sq: int, sk: int, d: int, *, causal: bool = False, work_item
 
 
 # -- the kernel -----------------------------------------------------------------------------
-def _round_fmt(x: np.ndarray, fmt: str) -> np.ndarray:
-    if fmt == "fp32":
-        return np.asarray(x, F32)
-    bits = round_to_format(np.asarray(x, F32), fmt)
-    dtype = ml_dtypes.bfloat16 if fmt == "bf16" else np.float16
-    return bits.view(dtype).astype(F32)
-
-
 def _check_inputs(q, k, v, fmt):
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
@@ -347,7 +338,7 @@ def _check_inputs(q, k, v, fmt):
             raise ValueError(f"{name} must be [B, H, S, D] or [H, S, D], got shape {x.shape}")
         if not np.isfinite(x).all():
             raise ValueError(f"{name} has non-finite values")
-        if fmt != "fp32" and not np.array_equal(_round_fmt(x, fmt).view(np.uint32), x.view(np.uint32)):
+        if fmt != "fp32" and not np.array_equal(round_to_input(x, fmt).view(np.uint32), x.view(np.uint32)):
             raise ValueError(f"{name} holds values that are not {fmt} values")
         arrs.append(x)
     q, k, v = arrs
@@ -434,7 +425,7 @@ def replay(q, k, v, *, fmt: str, causal: bool, scale=None, order: CpuFlashOrder 
                 block_sum = _add(block_sum, e_tail[..., j])
         p = np.concatenate([e_bulk, e_tail], axis=-1)
         if reduced and order.round_p:
-            p = _round_fmt(p, fmt)
+            p = round_to_input(p, fmt)
         p = np.where(dead[..., None], F32(0), p)
         alpha = exp_alpha(np.where(dead, F32(0), np.subtract(row_max, new_max, dtype=F32)))
         if order.l_fma:
@@ -453,7 +444,7 @@ def replay(q, k, v, *, fmt: str, causal: bool, scale=None, order: CpuFlashOrder 
     row_sum = np.where(row_sum == 0, F32(1), row_sum)
     row_max = np.where(row_max == -np.inf, F32(0), row_max)
     recip = np.divide(F32(1), row_sum, dtype=F32)
-    out = _round_fmt(np.multiply(acc, recip[..., None], dtype=F32), fmt)
+    out = round_to_input(np.multiply(acc, recip[..., None], dtype=F32), fmt)
     lse = _add(row_max, logf(row_sum))
     if squeeze:
         out, lse = out[0], lse[0]

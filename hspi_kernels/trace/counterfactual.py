@@ -418,6 +418,18 @@ def _lse_ref(ref: np.ndarray, q_shape: tuple) -> np.ndarray | None:
     return None
 
 
+def _attention_counts(o, l, out_bits, lse_bits, fmt: str, q_shape: tuple) -> dict:
+    """Equal bit patterns of a replayed attention output ``o`` (and log-sum-exp ``l``, when the op's
+    recorded ``lse_bits`` are given) against the recorded ones: the counts of a plan entry."""
+    out_bits = np.asarray(out_bits)
+    lse = None if lse_bits is None else _lse_ref(lse_bits, q_shape)
+    n_out = int(np.count_nonzero(_to_bits(o, fmt).reshape(-1) == out_bits.reshape(-1)))
+    n_lse = None if lse is None else int(np.count_nonzero(_to_bits(l, "fp32").reshape(-1) == lse.reshape(-1)))
+    return {"matches": n_out + (n_lse or 0), "total": int(out_bits.size) + (0 if lse is None else int(lse.size)),
+            "out_equal": n_out, "out_total": int(out_bits.size), "lse_equal": n_lse,
+            "lse_total": None if lse is None else int(lse.size)}
+
+
 def fitted_attention(op: dict, q, k, v, out_bits, lse_bits, *, fmt: str, causal: bool, scale, sfu) -> dict:
     """The fitted orders of ``op``'s backend (:func:`sdpa_orders.fitted_plans`, split-KV when the
     recorded kernels name it, then :func:`sdpa_orders.variants` of them) on its q, k, v with the SFU
@@ -432,7 +444,6 @@ def fitted_attention(op: dict, q, k, v, out_bits, lse_bits, *, fmt: str, causal:
     # (query) is the same order whatever its size
     Sq, Sk = q.shape[-2], k.shape[-2]
     plans = list(dict.fromkeys(base + [p for p in SO.variants(base) if p.block_n < Sk or p.tile < Sq]))
-    lse = None if lse_bits is None else _lse_ref(lse_bits, q.shape)
     exact, best = [], None
     for plan in plans:
         try:
@@ -444,17 +455,12 @@ def fitted_attention(op: dict, q, k, v, out_bits, lse_bits, *, fmt: str, causal:
                                          with_lse=True)
         except ValueError:
             continue
-        n_out = int(np.count_nonzero(_to_bits(o, fmt).reshape(-1) == out_bits.reshape(-1)))
-        n_lse = None if lse is None else int(np.count_nonzero(_to_bits(l, "fp32").reshape(-1) == lse.reshape(-1)))
-        n = int(out_bits.size) + (0 if lse is None else int(lse.size))
-        eq = n_out + (n_lse or 0)
-        e = {"kind": "attention-plan", "plan": repr(plan), "plan_json": plan.to_json(), "matches": eq, "total": n,
-             "fitted": backend, "out_equal": n_out, "out_total": int(out_bits.size),
-             "lse_equal": n_lse, "lse_total": None if lse is None else int(lse.size)}
-        if eq == n:
+        e = {"kind": "attention-plan", "plan": repr(plan), "plan_json": plan.to_json(), "fitted": backend,
+             **_attention_counts(o, l, out_bits, lse_bits, fmt, q.shape)}
+        if e["matches"] == e["total"]:
             exact.append(e)
             break
-        if best is None or eq > best["matches"]:
+        if best is None or e["matches"] > best["matches"]:
             best = e
     return {"exact": exact, "best": best, "candidates": len(plans), "split_kv": split}
 
@@ -462,7 +468,7 @@ def fitted_attention(op: dict, q, k, v, out_bits, lse_bits, *, fmt: str, causal:
 CPU_FLASH = "cpu-flash"
 
 
-def cpu_flash(op: dict, q, k, v, out_bits, lse_bits, *, fmt: str, causal: bool, scale) -> dict:
+def cpu_flash(q, k, v, out_bits, lse_bits, *, fmt: str, causal: bool, scale) -> dict:
     """The replay of torch's CPU flash kernel (:func:`numerics.attention_cpu.flash_cpu`, the order
     measured on torch 2.13 CPU, AVX512) on the op's q, k, v against its recorded output and
     log-sum-exp (None: output only): ``{"exact": entry}`` when every value is equal, else
@@ -475,18 +481,12 @@ def cpu_flash(op: dict, q, k, v, out_bits, lse_bits, *, fmt: str, causal: bool, 
         o, l = AC.flash_cpu(q, k, v, fmt=fmt, causal=causal, scale=scale)
     except (NotImplementedError, ValueError) as exc:
         return {"note": str(exc)[:200]}
-    n_out = int(np.count_nonzero(_to_bits(o, fmt).reshape(-1) == np.asarray(out_bits).reshape(-1)))
-    lse = None if lse_bits is None else _lse_ref(lse_bits, q.shape)
-    n_lse = None if lse is None else int(np.count_nonzero(_to_bits(l, "fp32").reshape(-1) == lse.reshape(-1)))
-    n = int(np.asarray(out_bits).size) + (0 if lse is None else int(lse.size))
     e = {"kind": CPU_FLASH, "plan": f"attention_cpu.ORDER (torch {AC.MEASURED['torch']}, {AC.MEASURED['cpu_capability']})",
-         "plan_json": dataclasses.asdict(AC.ORDER), "matches": n_out + (n_lse or 0), "total": n,
-         "out_equal": n_out, "out_total": int(np.asarray(out_bits).size), "lse_equal": n_lse,
-         "lse_total": None if lse is None else int(lse.size)}
-    if e["matches"] == n:
+         "plan_json": dataclasses.asdict(AC.ORDER), **_attention_counts(o, l, out_bits, lse_bits, fmt, q.shape)}
+    if e["matches"] == e["total"]:
         return {"exact": e}
-    return {"best": e, "note": f"the CPU flash replay ({e['plan']}) gives output {n_out}/{e['out_total']}"
-                               + (f", lse {n_lse}/{e['lse_total']}" if lse is not None else "")}
+    return {"best": e, "note": f"the CPU flash replay ({e['plan']}) gives output {e['out_equal']}/{e['out_total']}"
+                               + (f", lse {e['lse_equal']}/{e['lse_total']}" if e["lse_total"] is not None else "")}
 
 
 def _attention_plans(trace: T.Trace, op: dict, values, max_exact: int) -> tuple[list[dict], int, str | None]:
@@ -514,7 +514,7 @@ def _attention_plans(trace: T.Trace, op: dict, values, max_exact: int) -> tuple[
             # the generic orders below have no SFU and never gave a fused backend's lse (sdpa_orders.md)
             return [], fit["candidates"], note
     if op["op"] in T.ATTENTION_CPU_OPS:  # torch's CPU kernel, replayed (numerics.attention_cpu)
-        got = cpu_flash(op, q, k, v, outs[0][0], outs[1][0] if len(outs) > 1 else None, fmt=fmt,
+        got = cpu_flash(q, k, v, outs[0][0], outs[1][0] if len(outs) > 1 else None, fmt=fmt,
                         causal=call["causal"], scale=call["scale"])
         if got.get("exact"):
             return [got["exact"]], 1, None
@@ -986,13 +986,15 @@ def _other_side_plan(op: dict, label: str, x, got_bits, fmt, other: T.Trace) -> 
     """The other side's fused backend (``label``) on this side's q, k, v (``got_bits``, its output
     re-run here): is it the fitted order of that backend too (output N/N; the re-run returns no
     log-sum-exp)? None for a math (decomposed) other side: its ops are rows of the map."""
+    def answer(found, best, candidates, note):
+        short = (lambda e: {k: e[k] for k in ("plan", "out_equal", "out_total")})
+        return {"found": short(found) if found else None, "closest": short(best) if best and not found else None,
+                "candidates": candidates, "note": note}
+
     if label in T.ATTENTION_CPU_OPS:  # the CPU flash kernel re-run on this side's q, k, v: its replay?
         call = _attention_call(op)
-        got = cpu_flash(dict(op, op=label), *x[:3], got_bits, None, fmt=fmt, causal=call["causal"], scale=call["scale"])
-        e = got.get("exact")
-        return {"found": None if e is None else {k: e[k] for k in ("plan", "out_equal", "out_total")},
-                "closest": None if e or not got.get("best") else {k: got["best"][k] for k in ("plan", "out_equal", "out_total")},
-                "candidates": 1, "note": got.get("note")}
+        got = cpu_flash(*x[:3], got_bits, None, fmt=fmt, causal=call["causal"], scale=call["scale"])
+        return answer(got.get("exact"), got.get("best"), 1, got.get("note"))
     if label not in FUSED_GPU:
         return None
     sfu, why = _sfu_for(other)
@@ -1004,11 +1006,17 @@ def _other_side_plan(op: dict, label: str, x, got_bits, fmt, other: T.Trace) -> 
         fit = fitted_attention(fake, *x[:3], got_bits, None, fmt=fmt, causal=call["causal"], scale=call["scale"], sfu=sfu)
     except (ValueError, _Unavailable) as exc:
         return {"found": None, "note": str(exc)[:200]}
-    found = fit["exact"][0] if fit["exact"] else None
-    return {"found": None if found is None else {k: found[k] for k in ("plan", "out_equal", "out_total")},
-            "closest": None if found or not fit["best"] else {k: fit["best"][k] for k in ("plan", "out_equal", "out_total")},
-            "candidates": fit["candidates"], "note": "split-KV not known for the re-run (no kernel names): "
-                                                     "the one-pass orders were tried"}
+    return answer(fit["exact"][0] if fit["exact"] else None, fit["best"], fit["candidates"],
+                  "split-KV not known for the re-run (no kernel names): the one-pass orders were tried")
+
+
+def region_plan_counts(regions: list[dict]) -> dict:
+    """Regions whose fused op a plan reproduces N/N (output and lse), and own regions whose fused other
+    side (re-run on the same q, k, v) is one too (a math other side is not counted: its decomposed
+    ops are rows of the map)."""
+    return {"regions_by_plan": sum(1 for x in regions if x.get("by_plan")),
+            "regions_own_both_plans": sum(1 for x in regions if x["own"] and x.get("by_plan")
+                                          and (x.get("other_plan") or {}).get("found"))}
 
 
 # -- the map ----------------------------------------------------------------------------------------------
@@ -1066,11 +1074,7 @@ def counterfactual(ta: T.Trace, tb: T.Trace, d: dict | None = None, *, max_exact
     summary = {"ops": d["n_ops"], "differ": len(rows), "own": len(own),
                "attention_regions": len(regions), "regions_own": sum(1 for x in regions if x["own"]),
                "regions_undetermined": [x["key"] for x in regions if x["own"] is None],
-               "regions_by_plan": sum(1 for x in regions if x.get("by_plan")),
-               # own regions with both sides' fused backends reproduced by a fitted plan (a math other side
-               # is not counted: its decomposed ops are rows of the map)
-               "regions_own_both_plans": sum(1 for x in regions if x["own"] and x.get("by_plan")
-                                             and (x.get("other_plan") or {}).get("found")),
+               **region_plan_counts(regions),
                "own_explained": sum(1 for r in own if r["cause"]["category"] != "undetermined"),
                "propagated_only": sum(1 for r in rows if r["own"] is False),
                "undetermined": [r["key"] for r in rows if r["own"] is None or

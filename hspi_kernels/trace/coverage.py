@@ -92,11 +92,7 @@ def coverage_row(model: str, pair: str, label: str, cmap: dict) -> dict:
             "own": s["own"], "explained": len(explained), "explained_by_plans": len(by_plan),
             "explained_by_kernel_replay": len(explained) - len(by_plan), "propagated_only": s["propagated_only"],
             "attention_regions": len(regions), "regions_own": sum(1 for x in regions if x["own"]),
-            # fused ops of the regions reproduced N/N (output and lse) by a fitted order of their backend,
-            # and own regions whose other side's fused backend (re-run on the same q, k, v) is one too
-            "regions_by_plan": sum(1 for x in regions if x.get("by_plan")),
-            "regions_own_both_plans": sum(1 for x in regions if x["own"] and x.get("by_plan")
-                                          and (x.get("other_plan") or {}).get("found")),
+            **C.region_plan_counts(regions),
             "regions_plan_notes": sorted({(x.get("plans") or {}).get("note") for x in regions
                                           if not x.get("by_plan") and (x.get("plans") or {}).get("note")})[:4],
             "unmatched_ops": len(s["unmatched"]), "causes": cats, "unexplained": unexplained,
