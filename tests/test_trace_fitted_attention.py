@@ -158,6 +158,13 @@ def cpu_fused_vs_math():
     return T.run_model("tiny-llama", **kw), T.run_model("tiny-llama", **kw, attn="sdpa-math")
 
 
+def _cpu_flash_here() -> str:
+    from hspi_kernels.numerics import attention_cpu as AC
+
+    return AC.platform_mismatch()
+
+
+@pytest.mark.skipif(bool(_cpu_flash_here()), reason=_cpu_flash_here() or "measured CPU")
 def test_cpu_regions_are_named_by_the_cpu_flash_replay(cpu_fused_vs_math):
     """Math (decomposed) vs torch's CPU flash kernel: both layers' regions diverge on their own, and
     each fused op is reproduced by the CPU replay on every output and lse value (2 x 4 heads x 16
@@ -184,6 +191,31 @@ def test_cpu_regions_are_named_by_the_cpu_flash_replay(cpu_fused_vs_math):
     plans, n, note = C._attention_plans(bad, op0, C._input_values(bad, op0), 1)
     assert not any(p.get("kind") == C.CPU_FLASH for p in plans)
     assert "output 2048/2048, lse 127/128" in note
+
+
+def test_cpu_flash_miss_on_another_cpu_names_the_difference(cpu_fused_vs_math):
+    """A CPU trace recorded on a CPU the replay was not measured on (an Intel Xeon with AMX here, as
+    its platform record says) whose fused op the replay misses: the note gives the count and how the
+    platform differs. Control: the same miss on the measured platform names no platform."""
+    import copy
+
+    a, _ = cpu_fused_vs_math
+    bad = copy.deepcopy(a)
+    op0 = [o for o in bad.ops if o["op"] == "_scaled_dot_product_flash_attention_for_cpu"][0]
+    key = f"a/{op0['outputs'][0]['digest']}"
+    arr = bad.arrays[key].copy()
+    arr.reshape(-1)[3] ^= 1  # never the replay's bits, on any CPU
+    bad.arrays[key] = arr
+    for platform, named in (({"cpu_vendor": "GenuineIntel", "cpu_model": "Intel(R) Xeon(R) Processor",
+                              "cpu_flags": ["avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16"],
+                              "torch": {"version": "2.13.0+cpu"}}, True),
+                            ({"cpu_vendor": "AuthenticAMD", "cpu_model": "AMD EPYC",
+                              "cpu_flags": ["avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16"],
+                              "torch": {"version": "2.13.0+cpu"}}, False)):
+        bad.meta["platform"] = platform
+        plans, n, note = C._attention_plans(bad, op0, C._input_values(bad, op0), 1)
+        assert not any(p.get("kind") == C.CPU_FLASH for p in plans) and "the CPU flash replay" in note
+        assert ("GenuineIntel" in note and "amx_bf16" in note and "not modelled" in note) == named
 
 
 def test_cross_replay_skips_outputs_whose_dtype_differs(monkeypatch):
@@ -225,7 +257,9 @@ def test_explain_counts_named_regions_as_explained(cpu_fused_vs_math, monkeypatc
     Control: a map whose regions are undetermined keeps the "enters through" entry."""
     a, b = cpu_fused_vs_math
     x = C.explain_with_map(a, b)
-    assert "2 attention region(s)" in x["explained_regions"] and "2 fused op(s) reproduced by plan" in x["explained_regions"]
+    assert "2 attention region(s)" in x["explained_regions"] and "all named" in x["explained_regions"]
+    if not _cpu_flash_here():  # the replay's own CPU: both fused ops by plan (elsewhere the count is the CPU's)
+        assert "2 fused op(s) reproduced by plan" in x["explained_regions"]
     assert not any(u.startswith("divergence enters through") for u in x["unexplained"])
     real = C._region_rows
 
@@ -235,3 +269,62 @@ def test_explain_counts_named_regions_as_explained(cpu_fused_vs_math, monkeypatc
     monkeypatch.setattr(C, "_region_rows", undetermined)
     x = C.explain_with_map(a, b)
     assert "explained_regions" not in x and any(u.startswith("divergence enters through") for u in x["unexplained"])
+
+
+def _efficient_op_of_plan(lse_layout: str, flip_lse: bool = False) -> tuple[T.Trace, dict, int]:
+    """A GPU trace with one ``_scaled_dot_product_efficient_attention`` op whose output and lse are
+    a generic candidate order's (``attention_plan.candidates``) on random bf16 q, k, v, the lse
+    stored as the efficient kernel stores it (Sq padded to 32) or in another head count."""
+    from hspi_kernels.numerics import attention_plan as AP
+
+    H, S, D = 2, 16, 16  # Sq = 16 of a 32-padded lse; the tensor-core chains need 16-key blocks
+    rng = np.random.default_rng(7)
+    arrays, ameta, ins, vals = {}, {}, [], []
+    for n in "qkv":
+        bits = C._to_bits(rng.standard_normal((1, H, S, D)).astype(np.float32), "bf16")
+        arrays[f"a/{n}"], ameta[n] = bits, {"fmt": "bf16", "rows": None}
+        ins.append({"digest": n, "dtype": "bfloat16", "shape": [1, H, S, D]})
+    t = {"tensor": True}
+    op = {"op": OPS["efficient"], "key": f"model.layers.0.self_attn:{OPS['efficient']}#0", "layer": "layer0",
+          "inputs": ins, "outputs": [{"digest": "o", "dtype": "bfloat16"}, {"digest": "l", "dtype": "float32"}],
+          "args": [[t, t, t, None, True, 0.0, True, False], {}], "kernels": [],
+          "aten": f"aten::{OPS['efficient']}"}
+    meta = {"ops": [op], "arrays": ameta, "run": {"device": "cuda"}, "platform": {}, "policy": {"keep": "all"}}
+    tr = T.Trace(meta, arrays)
+    q, k, v = C._input_values(tr, op)[:3]
+    for plan in AP.candidates("bf16", S, causal=True, tensor_core=True):  # the first that runs at this shape
+        try:
+            o, lse = AP.evaluate_attention(plan, q, k, v, fmt="bf16", causal=True, with_lse=True)
+            break
+        except ValueError:
+            continue
+    lbits = C._to_bits(lse, "fp32").astype(np.uint32)
+    if lse_layout == "padded":
+        stored = np.zeros((1, H, 32), np.uint32)
+        stored[..., :S] = lbits
+    else:  # one head too many: the layout of no backend
+        stored = np.zeros((1, H + 1, S), np.uint32)
+        stored[:, :H] = lbits
+    if flip_lse:
+        stored.reshape(-1)[1] ^= 1
+    arrays["a/o"], ameta["o"] = C._to_bits(o, "bf16"), {"fmt": "bf16", "rows": None}
+    arrays["a/l"], ameta["l"] = stored, {"fmt": "fp32", "rows": None}
+    return tr, op, H * S
+
+
+@pytest.mark.parametrize("layout,flip,found", [("padded", False, True), ("padded", True, False),
+                                               ("heads", False, False)])
+def test_generic_orders_count_the_efficient_lse_in_its_layout(monkeypatch, layout, flip, found):
+    """Where the fitted orders cannot run (no SFU), the generic candidate loop counts a padded
+    efficient lse on its Sq values (it compared the raw padded array before). Controls: one lse bit
+    flipped, and an lse in a layout of no backend, are not called reproduced."""
+    monkeypatch.setattr(C, "kernel_replayable", lambda trace: "recorded on cuda, this process has no GPU")
+    C.SFU_SOURCE[0] = None
+    tr, op, n_lse = _efficient_op_of_plan(layout, flip)
+    plans, n, note = C._attention_plans(tr, op, C._input_values(tr, op), 1)
+    assert n >= 1
+    if found:
+        (p,) = plans
+        assert p["lse_equal"] == p["lse_total"] == n_lse and p["out_equal"] == p["out_total"] == n_lse * 16
+    else:
+        assert plans == [] and "SFU" in note

@@ -317,6 +317,8 @@ def _validate_platform(platform: dict[str, Any], where: str) -> None:
                 "cupy", "nvcc_runtime", "driver", "cublas"):
         _optional(platform, key, str, where)
     _optional(platform, "cpu_count", int, where)
+    _optional(platform, "cpu_vendor", str, where)
+    _optional(platform, "cpu_flags", list, where)
     torch = _optional(platform, "torch", dict, where)
     if torch is not None:
         _optional(torch, "version", str, f"{where}.torch")

@@ -86,7 +86,7 @@ import numpy as np
 from .attention_ref import round_to_input
 from .evaluate import fma32
 
-__all__ = ["MEASURED", "ORDER", "CpuFlashOrder", "flash_cpu", "replay", "check_supported",
+__all__ = ["MEASURED", "ORDER", "CpuFlashOrder", "flash_cpu", "replay", "check_supported", "platform_mismatch",
            "exp_u20", "fexp_u20", "gemm_panels", "q_split_size"]
 
 F32 = np.float32
@@ -98,9 +98,61 @@ MEASURED = {
     "cpu_capability": "AVX512",
     "isa": "avx512",
     "cpu": "AMD EPYC (Zen 4 flags: avx512f/bw/vl/bf16, no avx512_fp16, no AMX)",
+    "cpu_vendor": "AuthenticAMD",
+    "cpu_flags": ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16"),
     "glibc": "2.36",
     "onednn": "3.12.0",
 }
+
+# The flags whose presence changes the kernels MKL / oneDNN pick for the two GEMMs (AMX tiles and
+# avx512_fp16 for the reduced types) or whose absence does (avx512_bf16): a CPU differing in one of
+# them, or of another vendor (MKL dispatches on it), runs another order. Measured: on an Intel Xeon
+# with AMX (vendor GenuineIntel, amx_bf16, avx512_fp16) torch 2.13's kernel differs from this replay
+# in bf16, fp16 and fp32 (tests/test_attention_cpu_flash.py's live cases fail there).
+_DECISIVE_FLAGS = ("avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_fp16")
+
+
+def _vendor_of(model: str | None) -> str | None:
+    m = (model or "").lower()
+    return "AuthenticAMD" if "amd" in m else "GenuineIntel" if "intel" in m else None
+
+
+def platform_mismatch(meta: dict | None = None) -> str:
+    """'' where the platform ``meta`` (a trace's or fingerprint's ``platform`` record; None: this
+    process) is the one this order was measured on, else why not (torch version, CPU vendor, a
+    decisive ISA flag). Unknown fields are not held against it; an older record without
+    ``cpu_vendor`` is judged by its CPU model's name."""
+    if meta is None:
+        from hspi_kernels import platform as plat
+
+        vendor, flags = plat.cpu_vendor_flags()
+        try:
+            import torch
+
+            tv = torch.__version__
+        except ImportError:
+            tv = None
+        meta = {"cpu_vendor": vendor, "cpu_flags": flags, "cpu_model": plat.cpu_model(), "torch": {"version": tv}}
+    why = []
+    tv = (meta.get("torch") or {}).get("version")
+    if tv and tv != MEASURED["torch"]:
+        why.append(f"torch {tv}")
+    vendor = meta.get("cpu_vendor") or _vendor_of(meta.get("cpu_model"))
+    if vendor and vendor != MEASURED["cpu_vendor"]:
+        why.append(f"a {vendor} CPU ({meta.get('cpu_model') or '?'})")
+    flags = meta.get("cpu_flags")
+    if flags is not None:
+        have, want = set(flags), set(MEASURED["cpu_flags"])
+        extra = [f for f in _DECISIVE_FLAGS if f in have and f not in want]
+        missing = [f for f in _DECISIVE_FLAGS if f in want and f not in have]
+        if extra:
+            why.append("flags " + ", ".join(extra))
+        if missing:
+            why.append("no " + ", ".join(missing))
+    if not why:
+        return ""
+    return (f"the CPU flash order was measured on torch {MEASURED['torch']}, {MEASURED['cpu']}; "
+            f"this platform has {'; '.join(why)}")
 
 # Smallest GEMM (m, n) for which the fma-chain order holds (measured, see module docstring).
 MIN_GEMM_M = 12

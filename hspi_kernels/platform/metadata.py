@@ -49,6 +49,33 @@ def cpu_model() -> str:
     return _platform.processor() or _platform.machine()
 
 
+#: /proc/cpuinfo flags that decide which CPU kernels (MKL, oneDNN, torch's vector code) run, and so
+#: which accumulation order a CPU op has: recorded with every trace and fingerprint
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_fp16", "avx_vnni",
+             "amx_tile", "amx_bf16", "amx_int8", "amx_fp16")
+
+
+def cpu_vendor_flags() -> tuple[str | None, list[str] | None]:
+    """(vendor_id, the :data:`ISA_FLAGS` this CPU has) from /proc/cpuinfo; (None, None) where there
+    is none (not Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            vendor, flags = None, None
+            for line in f:
+                key, _, val = line.partition(":")
+                key = key.strip()
+                if key == "vendor_id" and vendor is None:
+                    vendor = val.strip()
+                elif key == "flags" and flags is None:
+                    have = set(val.split())
+                    flags = [x for x in ISA_FLAGS if x in have]
+                if vendor is not None and flags is not None:
+                    break
+            return vendor, flags
+    except OSError:
+        return None, None
+
+
 def _run(cmd: list[str]) -> str | None:
     if shutil.which(cmd[0]) is None:
         return None
@@ -167,6 +194,8 @@ def collect(import_torch: bool = True) -> dict[str, Any]:
         "machine": _platform.machine(),
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
+        "cpu_vendor": cpu_vendor_flags()[0],
+        "cpu_flags": cpu_vendor_flags()[1],
         "numpy": np.__version__,
         "ml_dtypes": _dist_version("ml_dtypes"),
         "torch": torch_section,

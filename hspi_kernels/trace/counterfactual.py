@@ -468,11 +468,13 @@ def fitted_attention(op: dict, q, k, v, out_bits, lse_bits, *, fmt: str, causal:
 CPU_FLASH = "cpu-flash"
 
 
-def cpu_flash(q, k, v, out_bits, lse_bits, *, fmt: str, causal: bool, scale) -> dict:
+def cpu_flash(q, k, v, out_bits, lse_bits, *, fmt: str, causal: bool, scale, platform: dict | None = None) -> dict:
     """The replay of torch's CPU flash kernel (:func:`numerics.attention_cpu.flash_cpu`, the order
-    measured on torch 2.13 CPU, AVX512) on the op's q, k, v against its recorded output and
-    log-sum-exp (None: output only): ``{"exact": entry}`` when every value is equal, else
-    ``{"note": why not, "best": counts}``."""
+    measured on torch 2.13 CPU, AVX512, AMD Zen 4) on the op's q, k, v against its recorded output
+    and log-sum-exp (None: output only): ``{"exact": entry}`` when every value is equal, else
+    ``{"note": why not, "best": counts}``. The replay runs whatever the recording platform (equal
+    bits are their own evidence); where they are not equal and ``platform`` (the trace's) is not
+    the measured one, the note says how it differs (:func:`attention_cpu.platform_mismatch`)."""
     import dataclasses
 
     from hspi_kernels.numerics import attention_cpu as AC
@@ -485,8 +487,10 @@ def cpu_flash(q, k, v, out_bits, lse_bits, *, fmt: str, causal: bool, scale) -> 
          "plan_json": dataclasses.asdict(AC.ORDER), **_attention_counts(o, l, out_bits, lse_bits, fmt, q.shape)}
     if e["matches"] == e["total"]:
         return {"exact": e}
+    other = AC.platform_mismatch(platform) if platform is not None else ""
     return {"best": e, "note": f"the CPU flash replay ({e['plan']}) gives output {e['out_equal']}/{e['out_total']}"
-                               + (f", lse {e['lse_equal']}/{e['lse_total']}" if e["lse_total"] is not None else "")}
+                               + (f", lse {e['lse_equal']}/{e['lse_total']}" if e["lse_total"] is not None else "")
+                               + (f" ({other}: its kernel's order is not modelled)" if other else "")}
 
 
 def _attention_plans(trace: T.Trace, op: dict, values, max_exact: int) -> tuple[list[dict], int, str | None]:
@@ -515,7 +519,7 @@ def _attention_plans(trace: T.Trace, op: dict, values, max_exact: int) -> tuple[
             return [], fit["candidates"], note
     if op["op"] in T.ATTENTION_CPU_OPS:  # torch's CPU kernel, replayed (numerics.attention_cpu)
         got = cpu_flash(q, k, v, outs[0][0], outs[1][0] if len(outs) > 1 else None, fmt=fmt,
-                        causal=call["causal"], scale=call["scale"])
+                        causal=call["causal"], scale=call["scale"], platform=trace.meta.get("platform", {}))
         if got.get("exact"):
             return [got["exact"]], 1, None
         note = got.get("note")
@@ -530,12 +534,11 @@ def _attention_plans(trace: T.Trace, op: dict, values, max_exact: int) -> tuple[
             o, lse = AP.evaluate_attention(plan, q, k, v, fmt=fmt, causal=call["causal"], scale=call["scale"], with_lse=True)
         except ValueError:
             continue
-        got = [_to_bits(o, fmt)] + ([_to_bits(lse, outs[1][1])] if len(outs) > 1 else [])
-        n = sum(int(ob.size) for ob, _ in outs)
-        eq = sum(int(np.count_nonzero(g.reshape(-1) == ob.reshape(-1))) for g, (ob, _) in zip(got, outs))
-        if eq == n:
-            exact.append({"kind": "attention-plan", "plan": repr(plan), "plan_json": plan.to_json(), "matches": eq,
-                          "total": n})
+        # counted as the fitted orders are: the lse in the op's layout (cuDNN's trailing 1 dropped, the
+        # efficient kernel's Sq padding cut); a recorded lse in neither layout is never called reproduced
+        e = _attention_counts(o, lse, outs[0][0], outs[1][0] if len(outs) > 1 else None, fmt, q.shape)
+        if e["matches"] == e["total"] and (len(outs) < 2 or e["lse_total"] is not None):
+            exact.append({"kind": "attention-plan", "plan": repr(plan), "plan_json": plan.to_json(), **e})
             if len(exact) >= max_exact:
                 break
     return exact, len(cands), None if exact else note
@@ -993,7 +996,8 @@ def _other_side_plan(op: dict, label: str, x, got_bits, fmt, other: T.Trace) -> 
 
     if label in T.ATTENTION_CPU_OPS:  # the CPU flash kernel re-run on this side's q, k, v: its replay?
         call = _attention_call(op)
-        got = cpu_flash(*x[:3], got_bits, None, fmt=fmt, causal=call["causal"], scale=call["scale"])
+        got = cpu_flash(*x[:3], got_bits, None, fmt=fmt, causal=call["causal"], scale=call["scale"],
+                        platform=other.meta.get("platform", {}))
         return answer(got.get("exact"), got.get("best"), 1, got.get("note"))
     if label not in FUSED_GPU:
         return None
