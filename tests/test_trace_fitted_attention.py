@@ -161,7 +161,7 @@ def cpu_fused_vs_math():
 def _cpu_flash_here() -> str:
     from hspi_kernels.numerics import attention_cpu as AC
 
-    return AC.platform_mismatch()
+    return AC.platform_mismatch(__import__('hspi_kernels.platform', fromlist=['this_cpu']).this_cpu())
 
 
 @pytest.mark.skipif(bool(_cpu_flash_here()), reason=_cpu_flash_here() or "measured CPU")

@@ -117,22 +117,11 @@ def _vendor_of(model: str | None) -> str | None:
     return "AuthenticAMD" if "amd" in m else "GenuineIntel" if "intel" in m else None
 
 
-def platform_mismatch(meta: dict | None = None) -> str:
-    """'' where the platform ``meta`` (a trace's or fingerprint's ``platform`` record; None: this
-    process) is the one this order was measured on, else why not (torch version, CPU vendor, a
-    decisive ISA flag). Unknown fields are not held against it; an older record without
-    ``cpu_vendor`` is judged by its CPU model's name."""
-    if meta is None:
-        from hspi_kernels import platform as plat
-
-        vendor, flags = plat.cpu_vendor_flags()
-        try:
-            import torch
-
-            tv = torch.__version__
-        except ImportError:
-            tv = None
-        meta = {"cpu_vendor": vendor, "cpu_flags": flags, "cpu_model": plat.cpu_model(), "torch": {"version": tv}}
+def platform_mismatch(meta: dict) -> str:
+    """'' where the platform ``meta`` (a trace's or fingerprint's ``platform`` record, or
+    :func:`hspi_kernels.platform.this_cpu` for this process) is the one this order was measured
+    on, else why not (torch version, CPU vendor, a decisive ISA flag). Unknown fields are not held
+    against it; an older record without ``cpu_vendor`` is judged by its CPU model's name."""
     why = []
     tv = (meta.get("torch") or {}).get("version")
     if tv and tv != MEASURED["torch"]:

@@ -11,8 +11,8 @@ unless asked to.
 
 from __future__ import annotations
 
-from hspi_kernels.platform.metadata import (build_info, collect, cpu_model, cpu_vendor_flags, cublas_version, driver_version,
+from hspi_kernels.platform.metadata import (build_info, collect, cpu_model, cpu_vendor_flags, this_cpu, cublas_version, driver_version,
                                             nvcc_runtime_version, platform_label, torch_info)
 
-__all__ = ["build_info", "collect", "cpu_model", "cpu_vendor_flags", "cublas_version", "driver_version", "nvcc_runtime_version",
+__all__ = ["build_info", "collect", "cpu_model", "cpu_vendor_flags", "this_cpu", "cublas_version", "driver_version", "nvcc_runtime_version",
            "platform_label", "torch_info"]

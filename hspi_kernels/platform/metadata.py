@@ -214,3 +214,16 @@ def platform_label(meta: dict[str, Any]) -> str:
     if gpus:
         return f"{gpus[0]['name']} (sm_{gpus[0]['compute_capability'].replace('.', '')})"
     return f"CPU: {meta.get('cpu_model', 'unknown')}"
+
+
+def this_cpu() -> dict:
+    """This process's CPU and torch, in the fields of a ``platform`` record that order checks
+    read (``cpu_vendor``, ``cpu_flags``, ``cpu_model``, ``torch.version``)."""
+    vendor, flags = cpu_vendor_flags()
+    try:
+        import torch
+
+        tv = torch.__version__
+    except ImportError:
+        tv = None
+    return {"cpu_vendor": vendor, "cpu_flags": flags, "cpu_model": cpu_model(), "torch": {"version": tv}}
