@@ -30,6 +30,7 @@ import pytest
 from hspi_kernels.numerics import attention_cpu as AC
 from hspi_kernels.numerics.attention_ref import round_to_input
 from hspi_kernels.numerics.evaluate import fma32
+from hspi_kernels.platform import this_cpu
 
 try:
     import torch
@@ -96,7 +97,7 @@ def _live_reason() -> str:
     if torch.__version__ != AC.MEASURED["torch"] or cap != AC.MEASURED["cpu_capability"]:
         return (f"live comparison needs torch {AC.MEASURED['torch']} on {AC.MEASURED['cpu_capability']} "
                 f"(the replay's measured platform); here torch {torch.__version__} on {cap}")
-    return AC.platform_mismatch(__import__('hspi_kernels.platform', fromlist=['this_cpu']).this_cpu())  # the CPU: vendor and the flags that pick MKL / oneDNN kernels
+    return AC.platform_mismatch(this_cpu())  # the CPU: vendor and the flags that pick MKL / oneDNN kernels
 
 
 live = pytest.mark.skipif(bool(_live_reason()), reason=_live_reason() or "measured platform")

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from hspi_kernels.numerics import attention_ref as R
+from hspi_kernels.platform import this_cpu
 from hspi_kernels.trace import counterfactual as C
 from hspi_kernels.trace import coverage as COV
 from hspi_kernels.trace import sdpa_orders as SO
@@ -161,7 +162,7 @@ def cpu_fused_vs_math():
 def _cpu_flash_here() -> str:
     from hspi_kernels.numerics import attention_cpu as AC
 
-    return AC.platform_mismatch(__import__('hspi_kernels.platform', fromlist=['this_cpu']).this_cpu())
+    return AC.platform_mismatch(this_cpu())
 
 
 @pytest.mark.skipif(bool(_cpu_flash_here()), reason=_cpu_flash_here() or "measured CPU")

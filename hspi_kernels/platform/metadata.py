@@ -187,6 +187,7 @@ def collect(import_torch: bool = True) -> dict[str, Any]:
     """Platform metadata for fingerprints, `hspi env` and benchmark records."""
     torch_section, torch_module = torch_info(import_torch)
     gpus = torch_section.get("gpus", [])
+    vendor, flags = cpu_vendor_flags()
     return {
         "hspi_kernels": __version__,
         "python": sys.version.split()[0],
@@ -194,8 +195,8 @@ def collect(import_torch: bool = True) -> dict[str, Any]:
         "machine": _platform.machine(),
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
-        "cpu_vendor": cpu_vendor_flags()[0],
-        "cpu_flags": cpu_vendor_flags()[1],
+        "cpu_vendor": vendor,
+        "cpu_flags": flags,
         "numpy": np.__version__,
         "ml_dtypes": _dist_version("ml_dtypes"),
         "torch": torch_section,
@@ -220,10 +221,5 @@ def this_cpu() -> dict:
     """This process's CPU and torch, in the fields of a ``platform`` record that order checks
     read (``cpu_vendor``, ``cpu_flags``, ``cpu_model``, ``torch.version``)."""
     vendor, flags = cpu_vendor_flags()
-    try:
-        import torch
-
-        tv = torch.__version__
-    except ImportError:
-        tv = None
-    return {"cpu_vendor": vendor, "cpu_flags": flags, "cpu_model": cpu_model(), "torch": {"version": tv}}
+    return {"cpu_vendor": vendor, "cpu_flags": flags, "cpu_model": cpu_model(),
+            "torch": {"version": torch_info()[0]["version"]}}
