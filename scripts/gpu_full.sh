@@ -12,6 +12,8 @@
 #   fwops  PyTorch vs JAX per op (trace.frameworks, cuda)           cov   coverage pairs missing so far (qwen, gpt2 b1:b8)
 #   bbax   sampled-text curves of the compile and framework axes (models.gpu_blackbox, T = 0.7)
 #   bbpr   generated probes vs random prompts for the small-block pairs (cuBLAS vs fixed b8, b16 vs b8)
+#   covp   one coverage pair in $COVP_N parts at once (COVP_ARGS, e.g. llama CPU vs GPU; merge: coverage_derive.py)
+#   amiss  fused-attention ops no fitted plan reproduces: one-field variants per layer (scripts/gpu_attn_miss.py)
 # VALID="cuda_core tensor_core attention_sfu triton" picks the validations of `valid`.
 # Records go to $OUT/rec.tgz; large outputs (dumps, collections) to their own files in $OUT.
 set -uo pipefail
@@ -77,6 +79,10 @@ if has fwops; then step "framework ops (cuda)"; timeout "${FWOPS_TIMEOUT:-200}" 
 if has cov; then step "coverage (missing pairs)"; timeout "${COV_TIMEOUT:-420}" python3 -m hspi_kernels.trace.coverage "$R/cov" ${COV_ARGS:---models qwen2.5-0.5b,gpt2-small --pairs b1:b8 --budget-s 300} > "$R/cov.log" 2>&1; echo "rc=$?"; grep -v "^  " "$R/cov.log" | tail -12; fi
 if has bbax; then step "blackbox: compile + framework axes"; timeout "${BBAX_TIMEOUT:-540}" python3 -m hspi_kernels.models.gpu_blackbox "$R/bbax" ${BBAX_ARGS:---budget-s 500 --stacks bf16.torch.batched.compile,bf16.jax.batched --small-pairs "" --temperatures 0.7 --probe-small-pairs "" --probe-pool 0} > "$R/bbax.log" 2>&1; echo "rc=$?"; tail -20 "$R/bbax.log"; fi
 if has bbpr; then step "blackbox: small-block probes"; timeout "${BBPR_TIMEOUT:-500}" python3 -m hspi_kernels.models.gpu_blackbox "$R/bbpr" ${BBPR_ARGS:---budget-s 470 --stacks bf16.fixed.batched --small-pairs bf16.torch.b8:bf16.fixed.b8,bf16.torch.b16:bf16.torch.b8 --small-rows 16 --temperatures 0.7 --queries 1,2,4 --probe-small-pairs bf16.torch.b8:bf16.fixed.b8,bf16.torch.b16:bf16.torch.b8 --probe-pool 0 --probe-temperatures 0.7,0} > "$R/bbpr.log" 2>&1; echo "rc=$?"; tail -24 "$R/bbpr.log"; fi
+if has covp; then step "coverage in ${COVP_N:-3} parallel parts"; n=${COVP_N:-3}
+  for i in $(seq 0 $((n - 1))); do timeout "${COVP_TIMEOUT:-500}" python3 -m hspi_kernels.trace.coverage "$R/covp$i" ${COVP_ARGS:---models llama-3.2-1b --pairs cpu:b1 --budget-s 480} --part "$i/$n" > "$R/covp$i.log" 2>&1 & done
+  wait; for i in $(seq 0 $((n - 1))); do echo "part $i/$n:"; grep -v "^  " "$R/covp$i.log" | tail -5; done; fi
+if has amiss; then step "attention misses"; timeout "${AMISS_TIMEOUT:-240}" python3 scripts/gpu_attn_miss.py "$R/amiss" ${AMISS_ARGS:-} > "$R/amiss.log" 2>&1; echo "rc=$?"; tail -40 "$R/amiss.log"; for f in "$R"/amiss/*_flash.npz "$R"/amiss/*_cudnn.npz; do [ -f "$f" ] && mv "$f" "$ROOT/"; done; fi
 if has cost; then step "hspi bench"; SKIP_INSTALL=1 OUT="$R/cost" timeout "${COST_TIMEOUT:-300}" bash scripts/gpu_bench.sh > "$R/cost.log" 2>&1; echo "rc=$?"; tail -16 "$R/cost.log"; fi
 if [ -n "$(ls -A "$R")" ]; then tar czf "$ROOT/rec.tgz" -C "$ROOT" rec; fi
 rm -rf "$R"

@@ -354,3 +354,27 @@ def test_failed_plan_cache_keys_on_named_kernels_only(traces):
     finally:
         C._FAILED.clear()
         C._PLAN_CACHE.clear()
+
+
+def test_map_in_parts_merges_to_the_whole_map(traces, cmap):
+    """A map made in n parts (every n-th differing op and region, as a long pair is split over
+    processes or device calls) and merged is the one-part map: rows, grid, summary, own
+    divergences. Controls: one part alone is not the whole map (it lacks the other parts' ops,
+    marked 'other part' in its grid); a missing, repeated or foreign part is refused."""
+    a, a2, b = traces
+    parts = [C.counterfactual(a, b, part=(i, 3)) for i in range(3)]
+    merged = C.merge_parts(parts[::-1])
+    strip = lambda m: json.loads(json.dumps({k: m[k] for k in ("summary", "ops", "regions", "grid", "slots", "own_divergences")},
+                                            default=str))
+    assert strip(merged) == strip(cmap)
+    assert sum(p["summary"]["differ"] for p in parts) == cmap["summary"]["differ"]
+    assert parts[0]["summary"]["differ"] < cmap["summary"]["differ"]
+    assert C.SYMBOLS["other part"] in "".join("".join(g.values()) for g in parts[0]["grid"].values())
+    with pytest.raises(ValueError, match="parts 0..n-1"):
+        C.merge_parts(parts[:2])
+    with pytest.raises(ValueError, match="parts 0..n-1"):
+        C.merge_parts([parts[0], parts[0], parts[2]])
+    with pytest.raises(ValueError, match="another pair"):
+        C.merge_parts(parts[:2] + [C.counterfactual(a, a2, part=(2, 3))])
+    with pytest.raises(ValueError, match="part must be"):
+        C.counterfactual(a, b, part=(3, 3))

@@ -60,11 +60,12 @@ from hspi_kernels.trace import explain as E
 from hspi_kernels.trace import tracer as T
 from hspi_kernels import platform as plat
 
-__all__ = ["counterfactual", "render_map", "explain_with_map", "SYMBOLS"]
+__all__ = ["counterfactual", "merge_parts", "render_map", "explain_with_map", "SYMBOLS"]
 
 SYMBOLS = {"equal": ".", "propagated": "~", "split-K factor": "S", "tile": "T", "tensor-core arithmetic": "C",
            "accumulation order": "R", "kernel choice": "K", "attention order": "A", "attention backend": "B",
-           "elementwise library": "E", "input layout": "L", "undetermined": "?", "unmatched": "u"}
+           "elementwise library": "E", "input layout": "L", "undetermined": "?", "unmatched": "u",
+           "other part": " "}  # differs, measured by another part of the map (counterfactual part=)
 _MARK = "{'tensor': True}"
 
 
@@ -919,7 +920,7 @@ def _sdpa_under(backend: str, values: list[np.ndarray], op: dict, trace: T.Trace
     return T._to_numpy(out)[0]
 
 
-def _region_rows(ta: T.Trace, tb: T.Trace, d: dict, why_a, why_b) -> list[dict]:
+def _region_rows(ta: T.Trace, tb: T.Trace, d: dict, why_a, why_b, part: tuple[int, int] = (0, 1)) -> list[dict]:
     """One row per fused attention op that only one trace has (the other ran another backend, or
     the math decomposition): the other side's backend re-run on this side's q, k, v (both on the
     recording device) against this side's recorded output. An own divergence of the attention
@@ -928,10 +929,8 @@ def _region_rows(ta: T.Trace, tb: T.Trace, d: dict, why_a, why_b) -> list[dict]:
     for side, tr, other, why, keys in (("A", ta, tb, why_a or why_b, d["unmatched_a"]),
                                        ("B", tb, ta, why_b or why_a, d["unmatched_b"])):
         by = tr.by_key()
-        for key in keys:
+        for key in [k for k in keys if by[k]["op"] in _BACKENDS][part[0]::part[1]]:
             op = by[key]
-            if op["op"] not in _BACKENDS:
-                continue
             row = {"key": key, "op": op["op"], "layer": op["layer"], "status": "unmatched", "side": side}
             backend, label = _other_backend(op, other)
             row["other_backend"] = label
@@ -1031,11 +1030,27 @@ def _slot(key: str, layer: str) -> str:
     return key
 
 
+def _check_part(part) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in part)
+    except (TypeError, ValueError):
+        raise ValueError(f"part must be (index, count), got {part!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"part must be (index, count) with 0 <= index < count, got {part!r}")
+    return i, n
+
+
 def counterfactual(ta: T.Trace, tb: T.Trace, d: dict | None = None, *, max_exact: int = 3,
-                   chunk_bytes: int = 1 << 30, progress: Callable[[int, int, str], None] | None = None) -> dict:
+                   chunk_bytes: int = 1 << 30, progress: Callable[[int, int, str], None] | None = None,
+                   part: tuple[int, int] = (0, 1)) -> dict:
     """The per-op counterfactual map of traces A and B (module docstring): one row per op with
     different outputs (own divergence, the cross replays with N/N and ULP histogram, each side's
-    implementation, the cause), the layer x op grid and a summary."""
+    implementation, the cause), the layer x op grid and a summary.
+
+    ``part=(i, n)``: only every n-th differing op and attention region from the i-th on (a map too
+    long for one process or one device call, made in n parts -- in parallel or one after the
+    other -- and joined by :func:`merge_parts`, which gives the map of ``part=(0, 1)``)."""
+    i_part, n_parts = _check_part(part)
     T.check_pair(ta, tb)
     d = d or T.diff(ta, tb)
     _CHUNK[0] = int(chunk_bytes)
@@ -1044,11 +1059,19 @@ def counterfactual(ta: T.Trace, tb: T.Trace, d: dict | None = None, *, max_exact
     why_a, why_b = kernel_replayable(ta), kernel_replayable(tb)
     ka, kb = ta.by_key(), tb.by_key()
     rows = []
-    todo = [r for r in d["ops"] if r["status"] != "equal"]
+    todo = [r for r in d["ops"] if r["status"] != "equal"][i_part::n_parts]
     for n, r in enumerate(todo):
         if progress:
             progress(n, len(todo), r["key"])
         rows.append(_op_row(ta, tb, ka[r["key"]], kb[r["key"]], r, max_exact, chunk_bytes, why_a, why_b))
+    regions = _region_rows(ta, tb, d, why_a, why_b, part=(i_part, n_parts))
+    cmap = _assemble(d, rows, regions, why_a, why_b, ka, kb)
+    cmap["part"] = [i_part, n_parts]
+    return cmap
+
+
+def _assemble(d: dict, rows: list[dict], regions: list[dict], why_a, why_b, ka: dict, kb: dict) -> dict:
+    """The map (grid, summary, own divergences) of the op rows and attention regions measured."""
     by_key = {r["key"]: r for r in rows}
     grid: dict[str, dict[str, str]] = {}
     slots: list[str] = []
@@ -1058,7 +1081,7 @@ def counterfactual(ta: T.Trace, tb: T.Trace, d: dict | None = None, *, max_exact
             slots.append(slot)
         x = by_key.get(r["key"])
         if x is None:
-            sym = SYMBOLS["equal"]
+            sym = SYMBOLS["equal" if r["status"] == "equal" else "other part"]
         elif x["own"] is False:
             sym = SYMBOLS["propagated"]
         else:
@@ -1070,12 +1093,18 @@ def counterfactual(ta: T.Trace, tb: T.Trace, d: dict | None = None, *, max_exact
         if slot not in slots:
             slots.append(slot)
         grid.setdefault(o["layer"], {})[slot] = SYMBOLS["unmatched"]
-    regions = _region_rows(ta, tb, d, why_a, why_b)
     for x in regions:
         if x["own"]:
             grid.setdefault(x["layer"], {})[_slot(x["key"], x["layer"])] = SYMBOLS[x["cause"]["category"]]
+    return {"a": d["a"], "b": d["b"], "slots": slots, "grid": grid, "ops": rows, "regions": regions,
+            **_summary(d["n_ops"], rows, regions, d["unmatched_a"] + d["unmatched_b"],
+                       {"a": why_a or "yes", "b": why_b or "yes"})}
+
+
+def _summary(n_ops: int, rows: list[dict], regions: list[dict], unmatched: list[str], kernel_replay: dict) -> dict:
+    """The summary and own-divergence list of a map's op rows and regions."""
     own = [r for r in rows if r["own"]]
-    summary = {"ops": d["n_ops"], "differ": len(rows), "own": len(own),
+    summary = {"ops": n_ops, "differ": len(rows), "own": len(own),
                "attention_regions": len(regions), "regions_own": sum(1 for x in regions if x["own"]),
                "regions_undetermined": [x["key"] for x in regions if x["own"] is None],
                **region_plan_counts(regions),
@@ -1083,12 +1112,51 @@ def counterfactual(ta: T.Trace, tb: T.Trace, d: dict | None = None, *, max_exact
                "propagated_only": sum(1 for r in rows if r["own"] is False),
                "undetermined": [r["key"] for r in rows if r["own"] is None or
                                 (r["own"] and r["cause"]["category"] == "undetermined")],
-               "unmatched": d["unmatched_a"] + d["unmatched_b"],
-               "kernel_replay": {"a": why_a or "yes", "b": why_b or "yes"}}
-    return {"a": d["a"], "b": d["b"], "summary": summary, "slots": slots, "grid": grid, "ops": rows,
-            "regions": regions,
+               "unmatched": list(unmatched),
+               "kernel_replay": dict(kernel_replay)}
+    return {"summary": summary,
             "own_divergences": [{"key": r["key"], "layer": r["layer"], "cause": r["cause"],
                                  "b_on_a": r["b_on_a"], "a_on_b": r["a_on_b"]} for r in own]}
+
+
+def merge_parts(parts: list[dict]) -> dict:
+    """The map of ``part=(0, 1)`` from the maps of ``part=(i, n)`` for every i (any order; the maps
+    alone, as the coverage job stores them: no trace needed): op rows and regions back in the pair's
+    order (part i holds the i-th, (i+n)-th, ... of each list), the grid cell by cell (the part that
+    measured a cell gives its symbol), the summary rebuilt. A missing, repeated or foreign part
+    (another n, another pair) is a ValueError."""
+    got = sorted(_check_part(m.get("part", (0, 1))) for m in parts)
+    n = got[0][1] if got else 0
+    if not got or got != [(i, n) for i in range(n)]:
+        raise ValueError(f"merge_parts: need parts 0..n-1 of one n exactly once, got {got}")
+    parts = sorted(parts, key=lambda m: m["part"][0])
+    first = parts[0]
+    s0 = first["summary"]
+    if any((m.get("a"), m.get("b"), m["slots"], m["summary"]["ops"], m["summary"]["unmatched"])
+           != (first.get("a"), first.get("b"), first["slots"], s0["ops"], s0["unmatched"]) for m in parts):
+        raise ValueError("merge_parts: a part belongs to another pair of traces")
+
+    def interleave(lists):
+        out = []
+        for j in range(max((len(x) for x in lists), default=0)):
+            out += [x[j] for x in lists if j < len(x)]
+        return out
+
+    rows = interleave([m["ops"] for m in parts])
+    regions = [x for side in ("A", "B") for x in interleave([[r for r in m["regions"] if r["side"] == side]
+                                                               for m in parts])]
+    other = SYMBOLS["other part"]
+    grid: dict[str, dict[str, str]] = {}
+    for m in parts:
+        for layer, cells in m["grid"].items():
+            g = grid.setdefault(layer, {})
+            for slot, sym in cells.items():
+                if sym != other or slot not in g:
+                    g[slot] = sym
+    kr = s0["kernel_replay"]
+    return {"a": first.get("a"), "b": first.get("b"), "slots": first["slots"], "grid": grid, "ops": rows,
+            "regions": regions, "part": [0, 1], "merged_from": n,
+            **_summary(s0["ops"], rows, regions, s0["unmatched"], kr)}
 
 
 def render_map(cmap: dict, width: int = 80) -> str:

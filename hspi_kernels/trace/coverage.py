@@ -164,7 +164,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pairs", default=",".join(f"{a}:{b}" for a, b, _ in PAIRS))
     ap.add_argument("--length", type=int, default=16)
     ap.add_argument("--budget-s", type=float, default=420.0)
+    ap.add_argument("--part", default="0/1", help="I/N: every N-th differing op and attention region from the "
+                    "I-th on (a pair too long for one call, made in N parts -- e.g. N processes at once -- "
+                    "whose maps counterfactual.merge_parts joins)")
     args = ap.parse_args(argv)
+    try:
+        part = tuple(int(x) for x in args.part.split("/"))
+        C._check_part(part)
+    except ValueError:
+        ap.error(f"--part must be I/N with 0 <= I < N, got {args.part!r}")
     start = time.perf_counter()
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -231,15 +239,17 @@ def main(argv: list[str] | None = None) -> int:
                     if time.perf_counter() - start > args.budget_s:  # checked per op: a long pair stops too
                         raise _BudgetCut(f"budget: cut at op {n}/{total}, {time.perf_counter() - _t:.0f} s into the pair")
 
-                cmap = C.counterfactual(ta, tb, progress=progress)
+                cmap = C.counterfactual(ta, tb, progress=progress, part=part)
                 cmap["logits_equal"] = ta.meta["logits_digest"] == tb.meta["logits_digest"]
                 row = coverage_row(name, pname, labels.get((a, b), pname), cmap)
                 d = T.diff(ta, tb)
                 row["origin_layout_matrix"] = [layout_matrix(ta, tb, o["key"]) for o in d["origins"]
                                                if "attention" in o["op"] or o.get("input_layouts_differ")][:3]
                 row["seconds"] = round(time.perf_counter() - t0, 1)
+                row["part"] = list(part)  # N > 1: this part's ops only (merge the maps: counterfactual.merge_parts)
                 record["rows"].append(row)
-                maps[f"{name}/{pname}"] = {k: cmap[k] for k in ("summary", "ops", "regions", "grid", "slots")}
+                maps[f"{name}/{pname}"] = {k: cmap[k] for k in ("a", "b", "part", "summary", "ops", "regions", "grid",
+                                                                  "slots")}
                 maps[f"{name}/{pname}"]["text"] = C.render_map(cmap, 120)
             except _BudgetCut as cut:  # the budget ended inside the pair: named, nothing half-recorded
                 record["skipped"].append({"model": name, "pair": pname, "why": str(cut)})

@@ -19,7 +19,13 @@ comes from the latest run that measured it:
   of 601 (the job's budget check runs between pairs, not inside one), and the qwen pairs never
   started; the next call to the device was refused (no machine lent): listed in ``CUT``;
 - run 6 (2026-12-04, ``coverage_h200_run6_raw.json``, ``--models qwen2.5-0.5b,gpt2-small --pairs b1:b8
-  --budget-s 290``, 23 s): qwen2.5-0.5b and gpt2-small batch 1 vs row 0 of batch 8.
+  --budget-s 290``, 23 s): qwen2.5-0.5b and gpt2-small batch 1 vs row 0 of batch 8;
+- run 7 (2026-12-06, ``coverage_h100_run7_raw.json``, ``--models qwen2.5-0.5b,llama-3.2-1b,gpt2-small
+  --pairs b1_math:b1_flash,b1_flash:b1_cudnn,b1_math:b1_cudnn,b1_math:b1_efficient --budget-s 435``,
+  91.5 s) on an **H100** (the device tool gave one for a call that asked for the H200): the SDPA
+  pairs with the fused ops named by fitted plan. Its rows are kept apart (``gpu`` = "H100"): a row
+  is keyed by (model, pair, GPU), so no H100 row replaces an H200 one; the table has one section
+  per GPU.
 
     python docs/results/trace/coverage_derive.py
 """
@@ -28,32 +34,40 @@ import gzip
 import json
 from pathlib import Path
 
+from hspi_kernels.trace.counterfactual import merge_parts
 from hspi_kernels.trace.coverage import coverage_row, render_table
 
 HERE = Path(__file__).parent
 VOID_OPS = ("_scaled_dot_product_cudnn_attention", "_scaled_dot_product_efficient_attention")
-RUNS = (("run2", "coverage_h200_raw.json", "coverage_h200_maps.json.gz", True),
-        ("run3", "coverage_h200_run3_raw.json", "coverage_h200_run3_maps.json.gz", False),
-        ("run4", "coverage_h200_run4_raw.json", "coverage_h200_run4_maps.json.gz", False),
-        ("run5", "coverage_h200_run5_raw.json", "coverage_h200_run5_maps.json.gz", False),
-        ("run6", "coverage_h200_run6_raw.json", "coverage_h200_run6_maps.json.gz", False))
+RUNS = (("run2", "coverage_h200_raw.json", "coverage_h200_maps.json.gz", True, "H200"),
+        ("run3", "coverage_h200_run3_raw.json", "coverage_h200_run3_maps.json.gz", False, "H200"),
+        ("run4", "coverage_h200_run4_raw.json", "coverage_h200_run4_maps.json.gz", False, "H200"),
+        ("run5", "coverage_h200_run5_raw.json", "coverage_h200_run5_maps.json.gz", False, "H200"),
+        ("run6", "coverage_h200_run6_raw.json", "coverage_h200_run6_maps.json.gz", False, "H200"),
+        ("run7", "coverage_h100_run7_raw.json", "coverage_h100_run7_maps.json.gz", False, "H100"))
+GPUS = ("H200", "H100")
 # pairs a run started but did not record (killed from outside the job: not in its own "skipped")
-CUT = ({"model": "llama-3.2-1b", "pair": "cpu vs b1", "run": "run5",
+CUT = ({"model": "llama-3.2-1b", "pair": "cpu vs b1", "run": "run5", "gpu": "H200",
         "why": "killed by the device call's 560 s limit at op ~500/601 of the pair (420 s into it)"},
-       {"model": "qwen2.5-0.5b", "pair": "b1 vs b8", "run": "run5", "why": "not started (run 5 killed); device refused after"},
-       {"model": "qwen2.5-0.5b", "pair": "b1_math vs b1_cudnn", "run": "run5",
+       {"model": "qwen2.5-0.5b", "pair": "b1 vs b8", "run": "run5", "gpu": "H200",
+        "why": "not started (run 5 killed); device refused after"},
+       {"model": "qwen2.5-0.5b", "pair": "b1_math vs b1_cudnn", "run": "run5", "gpu": "H200",
         "why": "not started (run 5 killed); device refused after"})
 
 rows: dict[tuple, dict] = {}
-void, skipped, runs = [], {}, {}
-for name, raw_file, maps_file, void_fix in RUNS:
+void, skipped, runs, parts = [], {}, {}, {}
+for name, raw_file, maps_file, void_fix, gpu in RUNS:
     raw = json.loads((HERE / raw_file).read_text())
     maps = json.loads(gzip.decompress((HERE / maps_file).read_bytes()))
     labels = {(r["model"], r["pair"]): r for r in raw["rows"]}
     runs[name] = {"file": raw_file, "total_s": raw.get("total_s"), "args": raw["args"], "traces": raw["traces"],
-                  "platform": raw["platform"]}
+                  "platform": raw["platform"], "gpu": gpu}
     for key, cmap in maps.items():
         model, pair = key.split("/", 1)
+        i_part, n_parts = cmap.get("part", (0, 1))
+        if n_parts > 1:  # one part of a map made in parts (coverage --part): merged once all are read
+            parts.setdefault((model, pair, gpu), []).append((name, cmap, labels[(model, pair)]))
+            continue
         kept = [x for x in cmap["regions"] if not (void_fix and x["op"] in VOID_OPS)]
         if void_fix:
             void += [{"run": name, "model": model, "pair": pair, "key": x["key"]}
@@ -61,24 +75,38 @@ for name, raw_file, maps_file, void_fix in RUNS:
         row = coverage_row(model, pair, labels[(model, pair)]["label"], dict(cmap, regions=kept))
         row["seconds"] = labels[(model, pair)]["seconds"]
         row["run"] = name
+        row["gpu"] = gpu
         row["layer0_region_check"] = [x.get("other_region_output_equal") for x in kept
                                       if x.get("other_region_output_equal") is not None]
-        rows[(model, pair)] = row
-        skipped.pop((model, pair), None)
+        rows[(model, pair, gpu)] = row
+        skipped.pop((model, pair, gpu), None)
     for s in raw["skipped"]:
-        if (s["model"], s["pair"]) not in rows:
-            skipped[(s["model"], s["pair"])] = dict(s, run=name)
+        if (s["model"], s["pair"], gpu) not in rows:
+            skipped[(s["model"], s["pair"], gpu)] = dict(s, run=name, gpu=gpu)
+for (model, pair, gpu), got in parts.items():  # the parts of one pair come from parallel processes
+    cmap = merge_parts([m for _, m, _ in got])
+    row = coverage_row(model, pair, got[0][2]["label"], cmap)
+    row["seconds"] = max(lab["seconds"] for _, _, lab in got)  # wall time: the parts ran at once
+    row["run"] = "+".join(sorted({n for n, _, _ in got}))
+    row["gpu"] = gpu
+    row["merged_from_parts"] = len(got)
+    row["layer0_region_check"] = [x.get("other_region_output_equal") for x in cmap["regions"]
+                                  if x.get("other_region_output_equal") is not None]
+    rows[(model, pair, gpu)] = row
+    skipped.pop((model, pair, gpu), None)
 for c in CUT:
-    if (c["model"], c["pair"]) not in rows:
-        skipped[(c["model"], c["pair"])] = dict(c)
+    if (c["model"], c["pair"], c["gpu"]) not in rows:
+        skipped[(c["model"], c["pair"], c["gpu"])] = dict(c)
 order = {m: i for i, m in enumerate(("qwen2.5-0.5b", "gpt2-small", "llama-3.2-1b"))}
-out_rows = sorted(rows.values(), key=lambda r: order.get(r["model"], 9))
-last = json.loads((HERE / RUNS[-1][1]).read_text())  # the newest run's platform
+out_rows = sorted(rows.values(), key=lambda r: (GPUS.index(r["gpu"]), order.get(r["model"], 9)))
+last = json.loads((HERE / [r for r in RUNS if r[4] == "H200"][-1][1]).read_text())  # the newest H200 run's platform
 out = {"platform": last["platform"], "label": last["label"], "device": last["device"],
        "not_covered": last["not_covered"], "runs": runs,
        "source": "merged by coverage_derive.py (module docstring: which run gives which row, the run-2 correction)",
        "rows": out_rows, "skipped": list(skipped.values()), "void_regions": void}
 (HERE / "coverage.json").write_text(json.dumps(out, indent=1))
-table = render_table(out_rows, out["skipped"])
+table = "\n".join(f"### {gpu}\n\n" + render_table([r for r in out_rows if r["gpu"] == gpu],
+                                                   [x for x in out["skipped"] if x["gpu"] == gpu])
+                  for gpu in GPUS)
 (HERE / "coverage_table.md").write_text(table)
 print(table)
