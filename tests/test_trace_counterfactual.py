@@ -370,6 +370,14 @@ def test_map_in_parts_merges_to_the_whole_map(traces, cmap):
     assert sum(p["summary"]["differ"] for p in parts) == cmap["summary"]["differ"]
     assert parts[0]["summary"]["differ"] < cmap["summary"]["differ"]
     assert C.SYMBOLS["other part"] in "".join("".join(g.values()) for g in parts[0]["grid"].values())
+    # a pair with attention regions (math vs the CPU flash op): each region's grid cell is re-run in
+    # one part only, "unmatched" in the others; merged in either order it is the whole map's cell
+    m_ = T.run_model("tiny-llama", **BASE, attn="sdpa-math")
+    whole = C.counterfactual(m_, a)
+    assert whole["summary"]["regions_own"] >= 2
+    rparts = [C.counterfactual(m_, a, part=(i, 3)) for i in range(3)]
+    for order in (rparts, rparts[::-1]):
+        assert strip(C.merge_parts(order)) == strip(whole)
     with pytest.raises(ValueError, match="parts 0..n-1"):
         C.merge_parts(parts[:2])
     with pytest.raises(ValueError, match="parts 0..n-1"):

@@ -1065,40 +1065,48 @@ def counterfactual(ta: T.Trace, tb: T.Trace, d: dict | None = None, *, max_exact
             progress(n, len(todo), r["key"])
         rows.append(_op_row(ta, tb, ka[r["key"]], kb[r["key"]], r, max_exact, chunk_bytes, why_a, why_b))
     regions = _region_rows(ta, tb, d, why_a, why_b, part=(i_part, n_parts))
-    cmap = _assemble(d, rows, regions, why_a, why_b, ka, kb)
+    cmap = _assemble(_layout(d, ka, kb), rows, regions, {"a": why_a or "yes", "b": why_b or "yes"})
     cmap["part"] = [i_part, n_parts]
     return cmap
 
 
-def _assemble(d: dict, rows: list[dict], regions: list[dict], why_a, why_b, ka: dict, kb: dict) -> dict:
+def _layout(d: dict, ka: dict, kb: dict) -> dict:
+    """What the grid of a pair's map is drawn from, stored with every map (:func:`merge_parts`
+    redraws a merged map from it): the pair, its op count, each op's (key, layer, diff status) in
+    pair order, the unmatched ops' (key, layer)."""
+    return {"a": d["a"], "b": d["b"], "n_ops": d["n_ops"],
+            "ops": [[r["key"], r["layer"], r["status"]] for r in d["ops"]],
+            "unmatched": [[k, (ka.get(k) or kb.get(k))["layer"]] for k in d["unmatched_a"] + d["unmatched_b"]]}
+
+
+def _assemble(layout: dict, rows: list[dict], regions: list[dict], kernel_replay: dict) -> dict:
     """The map (grid, summary, own divergences) of the op rows and attention regions measured."""
     by_key = {r["key"]: r for r in rows}
     grid: dict[str, dict[str, str]] = {}
     slots: list[str] = []
-    for r in d["ops"]:
-        slot = _slot(r["key"], r["layer"])
+    for key, layer, status in layout["ops"]:
+        slot = _slot(key, layer)
         if slot not in slots:
             slots.append(slot)
-        x = by_key.get(r["key"])
+        x = by_key.get(key)
         if x is None:
-            sym = SYMBOLS["equal" if r["status"] == "equal" else "other part"]
+            sym = SYMBOLS["equal" if status == "equal" else "other part"]
         elif x["own"] is False:
             sym = SYMBOLS["propagated"]
         else:
             sym = SYMBOLS[(x.get("cause") or {}).get("category", "undetermined")]
-        grid.setdefault(r["layer"], {})[slot] = sym
-    for key in d["unmatched_a"] + d["unmatched_b"]:
-        o = ka.get(key) or kb.get(key)
-        slot = _slot(key, o["layer"])
+        grid.setdefault(layer, {})[slot] = sym
+    for key, layer in layout["unmatched"]:
+        slot = _slot(key, layer)
         if slot not in slots:
             slots.append(slot)
-        grid.setdefault(o["layer"], {})[slot] = SYMBOLS["unmatched"]
+        grid.setdefault(layer, {})[slot] = SYMBOLS["unmatched"]
     for x in regions:
         if x["own"]:
             grid.setdefault(x["layer"], {})[_slot(x["key"], x["layer"])] = SYMBOLS[x["cause"]["category"]]
-    return {"a": d["a"], "b": d["b"], "slots": slots, "grid": grid, "ops": rows, "regions": regions,
-            **_summary(d["n_ops"], rows, regions, d["unmatched_a"] + d["unmatched_b"],
-                       {"a": why_a or "yes", "b": why_b or "yes"})}
+    return {"a": layout["a"], "b": layout["b"], "layout": layout, "slots": slots, "grid": grid, "ops": rows,
+            "regions": regions, **_summary(layout["n_ops"], rows, regions, [k for k, _ in layout["unmatched"]],
+                                           kernel_replay)}
 
 
 def _summary(n_ops: int, rows: list[dict], regions: list[dict], unmatched: list[str], kernel_replay: dict) -> dict:
@@ -1122,18 +1130,18 @@ def _summary(n_ops: int, rows: list[dict], regions: list[dict], unmatched: list[
 def merge_parts(parts: list[dict]) -> dict:
     """The map of ``part=(0, 1)`` from the maps of ``part=(i, n)`` for every i (any order; the maps
     alone, as the coverage job stores them: no trace needed): op rows and regions back in the pair's
-    order (part i holds the i-th, (i+n)-th, ... of each list), the grid cell by cell (the part that
-    measured a cell gives its symbol), the summary rebuilt. A missing, repeated or foreign part
-    (another n, another pair) is a ValueError."""
+    order (part i holds the i-th, (i+n)-th, ... of each list), the grid redrawn from the stored
+    layout, the summary rebuilt. A missing, repeated or foreign part (another n, another pair) is a
+    ValueError."""
     got = sorted(_check_part(m.get("part", (0, 1))) for m in parts)
     n = got[0][1] if got else 0
     if not got or got != [(i, n) for i in range(n)]:
         raise ValueError(f"merge_parts: need parts 0..n-1 of one n exactly once, got {got}")
     parts = sorted(parts, key=lambda m: m["part"][0])
     first = parts[0]
-    s0 = first["summary"]
-    if any((m.get("a"), m.get("b"), m["slots"], m["summary"]["ops"], m["summary"]["unmatched"])
-           != (first.get("a"), first.get("b"), first["slots"], s0["ops"], s0["unmatched"]) for m in parts):
+    if "layout" not in first:
+        raise ValueError("merge_parts: the maps carry no layout (made before maps were stored in parts)")
+    if any(m.get("layout") != first["layout"] for m in parts):
         raise ValueError("merge_parts: a part belongs to another pair of traces")
 
     def interleave(lists):
@@ -1145,18 +1153,8 @@ def merge_parts(parts: list[dict]) -> dict:
     rows = interleave([m["ops"] for m in parts])
     regions = [x for side in ("A", "B") for x in interleave([[r for r in m["regions"] if r["side"] == side]
                                                                for m in parts])]
-    other = SYMBOLS["other part"]
-    grid: dict[str, dict[str, str]] = {}
-    for m in parts:
-        for layer, cells in m["grid"].items():
-            g = grid.setdefault(layer, {})
-            for slot, sym in cells.items():
-                if sym != other or slot not in g:
-                    g[slot] = sym
-    kr = s0["kernel_replay"]
-    return {"a": first.get("a"), "b": first.get("b"), "slots": first["slots"], "grid": grid, "ops": rows,
-            "regions": regions, "part": [0, 1], "merged_from": n,
-            **_summary(s0["ops"], rows, regions, s0["unmatched"], kr)}
+    return dict(_assemble(first["layout"], rows, regions, first["summary"]["kernel_replay"]),
+                part=[0, 1], merged_from=n)
 
 
 def render_map(cmap: dict, width: int = 80) -> str:

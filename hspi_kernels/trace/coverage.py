@@ -248,8 +248,8 @@ def main(argv: list[str] | None = None) -> int:
                 row["seconds"] = round(time.perf_counter() - t0, 1)
                 row["part"] = list(part)  # N > 1: this part's ops only (merge the maps: counterfactual.merge_parts)
                 record["rows"].append(row)
-                maps[f"{name}/{pname}"] = {k: cmap[k] for k in ("a", "b", "part", "summary", "ops", "regions", "grid",
-                                                                  "slots")}
+                maps[f"{name}/{pname}"] = {k: cmap[k] for k in ("a", "b", "part", "layout", "summary", "ops", "regions",
+                                                                  "grid", "slots")}
                 maps[f"{name}/{pname}"]["text"] = C.render_map(cmap, 120)
             except _BudgetCut as cut:  # the budget ended inside the pair: named, nothing half-recorded
                 record["skipped"].append({"model": name, "pair": pname, "why": str(cut)})

@@ -56,6 +56,18 @@ CUT = ({"model": "llama-3.2-1b", "pair": "cpu vs b1", "run": "run5", "gpu": "H20
 
 rows: dict[tuple, dict] = {}
 void, skipped, runs, parts = [], {}, {}, {}
+
+
+def add_row(model, pair, gpu, label, cmap, seconds, run):
+    row = coverage_row(model, pair, label, cmap)
+    row.update(seconds=seconds, run=run, gpu=gpu,
+               layer0_region_check=[x.get("other_region_output_equal") for x in cmap["regions"]
+                                    if x.get("other_region_output_equal") is not None])
+    rows[(model, pair, gpu)] = row
+    skipped.pop((model, pair, gpu), None)
+    return row
+
+
 for name, raw_file, maps_file, void_fix, gpu in RUNS:
     raw = json.loads((HERE / raw_file).read_text())
     maps = json.loads(gzip.decompress((HERE / maps_file).read_bytes()))
@@ -64,36 +76,23 @@ for name, raw_file, maps_file, void_fix, gpu in RUNS:
                   "platform": raw["platform"], "gpu": gpu}
     for key, cmap in maps.items():
         model, pair = key.split("/", 1)
-        i_part, n_parts = cmap.get("part", (0, 1))
-        if n_parts > 1:  # one part of a map made in parts (coverage --part): merged once all are read
+        if cmap.get("part", (0, 1))[1] > 1:  # one part of a map made in parts (coverage --part): merged once all are read
             parts.setdefault((model, pair, gpu), []).append((name, cmap, labels[(model, pair)]))
             continue
         kept = [x for x in cmap["regions"] if not (void_fix and x["op"] in VOID_OPS)]
         if void_fix:
             void += [{"run": name, "model": model, "pair": pair, "key": x["key"]}
                      for x in cmap["regions"] if x["op"] in VOID_OPS]
-        row = coverage_row(model, pair, labels[(model, pair)]["label"], dict(cmap, regions=kept))
-        row["seconds"] = labels[(model, pair)]["seconds"]
-        row["run"] = name
-        row["gpu"] = gpu
-        row["layer0_region_check"] = [x.get("other_region_output_equal") for x in kept
-                                      if x.get("other_region_output_equal") is not None]
-        rows[(model, pair, gpu)] = row
-        skipped.pop((model, pair, gpu), None)
+        add_row(model, pair, gpu, labels[(model, pair)]["label"], dict(cmap, regions=kept),
+                labels[(model, pair)]["seconds"], name)
     for s in raw["skipped"]:
         if (s["model"], s["pair"], gpu) not in rows:
             skipped[(s["model"], s["pair"], gpu)] = dict(s, run=name, gpu=gpu)
 for (model, pair, gpu), got in parts.items():  # the parts of one pair come from parallel processes
-    cmap = merge_parts([m for _, m, _ in got])
-    row = coverage_row(model, pair, got[0][2]["label"], cmap)
-    row["seconds"] = max(lab["seconds"] for _, _, lab in got)  # wall time: the parts ran at once
-    row["run"] = "+".join(sorted({n for n, _, _ in got}))
-    row["gpu"] = gpu
+    row = add_row(model, pair, gpu, got[0][2]["label"], merge_parts([m for _, m, _ in got]),
+                  max(lab["seconds"] for _, _, lab in got),  # wall time: the parts ran at once
+                  "+".join(sorted({n for n, _, _ in got})))
     row["merged_from_parts"] = len(got)
-    row["layer0_region_check"] = [x.get("other_region_output_equal") for x in cmap["regions"]
-                                  if x.get("other_region_output_equal") is not None]
-    rows[(model, pair, gpu)] = row
-    skipped.pop((model, pair, gpu), None)
 for c in CUT:
     if (c["model"], c["pair"], c["gpu"]) not in rows:
         skipped[(c["model"], c["pair"], c["gpu"])] = dict(c)
