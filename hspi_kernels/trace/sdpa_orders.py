@@ -102,7 +102,10 @@ def fitted_plans(backend: str, fmt: str, D: int, *, split_kv: bool) -> list[AP.A
     what the recorded kernel names say (tile shapes, wgmma / sm80 code) and what the CPU fit of the
     capture then singled out; tried first by :func:`main`'s stage 2:
 
-    - flash: the flash-2 walk, BLOCK_N 128 at one block; with ``split_kv`` the split-KV kernel of
+    - flash: the flash-2 walk, BLOCK_N 128 at one block, the final ``1.f / sum`` correctly rounded
+      (``recip="ieee"``, what the split-KV long captures single out for the same epilogue and build;
+      the 16-token captures pass with ``"sfu"`` as well, kept second: H100 run 7 missed 1 of 32768
+      outputs of llama's layer-6 flash op with ``"sfu"``); with ``split_kv`` the split-KV kernel of
       traits 64 x 256 (D 64) / 64 x 128 (D 128) and 2 splits; the exp argument unfused
       (``exp_fma=False``: PyTorch builds its flash-attention copy with ``UNFUSE_FMA``, so
       ``p = ex2(rn(rn(S·c) - rn(m·c)))``; H200 run 4: output and fp32 lse N/N on every 16-token case,
@@ -145,9 +148,9 @@ def fitted_plans(backend: str, fmt: str, D: int, *, split_kv: bool) -> list[AP.A
     row of two splits that a combine weight within 2 ulp (expf's bound) reproduces."""
     rs_all = (None, P.Sequential(), P.Pairwise())
     if backend == "flash":
-        if not split_kv:
-            return [AP.AttentionPlan(block_n=128, tile=128, domain="log2", exp="sfu", walk="flash2", recip="sfu",
-                                     exp_fma=False)]
+        if not split_kv:  # the epilogue's 1.f / sum: IEEE as the split kernels' (same build), rcp.approx kept second
+            return [AP.AttentionPlan(block_n=128, tile=128, domain="log2", exp="sfu", walk="flash2", recip=r,
+                                     exp_fma=False) for r in ("ieee", "sfu")]
         bn = 256 if D <= 64 else 128
         found = [AP.AttentionPlan(block_n=bn, tile=64, domain="log2", exp="sfu", walk="flash2", recip="ieee", splits=2,
                                   exp_fma=False, combine_log="cuda", combine_exp=ce) for ce in ("cuda", "libm")]
