@@ -25,7 +25,10 @@ comes from the latest run that measured it:
   91.5 s) on an **H100** (the device tool gave one for a call that asked for the H200): the SDPA
   pairs with the fused ops named by fitted plan. Its rows are kept apart (``gpu`` = "H100"): a row
   is keyed by (model, pair, GPU), so no H100 row replaces an H200 one; the table has one section
-  per GPU.
+  per GPU;
+- run 8 (2026-12-07, ``coverage_h100_run8_raw.json``, ``--models gpt2-small --pairs cpu:b1 --budget-s 200``)
+  on an **H100** again (the H200 was not lent at the time) with an Intel Xeon (AMX) host CPU: gpt2-small
+  CPU vs GPU after the native_layer_norm dtype fix (``STAGES="amiss cov" ... bash scripts/gpu_full.sh``).
 
     python docs/results/trace/coverage_derive.py
 """
@@ -44,7 +47,8 @@ RUNS = (("run2", "coverage_h200_raw.json", "coverage_h200_maps.json.gz", True, "
         ("run4", "coverage_h200_run4_raw.json", "coverage_h200_run4_maps.json.gz", False, "H200"),
         ("run5", "coverage_h200_run5_raw.json", "coverage_h200_run5_maps.json.gz", False, "H200"),
         ("run6", "coverage_h200_run6_raw.json", "coverage_h200_run6_maps.json.gz", False, "H200"),
-        ("run7", "coverage_h100_run7_raw.json", "coverage_h100_run7_maps.json.gz", False, "H100"))
+        ("run7", "coverage_h100_run7_raw.json", "coverage_h100_run7_maps.json.gz", False, "H100"),
+        ("run8", "coverage_h100_run8_raw.json", "coverage_h100_run8_maps.json.gz", False, "H100"))
 GPUS = ("H200", "H100")
 # pairs a run started but did not record (killed from outside the job: not in its own "skipped")
 CUT = ({"model": "llama-3.2-1b", "pair": "cpu vs b1", "run": "run5", "gpu": "H200",
