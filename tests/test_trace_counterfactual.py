@@ -128,6 +128,33 @@ def test_gemm_replay_in_row_chunks_equals_one_pass(traces):
     assert whole.shape == (32, 64) and np.array_equal(whole, tiny)
 
 
+def test_full_check_of_a_wide_gemm_in_column_blocks():
+    # an LM-head-like output (N well over the 4096-output head block, several column blocks):
+    # the plan's own bits pass N/N on every output, one flipped bit in the last block or another
+    # split-K order is rejected, and a column block of the replay is that block of the whole
+    rng = np.random.default_rng(3)
+    M, K, N = 3, 64, 20000
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    b = rng.standard_normal((K, N)).astype(np.float32)
+    for c, ep in ((None, "none"), (rng.standard_normal(N).astype(np.float32), "bias-after"),
+                  (rng.standard_normal(N).astype(np.float32), "bias-as-c")):
+        bits = C._gemm_eval(P.SplitK(4), ep, a, b, c, "fp32", 1 << 30)
+        assert bits.shape == (M, N)
+        block = C._gemm_eval(P.SplitK(4), ep, a, b, c, "fp32", 1 << 30, cols=slice(5000, 17000))
+        assert np.array_equal(block, bits[:, 5000:17000])
+        e = {"plan_json": P.SplitK(4).to_json(), "epilogue": ep}
+        got = C._full_check(e, a, b, c, bits, "fp32", 1 << 30)
+        assert got is not None and got["matches"] == got["total"] == M * N
+        late = bits.copy()
+        late[M - 1, N - 1] ^= 1  # the last output of the last block
+        assert C._full_check(e, a, b, c, late, "fp32", 1 << 30) is None
+        head = bits.copy()
+        head[0, 7] ^= 1  # inside the head block
+        assert C._full_check(e, a, b, c, head, "fp32", 1 << 30) is None
+        assert C._full_check({"plan_json": P.SplitK(2).to_json(), "epilogue": ep}, a, b, c, bits, "fp32",
+                             1 << 30) is None
+
+
 def test_map_text_fits_80_columns_and_lands_in_explain_json_and_html(traces, tmp_path):
     a, _, b = traces
     x = C.explain_with_map(a, b)
