@@ -327,14 +327,15 @@ def _full_check(e: dict, a, b, c, bits, fmt, chunk_bytes) -> dict | None:
     # then every kept output, in column blocks from ~2^15 outputs doubling to ~2^20: a plan that
     # misses (bf16 outputs hide most order changes, so some pass the head) stops at its first
     # block that differs, after little work
-    step, j0, n_eq = max(cols, (1 << 15) // max(1, M)), 0, 0
+    step, most = (max(cols, (1 << p) // max(1, M)) for p in (15, 20))  # block widths in columns
+    j0, n_eq = 0, 0
     while j0 < N:
         sl = slice(j0, min(N, j0 + step))
         got = _gemm_eval(plan, e["epilogue"], a, b, c, fmt, chunk_bytes, cols=sl)
         n_eq += int(np.count_nonzero(got == bits[:, sl]))
         if n_eq != M * sl.stop:
             return None
-        j0, step = sl.stop, min(2 * step, max(cols, (1 << 20) // max(1, M)))
+        j0, step = sl.stop, min(2 * step, most)
     return {"kind": "plan", "plan": repr(plan), "plan_json": e["plan_json"], "epilogue": e["epilogue"],
             "matches": n_eq, "total": int(bits.size)}
 
