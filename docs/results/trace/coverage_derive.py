@@ -48,7 +48,10 @@ RUNS = (("run2", "coverage_h200_raw.json", "coverage_h200_maps.json.gz", True, "
         ("run5", "coverage_h200_run5_raw.json", "coverage_h200_run5_maps.json.gz", False, "H200"),
         ("run6", "coverage_h200_run6_raw.json", "coverage_h200_run6_maps.json.gz", False, "H200"),
         ("run7", "coverage_h100_run7_raw.json", "coverage_h100_run7_maps.json.gz", False, "H100"),
-        ("run8", "coverage_h100_run8_raw.json", "coverage_h100_run8_maps.json.gz", False, "H100"))
+        ("run8", "coverage_h100_run8_raw.json", "coverage_h100_run8_maps.json.gz", False, "H100"),
+        ("run9p0", "coverage_h100_run9p0_raw.json", "coverage_h100_run9p0_maps.json.gz", False, "H100"),
+        ("run9p1", "coverage_h100_run9p1_raw.json", "coverage_h100_run9p1_maps.json.gz", False, "H100"),
+        ("run9p2", "coverage_h100_run9p2_raw.json", "coverage_h100_run9p2_maps.json.gz", False, "H100"))
 GPUS = ("H200", "H100")
 # pairs a run started but did not record (killed from outside the job: not in its own "skipped")
 CUT = ({"model": "llama-3.2-1b", "pair": "cpu vs b1", "run": "run5", "gpu": "H200",
