@@ -28,7 +28,10 @@ comes from the latest run that measured it:
   per GPU;
 - run 8 (2026-12-07, ``coverage_h100_run8_raw.json``, ``--models gpt2-small --pairs cpu:b1 --budget-s 200``)
   on an **H100** again (the H200 was not lent at the time) with an Intel Xeon (AMX) host CPU: gpt2-small
-  CPU vs GPU after the native_layer_norm dtype fix (``STAGES="amiss cov" ... bash scripts/gpu_full.sh``).
+  CPU vs GPU after the native_layer_norm dtype fix (``STAGES="amiss cov" ... bash scripts/gpu_full.sh``);
+- run 9 (2026-12-07, ``coverage_h100_run9p{0,1,2}_raw.json``, ``--models llama-3.2-1b --pairs cpu:b1``
+  in ``--part i/3``), **H100**, Intel Xeon (AMX) host, ``OMP_NUM_THREADS=5``: llama-3.2-1b CPU vs GPU; parts 1-2
+  at 1d0d547, part 0 at 3c06bf9 (after the column-block full check); merged here only because all 3 parts exist.
 
     python docs/results/trace/coverage_derive.py
 """
