@@ -14,6 +14,7 @@
 #   bbpr   generated probes vs random prompts for the small-block pairs (cuBLAS vs fixed b8, b16 vs b8)
 #   covp   one coverage pair in $COVP_N parts at once (COVP_ARGS, e.g. llama CPU vs GPU; merge: coverage_derive.py)
 #   amiss  fused-attention ops no fitted plan reproduces: one-field variants per layer (scripts/gpu_attn_miss.py)
+#   cpuat  the host CPU's torch flash-attention bits (scripts/cpu_flash_capture.py; no GPU used) -> \$OUT/cpu_flash_capture.npz
 # VALID="cuda_core tensor_core attention_sfu triton" picks the validations of `valid`.
 # Records go to $OUT/rec.tgz; large outputs (dumps, collections) to their own files in $OUT.
 set -uo pipefail
@@ -83,6 +84,7 @@ if has covp; then step "coverage in ${COVP_N:-3} parallel parts"; n=${COVP_N:-3}
   for i in $(seq 0 $((n - 1))); do timeout "${COVP_TIMEOUT:-500}" python3 -m hspi_kernels.trace.coverage "$R/covp$i" ${COVP_ARGS:---models llama-3.2-1b --pairs cpu:b1 --budget-s 480} --part "$i/$n" > "$R/covp$i.log" 2>&1 & done
   wait; for i in $(seq 0 $((n - 1))); do echo "part $i/$n:"; grep -v "^  " "$R/covp$i.log" | tail -5; done; fi
 if has amiss; then step "attention misses"; timeout "${AMISS_TIMEOUT:-240}" python3 scripts/gpu_attn_miss.py "$R/amiss" ${AMISS_ARGS:-} > "$R/amiss.log" 2>&1; echo "rc=$?"; tail -40 "$R/amiss.log"; for f in "$R"/amiss/*_flash.npz "$R"/amiss/*_cudnn.npz; do [ -f "$f" ] && mv "$f" "$ROOT/"; done; fi
+if has cpuat; then step "host CPU flash attention capture"; timeout "${CPUAT_TIMEOUT:-180}" python3 scripts/cpu_flash_capture.py "$ROOT" > "$R/cpuat.log" 2>&1; echo "rc=$?"; tail -52 "$R/cpuat.log"; fi
 if has cost; then step "hspi bench"; SKIP_INSTALL=1 OUT="$R/cost" timeout "${COST_TIMEOUT:-300}" bash scripts/gpu_bench.sh > "$R/cost.log" 2>&1; echo "rc=$?"; tail -16 "$R/cost.log"; fi
 if [ -n "$(ls -A "$R")" ]; then tar czf "$ROOT/rec.tgz" -C "$ROOT" rec; fi
 rm -rf "$R"

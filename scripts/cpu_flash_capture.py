@@ -1,0 +1,104 @@
+"""Capture torch's CPU flash attention bits on this host (no GPU needed) for fitting its order offline.
+
+Runs :func:`hspi_kernels.probes.cpu_attention.capture` at 1 torch thread (every case) and at the
+default thread count (the random cases: a trace's CPU side runs threaded), writes
+``OUT/cpu_flash_capture.npz`` (meta JSON + bits, written atomically) and prints, per case, how many
+output / lse values the project's replay orders reproduce (``numerics.attention_cpu``: the
+measured order and its one-accumulator variant), so a new host's distance from them shows at once.
+
+    python scripts/cpu_flash_capture.py OUT
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _orders():
+    from hspi_kernels.numerics import attention_cpu as AC
+
+    return {"ORDER": AC.ORDER, "acc1": dataclasses.replace(AC.ORDER, sum_accumulators=1)}
+
+
+def main(argv=None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: cpu_flash_capture.py OUT", file=sys.stderr)
+        return 2
+    out_dir = Path(args[0])
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        print(f"cpu_flash_capture: cannot write to {out_dir}: {e}", file=sys.stderr)
+        return 2
+    try:
+        import torch
+    except ImportError:
+        print("cpu_flash_capture: torch is not installed; nothing to capture", file=sys.stderr)
+        return 2
+    from hspi_kernels.numerics import attention_cpu as AC
+    from hspi_kernels.probes import cpu_attention as P
+
+    t0 = time.time()
+    meta, arrays = P.capture(threads=1)
+    t1 = time.time()
+    threaded = [c for c in P.default_cases() if c.kind == "random" and c.name.startswith("zoo_")]
+    n_threads = torch.get_num_threads()
+    meta_t, arrays_t = P.capture(threaded, threads=n_threads)
+    same_threaded = {c.name: all(np.array_equal(arrays_t[f"{c.name}.{x}"], arrays[f"{c.name}.{x}"])
+                                 for x in ("out", "lse")) for c in threaded}
+    meta.update(threaded_threads=n_threads, threaded_equal_to_one_thread=same_threaded,
+                seconds={"one_thread": round(t1 - t0, 2), "threaded": round(time.time() - t1, 2)})
+    rows = []
+    for row in meta["cases"]:
+        c = P.Case(**{f.name: row[f.name] for f in dataclasses.fields(P.Case)})
+        q, k, v = P.build(c)
+        lse_t = arrays[f"{c.name}.lse"]
+        out_t = arrays.get(f"{c.name}.out")
+        cells = {}
+        for name, order in _orders().items():
+            try:
+                o, l = AC.replay(q, k, v, fmt=c.fmt, causal=c.causal, order=order)
+            except NotImplementedError as e:
+                cells[name] = f"refused: {str(e)[:40]}"
+                continue
+            lse_eq = int(np.sum(l.reshape(-1).view(np.uint32) == lse_t.reshape(-1)))
+            out_eq = None if out_t is None else int(np.sum(o.reshape(-1).view(np.uint32) == out_t.reshape(-1)))
+            cells[name] = {"out": out_eq, "lse": lse_eq}
+        rows.append({"case": c.name, "out_total": None if out_t is None else int(out_t.size),
+                     "lse_total": int(lse_t.size), "replays": cells})
+    meta["replays"] = rows
+    tmp = out_dir / "cpu_flash_capture.npz.tmp"
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, meta=np.array(json.dumps(meta)), **arrays)
+    os.replace(tmp, out_dir / "cpu_flash_capture.npz")
+    print(f"platform: {meta['platform']['cpu_model']} ({meta['platform']['cpu_vendor']}), torch "
+          f"{meta['platform']['torch']['version']}, {meta['cpu_capability']}; flags "
+          f"{','.join(f for f in meta['platform']['cpu_flags'] if 'amx' in f or 'avx512' in f)}")
+    print(f"threaded ({n_threads}) equal to 1 thread: {sum(same_threaded.values())}/{len(same_threaded)}")
+    print(f"{'case':34} {'ORDER out':>14} {'ORDER lse':>11} {'acc1 out':>14} {'acc1 lse':>11}")
+    for r in rows:
+        cells = []
+        for name in ("ORDER", "acc1"):
+            x = r["replays"][name]
+            if isinstance(x, str):
+                cells += [x[:14], ""]
+            else:
+                cells += ["-" if x["out"] is None else f"{x['out']}/{r['out_total']}", f"{x['lse']}/{r['lse_total']}"]
+        print(f"{r['case']:34} {cells[0]:>14} {cells[1]:>11} {cells[2]:>14} {cells[3]:>11}")
+    print(f"wrote {out_dir / 'cpu_flash_capture.npz'} in {time.time() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
