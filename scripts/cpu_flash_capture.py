@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -32,14 +30,12 @@ def main(argv=None) -> int:
     if len(args) != 1:
         print("usage: cpu_flash_capture.py OUT", file=sys.stderr)
         return 2
-    out_dir = Path(args[0])
+    from hspi_kernels.platform.files import OutputPathError, atomic_write_npz, check_output_dir
+
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        print(f"cpu_flash_capture: cannot write to {out_dir}: {e}", file=sys.stderr)
+        out_dir = check_output_dir(args[0])
+    except OutputPathError as e:
+        print(f"cpu_flash_capture: {e}", file=sys.stderr)
         return 2
     try:
         import torch
@@ -78,10 +74,7 @@ def main(argv=None) -> int:
         rows.append({"case": c.name, "out_total": None if out_t is None else int(out_t.size),
                      "lse_total": int(lse_t.size), "replays": cells})
     meta["replays"] = rows
-    tmp = out_dir / "cpu_flash_capture.npz.tmp"
-    with open(tmp, "wb") as f:
-        np.savez_compressed(f, meta=np.array(json.dumps(meta)), **arrays)
-    os.replace(tmp, out_dir / "cpu_flash_capture.npz")
+    atomic_write_npz(out_dir / "cpu_flash_capture.npz", dict(arrays, meta=np.array(json.dumps(meta))))
     print(f"platform: {meta['platform']['cpu_model']} ({meta['platform']['cpu_vendor']}), torch "
           f"{meta['platform']['torch']['version']}, {meta['cpu_capability']}; flags "
           f"{','.join(f for f in meta['platform']['cpu_flags'] if 'amx' in f or 'avx512' in f)}")

@@ -48,6 +48,7 @@ import json
 import sys
 from pathlib import Path
 
+from hspi_kernels.platform.files import atomic_write_text
 from hspi_kernels.trace.counterfactual import merge_parts
 from hspi_kernels.trace.coverage import coverage_row, render_table
 
@@ -145,9 +146,7 @@ def main(argv=None) -> int:
             print(f"stale: {a.dir / n} differs from what coverage_derive.py derives (run it without --check)")
         return 1 if stale else 0
     for n, text in files.items():
-        tmp = a.dir / (n + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(a.dir / n)  # atomic per file
+        atomic_write_text(a.dir / n, text)
     print(files["coverage_table.md"])
     return 0
 
