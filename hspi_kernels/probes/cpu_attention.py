@@ -163,6 +163,23 @@ def capture(cases=None, threads: int = 1) -> tuple[dict, dict]:
 
 
 def readback(case: Case, lse_bits: np.ndarray) -> np.ndarray:
-    """The fp32 dots a dominant-key capture's lse returns, in :func:`dominant_rows` order (x 8)."""
+    """The fp32 dots a dominant-key capture's lse returns, in :func:`dominant_rows` order.
+
+    The kernel writes ``lse = rn(m + logf(l))`` with ``m = dot / 8`` and ``l`` the row sum: exactly 1
+    for fp32 (``exp_u20(0) = 1``), but ``fexp_u20(0) = 0.99994659`` for bf16 / fp16 (the other keys'
+    exp values are below half an ulp of it), so there ``logf(l)`` is a fixed ``L ~ -5.3e-5``. ``m`` is
+    the fp32 value with ``rn(m + L) == lse``: searched around ``lse - L``; NaN where no value or more
+    than one gives the lse (rows that read back nothing)."""
+    from hspi_kernels.numerics.attention_cpu import exp_u20, fexp_u20, logf
+
     lse = np.asarray(lse_bits, np.uint32).view(F32).reshape(1, case.hq, case.sq)
-    return np.array([lse[0, h, r] for h, r, _ in dominant_rows(case)], F32) * F32(8)
+    got = np.array([lse[0, h, r] for h, r, _ in dominant_rows(case)], F32)
+    exp0 = (exp_u20 if case.fmt == "fp32" else fexp_u20)(np.zeros(1, F32))
+    big_l = F32(logf(exp0)[0])
+    if big_l == 0:
+        return got * F32(8)
+    centre = np.subtract(got, big_l, dtype=F32).view(np.int32)
+    cands = (centre[:, None] + np.arange(-2, 3, dtype=np.int32)[None, :]).view(F32)  # +-2 ulps
+    hits = np.add(cands, big_l, dtype=F32) == got[:, None]
+    m = np.where(hits.sum(1) == 1, cands[np.arange(len(got)), hits.argmax(1)], F32(np.nan))
+    return m * F32(8)
