@@ -6,9 +6,11 @@ and the readback of its Q·Kᵀ GEMM from the log-sum-exp.
 Score readback ("dominant key"): in each head one query row and one key, at positions that move
 with the head, hold arbitrary vectors whose dot is >= 192; every other query row and key of the
 head is the zero vector (score exactly 0). Heads are separate GEMMs of the same shape (one work
-item each), so a probe with many heads reads one dot per head at the shape of a trace's GEMM. With D = 64 the scale is 1/8 (exact), the row's other 15
-exp values are < e^-24 each, so the row sum rounds to exactly 1, ``logf(1) = 0`` and
-``lse = rn(dot_fp32 / 8) = dot_fp32 / 8``: the log-sum-exp returns the GEMM's own fp32 result for
+item each), so a probe with many heads reads one dot per head at the shape of a trace's GEMM. With D = 64 the scale is 1/8 (exact) and the row's other 15
+exp values are < e^-24 each, below half an ulp of the row sum. For fp32 the sum is exactly 1
+(``exp_u20(0) = 1``), ``logf(1) = 0`` and ``lse = dot_fp32 / 8``; for bf16 / fp16 it is
+``fexp_u20(0) = 0.99994659`` and ``lse = rn(dot_fp32 / 8 + logf(0.99994659))``, which
+:func:`readback` inverts. Either way the log-sum-exp returns the GEMM's own fp32 result for
 that (row, key). The vectors' entries are signed powers of two times random 8-bit mantissas
 spread over 2^-6..2^3, so the products span ~2^-12..2^6 and the accumulation order shows in the
 low bits. Exact dots (float64 is exact here: 64 products of 16 significant bits within 2^18 of
