@@ -4,7 +4,7 @@ Runs :func:`hspi_kernels.probes.cpu_attention.capture` at 1 torch thread (every 
 default thread count (the random cases: a trace's CPU side runs threaded), writes
 ``OUT/cpu_flash_capture.npz`` (meta JSON + bits, written atomically) and prints, per case, how many
 output / lse values the project's replay orders reproduce (``numerics.attention_cpu``: the
-measured order and its one-accumulator variant), so a new host's distance from them shows at once.
+orders measured per torch release, ``ORDERS``), so a new host's distance from them shows at once.
 
     python scripts/cpu_flash_capture.py OUT
 """
@@ -22,7 +22,7 @@ import numpy as np
 def _orders():
     from hspi_kernels.numerics import attention_cpu as AC
 
-    return {"ORDER": AC.ORDER, "acc1": dataclasses.replace(AC.ORDER, sum_accumulators=1)}
+    return {f"torch{rel}": order for rel, (order, _) in AC.ORDERS.items()}
 
 
 def main(argv=None) -> int:
@@ -79,16 +79,17 @@ def main(argv=None) -> int:
           f"{meta['platform']['torch']['version']}, {meta['cpu_capability']}; flags "
           f"{','.join(f for f in meta['platform']['cpu_flags'] if 'amx' in f or 'avx512' in f)}")
     print(f"threaded ({n_threads}) equal to 1 thread: {sum(same_threaded.values())}/{len(same_threaded)}")
-    print(f"{'case':34} {'ORDER out':>14} {'ORDER lse':>11} {'acc1 out':>14} {'acc1 lse':>11}")
+    names = list(_orders())
+    print(f"{'case':34}" + "".join(f" {n + ' out':>16} {n + ' lse':>14}" for n in names))
     for r in rows:
         cells = []
-        for name in ("ORDER", "acc1"):
+        for name in names:
             x = r["replays"][name]
             if isinstance(x, str):
-                cells += [x[:14], ""]
+                cells += [x[:16], ""]
             else:
                 cells += ["-" if x["out"] is None else f"{x['out']}/{r['out_total']}", f"{x['lse']}/{r['lse_total']}"]
-        print(f"{r['case']:34} {cells[0]:>14} {cells[1]:>11} {cells[2]:>14} {cells[3]:>11}")
+        print(f"{r['case']:34}" + "".join(f" {cells[2 * i]:>16} {cells[2 * i + 1]:>14}" for i in range(len(names))))
     print(f"wrote {out_dir / 'cpu_flash_capture.npz'} in {time.time() - t0:.1f} s")
     return 0
 

@@ -89,18 +89,23 @@ PLANTED = {"fp32_planted_tail": (_planted_tail, "fp32", False, 0.25),
            "fp32_planted_alpha": (_planted_alpha, "fp32", False, 0.25)}  # builder, fmt, causal, scale
 
 
-def _live_reason() -> str:
-    """Empty when torch is the measured build on the measured CPU path, else why not."""
+def _live_reason(fixture_torch: str | None = None) -> str:
+    """Empty when torch is a build an order of AC.ORDERS was measured with (``fixture_torch``: that
+    build only), on the measured CPU path, else why not."""
     if torch is None:
         return "torch is not installed"
     cap = torch.backends.cpu.get_cpu_capability()
-    if torch.__version__ != AC.MEASURED["torch"] or cap != AC.MEASURED["cpu_capability"]:
-        return (f"live comparison needs torch {AC.MEASURED['torch']} on {AC.MEASURED['cpu_capability']} "
-                f"(the replay's measured platform); here torch {torch.__version__} on {cap}")
+    builds = [fixture_torch] if fixture_torch else [m["torch"] for _, m in AC.ORDERS.values()]
+    if torch.__version__ not in builds or cap != AC.MEASURED["cpu_capability"]:
+        return (f"live comparison needs torch {' or '.join(builds)} on {AC.MEASURED['cpu_capability']} "
+                f"(the replay's measured platforms); here torch {torch.__version__} on {cap}")
     return AC.platform_mismatch(this_cpu())  # the CPU: vendor and the flags that pick MKL / oneDNN kernels
 
 
 live = pytest.mark.skipif(bool(_live_reason()), reason=_live_reason() or "measured platform")
+live_2_13 = pytest.mark.skipif(bool(_live_reason(AC.MEASURED["torch"])),
+                               reason=_live_reason(AC.MEASURED["torch"]) or "the fixture's torch")
+TV = torch.__version__ if torch is not None else None  # the live tests replay this torch's order
 
 
 def _libm_reason() -> str:
@@ -161,7 +166,7 @@ def _cpu_model() -> str:
 
 def record_fixture(path: Path = FIXTURE) -> dict:
     """Record torch's bits on the FIXTURE_CASES inputs (measured platform only)."""
-    reason = _live_reason()
+    reason = _live_reason(AC.MEASURED["torch"])
     if reason:
         raise SystemExit(f"refusing to record: {reason}")
     arrays, cases = {}, {}
@@ -356,7 +361,7 @@ def test_live_zoo_shapes(model, fmt, causal):
     hq, hkv = ZOO[model]
     q, k, v = _inputs(fmt, hq, hkv, 16, 16, 64, seed=len(model))
     t_out, t_lse = _torch_flash(q, k, v, fmt, causal)
-    out, lse = AC.flash_cpu(q, k, v, fmt=fmt, causal=causal)
+    out, lse = AC.flash_cpu(q, k, v, fmt=fmt, causal=causal, torch_version=TV)
     assert (_same(out, t_out), _same(lse, t_lse)) == (hq * 16 * 64, hq * 16)
 
 
@@ -375,11 +380,11 @@ def test_live_long(case, fmt):
     hq, hkv, sq, sk, d, causal = LONG[case]
     q, k, v = _inputs(fmt, hq, hkv, sq, sk, d, std=1.5, seed=sk)
     t_out, t_lse = _torch_flash(q, k, v, fmt, causal)
-    out, lse = AC.flash_cpu(q, k, v, fmt=fmt, causal=causal)
+    out, lse = AC.flash_cpu(q, k, v, fmt=fmt, causal=causal, torch_version=TV)
     assert (_same(out, t_out), _same(lse, t_lse)) == (hq * sq * d, hq * sq)
 
 
-@live
+@live_2_13
 def test_live_fixture_is_todays_torch(fixture):
     meta, data = fixture
     for name, c in meta["cases"].items():
@@ -397,7 +402,7 @@ def test_live_single_work_item_threads():
     try:
         torch.set_num_threads(1)
         t_out, t_lse = _torch_flash(q, k, v, "bf16", False)
-        out, lse = AC.flash_cpu(q, k, v, fmt="bf16", causal=False, torch_threads=1)
+        out, lse = AC.flash_cpu(q, k, v, fmt="bf16", causal=False, torch_threads=1, torch_version=TV)
         assert (_same(out, t_out), _same(lse, t_lse)) == (out.size, lse.size)
         torch.set_num_threads(2)
         t_out2, t_lse2 = _torch_flash(q, k, v, "bf16", False)
@@ -413,7 +418,7 @@ def test_live_small_gemm_regime_is_not_the_chain(fmt, sq, sk, d):
     """Why flash_cpu refuses these shapes: the fma-chain model (check=False) misses there."""
     q, k, v = _inputs(fmt, 4, 4, sq, sk, d, seed=sq + sk + d)
     t_out, t_lse = _torch_flash(q, k, v, fmt, False)
-    out, lse = AC.replay(q, k, v, fmt=fmt, causal=False, check=False)
+    out, lse = AC.replay(q, k, v, fmt=fmt, causal=False, check=False, order=AC.order_for(TV)[1])
     assert (out.size - _same(out, t_out)) + (lse.size - _same(lse, t_lse)) > 0
 
 

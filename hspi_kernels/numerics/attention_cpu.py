@@ -62,7 +62,9 @@ replay needs a glibc machine; every other step is numpy float32 arithmetic and e
 Output rounding (and P's) is :func:`hspi_kernels.numerics.attention_ref.round_to_input`.
 
 :class:`CpuFlashOrder` holds the choices above; :func:`replay` takes another order (the tests'
-negative controls), :func:`flash_cpu` uses :data:`ORDER`.
+negative controls), :func:`flash_cpu` uses :data:`ORDER` or, given ``torch_version``, that
+release's order from :data:`ORDERS` (torch 2.11: :data:`ORDER_2_11`, one row-sum accumulator for
+every format; measured on the same host).
 
 How it was established: the exp code is the wheel's own (torch/include/ATen/cpu/vec/vec512/
 vec512_float.h, ``exp_u20`` / ``fexp_u20``); the blocking, the dispatch on Sq and the online
@@ -86,7 +88,7 @@ import numpy as np
 from .attention_ref import round_to_input
 from .evaluate import fma32
 
-__all__ = ["MEASURED", "ORDER", "CpuFlashOrder", "flash_cpu", "replay", "check_supported", "platform_mismatch",
+__all__ = ["MEASURED", "ORDER", "ORDERS", "CpuFlashOrder", "order_for", "release_of", "flash_cpu", "replay", "check_supported", "platform_mismatch",
            "exp_u20", "fexp_u20", "gemm_panels", "q_split_size"]
 
 F32 = np.float32
@@ -117,21 +119,32 @@ def _vendor_of(model: str | None) -> str | None:
     return "AuthenticAMD" if "amd" in m else "GenuineIntel" if "intel" in m else None
 
 
+def release_of(version: str | None) -> str | None:
+    """``"2.11.0+cu130"`` -> ``"2.11"`` (the key of :data:`ORDERS`); None for no version."""
+    if not version:
+        return None
+    parts = str(version).split("+")[0].split(".")
+    return ".".join(parts[:2]) if len(parts) >= 2 else None
+
+
 def platform_mismatch(meta: dict) -> str:
     """'' where the platform ``meta`` (a trace's or fingerprint's ``platform`` record, or
-    :func:`hspi_kernels.platform.this_cpu` for this process) is the one this order was measured
-    on, else why not (torch version, CPU vendor, a decisive ISA flag). Unknown fields are not held
-    against it; an older record without ``cpu_vendor`` is judged by its CPU model's name."""
+    :func:`hspi_kernels.platform.this_cpu` for this process) is one an order of :data:`ORDERS` was
+    measured on (its torch release and CPU), else why not (torch version, CPU vendor, a decisive
+    ISA flag). Unknown fields are not held against it; an older record without ``cpu_vendor`` is
+    judged by its CPU model's name."""
     why = []
     tv = (meta.get("torch") or {}).get("version")
-    if tv and tv != MEASURED["torch"]:
+    rel = release_of(tv)
+    where = ORDERS[rel][1] if rel in ORDERS else MEASURED
+    if tv and rel not in ORDERS:
         why.append(f"torch {tv}")
     vendor = meta.get("cpu_vendor") or _vendor_of(meta.get("cpu_model"))
-    if vendor and vendor != MEASURED["cpu_vendor"]:
+    if vendor and vendor != where["cpu_vendor"]:
         why.append(f"a {vendor} CPU ({meta.get('cpu_model') or '?'})")
     flags = meta.get("cpu_flags")
     if flags is not None:
-        have, want = set(flags), set(MEASURED["cpu_flags"])
+        have, want = set(flags), set(where["cpu_flags"])
         extra = [f for f in _DECISIVE_FLAGS if f in have and f not in want]
         missing = [f for f in _DECISIVE_FLAGS if f in want and f not in have]
         if extra:
@@ -140,7 +153,8 @@ def platform_mismatch(meta: dict) -> str:
             why.append("no " + ", ".join(missing))
     if not why:
         return ""
-    return (f"the CPU flash order was measured on torch {MEASURED['torch']}, {MEASURED['cpu']}; "
+    measured = "; ".join(f"torch {m['torch']}" for _, m in ORDERS.values())
+    return (f"the CPU flash orders were measured on {measured}, each on {where['cpu']}; "
             f"this platform has {'; '.join(why)}")
 
 # Smallest GEMM (m, n) for which the fma-chain order holds (measured, see module docstring).
@@ -172,6 +186,27 @@ class CpuFlashOrder:
 
 
 ORDER = CpuFlashOrder()
+
+#: torch 2.11 on the same host and glibc (the wheel the GPU machines carry, 2.11.0+cu130, oneDNN
+#: 3.10.2): everything as :data:`ORDER` but the bf16 / fp16 row sum, which is ONE 16-lane
+#: accumulator as for fp32 (torch 2.13 alternates two). Measured with scripts/cpu_flash_capture.py:
+#: all 45 probe cases N/N under this order, while :data:`ORDER` misses 3-28 lse values on 5 of the 6
+#: long reduced-format cases (fixture tests/data/cpu_flash/amd_torch211.npz, tests/test_attention_cpu_releases.py).
+MEASURED_2_11 = {**MEASURED, "torch": "2.11.0+cu130", "onednn": "3.10.2"}
+ORDER_2_11 = dataclasses.replace(ORDER, sum_accumulators=1)
+
+#: torch release -> (its order, where that order was measured). A release not listed has no order.
+ORDERS = {"2.13": (ORDER, MEASURED), "2.11": (ORDER_2_11, MEASURED_2_11)}
+
+
+def order_for(torch_version: str | None = None) -> tuple[str, CpuFlashOrder]:
+    """(release, order) for a torch version (``torch.__version__`` or a trace's record); None: the
+    default, torch 2.13. NotImplementedError for a release no order was measured for."""
+    rel = "2.13" if torch_version is None else release_of(torch_version)
+    if rel not in ORDERS:
+        raise NotImplementedError(f"no CPU flash order was measured for torch {torch_version} "
+                                  f"(measured: {', '.join(m['torch'] for _, m in ORDERS.values())})")
+    return rel, ORDERS[rel][0]
 
 
 # -- arithmetic -----------------------------------------------------------------------------
@@ -493,17 +528,19 @@ def replay(q, k, v, *, fmt: str, causal: bool, scale=None, order: CpuFlashOrder 
 
 
 def flash_cpu(q, k, v, *, fmt: str, causal: bool, scale=None, isa: str = "avx512",
-              torch_threads: int | None = None):
-    """Replay of ``_scaled_dot_product_flash_attention_for_cpu`` (torch 2.13 CPU, AVX512).
+              torch_threads: int | None = None, torch_version: str | None = None):
+    """Replay of ``_scaled_dot_product_flash_attention_for_cpu`` (torch CPU, AVX512).
 
     q: [B, Hq, Sq, D] or [Hq, Sq, D]; k, v: [B, Hkv, Sk, D] (Hq a multiple of Hkv, as
     ``enable_gqa``); float32 arrays holding ``fmt`` values (fmt: "bf16", "fp16", "fp32").
     Returns (out: float32 values rounded to fmt, shape of q; lse: float32 [B, Hq, Sq]).
-    NotImplementedError for another ``isa`` or for shapes outside the measured GEMM regime
-    (:func:`check_supported`; ``torch_threads``: the torch thread count of the replayed run,
-    needed only for a single work item, B · Hq · q blocks == 1).
+    ``torch_version``: the torch whose kernel is replayed (:func:`order_for`; None: 2.13, :data:`ORDER`).
+    NotImplementedError for another ``isa``, a torch release without a measured order, or shapes
+    outside the measured GEMM regime (:func:`check_supported`; ``torch_threads``: the torch thread
+    count of the replayed run, needed only for a single work item, B · Hq · q blocks == 1).
     """
     if isa != MEASURED["isa"]:
         raise NotImplementedError(f"only the {MEASURED['isa']!r} path was measured (torch "
                                   f"{MEASURED['torch']}, capability {MEASURED['cpu_capability']}), not {isa!r}")
-    return replay(q, k, v, fmt=fmt, causal=causal, scale=scale, order=ORDER, torch_threads=torch_threads)
+    _, order = order_for(torch_version)
+    return replay(q, k, v, fmt=fmt, causal=causal, scale=scale, order=order, torch_threads=torch_threads)

@@ -99,6 +99,49 @@ def exact_dots(case: Case, q, k) -> np.ndarray:
                      for h, r, c in dominant_rows(case)])
 
 
+def chain_dots(case: Case, q, k) -> np.ndarray:
+    """float32 dot of each dominant (head, row, key) as one fma chain over D in index order from 0
+    (the Q·Kᵀ order of :mod:`hspi_kernels.numerics.attention_cpu`'s replay at D = 64), computed
+    here on its own: ``x·y + acc`` is exact in float64 for the probe's values (products of 9-bit
+    significands within 2^-12..2^6 times the probe's power-of-two scale, partial sums below 2^14: a
+    span under 53 bits), so ``float32(x·y + acc)`` rounds once, as the fma does. The reference a readback is compared with."""
+    rows = dominant_rows(case)
+    a = np.stack([q[0, h, r] for h, r, _ in rows]).astype(np.float64)
+    b = np.stack([k[0, h, c] for h, _, c in rows]).astype(np.float64)
+    acc = np.zeros(len(rows), F32)
+    for j in range(case.d):
+        acc = (a[:, j] * b[:, j] + acc.astype(np.float64)).astype(F32)
+    return acc
+
+
+def slim_capture(meta: dict, arrays: dict, keep_out: set[str]) -> dict:
+    """A capture cut down to a test fixture: every case's lse (and the meta: platform, cases,
+    input digests), the output bits only of the cases in ``keep_out``, stored as the format's
+    16 bits for bf16 / fp16 (the fp32 bits of a bf16 / fp16 value carry nothing more). Returns
+    the npz's arrays (``meta`` as JSON)."""
+    import json
+
+    fmts = {c["name"]: c["fmt"] for c in meta["cases"]}
+    unknown = set(keep_out) - set(fmts)
+    if unknown:
+        raise ValueError(f"no such cases in the capture: {sorted(unknown)}")
+    out = {}
+    for key, x in arrays.items():
+        name, what = key.rsplit(".", 1)
+        if what == "out":
+            if name not in keep_out:
+                continue
+            f = fmts[name]
+            x = np.asarray(x, np.uint32)
+            x = (x >> 16).astype(np.uint16) if f == "bf16" else x.view(F32).astype(np.float16).view(np.uint16) \
+                if f == "fp16" else x
+        out[key] = x
+    slim = {k: v for k, v in meta.items() if k != "replays"}
+    slim["out_kept"] = sorted(keep_out)
+    out["meta"] = np.array(json.dumps(slim))
+    return out
+
+
 def digest(*arrays) -> str:
     h = hashlib.sha256()
     for a in arrays:
