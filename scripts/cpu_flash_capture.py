@@ -11,7 +11,6 @@ orders measured per torch release, ``ORDERS``), so a new host's distance from th
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time
@@ -42,7 +41,6 @@ def main(argv=None) -> int:
     except ImportError:
         print("cpu_flash_capture: torch is not installed; nothing to capture", file=sys.stderr)
         return 2
-    from hspi_kernels.numerics import attention_cpu as AC
     from hspi_kernels.probes import cpu_attention as P
 
     t0 = time.time()
@@ -57,22 +55,18 @@ def main(argv=None) -> int:
                 seconds={"one_thread": round(t1 - t0, 2), "threaded": round(time.time() - t1, 2)})
     rows = []
     for row in meta["cases"]:
-        c = P.Case(**{f.name: row[f.name] for f in dataclasses.fields(P.Case)})
-        q, k, v = P.build(c)
-        lse_t = arrays[f"{c.name}.lse"]
-        out_t = arrays.get(f"{c.name}.out")
+        c = P.case_of(row)
         cells = {}
         for name, order in _orders().items():
             try:
-                o, l = AC.replay(q, k, v, fmt=c.fmt, causal=c.causal, order=order)
+                n = P.replay_counts(c, arrays, order)
             except NotImplementedError as e:
                 cells[name] = f"refused: {str(e)[:40]}"
                 continue
-            lse_eq = int(np.sum(l.reshape(-1).view(np.uint32) == lse_t.reshape(-1)))
-            out_eq = None if out_t is None else int(np.sum(o.reshape(-1).view(np.uint32) == out_t.reshape(-1)))
-            cells[name] = {"out": out_eq, "lse": lse_eq}
+            cells[name] = {"out": n["out"], "lse": n["lse"]}
+        out_t = arrays.get(f"{c.name}.out")
         rows.append({"case": c.name, "out_total": None if out_t is None else int(out_t.size),
-                     "lse_total": int(lse_t.size), "replays": cells})
+                     "lse_total": int(arrays[f"{c.name}.lse"].size), "replays": cells})
     meta["replays"] = rows
     atomic_write_npz(out_dir / "cpu_flash_capture.npz", dict(arrays, meta=np.array(json.dumps(meta))))
     print(f"platform: {meta['platform']['cpu_model']} ({meta['platform']['cpu_vendor']}), torch "

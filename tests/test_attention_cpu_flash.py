@@ -108,16 +108,7 @@ live_2_13 = pytest.mark.skipif(bool(_live_reason(AC.MEASURED["torch"])),
 TV = torch.__version__ if torch is not None else None  # the live tests replay this torch's order
 
 
-def _libm_reason() -> str:
-    """Empty on the measured C library: the replay calls its exp / expf / logf (another libm may
-    round a rare value otherwise, which is that libm's answer, not a replay error)."""
-    lib, ver = platform.libc_ver()
-    if lib != "glibc" or ver != AC.MEASURED["glibc"]:
-        return f"the replay's libm calls were measured on glibc {AC.MEASURED['glibc']}; here {lib or '?'} {ver or '?'}"
-    return ""
-
-
-same_libm = pytest.mark.skipif(bool(_libm_reason()), reason=_libm_reason() or "measured libm")
+same_libm = pytest.mark.skipif(bool(AC.libm_mismatch()), reason=AC.libm_mismatch() or "measured libm")
 
 
 def _inputs(fmt, hq, hkv, sq, sk, d, std=1.0, seed=0, batch=1):

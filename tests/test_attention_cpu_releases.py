@@ -12,8 +12,6 @@ Re-make it from a new capture: ``python tests/test_attention_cpu_releases.py CAP
 from __future__ import annotations
 
 import dataclasses
-import json
-import platform
 import sys
 from pathlib import Path
 
@@ -31,44 +29,20 @@ MISSED_BY_213 = {"long_sk600_d128_bf16": 3, "long_600x600_causal_bf16": 28, "lon
                  "long_sk600_d128_fp16": 6, "long_600x600_causal_fp16": 27, "long_sk300_d128_bf16": 0}
 
 
-def _libm_reason() -> str:
-    lib, ver = platform.libc_ver()
-    if lib != "glibc" or ver != AC.MEASURED_2_11["glibc"]:
-        return f"the replay's libm calls were measured on glibc {AC.MEASURED_2_11['glibc']}; here {lib or '?'} {ver or '?'}"
-    return ""
-
-
-same_libm = pytest.mark.skipif(bool(_libm_reason()), reason=_libm_reason() or "measured libm")
+same_libm = pytest.mark.skipif(bool(AC.libm_mismatch()), reason=AC.libm_mismatch() or "measured libm")
 
 
 @pytest.fixture(scope="module")
 def cap():
-    with np.load(FIXTURE) as z:
-        meta = json.loads(str(z["meta"]))
-        arrays = {k: z[k] for k in z.files if k != "meta"}
-    cases = {row["name"]: (P.Case(**{f.name: row[f.name] for f in dataclasses.fields(P.Case)}), row["digest"])
-             for row in meta["cases"]}
+    meta, arrays = P.load_capture(FIXTURE)
+    cases = {row["name"]: (P.case_of(row), row["digest"]) for row in meta["cases"]}
     return meta, arrays, cases
 
 
-def _recorded(arrays, c: P.Case):
-    """(out as fp32 bits of the fmt values or None, lse fp32 bits)."""
-    out = arrays.get(f"{c.name}.out")
-    if out is not None and c.fmt != "fp32":
-        out = (out.astype(np.uint32) << 16) if c.fmt == "bf16" else \
-            out.view(np.float16).astype(np.float32).view(np.uint32)
-    return out, arrays[f"{c.name}.lse"]
-
-
 def _counts(cap, name, order):
-    meta, arrays, cases = cap
-    c, _ = cases[name]
-    q, k, v = P.build(c)
-    o, l = AC.replay(q, k, v, fmt=c.fmt, causal=c.causal, order=order)
-    out, lse = _recorded(arrays, c)
-    n_out = 0 if out is None else int(np.sum(o.reshape(-1).view(np.uint32) == out.reshape(-1)))
-    return (n_out, int(np.sum(l.reshape(-1).view(np.uint32) == lse.reshape(-1)))), \
-        (0 if out is None else out.size, lse.size)
+    """((out equal, lse equal), (out total, lse total)); an unrecorded output counts 0 of 0."""
+    n = P.replay_counts(cap[2][name][0], cap[1], order)
+    return (n["out"] or 0, n["lse"]), (n["out_total"] or 0, n["lse_total"])
 
 
 def test_fixture_is_the_torch211_amd_capture(cap):
@@ -157,14 +131,14 @@ def test_trace_replay_picks_the_release_that_reproduces(cap):
     """trace.counterfactual.cpu_flash on a torch 2.11 op: the 2.11 order is exact (tried first for
     a 2.11 trace, and found too when the trace says 2.13: equal bits are their own evidence);
     control: with one lse bit flipped no release is exact and the note counts the miss."""
+    from hspi_kernels.numerics.rounding import encode
     from hspi_kernels.trace import counterfactual as C
 
     _, arrays, cases = cap
     c, _ = cases["long_sk600_d128_fp16"]
     q, k, v = P.build(c)
-    out, lse = _recorded(arrays, c)
-    out16 = out.view(np.float32).astype(np.float16).view(np.uint16).reshape(q.shape)
-    lse = lse.reshape(q.shape[:-1])
+    out16 = encode(arrays[f"{c.name}.out"].view(np.float32), "fp16").reshape(q.shape)  # the op's fp16 bits
+    lse = arrays[f"{c.name}.lse"].reshape(q.shape[:-1])
     for version in ("2.11.0+cu130", "2.13.0+cpu"):
         r = C.cpu_flash(q, k, v, out16, lse, fmt="fp16", causal=False, scale=None,
                         platform={"torch": {"version": version}})
@@ -179,8 +153,5 @@ def test_trace_replay_picks_the_release_that_reproduces(cap):
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         raise SystemExit("usage: test_attention_cpu_releases.py CAPTURE.npz  (a cpu_flash_capture.py output)")
-    with np.load(sys.argv[1]) as z:
-        meta = json.loads(str(z["meta"]))
-        arrs = {k: z[k] for k in z.files if k != "meta"}
-    np.savez_compressed(FIXTURE, **P.slim_capture(meta, arrs, set(KEEP_OUT)))
+    np.savez_compressed(FIXTURE, **P.slim_capture(*P.load_capture(sys.argv[1]), set(KEEP_OUT)))
     print(f"wrote {FIXTURE} ({FIXTURE.stat().st_size} bytes)")

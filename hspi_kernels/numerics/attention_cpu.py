@@ -89,6 +89,7 @@ from .attention_ref import round_to_input
 from .evaluate import fma32
 
 __all__ = ["MEASURED", "ORDER", "ORDERS", "CpuFlashOrder", "order_for", "release_of", "flash_cpu", "replay", "check_supported", "platform_mismatch",
+           "libm_mismatch",
            "exp_u20", "fexp_u20", "gemm_panels", "q_split_size"]
 
 F32 = np.float32
@@ -296,6 +297,19 @@ def fexp_u20(x) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=1)
+def libm_mismatch() -> str:
+    """'' on the C library the replay's libm calls (exp / expf / logf, through ctypes) were measured
+    on (glibc ``MEASURED["glibc"]``, the same for every order of :data:`ORDERS`), else which library
+    this process has: another libm may round a rare value otherwise, which is that libm's answer,
+    not a replay error."""
+    import platform
+
+    lib, ver = platform.libc_ver()
+    if lib != "glibc" or ver != MEASURED["glibc"]:
+        return f"the replay's libm calls were measured on glibc {MEASURED['glibc']}; here {lib or '?'} {ver or '?'}"
+    return ""
+
+
 def _libm():
     name = ctypes.util.find_library("m") or "libm.so.6"
     lib = ctypes.CDLL(name)

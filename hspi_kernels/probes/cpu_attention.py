@@ -116,10 +116,13 @@ def chain_dots(case: Case, q, k) -> np.ndarray:
 
 def slim_capture(meta: dict, arrays: dict, keep_out: set[str]) -> dict:
     """A capture cut down to a test fixture: every case's lse (and the meta: platform, cases,
-    input digests), the output bits only of the cases in ``keep_out``, stored as the format's
-    16 bits for bf16 / fp16 (the fp32 bits of a bf16 / fp16 value carry nothing more). Returns
-    the npz's arrays (``meta`` as JSON)."""
+    input digests), the output bits only of the cases in ``keep_out``, stored as the format's own
+    16-bit patterns for bf16 / fp16 (:func:`numerics.rounding.encode`: the fp32 bits of a bf16 /
+    fp16 value carry nothing more; :func:`load_capture` widens them back). Returns the npz's arrays
+    (``meta`` as JSON)."""
     import json
+
+    from hspi_kernels.numerics.rounding import encode
 
     fmts = {c["name"]: c["fmt"] for c in meta["cases"]}
     unknown = set(keep_out) - set(fmts)
@@ -131,15 +134,52 @@ def slim_capture(meta: dict, arrays: dict, keep_out: set[str]) -> dict:
         if what == "out":
             if name not in keep_out:
                 continue
-            f = fmts[name]
-            x = np.asarray(x, np.uint32)
-            x = (x >> 16).astype(np.uint16) if f == "bf16" else x.view(F32).astype(np.float16).view(np.uint16) \
-                if f == "fp16" else x
+            if fmts[name] != "fp32":
+                x = encode(np.asarray(x, np.uint32).view(F32), fmts[name])
         out[key] = x
     slim = {k: v for k, v in meta.items() if k != "replays"}
     slim["out_kept"] = sorted(keep_out)
     out["meta"] = np.array(json.dumps(slim))
     return out
+
+
+def load_capture(path) -> tuple[dict, dict]:
+    """(meta, arrays) of a capture npz, full (scripts/cpu_flash_capture.py) or slim
+    (:func:`slim_capture`), in the capture's encoding: ``{name}.out`` and ``{name}.lse`` as uint32
+    fp32 bits (a slim file's 16-bit outputs widened, exactly, by :func:`numerics.formats.decode`)."""
+    import json
+
+    from hspi_kernels.numerics.formats import decode
+
+    with np.load(path) as z:
+        meta = json.loads(str(z["meta"]))
+        arrays = {k: z[k] for k in z.files if k != "meta"}
+    fmts = {c["name"]: c["fmt"] for c in meta["cases"]}
+    for key, x in arrays.items():
+        name, what = key.rsplit(".", 1)
+        if what == "out" and x.dtype == np.uint16:
+            arrays[key] = decode(x, fmts[name]).astype(F32).view(np.uint32)
+    return meta, arrays
+
+
+def case_of(row: dict) -> Case:
+    """The :class:`Case` of a capture's meta row (which also holds the input digest)."""
+    return Case(**{f.name: row[f.name] for f in dataclasses.fields(Case)})
+
+
+def replay_counts(case: Case, arrays: dict, order) -> dict:
+    """How many of a capture's recorded values (``arrays`` in the capture encoding) the replay
+    :func:`numerics.attention_cpu.replay` under ``order`` gives bit for bit:
+    ``{"out": n or None (output not recorded), "lse": n, "out_total", "lse_total"}``.
+    NotImplementedError where the replay refuses the shape."""
+    from hspi_kernels.numerics.attention_cpu import replay
+
+    q, k, v = build(case)
+    o, l = replay(q, k, v, fmt=case.fmt, causal=case.causal, order=order)
+    lse_t, out_t = arrays[f"{case.name}.lse"], arrays.get(f"{case.name}.out")
+    return {"out": None if out_t is None else int(np.sum(o.reshape(-1).view(np.uint32) == out_t.reshape(-1))),
+            "lse": int(np.sum(l.reshape(-1).view(np.uint32) == lse_t.reshape(-1))),
+            "out_total": None if out_t is None else int(out_t.size), "lse_total": int(lse_t.size)}
 
 
 def digest(*arrays) -> str:
